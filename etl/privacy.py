@@ -1,0 +1,132 @@
+"""The privacy guard: no national identity number enters the register, pseudonyms are re-keyed.
+
+EXTRACT_SPEC.md: a file in which any value looks like a national identity number (fødselsnummer or
+D-number: 11 digits that pass both mod-11 check digits) is rejected whole; the error names the
+column and the count, never the value. The source system's pseudonym is never stored: the
+register keeps `patient_key`, the hex HMAC-SHA256 of the pseudonym under the register's secret key.
+"""
+
+import hashlib
+import hmac
+import re
+from typing import Final
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas.errors import PrivacyViolation
+
+# Check-digit weights of the fødselsnummer (Skatteetaten's specification of the national identity
+# number): k1 over digits 1-9, k2 over digits 1-10; check = 11 - (sum mod 11), 11 → 0, 10 → invalid.
+# D-numbers (first digit + 4) follow the same digit rule.
+_K1_WEIGHTS: Final = (3, 7, 6, 1, 8, 9, 4, 5, 2)
+_K2_WEIGHTS: Final = (5, 4, 3, 2, 7, 6, 5, 4, 3, 2)
+
+# An identity number is a run of exactly 11 digits: the whole cell, or inside text between
+# non-digits. The regex is only a prefilter; the check digits decide.
+_WHOLE_CELL: Final = r"^[0-9]{11}$"
+_RUN_INSIDE: Final = r"(^|[^0-9])[0-9]{11}([^0-9]|$)"
+_RUNS: Final = re.compile(r"(?<![0-9])[0-9]{11}(?![0-9])")
+
+
+def _check_digit(digits: str, weights: tuple[int, ...]) -> int:
+    """The mod-11 check digit over `digits`, or -1 where the rule has none (remainder 1 → 10)."""
+    check = 11 - sum(int(d) * w for d, w in zip(digits, weights, strict=True)) % 11
+    if check == 11:
+        return 0
+    return -1 if check == 10 else check
+
+
+def is_identity_number(s: str) -> bool:
+    """Whether `s` is 11 ASCII digits whose two check digits hold."""
+    if len(s) != 11 or not s.isascii() or not s.isdigit():
+        return False
+    return _check_digit(s[:9], _K1_WEIGHTS) == int(s[9]) and _check_digit(
+        s[:10], _K2_WEIGHTS
+    ) == int(s[10])
+
+
+def _count_whole_cells(values: pa.Array) -> int:
+    """Cells that are exactly 11 digits with valid check digits, computed column-wise."""
+    candidates = pc.filter(values, pc.match_substring_regex(values, pattern=_WHOLE_CELL))
+    if len(candidates) == 0:
+        return 0
+    digits = [
+        pc.cast(pc.utf8_slice_codeunits(candidates, start=i, stop=i + 1), pa.int64())
+        for i in range(11)
+    ]
+
+    def check(weights: tuple[int, ...]) -> pa.Array:
+        total = pc.multiply(digits[0], weights[0])
+        for digit, weight in zip(digits[1:], weights[1:], strict=False):
+            total = pc.add(total, pc.multiply(digit, weight))
+        # Arrow divides integers with truncation: remainder = sum - 11 * (sum // 11).
+        remainder = pc.subtract(total, pc.multiply(pc.divide(total, 11), 11))
+        check = pc.subtract(11, remainder)
+        # 11 → 0; 10 stays 10 and can never equal a digit, so the number is invalid.
+        return pc.if_else(pc.equal(check, 11), 0, check)
+
+    k1 = check(_K1_WEIGHTS)
+    k2 = check(_K2_WEIGHTS)
+    valid = pc.and_(pc.equal(k1, digits[9]), pc.equal(k2, digits[10]))
+    return int(pc.sum(valid.cast(pa.int64())).as_py() or 0)
+
+
+def _count_runs_inside_text(values: pa.Array) -> int:
+    """Cells with a valid 11-digit run inside longer text (few: checked one by one)."""
+    inside = pc.and_(
+        pc.match_substring_regex(values, pattern=_RUN_INSIDE),
+        pc.invert(pc.match_substring_regex(values, pattern=_WHOLE_CELL)),
+    )
+    count = 0
+    for text in pc.filter(values, inside).to_pylist():
+        if any(is_identity_number(run) for run in _RUNS.findall(text)):
+            count += 1
+    return count
+
+
+def find_identity_numbers(raw: pa.Table) -> dict[str, int]:
+    """Column → number of cells holding something that passes as a national identity number.
+
+    Only columns with at least one such cell appear. Non-text columns are inspected as text.
+    """
+    found: dict[str, int] = {}
+    for name in raw.column_names:
+        values = raw.column(name).combine_chunks()
+        if values.type != pa.string():
+            values = pc.cast(values, pa.string())
+        count = _count_whole_cells(values) + _count_runs_inside_text(values)
+        if count:
+            found[name] = count
+    return found
+
+
+def guard(raw: pa.Table) -> None:
+    """Refuse the whole table if any cell looks like a national identity number."""
+    found = find_identity_numbers(raw)
+    if found:
+        where = ", ".join(f"column '{name}' ({count})" for name, count in found.items())
+        raise PrivacyViolation(
+            f"Values that look like national identity numbers (11 digits, valid check digits) "
+            f"in {where}; the file is rejected whole"
+        )
+
+
+def rekey(pseudonyms: pa.Array, key: bytes) -> pa.Array:
+    """Hex HMAC-SHA256 of each UTF-8 pseudonym under `key`; null stays null."""
+    if not key:
+        raise ValueError("The pseudonym key must not be empty")
+    if isinstance(pseudonyms, pa.ChunkedArray):
+        pseudonyms = pseudonyms.combine_chunks()
+    # One keyed state, copied per value: skips re-deriving the padded key 1M times.
+    base = hmac.new(key, digestmod=hashlib.sha256)
+    keys: list[str | None] = []
+    append = keys.append
+    for value in pseudonyms.to_pylist():
+        if value is None:
+            append(None)
+            continue
+        mac = base.copy()
+        mac.update(value.encode("utf-8"))
+        append(mac.hexdigest())
+    return pa.array(keys, pa.string())

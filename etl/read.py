@@ -1,0 +1,398 @@
+"""Reading an extract file (CSV, XLSX or Parquet) into a raw table (EXTRACT_SPEC.md).
+
+The raw table has every column as `pa.string()`, names lower-cased and stripped, values stripped,
+empty cells as null, columns in the file's order and rows that are entirely empty dropped
+(spreadsheet exports end with them). Typing is `schemas.parsing.normalise`'s job.
+
+A file the register cannot read exactly is refused whole with `RejectedInput`. The messages name the
+column, the line number or the count, never a value from the file: a value may be a pseudonym or an
+identity number, and a header cell that does not look like a column name may be a record (a file
+without its header row), so such names are not echoed either.
+"""
+
+import csv
+import re
+import zipfile
+from collections import Counter
+from collections.abc import Sequence
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any, Final
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from schemas.errors import RejectedInput
+from schemas.forms import FORMS, Form
+
+DEFAULT_MAX_BYTES: Final = 512 * 1024 * 1024
+# Zip-bomb limits for XLSX, checked from the zip directory before openpyxl inflates anything. A real
+# extract workbook compresses roughly 5-20x (sheet XML); 100x is far beyond that.
+XLSX_MAX_UNCOMPRESSED: Final = 1024 * 1024 * 1024
+XLSX_MAX_RATIO: Final = 100
+
+_SUFFIXES: Final = {".csv": "csv", ".txt": "csv", ".xlsx": "xlsx", ".parquet": "parquet"}
+_ZIP_MAGIC: Final = b"PK\x03\x04"
+_PARQUET_MAGIC: Final = b"PAR1"
+_UTF8_BOM: Final = b"\xef\xbb\xbf"
+_DELIMITERS: Final = (";", ",")
+# Bytes that Windows-1252 leaves undefined: a file with them is not cp1252 (nor UTF-8).
+_CP1252_UNDEFINED: Final = re.compile(rb"[\x81\x8d\x8f\x90\x9d]")
+# A well-formed UTF-8 multibyte sequence (RFC 3629, table 3-7 of the Unicode standard). In a file
+# that is not valid UTF-8 as a whole, one of these means two encodings were mixed.
+_UTF8_MULTIBYTE: Final = re.compile(
+    rb"[\xc2-\xdf][\x80-\xbf]"
+    rb"|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]"
+    rb"|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2}"
+)
+# A header cell is echoed in a message only when it looks like a column name, not like data.
+_PRINTABLE_NAME: Final = re.compile(r"^[a-z][a-z_]{0,63}$")
+_ALL_COLUMNS: Final = frozenset(name for spec in FORMS.values() for name in spec.column_names)
+
+
+def read_extract(path: Path, form: Form, *, max_bytes: int = DEFAULT_MAX_BYTES) -> pa.Table:
+    """The extract file at `path` as a raw table of `form`; `RejectedInput` if it cannot be read."""
+    if not path.is_file():
+        raise RejectedInput("The extract file does not exist")
+    size = path.stat().st_size
+    if size == 0:
+        raise RejectedInput("The extract file is empty")
+    if size > max_bytes:
+        raise RejectedInput(f"The extract file is {size} bytes, over the limit of {max_bytes}")
+    kind = _file_kind(path)
+    if kind == "xlsx":
+        names, columns = _read_xlsx(path)
+    elif kind == "parquet":
+        names, columns = _read_parquet(path)
+    else:
+        return _finish(*_read_csv(path, form), form)
+    _check_header(names, form)
+    return _finish(names, columns, form)
+
+
+def _file_kind(path: Path) -> str:
+    kind = _SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise RejectedInput("Unknown file type: an extract must be .csv, .txt, .xlsx or .parquet")
+    with path.open("rb") as file:
+        magic = file.read(4)
+    if kind == "xlsx" and magic != _ZIP_MAGIC:
+        raise RejectedInput("The .xlsx file is not an Excel workbook (no zip signature)")
+    if kind == "parquet" and magic != _PARQUET_MAGIC:
+        raise RejectedInput("The .parquet file is not a Parquet file (no PAR1 signature)")
+    if kind == "csv" and magic in (_ZIP_MAGIC, _PARQUET_MAGIC):
+        raise RejectedInput("The text file is a binary file (a workbook or Parquet file renamed)")
+    return kind
+
+
+def _display(name: str, position: int) -> str:
+    """How a header cell is named in a message: its name if it looks like one, else its position."""
+    if _PRINTABLE_NAME.match(name):
+        return f"'{name}'"
+    return f"column {position} (name not shown: it does not look like a column name)"
+
+
+def _check_header(names: Sequence[str], form: Form) -> None:
+    spec = FORMS[form]
+    counts = Counter(names)
+    duplicates = sorted(name for name, count in counts.items() if count > 1)
+    if duplicates:
+        shown = ", ".join(_display(name, names.index(name) + 1) for name in duplicates)
+        raise RejectedInput(f"Duplicate column name(s) in the header: {shown}")
+    for position, name in enumerate(names, start=1):
+        if name == "":
+            raise RejectedInput(f"Column {position} of the header has no name")
+    unknown = [name for name in names if name not in spec.column_names]
+    missing = [name for name in spec.required_columns if name not in counts]
+    if not unknown and not missing:
+        return
+    other = _form_of(names, exclude=form)
+    if other is not None:
+        raise RejectedInput(
+            f"The columns are those of form '{other.value}', not '{form.value}': "
+            "was the file uploaded as the wrong form?"
+        )
+    if unknown:
+        shown = ", ".join(_display(name, names.index(name) + 1) for name in unknown)
+        raise RejectedInput(
+            f"Column(s) not part of form '{form.value}': {shown}; an unexpected column may carry "
+            "identifying data, so the file is rejected whole"
+        )
+    raise RejectedInput(f"Required column(s) of form '{form.value}' missing: {', '.join(missing)}")
+
+
+def _form_of(names: Sequence[str], *, exclude: Form) -> Form | None:
+    """The other form whose columns these are (all known, every required one present)."""
+    present = set(names)
+    for form, spec in FORMS.items():
+        if form is exclude:
+            continue
+        if present <= set(spec.column_names) and set(spec.required_columns) <= present:
+            return form
+    return None
+
+
+# --- CSV ------------------------------------------------------------------------------------------
+
+
+def _decode(data: bytes) -> bytes:
+    """The file's bytes as UTF-8 (without BOM): strict UTF-8 first, then Windows-1252."""
+    if data.startswith(_UTF8_BOM):
+        data = data[len(_UTF8_BOM) :]
+    if b"\x00" in data:
+        raise RejectedInput(
+            "Mixed or undecodable encoding: the file holds NUL bytes (UTF-16 or binary?); "
+            "send UTF-8 or Windows-1252"
+        )
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        if _UTF8_MULTIBYTE.search(data):
+            raise RejectedInput(
+                f"Mixed or undecodable encoding: UTF-8 and other bytes mixed (first bad byte on "
+                f"line {line}); send UTF-8 or Windows-1252"
+            ) from None
+        undefined = _CP1252_UNDEFINED.search(data)
+        if undefined is not None:
+            line = data.count(b"\n", 0, undefined.start()) + 1
+            raise RejectedInput(
+                f"Mixed or undecodable encoding: a byte undefined in Windows-1252 on line {line}; "
+                "send UTF-8 or Windows-1252"
+            ) from None
+        return data.decode("cp1252").encode("utf-8")
+    return data
+
+
+def _detect_delimiter(header: str) -> tuple[str, list[str]]:
+    """The one delimiter that splits the header into (mostly) known column names."""
+    viable: list[tuple[str, list[str]]] = []
+    for delimiter in _DELIMITERS:
+        fields = next(csv.reader([header], delimiter=delimiter, quotechar='"'), [])
+        names = [field.strip().lower() for field in fields]
+        known = sum(name in _ALL_COLUMNS for name in names)
+        # At least two columns (no form has fewer than three) and a majority of known names, so
+        # that a file with one unexpected column still gets "unknown column", not this error.
+        if len(names) >= 2 and 2 * known > len(names):
+            viable.append((delimiter, names))
+    if len(viable) != 1:
+        raise RejectedInput(
+            "Undetectable delimiter: the header must be column names separated by ';' or ','"
+        )
+    return viable[0]
+
+
+class _RaggedRows:
+    """pyarrow `invalid_row_handler`: counts rows with the wrong number of fields, skips them.
+
+    It never keeps the row's text (a record), only its number.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first_line: int | None = None
+
+    def __call__(self, row: Any) -> str:
+        self.count += 1
+        if row.number is not None and (self.first_line is None or row.number < self.first_line):
+            self.first_line = row.number
+        return "skip"
+
+
+def _read_csv(path: Path, form: Form) -> tuple[list[str], list[pa.Array]]:
+    data = _decode(path.read_bytes())
+    end = data.find(b"\n")
+    header = (data if end < 0 else data[:end]).decode("utf-8").rstrip("\r")
+    delimiter, names = _detect_delimiter(header)
+    _check_header(names, form)
+    if end < 0 or not data[end + 1 :].strip():
+        raise RejectedInput("The extract file has a header but no data rows")
+
+    def parse(use_threads: bool) -> tuple[pa.Table, _RaggedRows]:
+        ragged = _RaggedRows()
+        try:
+            table = pacsv.read_csv(
+                pa.py_buffer(data),
+                read_options=pacsv.ReadOptions(
+                    column_names=names, skip_rows=1, use_threads=use_threads
+                ),
+                parse_options=pacsv.ParseOptions(
+                    delimiter=delimiter,
+                    quote_char='"',
+                    double_quote=True,
+                    newlines_in_values=False,
+                    invalid_row_handler=ragged,
+                ),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=dict.fromkeys(names, pa.string()),
+                    strings_can_be_null=True,
+                    quoted_strings_can_be_null=True,
+                    null_values=[""],
+                ),
+            )
+        except (pa.ArrowInvalid, UnicodeDecodeError):
+            # Arrow's message quotes the offending row: never pass it on.
+            raise RejectedInput(
+                "Malformed CSV: the file cannot be parsed (unbalanced quotes or broken rows)"
+            ) from None
+        return table, ragged
+
+    table, ragged = parse(use_threads=True)
+    if ragged.count:
+        if ragged.first_line is None:
+            # Row numbers are only known to a single-threaded read; re-read to name the line.
+            _, ragged = parse(use_threads=False)
+        where = "" if ragged.first_line is None else f", the first on line {ragged.first_line}"
+        raise RejectedInput(
+            f"{ragged.count} row(s) with the wrong number of fields (truncated or ragged; "
+            f"the header has {len(names)}){where}"
+        )
+    return names, [table.column(i).combine_chunks() for i in range(table.num_columns)]
+
+
+# --- XLSX -----------------------------------------------------------------------------------------
+
+
+def _check_zip(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError):
+        raise RejectedInput("The .xlsx file is not a readable workbook (broken zip)") from None
+    uncompressed = sum(member.file_size for member in members)
+    compressed = sum(member.compress_size for member in members)
+    if uncompressed > XLSX_MAX_UNCOMPRESSED:
+        raise RejectedInput(
+            f"The workbook inflates to {uncompressed} bytes, over the limit of "
+            f"{XLSX_MAX_UNCOMPRESSED}"
+        )
+    if uncompressed > XLSX_MAX_RATIO * max(compressed, 1):
+        raise RejectedInput(
+            f"The workbook's compression ratio is over {XLSX_MAX_RATIO}: refused as a zip bomb"
+        )
+
+
+def _cell_text(value: object) -> str | None:
+    """A spreadsheet cell as the text a CSV export would hold."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.time() == time(0, 0):
+            return value.date().isoformat()
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _read_xlsx(path: Path) -> tuple[list[str], list[pa.Array]]:
+    _check_zip(path)
+    # Imported here: openpyxl is slow to import and only needed for workbooks.
+    import openpyxl
+
+    try:
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception:  # openpyxl raises many kinds on a broken workbook; none may leak a value.
+        raise RejectedInput("The .xlsx file is not a readable workbook") from None
+    try:
+        if len(workbook.sheetnames) != 1:
+            raise RejectedInput(
+                f"The workbook has {len(workbook.sheetnames)} sheets; an extract must have "
+                "exactly one"
+            )
+        rows = workbook.worksheets[0].iter_rows(values_only=True)
+        header_cells = list(next(rows, ()))
+        while header_cells and header_cells[-1] is None:
+            header_cells.pop()
+        if not header_cells:
+            raise RejectedInput("The workbook's first row (the header) is empty")
+        names = [(_cell_text(cell) or "").strip().lower() for cell in header_cells]
+        width = len(names)
+        columns: list[list[str | None]] = [[] for _ in names]
+        for line, row in enumerate(rows, start=2):
+            cells = [_cell_text(cell) for cell in row]
+            if any(cell is not None and cell.strip() for cell in cells[width:]):
+                raise RejectedInput(
+                    f"Row {line} of the workbook has values beyond the header's {width} columns"
+                )
+            cells = (cells + [None] * width)[:width]
+            for column, cell in zip(columns, cells, strict=True):
+                column.append(cell)
+    finally:
+        workbook.close()
+    return names, [pa.array(column, pa.string()) for column in columns]
+
+
+# --- Parquet --------------------------------------------------------------------------------------
+
+
+def _parquet_text(values: pa.Array) -> pa.Array:
+    """A Parquet column as text: dates ISO `yyyy-mm-dd`, integers as decimal text."""
+    kind = values.type
+    if pa.types.is_dictionary(kind):
+        values = values.dictionary_decode()
+        kind = values.type
+    if pa.types.is_date(kind):
+        return pc.strftime(values, format="%Y-%m-%d")
+    if pa.types.is_timestamp(kind):
+        if kind.tz is not None:
+            values = pc.local_timestamp(values)
+        day = pc.strftime(values, format="%Y-%m-%d")
+        moment = pc.strftime(values, format="%Y-%m-%dT%H:%M:%S")
+        midnight = pc.equal(pc.strftime(values, format="%H:%M:%S"), "00:00:00")
+        return pc.if_else(midnight, day, moment)
+    if pa.types.is_boolean(kind):
+        return pc.cast(pc.cast(values, pa.int8()), pa.string())
+    if pa.types.is_floating(kind):
+        whole = pc.equal(values, pc.trunc(values))
+        as_int = pc.cast(pc.cast(pc.if_else(whole, values, None), pa.int64()), pa.string())
+        return pc.if_else(whole, as_int, pc.cast(values, pa.string()))
+    return pc.cast(values, pa.string())
+
+
+def _read_parquet(path: Path) -> tuple[list[str], list[pa.Array]]:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError):
+        raise RejectedInput("The .parquet file is not a readable Parquet file") from None
+    names = [name.strip().lower() for name in table.column_names]
+    columns: list[pa.Array] = []
+    for position, name in enumerate(names, start=1):
+        try:
+            columns.append(_parquet_text(table.column(position - 1).combine_chunks()))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise RejectedInput(
+                f"Column {_display(name, position)} of the Parquet file has a type that cannot be "
+                "read as text"
+            ) from None
+    return names, columns
+
+
+# --- common ---------------------------------------------------------------------------------------
+
+
+def _finish(names: list[str], columns: list[pa.Array], form: Form) -> pa.Table:
+    """Strip values, empty → null, drop rows that are empty throughout, refuse an empty result."""
+    cleaned: list[pa.Array] = []
+    for values in columns:
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        if values.type != pa.string():
+            values = pc.cast(values, pa.string())
+        stripped = pc.utf8_trim_whitespace(values)
+        cleaned.append(pc.if_else(pc.equal(stripped, ""), pa.scalar(None, pa.string()), stripped))
+    table = pa.Table.from_arrays(cleaned, names=names)
+    if table.num_rows:
+        any_value = pc.is_valid(cleaned[0])
+        for values in cleaned[1:]:
+            any_value = pc.or_(any_value, pc.is_valid(values))
+        table = table.filter(any_value)
+    if table.num_rows == 0:
+        raise RejectedInput(f"The extract file of form '{form.value}' has no data rows")
+    return table

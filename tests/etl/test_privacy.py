@@ -1,0 +1,111 @@
+"""etl.privacy: identity-number detection against an independent reference, the guard, re-keying."""
+
+import hashlib
+import hmac
+
+import pyarrow as pa
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from etl.privacy import find_identity_numbers, guard, is_identity_number, rekey
+from schemas.errors import PrivacyViolation, RejectedInput
+
+
+def reference_valid(number: str) -> bool:
+    """Written apart from etl.privacy: the two mod-11 check digits of a fødselsnummer."""
+    digits = [int(c) for c in number]
+    s1 = sum(a * b for a, b in zip([3, 7, 6, 1, 8, 9, 4, 5, 2], digits[:9], strict=True))
+    k1 = (11 - s1 % 11) % 11
+    s2 = sum(a * b for a, b in zip([5, 4, 3, 2, 7, 6, 5, 4, 3, 2], digits[:10], strict=True))
+    k2 = (11 - s2 % 11) % 11
+    return k1 != 10 and k2 != 10 and digits[9] == k1 and digits[10] == k2
+
+
+def complete(first_nine: str) -> str | None:
+    """The identity number with these nine first digits, or None where k1 or k2 would be 10."""
+    w1 = [3, 7, 6, 1, 8, 9, 4, 5, 2]
+    k1 = (11 - sum(a * int(b) for a, b in zip(w1, first_nine, strict=True)) % 11) % 11
+    if k1 == 10:
+        return None
+    ten = first_nine + str(k1)
+    w2 = [5, 4, 3, 2, 7, 6, 5, 4, 3, 2]
+    k2 = (11 - sum(a * int(b) for a, b in zip(w2, ten, strict=True)) % 11) % 11
+    return None if k2 == 10 else ten + str(k2)
+
+
+nine_digits = st.text(alphabet="0123456789", min_size=9, max_size=9)
+eleven_digits = st.text(alphabet="0123456789", min_size=11, max_size=11)
+
+
+def test_hand_worked_identity_number() -> None:
+    # 010107 501 ??: k1 sum = 0*3+1*7+0*6+1*1+0*8+7*9+5*4+0*5+1*2 = 93; 93 mod 11 = 5; k1 = 6.
+    # k2 sum = 0*5+1*4+0*3+1*2+0*7+7*6+5*5+0*4+1*3+6*2 = 88; 88 mod 11 = 0; 11 → k2 = 0.
+    assert is_identity_number("01010750160")
+    assert not is_identity_number("01010750161")
+    assert not is_identity_number("01010750170")
+    assert not is_identity_number("0101075016")
+    assert not is_identity_number("010107501600")
+    assert not is_identity_number("0101075016x")
+    # Non-ASCII digits (Arabic-Indic) are not digits of an identity number.
+    assert not is_identity_number("٠١٠١٠٧٥٠١٦٠")
+
+
+@given(nine_digits)
+def test_a_constructed_identity_number_is_always_found(first_nine: str) -> None:
+    number = complete(first_nine)
+    if number is None:
+        return
+    assert is_identity_number(number)
+    table = pa.table({"a": [number, "x"], "b": [f"fnr:{number}.", None], "c": ["1" + number, "x"]})
+    assert find_identity_numbers(table) == {"a": 1, "b": 1}
+
+
+@given(eleven_digits)
+def test_random_eleven_digits_found_iff_both_check_digits_hold(number: str) -> None:
+    expected = reference_valid(number)
+    assert is_identity_number(number) is expected
+    found = find_identity_numbers(pa.table({"v": [number, f"a {number} b"]}))
+    assert found == ({"v": 2} if expected else {})
+
+
+def test_counts_cells_not_occurrences() -> None:
+    table = pa.table(
+        {
+            "note": ["01010750160 og 01010750160", "tlf 12345678901", "01010750160", None],
+            "age": ["35", "40", "", "01010750160-1"],
+        }
+    )
+    assert find_identity_numbers(table) == {"note": 2, "age": 1}
+
+
+def test_guard_names_column_and_count_never_the_value() -> None:
+    table = pa.table({"record_id": ["r1", "r2"], "unit_code": ["01010750160", "x 01010750160"]})
+    with pytest.raises(PrivacyViolation) as caught:
+        guard(table)
+    message = str(caught.value)
+    assert "01010750160" not in message
+    assert "column 'unit_code' (2)" in message
+    assert "record_id" not in message
+    assert isinstance(caught.value, RejectedInput)
+    guard(pa.table({"record_id": ["12345678901", "010107501600"]}))  # invalid / 12 digits pass
+
+
+def test_rekey_rfc4231_test_case_2() -> None:
+    keys = rekey(pa.array(["what do ya want for nothing?", None]), b"Jefe")
+    assert keys.to_pylist() == [
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+        None,
+    ]
+
+
+def test_rekey_matches_stdlib_and_depends_on_the_key() -> None:
+    values = ["P-0001", "Pasient Øst", "P-0001"]
+    keys = rekey(pa.chunked_array([values[:1], values[1:]]), b"k" * 32)
+    expected = [hmac.new(b"k" * 32, v.encode(), hashlib.sha256).hexdigest() for v in values]
+    assert keys.type == pa.string()
+    assert keys.to_pylist() == expected
+    assert keys[0] == keys[2]
+    assert rekey(pa.array(["P-0001"]), b"other")[0] != keys[0]
+    with pytest.raises(ValueError, match="must not be empty"):
+        rekey(pa.array(["P-0001"]), b"")

@@ -1,0 +1,361 @@
+"""etl.read.read_extract: every file convention of EXTRACT_SPEC.md, and every refusal.
+
+Every refusal test puts SENTINEL (a stand-in for a pseudonym) into the file and asserts that the
+message names the column / line / count but never carries SENTINEL.
+"""
+
+import zipfile
+from datetime import date, datetime
+from pathlib import Path
+
+import openpyxl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import etl.read
+from etl.read import read_extract
+from schemas.errors import RejectedInput
+from schemas.forms import FORMS, Form
+from schemas.parsing import normalise
+
+SENTINEL = "PSEUDO-SENTINEL-4711"
+BASIS = list(FORMS[Form.BASIS].column_names)
+
+
+def basis_row(**overrides: str) -> dict[str, str]:
+    row = {
+        "record_id": "r1",
+        "episode_id": "e1",
+        "patient_pseudonym": SENTINEL,
+        "provider_orgnr": "983974880",
+        "unit_code": "U1",
+        "intake_date": "01.03.2021",
+        "referral_date": "2021-02-15",
+        "age": "35",
+        "sex": "2",
+        "home_hf_orgnr": "",
+        "treatment_type": "1",
+        "primary_substance": "1",
+        "icd10": "F10.2",
+        "audit": "12",
+        "dudit": "",
+        "housing": "1",
+        "employment": "9",
+        "injecting_6m": "0",
+        "severity": "3",
+        "research_consent": "1",
+        "clinical_study_id": "",
+    }
+    row.update(overrides)
+    return row
+
+
+def csv_text(
+    rows: list[dict[str, str]], delimiter: str = ";", header: list[str] | None = None
+) -> str:
+    names = header if header is not None else list(rows[0])
+    lines = [delimiter.join(names)]
+    lines += [delimiter.join(row[name.strip().lower()] for name in names) for row in rows]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def write(tmp_path: Path, name: str, content: str | bytes, encoding: str = "utf-8") -> Path:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode(encoding))
+    return path
+
+
+def rejected(path: Path, form: Form = Form.BASIS, **kwargs: int) -> str:
+    with pytest.raises(RejectedInput) as caught:
+        read_extract(path, form, **kwargs)
+    message = str(caught.value)
+    assert SENTINEL not in message
+    assert caught.value.detail == message
+    return message
+
+
+# --- accepted conventions ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delimiter", [";", ","])
+def test_reads_either_delimiter(tmp_path: Path, delimiter: str) -> None:
+    rows = [basis_row(), basis_row(record_id="r2", unit_code="U2", age="40")]
+    raw = read_extract(write(tmp_path, "b.csv", csv_text(rows, delimiter)), Form.BASIS)
+    assert raw.column_names == BASIS
+    assert all(field.type == pa.string() for field in raw.schema)
+    assert raw.column("record_id").to_pylist() == ["r1", "r2"]
+    assert raw.column("age").to_pylist() == ["35", "40"]
+    assert raw.column("intake_date").to_pylist() == ["01.03.2021", "01.03.2021"]
+    # empty cell = missing
+    assert raw.column("dudit").to_pylist() == [None, None]
+
+
+def test_utf8_bom_is_dropped(tmp_path: Path) -> None:
+    raw = read_extract(
+        write(tmp_path, "b.csv", b"\xef\xbb\xbf" + csv_text([basis_row()]).encode()), Form.BASIS
+    )
+    assert raw.column_names[0] == "record_id"
+    assert raw.column("record_id").to_pylist() == ["r1"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "cp1252"])
+def test_norwegian_letters_in_either_encoding(tmp_path: Path, encoding: str) -> None:
+    unit = "Rusklinikk Ålesund Øst, avd. æøå ÆØÅ"
+    text = csv_text([basis_row(unit_code=f'"{unit}"')])
+    raw = read_extract(write(tmp_path, "b.csv", text, encoding), Form.BASIS)
+    assert raw.column("unit_code").to_pylist() == [unit]
+
+
+def test_mixed_case_header_with_spaces_in_file_order(tmp_path: Path) -> None:
+    header = [" Unit_Code ", "RECORD_ID", *BASIS[1:4], *BASIS[5:]]
+    raw = read_extract(write(tmp_path, "b.csv", csv_text([basis_row()], ";", header)), Form.BASIS)
+    assert raw.column_names == ["unit_code", "record_id", *BASIS[1:4], *BASIS[5:]]
+    assert raw.column("unit_code").to_pylist() == ["U1"]
+
+
+def test_quoted_fields_may_hold_the_delimiter_and_values_are_stripped(tmp_path: Path) -> None:
+    rows = [basis_row(unit_code='"Avd. 1; sengepost"', icd10="  F11  ", clinical_study_id="   ")]
+    raw = read_extract(write(tmp_path, "b.csv", csv_text(rows, ";")), Form.BASIS)
+    assert raw.column("unit_code").to_pylist() == ["Avd. 1; sengepost"]
+    assert raw.column("icd10").to_pylist() == ["F11"]
+    assert raw.column("clinical_study_id").to_pylist() == [None]
+    rows = [basis_row(unit_code='"Avd. 1, sengepost"')]
+    raw = read_extract(write(tmp_path, "c.csv", csv_text(rows, ",")), Form.BASIS)
+    assert raw.column("unit_code").to_pylist() == ["Avd. 1, sengepost"]
+
+
+def test_entirely_empty_rows_are_dropped(tmp_path: Path) -> None:
+    text = csv_text([basis_row()]) + ";" * (len(BASIS) - 1) + "\r\n\r\n"
+    raw = read_extract(write(tmp_path, "b.csv", text), Form.BASIS)
+    assert raw.num_rows == 1
+
+
+def test_both_date_formats_normalise_to_the_same_date(tmp_path: Path) -> None:
+    rows = [
+        basis_row(intake_date="01.03.2021"),
+        basis_row(record_id="r2", intake_date="2021-03-01"),
+    ]
+    raw = read_extract(write(tmp_path, "b.csv", csv_text(rows)), Form.BASIS)
+    typed = normalise(raw, Form.BASIS).table
+    assert typed.column("intake_date").to_pylist() == [date(2021, 3, 1), date(2021, 3, 1)]
+    assert typed.column("referral_date").to_pylist() == [date(2021, 2, 15)] * 2
+
+
+def test_xlsx_first_sheet_header_in_row_1(tmp_path: Path) -> None:
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.append([" Provider_Orgnr", "YEAR", "episodes"])
+    sheet.append(["983974880", 2021, 12])
+    sheet.append([983974899, 2022.0, None])
+    sheet.append([None, None, None])
+    path = tmp_path / "npr.xlsx"
+    workbook.save(path)
+    raw = read_extract(path, Form.NPR_COUNTS)
+    assert raw.column_names == ["provider_orgnr", "year", "episodes"]
+    assert raw.to_pylist() == [
+        {"provider_orgnr": "983974880", "year": "2021", "episodes": "12"},
+        {"provider_orgnr": "983974899", "year": "2022", "episodes": None},
+    ]
+
+
+def test_xlsx_dates_become_iso_text(tmp_path: Path) -> None:
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.append(["record_id", "patient_pseudonym", "provider_orgnr", "optout_date"])
+    sheet.append(["o1", "p1", "983974880", datetime(2023, 5, 17)])
+    path = tmp_path / "optout.xlsx"
+    workbook.save(path)
+    raw = read_extract(path, Form.OPTOUT)
+    assert raw.column("optout_date").to_pylist() == ["2023-05-17"]
+
+
+def test_parquet_with_date_and_integer_columns(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "record_id": ["o1", "o2"],
+            "patient_pseudonym": ["p1", "p2"],
+            "provider_orgnr": ["983974880", None],
+            "optout_date": pa.array([date(2023, 5, 17), date(1999, 1, 2)], pa.date32()),
+        }
+    )
+    pq.write_table(table, tmp_path / "o.parquet")
+    raw = read_extract(tmp_path / "o.parquet", Form.OPTOUT)
+    assert raw.schema == pa.schema([(n, pa.string()) for n in table.column_names])
+    assert raw.column("optout_date").to_pylist() == ["2023-05-17", "1999-01-02"]
+    assert raw.column("provider_orgnr").to_pylist() == ["983974880", None]
+    npr = pa.table(
+        {"Provider_Orgnr": ["983974880"], "year": pa.array([2021], pa.int16()), "episodes": [-3]}
+    )
+    pq.write_table(npr, tmp_path / "n.parquet")
+    raw = read_extract(tmp_path / "n.parquet", Form.NPR_COUNTS)
+    assert raw.to_pylist() == [{"provider_orgnr": "983974880", "year": "2021", "episodes": "-3"}]
+
+
+def test_parquet_with_iso_string_dates(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "record_id": ["o1"],
+            "patient_pseudonym": ["p1"],
+            "provider_orgnr": ["983974880"],
+            "optout_date": ["2023-05-17"],
+        }
+    )
+    pq.write_table(table, tmp_path / "o.parquet")
+    raw = read_extract(tmp_path / "o.parquet", Form.OPTOUT)
+    assert normalise(raw, Form.OPTOUT).table.column("optout_date").to_pylist() == [
+        date(2023, 5, 17)
+    ]
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert "does not exist" in rejected(tmp_path / "nothing.csv")
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    assert "empty" in rejected(write(tmp_path, "b.csv", b""))
+
+
+def test_header_only(tmp_path: Path) -> None:
+    assert "no data rows" in rejected(write(tmp_path, "b.csv", ";".join(BASIS) + "\r\n"))
+
+
+def test_unknown_column_is_named(tmp_path: Path) -> None:
+    header = [*BASIS, "fodselsnummer"]
+    rows = [basis_row(fodselsnummer=SENTINEL)]
+    message = rejected(write(tmp_path, "b.csv", csv_text(rows, ";", header)))
+    assert "'fodselsnummer'" in message
+    assert "not part of form 'basis'" in message
+
+
+def test_header_cell_that_looks_like_data_is_not_echoed(tmp_path: Path) -> None:
+    header = [*BASIS, SENTINEL]
+    rows = [basis_row(**{SENTINEL.lower(): "x"})]
+    message = rejected(write(tmp_path, "b.csv", csv_text(rows, ";", header)))
+    assert f"column {len(BASIS) + 1} (name not shown" in message
+
+
+def test_missing_required_column(tmp_path: Path) -> None:
+    header = [name for name in BASIS if name != "age"]
+    message = rejected(write(tmp_path, "b.csv", csv_text([basis_row()], ";", header)))
+    assert message == "Required column(s) of form 'basis' missing: age"
+
+
+def test_missing_optional_column_is_accepted(tmp_path: Path) -> None:
+    header = [name for name in BASIS if name != "dudit"]
+    raw = read_extract(write(tmp_path, "b.csv", csv_text([basis_row()], ";", header)), Form.BASIS)
+    assert "dudit" not in raw.column_names
+    assert normalise(raw, Form.BASIS).table.column("dudit").to_pylist() == [None]
+
+
+def test_wrong_form_is_named(tmp_path: Path) -> None:
+    names = FORMS[Form.DISCHARGE].column_names
+    row = dict.fromkeys(names, "1") | {"patient_pseudonym": SENTINEL}
+    message = rejected(write(tmp_path, "d.csv", csv_text([row])), Form.BASIS)
+    assert "form 'discharge', not 'basis'" in message
+
+
+def test_undetectable_delimiter(tmp_path: Path) -> None:
+    message = rejected(write(tmp_path, "b.csv", csv_text([basis_row()], "\t")))
+    assert "Undetectable delimiter" in message
+
+
+def test_mixed_utf8_and_cp1252(tmp_path: Path) -> None:
+    text = csv_text([basis_row(unit_code="Ålesund"), basis_row(record_id="r2", unit_code="X")])
+    data = text.encode("utf-8").replace(b"X", "Øst".encode("cp1252"))
+    message = rejected(write(tmp_path, "b.csv", data))
+    assert "Mixed or undecodable encoding" in message
+    assert "line 3" in message
+
+
+def test_byte_undefined_in_cp1252(tmp_path: Path) -> None:
+    data = csv_text([basis_row(unit_code="X")]).encode().replace(b"X", b"\x81")
+    message = rejected(write(tmp_path, "b.csv", data))
+    assert "undefined in Windows-1252 on line 2" in message
+
+
+def test_utf16_is_refused(tmp_path: Path) -> None:
+    assert "NUL bytes" in rejected(write(tmp_path, "b.csv", csv_text([basis_row()]), "utf-16"))
+
+
+def test_ragged_row_names_the_line(tmp_path: Path) -> None:
+    good = csv_text([basis_row(), basis_row(record_id="r2")])
+    bad = ";".join(basis_row(record_id="r3").values()) + ";extra\r\n"
+    message = rejected(write(tmp_path, "b.csv", good + bad + good.split("\r\n", 1)[1]))
+    assert message.startswith("1 row(s) with the wrong number of fields")
+    assert "the header has 21" in message
+    assert "line 4" in message
+
+
+def test_truncated_file(tmp_path: Path) -> None:
+    text = csv_text([basis_row(), basis_row(record_id="r2")])
+    message = rejected(write(tmp_path, "b.csv", text[: text.rindex(SENTINEL) + 5]))
+    assert "1 row(s) with the wrong number of fields" in message
+    assert "line 3" in message
+
+
+def test_duplicate_column_names(tmp_path: Path) -> None:
+    header = [*BASIS, " AGE"]
+    rows = [basis_row()]
+    message = rejected(write(tmp_path, "b.csv", csv_text(rows, ";", header)))
+    assert message == "Duplicate column name(s) in the header: 'age'"
+
+
+def test_file_over_max_bytes(tmp_path: Path) -> None:
+    path = write(tmp_path, "b.csv", csv_text([basis_row()]))
+    message = rejected(path, max_bytes=100)
+    assert f"is {path.stat().st_size} bytes, over the limit of 100" in message
+
+
+def test_unknown_suffix(tmp_path: Path) -> None:
+    assert "Unknown file type" in rejected(write(tmp_path, "b.json", csv_text([basis_row()])))
+
+
+def test_magic_bytes_must_match_the_suffix(tmp_path: Path) -> None:
+    assert "no zip signature" in rejected(write(tmp_path, "b.xlsx", csv_text([basis_row()])))
+    assert "no PAR1 signature" in rejected(write(tmp_path, "b.parquet", csv_text([basis_row()])))
+    pq.write_table(pa.table({"record_id": [SENTINEL]}), tmp_path / "x.parquet")
+    (tmp_path / "x.parquet").rename(tmp_path / "x.csv")
+    assert "binary file" in rejected(tmp_path / "x.csv")
+
+
+def test_xlsx_with_several_sheets(tmp_path: Path) -> None:
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.append(["provider_orgnr", "year", "episodes"])
+    sheet.append([SENTINEL, 2021, 1])
+    workbook.create_sheet("notes")
+    workbook.save(tmp_path / "n.xlsx")
+    message = rejected(tmp_path / "n.xlsx", Form.NPR_COUNTS)
+    assert "has 2 sheets" in message
+
+
+def test_xlsx_zip_bomb_is_refused_before_opening(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.xlsx"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("xl/worksheets/sheet1.xml", b"0" * 5_000_000)
+    assert "compression ratio is over 100" in rejected(path, Form.NPR_COUNTS)
+
+
+def test_xlsx_over_the_uncompressed_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(etl.read, "XLSX_MAX_UNCOMPRESSED", 1000)
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.append(["provider_orgnr", "year", "episodes"])
+    workbook.save(tmp_path / "n.xlsx")
+    assert "over the limit of 1000" in rejected(tmp_path / "n.xlsx", Form.NPR_COUNTS)
+
+
+def test_parquet_with_unknown_column(tmp_path: Path) -> None:
+    table = pa.table(
+        {"provider_orgnr": ["983974880"], "year": [2021], "episodes": [1], "name": [SENTINEL]}
+    )
+    pq.write_table(table, tmp_path / "n.parquet")
+    assert "'name'" in rejected(tmp_path / "n.parquet", Form.NPR_COUNTS)
