@@ -1,0 +1,154 @@
+"""Opt-out: physical erasure of every record of a patient, logged without the pseudonym.
+
+Steps, holding the warehouse's write locks:
+1. re-key the source pseudonyms (the keys only live in memory);
+2. per table (every stored form and the quarantine), delete the patients' rows with
+   `merge(source=pa.table({"patient_key": keys}), "t.patient_key = s.patient_key")
+   .when_matched_delete()`: a literal predicate would write the key into the Delta log;
+3. releases whose files were rewritten by step 2 held the patient: they are marked `retired`, and a
+   replacement release noted "rebuilt after erasure" is published from the current state. We do not
+   rewrite an old release in place: a release is immutable, and a rewritten one would silently
+   change its published numbers; retiring it is honest and leaves its manifest as the record.
+4. files no longer referenced (by the current table version or by a non-retired release) are
+   deleted. Delta's `vacuum(retention_hours=0, enforce_retention_duration=False, full=True,
+   dry_run=True)` lists them, and we delete its list minus the files of non-retired releases
+   (Delta's own `keep_versions` would need the older log files that step 5 removes);
+5. `create_checkpoint()` then `cleanup_metadata()`: with `delta.logRetentionDuration` 0 (set by
+   `Warehouse.ensure`) every log JSON before the checkpoint is deleted; the older ones hold the
+   `add` actions (and statistics) of the removed files. Afterwards we verify that no log JSON older
+   than the checkpoint remains.
+The erasure log row (`schemas.catalog.Erasure`) keeps the date, provider and row counts per table.
+"""
+
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+
+import pyarrow as pa
+from sqlmodel import Session, col, select
+
+from etl.ledger import repair_interrupted
+from etl.privacy import rekey
+from etl.release import publish_locked
+from etl.warehouse import TABLES, Warehouse
+from schemas.catalog import Erasure, Release
+from schemas.errors import KvarusError, RejectedInput
+from schemas.manifest import ReleaseManifest
+
+REBUILT_NOTE = "rebuilt after erasure"
+
+
+class ErasureIncomplete(KvarusError):
+    title = "Erasure incomplete"
+    type_slug = "erasure-incomplete"
+
+
+def erase_patients(
+    source_pseudonyms: list[str],
+    *,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    releases_dir: Path,
+    provider_orgnr: str | None = None,
+    optout_date: date | None = None,
+    performed_by: str = "cli",
+    locked: bool = False,
+) -> Erasure:
+    """Erase every record of these patients; returns the (added, not committed) log row.
+
+    `locked=True` when the caller already holds `warehouse.writing()` (loading an optout file).
+    """
+    pseudonyms = sorted({p for p in source_pseudonyms if p})
+    if not pseudonyms:
+        raise RejectedInput("No pseudonym given to erase")
+    warehouse.ensure()
+    if locked:
+        return _erase(
+            pseudonyms, warehouse, session, key, releases_dir, provider_orgnr, optout_date,
+            performed_by,
+        )  # fmt: skip
+    with warehouse.writing():
+        repair_interrupted(session, warehouse)
+        return _erase(
+            pseudonyms, warehouse, session, key, releases_dir, provider_orgnr, optout_date,
+            performed_by,
+        )  # fmt: skip
+
+
+def _erase(
+    pseudonyms: list[str],
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    releases_dir: Path,
+    provider_orgnr: str | None,
+    optout_date: date | None,
+    performed_by: str,
+) -> Erasure:
+    keys = rekey(pa.array(pseudonyms, pa.string()), key)
+    rows_erased: dict[str, int] = {}
+    removed: set[str] = set()
+    for table in TABLES:
+        before = set(_absolute(warehouse.files(table)))
+        rows_erased[table] = warehouse.delete_patients(table, keys)
+        removed |= before - set(_absolute(warehouse.files(table)))
+
+    releases = session.exec(select(Release).where(col(Release.retired).is_(False))).all()
+    retired: list[int] = []
+    keep: set[str] = set()
+    for release in releases:
+        manifest = ReleaseManifest.read(Path(release.manifest_path))
+        files = {f for snapshot in manifest.tables.values() for f in snapshot.files}
+        if files & removed:
+            release.retired = True
+            session.add(release)
+            retired.append(release.number)
+        else:
+            keep |= files
+    session.flush()
+
+    rebuilt = ""
+    if retired:
+        manifest = publish_locked(warehouse, releases_dir, session, REBUILT_NOTE, performed_by)
+        rebuilt = ",".join(str(n) for n in retired) + f"->{manifest.release}"
+
+    for table in TABLES:
+        _purge(warehouse, table, keep)
+
+    erasure = Erasure(
+        optout_date=datetime.combine(optout_date, time(), tzinfo=UTC) if optout_date else None,
+        provider_orgnr=provider_orgnr,
+        patients=len(pseudonyms),
+        rows_erased=rows_erased,
+        releases_rebuilt=rebuilt,
+        performed_by=performed_by,
+    )
+    session.add(erasure)
+    session.flush()
+    return erasure
+
+
+def _absolute(uris: list[str]) -> list[str]:
+    return [str(Path(uri).resolve()) for uri in uris]
+
+
+def _purge(warehouse: Warehouse, table: str, keep: set[str]) -> None:
+    """Delete unreferenced files (except those of non-retired releases) and the old log."""
+    delta = warehouse.delta(table)
+    root = warehouse.path(table).resolve()
+    candidates = delta.vacuum(
+        retention_hours=0, enforce_retention_duration=False, dry_run=True, full=True
+    )
+    for candidate in candidates:
+        path = Path(candidate) if Path(candidate).is_absolute() else root / candidate
+        if str(path.resolve()) not in keep:
+            path.unlink(missing_ok=True)
+    delta.create_checkpoint()
+    delta.cleanup_metadata()
+    checkpoint = int(delta.version())
+    log = warehouse.path(table) / "_delta_log"
+    stale = [p.name for p in log.glob("*.json") if int(p.stem) < checkpoint]
+    if stale:
+        raise ErasureIncomplete(
+            f"Table '{table}': {len(stale)} log file(s) older than the checkpoint remain"
+        )

@@ -1,0 +1,68 @@
+"""The upload ledger: one `schemas.catalog.Upload` row per file; repair of interrupted loads.
+
+A row is `running` only while a load holds the warehouse's write locks (`Warehouse.writing()`), so a
+process that holds those locks and finds a `running` row knows its load died (flock locks die with
+their process). `repair_interrupted` undoes that load's Delta commits (each is tagged with the
+upload id in its commit metadata) and marks the row `failed`. See `etl.load` for the protocol.
+"""
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+from sqlmodel import Session, col, select
+
+from etl.warehouse import Warehouse
+from schemas.catalog import Upload
+
+_CHUNK: Final = 1 << 20
+
+INTERRUPTED: Final = "interrupted: the load did not finish; its table changes were undone"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def loaded_upload(session: Session, sha256: str, form: str) -> Upload | None:
+    """The earlier upload that loaded this very file for this form, if any."""
+    statement = (
+        select(Upload)
+        .where(Upload.file_sha256 == sha256, Upload.form == form, Upload.status == "loaded")
+        .order_by(col(Upload.id))
+    )
+    return session.exec(statement).first()
+
+
+def list_uploads(session: Session, limit: int | None = None) -> list[Upload]:
+    statement = select(Upload).order_by(col(Upload.id).desc())
+    if limit is not None:
+        statement = statement.limit(limit)
+    return list(session.exec(statement).all())
+
+
+def repair_interrupted(session: Session, warehouse: Warehouse) -> list[int]:
+    """Undo loads left `running` by a dead process. Call only while holding `writing()` locks.
+
+    Commits the catalog (the repair must stick even if the caller then fails).
+    """
+    stuck = session.exec(select(Upload).where(Upload.status == "running")).all()
+    repaired: list[int] = []
+    for upload in stuck:
+        assert upload.id is not None
+        warehouse.restore_before(upload.id)
+        upload.status = "failed"
+        upload.error = INTERRUPTED
+        upload.rows_accepted = upload.rows_quarantined = upload.rows_superseded = 0
+        upload.rows_erased = 0
+        upload.finished_at = datetime.now(UTC)
+        session.add(upload)
+        repaired.append(upload.id)
+    if repaired:
+        session.commit()
+    return repaired

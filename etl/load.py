@@ -1,0 +1,424 @@
+"""Load one extract file into the warehouse, with its ledger row and validation report.
+
+Steps: sha256 → an identical file (hash + form) already loaded is recorded as `duplicate` and
+changes nothing → `read_extract` → privacy guard → `validate_extract` (a fatal check → `rejected`,
+nothing written but the ledger row and its report) → `normalise` → rows with a row-level error (the
+suite's `row_failures` and `cross_record.check` against the warehouse) go to quarantine with check
+and reason; the accepted rows get `patient_key` (HMAC of the pseudonym; the pseudonym itself is
+never written anywhere), `year` and `upload_id` and are merged into their form's table. An `optout`
+file is not stored: its patients are erased (`etl.erasure`).
+
+Atomicity protocol (a load commits fully or leaves no trace, even under SIGKILL):
+1. Reading and validation touch nothing. A rejected file gets its ledger row (`rejected`) through
+   the caller's transaction; no Delta table is touched.
+2. The loader takes the warehouse's write locks (`Warehouse.writing()`: flock on every table's lock
+   file, so one writer at a time, across threads and processes; the kernel drops the locks of a
+   dead process).
+3. Holding the locks, it repairs first: any ledger row still `running` belongs to a dead load (a
+   live one would hold the locks), so its Delta commits are undone (`DeltaTable.restore` to the
+   version before its first commit; each of our commits carries `kvarus.upload_id` in its commit
+   metadata) and it is marked `failed`.
+4. It inserts its own ledger row as `running` and COMMITS the catalog (the one place inner code
+   commits: the row must be visible to a later repair), then writes its Delta commits (each atomic).
+5. One catalog transaction marks the row `loaded` with its counts and stores the validation run.
+   A kill before 5 leaves a `running` row that step 3 of the next writer repairs; a kill after 5
+   leaves a finished load. A Parquet file written by a commit that never happened is unreferenced;
+   `vacuum` removes it.
+"""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlmodel import Session
+
+from etl.ledger import file_sha256, loaded_upload, repair_interrupted
+from etl.privacy import guard, rekey
+from etl.read import read_extract
+from etl.warehouse import (
+    QUARANTINE,
+    STORED_FORMS,
+    Warehouse,
+    quarantine_rows,
+    values_table,
+)
+from schemas.catalog import Upload, ValidationRun
+from schemas.errors import KvarusError
+from schemas.forms import FORMS, PATIENT_KEY_COLUMN, PSEUDONYM_COLUMN, Form, warehouse_schema
+from schemas.parsing import normalise
+
+Progress = Callable[[str, int], None]
+
+NO_INTAKE = "cross.no_intake"
+
+FAILURE_SCHEMA = pa.schema(
+    [
+        ("row_index", pa.int64()),
+        ("record_id", pa.string()),
+        ("check", pa.string()),
+        ("severity", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+
+class _Validation(Protocol):
+    """What the loader uses of `validation.ValidationResult`."""
+
+    @property
+    def suite_version(self) -> str: ...
+    @property
+    def rejected(self) -> bool: ...
+    @property
+    def rejection_reasons(self) -> list[str]: ...
+    @property
+    def row_failures(self) -> pa.Table: ...
+    def to_report(self) -> dict[str, object]: ...
+
+
+def load_file(
+    path: Path,
+    form: Form,
+    *,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    known_providers: frozenset[str],
+    uploaded_by: str = "cli",
+    today: date | None = None,
+    progress: Progress | None = None,
+) -> Upload:
+    """Load one file; returns its ledger row (status loaded, rejected or duplicate)."""
+    report: Progress = progress if progress is not None else _no_progress
+    today = today if today is not None else date.today()
+    sha256 = file_sha256(path)
+    upload = Upload(
+        file_sha256=sha256, form=form.value, filename=path.name, uploaded_by=uploaded_by
+    )
+    if loaded_upload(session, sha256, form.value) is not None:
+        upload.status = "duplicate"
+        upload.finished_at = datetime.now(UTC)
+        session.add(upload)
+        session.flush()
+        return upload
+
+    # 1. Read and validate: no side effects.
+    validation: _Validation | None = None
+    try:
+        raw = read_extract(path, form)
+        upload.rows_read = raw.num_rows
+        report("read", raw.num_rows)
+        if "provider_orgnr" in raw.column_names:
+            providers = pc.unique(raw.column("provider_orgnr").drop_null()).to_pylist()
+            upload.providers = ",".join(sorted(str(p) for p in providers))
+        guard(raw)
+        validation = _validate(raw, form, known_providers=known_providers, today=today)
+        report("validated", raw.num_rows)
+        if validation.rejected:
+            return _reject(session, upload, "; ".join(validation.rejection_reasons), validation)
+        typed = normalise(raw, form).table
+    except KvarusError as error:
+        return _reject(session, upload, error.detail, validation)
+
+    # 2-5. Write, under the locks.
+    warehouse.ensure()
+    with warehouse.writing():
+        repair_interrupted(session, warehouse)
+        upload.status = "running"
+        upload.started_at = datetime.now(UTC)
+        session.add(upload)
+        session.commit()  # step 4: the running row must outlive this process
+        assert upload.id is not None
+        if form is Form.OPTOUT:
+            _optout(typed, warehouse=warehouse, session=session, key=key, upload=upload)
+        else:
+            _store(typed, validation, form, warehouse=warehouse, key=key, upload=upload)
+        report("written", upload.rows_accepted)
+        upload.status = "loaded"
+        upload.finished_at = datetime.now(UTC)
+        session.add(upload)
+        session.add(_validation_run(upload, validation))
+        session.commit()
+    return upload
+
+
+def _no_progress(step: str, rows: int) -> None:
+    return None
+
+
+def _reject(
+    session: Session, upload: Upload, detail: str, validation: _Validation | None
+) -> Upload:
+    upload.status = "rejected"
+    upload.error = detail
+    upload.finished_at = datetime.now(UTC)
+    session.add(upload)
+    session.flush()
+    if validation is not None:
+        session.add(_validation_run(upload, validation))
+        session.flush()
+    return upload
+
+
+def _validation_run(upload: Upload, validation: _Validation) -> ValidationRun:
+    return ValidationRun(
+        upload_id=upload.id,
+        form=upload.form,
+        suite_version=validation.suite_version,
+        passed=not validation.rejected,
+        report=validation.to_report(),
+    )
+
+
+def staged_schema(form: Form) -> pa.Schema:
+    """The warehouse schema with every field nullable (rows may still be invalid)."""
+    schema = warehouse_schema(form)
+    return pa.schema([field.with_nullable(True) for field in schema])
+
+
+def stage(typed: pa.Table, form: Form, *, key: bytes, upload_id: int) -> pa.Table:
+    """Typed extract rows → warehouse shape: patient_key for the pseudonym, year, upload_id."""
+    spec = FORMS[form]
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {}
+    for name in typed.column_names:
+        if name == PSEUDONYM_COLUMN:
+            columns[PATIENT_KEY_COLUMN] = rekey(typed.column(name).combine_chunks(), key)
+        else:
+            columns[name] = typed.column(name)
+    if spec.year_column is not None:
+        columns["year"] = pc.cast(pc.year(typed.column(spec.year_column)), pa.int32())
+    columns["upload_id"] = pa.array(np.full(typed.num_rows, upload_id, dtype=np.int64))
+    schema = staged_schema(form)
+    return pa.table({name: columns[name] for name in schema.names}).cast(schema)
+
+
+@dataclass(frozen=True)
+class _Split:
+    accepted: pa.Table
+    quarantined: pa.Table  # quarantine rows (one per row × check)
+    rows_quarantined: int
+
+
+def _split(
+    staged: pa.Table, form: Form, row_failures: pa.Table, warehouse: Warehouse, upload_id: int
+) -> _Split:
+    """Separate accepted rows from rows with a row-level error (suite or cross-record)."""
+    failed = row_failures.filter(pc.equal(row_failures.column("severity"), "error"))
+    failed = failed.select(FAILURE_SCHEMA.names).cast(FAILURE_SCHEMA)
+    bad = np.zeros(staged.num_rows, dtype=bool)
+    bad[failed.column("row_index").to_numpy()] = True
+    candidates_index = np.flatnonzero(~bad)
+    candidates = staged.take(pa.array(candidates_index))
+    if form is not Form.NPR_COUNTS and candidates.num_rows > 0:
+        cross = _cross_check(candidates, form, warehouse)
+        cross = cross.filter(pc.equal(cross.column("severity"), "error"))
+        if cross.num_rows > 0:
+            local = cross.column("row_index").to_numpy()
+            original = candidates_index[local]
+            cross = cross.set_column(
+                cross.schema.get_field_index("row_index"), "row_index", pa.array(original)
+            )
+            failed = pa.concat_tables([failed, cross.select(FAILURE_SCHEMA.names)])
+            bad[original] = True
+    accepted = staged.filter(pa.array(~bad))
+    quarantined = quarantine_rows(form, upload_id, staged, failed)
+    return _Split(accepted, quarantined, int(bad.sum()))
+
+
+def _existing(warehouse: Warehouse) -> dict[Form, pa.Table]:
+    return {form: warehouse.table(form) for form in STORED_FORMS if form is not Form.NPR_COUNTS}
+
+
+def _cross_check(incoming: pa.Table, form: Form, warehouse: Warehouse) -> pa.Table:
+    existing = _existing(warehouse)
+    if form is Form.BASIS:
+        # The file's own intakes count as existing for its episodes.
+        existing[Form.BASIS] = pa.concat_tables(
+            [existing[Form.BASIS], incoming.cast(warehouse_schema(form))]
+        )
+    return _cross(incoming, form, existing)
+
+
+def _store(
+    typed: pa.Table,
+    validation: _Validation,
+    form: Form,
+    *,
+    warehouse: Warehouse,
+    key: bytes,
+    upload: Upload,
+) -> None:
+    assert upload.id is not None
+    staged = stage(typed, form, key=key, upload_id=upload.id)
+    split = _split(staged, form, validation.row_failures, warehouse, upload.id)
+    counts = warehouse.write(form, split.accepted, upload_id=upload.id)
+    warehouse.append_quarantine(split.quarantined, upload_id=upload.id)
+    upload.rows_accepted = split.accepted.num_rows
+    upload.rows_quarantined = split.rows_quarantined
+    upload.rows_superseded = counts.superseded
+    if form is Form.BASIS and split.accepted.num_rows > 0:
+        _release_held(warehouse, upload.id)
+
+
+def _release_held(warehouse: Warehouse, upload_id: int) -> int:
+    """Rows held for `cross.no_intake` whose intake has now arrived are re-checked and stored."""
+    quarantine = warehouse.read(QUARANTINE)
+    if quarantine.num_rows == 0:
+        return 0
+    held = quarantine.filter(pc.equal(quarantine.column("check"), NO_INTAKE))
+    if held.num_rows == 0:
+        return 0
+    # Only records held for nothing but a missing intake.
+    other = quarantine.filter(pc.not_equal(quarantine.column("check"), NO_INTAKE))
+    blocked = set(
+        zip(other.column("form").to_pylist(), other.column("record_id").to_pylist(), strict=False)
+    )
+    basis_episodes = pc.unique(warehouse.table(Form.BASIS).column("episode_id"))
+    released = 0
+    for form in (Form.MEASUREMENT, Form.DISCHARGE, Form.FOLLOWUP):
+        rows = held.filter(
+            pc.and_(
+                pc.equal(held.column("form"), form.value),
+                pc.is_in(held.column("episode_id"), value_set=basis_episodes),
+            )
+        )
+        keep = [
+            (form.value, record_id) not in blocked
+            for record_id in rows.column("record_id").to_pylist()
+        ]
+        rows = rows.filter(pa.array(keep, pa.bool_()))
+        if rows.num_rows == 0:
+            continue
+        staged = values_table(rows.column("values").to_pylist(), staged_schema(form))
+        failures = _cross_check(staged, form, warehouse)
+        failures = failures.filter(pc.equal(failures.column("severity"), "error"))
+        bad = np.zeros(staged.num_rows, dtype=bool)
+        bad[failures.column("row_index").to_numpy()] = True
+        passed = staged.filter(pa.array(~bad))
+        if passed.num_rows == 0:
+            continue
+        warehouse.write(form, passed, upload_id=upload_id)
+        warehouse.release_quarantined(
+            form, passed.column("record_id").to_pylist(), upload_id=upload_id
+        )
+        released += passed.num_rows
+    return released
+
+
+def _optout(
+    typed: pa.Table, *, warehouse: Warehouse, session: Session, key: bytes, upload: Upload
+) -> None:
+    from etl.erasure import erase_patients  # erasure imports this module's neighbours
+
+    pseudonyms = [p for p in typed.column(PSEUDONYM_COLUMN).to_pylist() if p is not None]
+    dates = [d for d in typed.column("optout_date").to_pylist() if d is not None]
+    erasure = erase_patients(
+        pseudonyms,
+        warehouse=warehouse,
+        session=session,
+        key=key,
+        releases_dir=warehouse.releases_dir,
+        provider_orgnr=upload.providers or None,
+        optout_date=max(dates) if dates else None,
+        performed_by=upload.uploaded_by,
+        locked=True,
+    )
+    upload.rows_accepted = len(pseudonyms)
+    upload.rows_erased = sum(erasure.rows_erased.values())
+
+
+# --- validation -------------------------------------------------------------------------------
+# TODO(validation): stand-ins until `validation.validate_extract` and `validation.cross_record`
+# land; switch to them then (docs/interfaces.md signatures).
+
+
+@dataclass
+class _StandInResult:
+    form: Form
+    row_failures: pa.Table
+    rejection_reasons: list[str]
+    suite_version: str = "stand-in"
+
+    @property
+    def rejected(self) -> bool:
+        return bool(self.rejection_reasons)
+
+    def to_report(self) -> dict[str, object]:
+        return {
+            "form": self.form.value,
+            "suite_version": self.suite_version,
+            "rejected": self.rejected,
+            "rejection_reasons": list(self.rejection_reasons),
+            "row_failures": self.row_failures.num_rows,
+        }
+
+
+def _validate(
+    raw: pa.Table, form: Form, *, known_providers: frozenset[str], today: date
+) -> _Validation:
+    spec = FORMS[form]
+    reasons: list[str] = []
+    if "record_id" in raw.column_names:
+        ids = raw.column("record_id").drop_null()
+        duplicates = len(ids) - len(pc.unique(ids))
+        if duplicates:
+            reasons.append(f"record_id.unique: {duplicates} duplicate record_id(s)")
+    if "provider_orgnr" in raw.column_names:
+        providers = set(pc.unique(raw.column("provider_orgnr").drop_null()).to_pylist())
+        unknown = len(providers - known_providers)
+        if unknown:
+            reasons.append(f"provider_orgnr.known: {unknown} unknown provider(s)")
+    normalised = normalise(raw, form)
+    failures: list[pa.Table] = []
+    for column in spec.columns:
+        checks: list[tuple[str, pa.Array]] = []
+        if column.name in raw.column_names:
+            checks.append((f"{column.name}.type", normalised.invalid[column.name]))
+            if column.required:
+                checks.append((f"{column.name}.required", pc.is_null(raw.column(column.name))))
+        for check, mask in checks:
+            index = np.flatnonzero(np.asarray(mask, dtype=bool))
+            if len(index) == 0:
+                continue
+            record_ids = (
+                raw.column("record_id").take(pa.array(index))
+                if "record_id" in raw.column_names
+                else pa.nulls(len(index), pa.string())
+            )
+            failures.append(
+                pa.table(
+                    {
+                        "row_index": pa.array(index, pa.int64()),
+                        "record_id": record_ids,
+                        "check": pa.array([check] * len(index)),
+                        "severity": pa.array(["error"] * len(index)),
+                        "reason": pa.array([check] * len(index)),
+                    },
+                    schema=FAILURE_SCHEMA,
+                )
+            )
+    table = pa.concat_tables(failures) if failures else FAILURE_SCHEMA.empty_table()
+    return _StandInResult(form, table, reasons)
+
+
+def _cross(incoming: pa.Table, form: Form, existing: Mapping[Form, pa.Table]) -> pa.Table:
+    if form in (Form.BASIS, Form.NPR_COUNTS, Form.OPTOUT):
+        return FAILURE_SCHEMA.empty_table()
+    episodes = pc.unique(existing[Form.BASIS].column("episode_id"))
+    missing = pc.invert(pc.is_in(incoming.column("episode_id"), value_set=episodes))
+    index = np.flatnonzero(np.asarray(missing, dtype=bool))
+    return pa.table(
+        {
+            "row_index": pa.array(index, pa.int64()),
+            "record_id": incoming.column("record_id").take(pa.array(index)),
+            "check": pa.array([NO_INTAKE] * len(index)),
+            "severity": pa.array(["error"] * len(index)),
+            "reason": pa.array(["no intake for the episode"] * len(index)),
+        },
+        schema=FAILURE_SCHEMA,
+    )

@@ -1,0 +1,383 @@
+"""The warehouse: one Delta table per stored form, plus the quarantine, under one root directory.
+
+Layout: `{root}/{basis,measurement,discharge,followup,npr_counts}/` (partitioned by `year`),
+`{root}/quarantine/`, and one lock file per table, `{root}/{table}.lock`.
+
+Privacy of the data plane:
+- `delta.dataSkippingStatsColumns` lists every column except `patient_key`, so the Delta log never
+  holds min/max statistics of a patient key; the Parquet writer is told the same
+  (`statistics_enabled="NONE"` for `patient_key`), so no Parquet footer holds one either.
+- Deletions by patient go through `merge(... when_matched_delete())` from a source table: a literal
+  predicate's text would be written into the log.
+- `delta.logRetentionDuration` is 0 so that `cleanup_metadata()` (called only by an erasure, after a
+  checkpoint) really deletes the old log JSON files, which hold the `add` actions of removed files.
+  `delta.enableExpiredLogCleanup` is false so that no ordinary commit prunes the log behind our back
+  (repairing an interrupted load restores older versions).
+
+Reads go through DuckDB `read_parquet(table.file_uris(), hive_partitioning=true)`, never pyarrow
+datasets with filters (pyarrow >= 21 fails on string filters over files rewritten by merge/delete).
+
+Writers: Delta's optimistic concurrency is not safe on a local filesystem without a locking
+provider, so every writer holds `fcntl.flock` locks on the tables' lock files
+(`Warehouse.writing()`); flock locks are released by the kernel when a process dies, even by
+SIGKILL, which the load protocol in `etl.load` relies on.
+"""
+
+import fcntl
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any, Final
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import (
+    ColumnProperties,
+    CommitProperties,
+    DeltaTable,
+    WriterProperties,
+    write_deltalake,
+)
+
+from schemas.forms import PATIENT_KEY_COLUMN, Form, warehouse_schema
+
+# The stored forms, in a fixed order (also the order of a release manifest).
+STORED_FORMS: Final = (
+    Form.BASIS,
+    Form.MEASUREMENT,
+    Form.DISCHARGE,
+    Form.FOLLOWUP,
+    Form.NPR_COUNTS,
+)
+QUARANTINE: Final = "quarantine"
+TABLES: Final[tuple[str, ...]] = (*(f.value for f in STORED_FORMS), QUARANTINE)
+
+# The key a corrected record is matched on (npr_counts has one count per provider and year).
+MERGE_KEYS: Final[dict[Form, tuple[str, ...]]] = {
+    Form.BASIS: ("record_id",),
+    Form.MEASUREMENT: ("record_id",),
+    Form.DISCHARGE: ("record_id",),
+    Form.FOLLOWUP: ("record_id",),
+    Form.NPR_COUNTS: ("provider_orgnr", "year"),
+}
+
+# Commit metadata key naming the ledger row (Upload.id) that made a Delta commit.
+UPLOAD_ID_METADATA: Final = "kvarus.upload_id"
+
+QUARANTINE_SCHEMA: Final = pa.schema(
+    [
+        pa.field("form", pa.string(), nullable=False),
+        pa.field("upload_id", pa.int64(), nullable=False),
+        pa.field("record_id", pa.string()),
+        pa.field("episode_id", pa.string()),
+        pa.field(PATIENT_KEY_COLUMN, pa.string()),
+        pa.field("check", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("severity", pa.string(), nullable=False),
+        # The row's typed values as JSON, with patient_key in place of the source pseudonym.
+        pa.field("values", pa.string(), nullable=False),
+    ]
+)
+
+_WRITER_PROPERTIES: Final = WriterProperties(
+    column_properties={PATIENT_KEY_COLUMN: ColumnProperties(statistics_enabled="NONE")}
+)
+
+
+def schema_of(table: str) -> pa.Schema:
+    return QUARANTINE_SCHEMA if table == QUARANTINE else warehouse_schema(Form(table))
+
+
+def _configuration(schema: pa.Schema) -> dict[str, str | None]:
+    stats_columns = [name for name in schema.names if name != PATIENT_KEY_COLUMN]
+    return {
+        "delta.dataSkippingStatsColumns": ",".join(stats_columns),
+        "delta.logRetentionDuration": "interval 0 seconds",
+        "delta.enableExpiredLogCleanup": "false",
+    }
+
+
+@dataclass(frozen=True)
+class WriteCounts:
+    inserted: int = 0
+    superseded: int = 0
+    unchanged: int = 0
+
+
+def _commit(upload_id: int | None) -> CommitProperties | None:
+    if upload_id is None:
+        return None
+    return CommitProperties(custom_metadata={UPLOAD_ID_METADATA: str(upload_id)})
+
+
+class Warehouse:
+    """The Delta tables under `root`; `releases_dir` is where releases live (default beside it)."""
+
+    def __init__(self, root: Path, releases_dir: Path | None = None) -> None:
+        self.root = root
+        self.releases_dir = releases_dir if releases_dir is not None else root.parent / "releases"
+
+    # -- layout -----------------------------------------------------------------------------
+    def path(self, table: str) -> Path:
+        if table not in TABLES:
+            raise KeyError(table)
+        return self.root / table
+
+    def ensure(self) -> None:
+        """Create the empty tables (version 0) that do not exist yet, with their properties."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for table in TABLES:
+            path = self.path(table)
+            if (path / "_delta_log").exists():
+                continue
+            schema = schema_of(table)
+            partition = ["year"] if "year" in schema.names else None
+            DeltaTable.create(
+                str(path),
+                schema,
+                partition_by=partition,
+                mode="ignore",
+                configuration=_configuration(schema),
+            )
+
+    def delta(self, table: str) -> DeltaTable:
+        return DeltaTable(str(self.path(table)))
+
+    def version(self, table: str) -> int:
+        return int(self.delta(table).version())
+
+    def versions(self) -> dict[str, int]:
+        return {table: self.version(table) for table in TABLES}
+
+    def files(self, table: str) -> list[str]:
+        return sorted(self.delta(table).file_uris())
+
+    # -- locking ----------------------------------------------------------------------------
+    @contextmanager
+    def writing(self, tables: Sequence[str] = TABLES) -> Iterator[None]:
+        """Hold exclusive flock locks on the tables' lock files (sorted order: no deadlock)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with ExitStack() as stack:
+            for table in sorted(set(tables)):
+                handle = stack.enter_context((self.root / f"{table}.lock").open("a"))
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            yield
+
+    # -- reading ----------------------------------------------------------------------------
+    def read(self, table: str, files: Sequence[str] | None = None) -> pa.Table:
+        """The table's current rows (or those of `files`) as Arrow, in the table's schema."""
+        schema = schema_of(table)
+        uris = list(files) if files is not None else self.files(table)
+        if not uris:
+            return schema.empty_table()
+        columns = ", ".join(f'"{name}"' for name in schema.names)
+        connection = duckdb.connect()
+        try:
+            result = connection.sql(
+                f"SELECT {columns} FROM read_parquet($files, hive_partitioning=true)",  # noqa: S608
+                params={"files": uris},
+            ).to_arrow_table()
+        finally:
+            connection.close()
+        return result.cast(schema)
+
+    def table(self, form: Form) -> pa.Table:
+        """A stored form's current rows (for cross-record checks)."""
+        return self.read(form.value)
+
+    def count(self, table: str) -> int:
+        return int(self.read(table).num_rows)
+
+    # -- writing ----------------------------------------------------------------------------
+    def write(self, form: Form, rows: pa.Table, *, upload_id: int | None) -> WriteCounts:
+        """Insert rows; a re-sent key with new values supersedes the stored row (merge)."""
+        if rows.num_rows == 0:
+            return WriteCounts()
+        schema = warehouse_schema(form)
+        rows = rows.select(schema.names).cast(schema)
+        table = self.delta(form.value)
+        keys = MERGE_KEYS[form]
+        if not self._overlaps(form, rows, keys):
+            # Nothing to supersede: a plain append is much cheaper than a merge.
+            write_deltalake(
+                table,
+                rows,
+                mode="append",
+                writer_properties=_WRITER_PROPERTIES,
+                commit_properties=_commit(upload_id),
+            )
+            return WriteCounts(inserted=rows.num_rows)
+        on = " AND ".join(f't."{k}" = s."{k}"' for k in keys)
+        compared = [n for n in schema.names if n not in keys and n != "upload_id"]
+        changed = " OR ".join(f'(t."{n}" IS DISTINCT FROM s."{n}")' for n in compared)
+        metrics = (
+            table.merge(
+                rows,
+                on,
+                source_alias="s",
+                target_alias="t",
+                writer_properties=_WRITER_PROPERTIES,
+                commit_properties=_commit(upload_id),
+            )
+            .when_matched_update_all(predicate=changed)
+            .when_not_matched_insert_all()
+            .execute()
+        )
+        inserted = int(metrics["num_target_rows_inserted"])
+        superseded = int(metrics["num_target_rows_updated"])
+        return WriteCounts(
+            inserted=inserted,
+            superseded=superseded,
+            unchanged=rows.num_rows - inserted - superseded,
+        )
+
+    def _overlaps(self, form: Form, rows: pa.Table, keys: tuple[str, ...]) -> bool:
+        files = self.files(form.value)
+        if not files:
+            return False
+        key_list = ", ".join(f'"{k}"' for k in keys)
+        connection = duckdb.connect()
+        try:
+            connection.register("incoming", rows.select(list(keys)))
+            found = connection.execute(
+                f"SELECT count(*) FROM read_parquet(?, hive_partitioning=true) AS t "  # noqa: S608
+                f"SEMI JOIN incoming AS s USING ({key_list})",
+                [files],
+            ).fetchone()
+        finally:
+            connection.close()
+        return found is not None and int(found[0]) > 0
+
+    def append_quarantine(self, rows: pa.Table, *, upload_id: int | None) -> None:
+        if rows.num_rows == 0:
+            return
+        write_deltalake(
+            self.delta(QUARANTINE),
+            rows.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA),
+            mode="append",
+            writer_properties=_WRITER_PROPERTIES,
+            commit_properties=_commit(upload_id),
+        )
+
+    def release_quarantined(
+        self, form: Form, record_ids: Iterable[str], *, upload_id: int | None
+    ) -> int:
+        """Delete the quarantine rows of `form` with these record ids (they were stored)."""
+        ids = sorted(set(record_ids))
+        if not ids:
+            return 0
+        source = pa.table(
+            {"form": pa.array([form.value] * len(ids)), "record_id": pa.array(ids, pa.string())}
+        )
+        metrics = (
+            self.delta(QUARANTINE)
+            .merge(
+                source,
+                "t.form = s.form AND t.record_id = s.record_id",
+                source_alias="s",
+                target_alias="t",
+                writer_properties=_WRITER_PROPERTIES,
+                commit_properties=_commit(upload_id),
+            )
+            .when_matched_delete()
+            .execute()
+        )
+        return int(metrics["num_target_rows_deleted"])
+
+    def delete_patients(self, table: str, keys: pa.Array) -> int:
+        """Delete every row of these patient keys (merge from a source table: no literal)."""
+        if len(keys) == 0 or PATIENT_KEY_COLUMN not in schema_of(table).names:
+            return 0
+        delta = self.delta(table)
+        if not delta.file_uris():
+            return 0
+        metrics = (
+            delta.merge(
+                pa.table({PATIENT_KEY_COLUMN: keys.cast(pa.string())}),
+                f"t.{PATIENT_KEY_COLUMN} = s.{PATIENT_KEY_COLUMN}",
+                source_alias="s",
+                target_alias="t",
+                writer_properties=_WRITER_PROPERTIES,
+            )
+            .when_matched_delete()
+            .execute()
+        )
+        return int(metrics["num_target_rows_deleted"])
+
+    # -- repair -----------------------------------------------------------------------------
+    def restore_before(self, upload_id: int) -> dict[str, int]:
+        """Undo every Delta commit an upload made: restore each table to the version before its
+        first commit tagged with the upload. Returns {table: restored version}."""
+        restored: dict[str, int] = {}
+        for table in TABLES:
+            delta = self.delta(table)
+            tagged = [
+                int(entry["version"])
+                for entry in delta.history()
+                if str(entry.get(UPLOAD_ID_METADATA)) == str(upload_id) and "version" in entry
+            ]
+            if tagged:
+                target = min(tagged) - 1
+                delta.restore(target)
+                restored[table] = target
+        return restored
+
+
+def quarantine_rows(
+    form: Form,
+    upload_id: int,
+    typed: pa.Table,
+    failures: pa.Table,
+) -> pa.Table:
+    """One quarantine row per failing row × check; `typed` carries patient_key, not the pseudonym.
+
+    `failures` has `row_index` (into `typed`), `check`, `reason`, `severity`.
+    """
+    if failures.num_rows == 0:
+        return QUARANTINE_SCHEMA.empty_table()
+    index = failures.column("row_index").cast(pa.int64())
+    rows = typed.take(index)
+    values = [json.dumps(row, default=_json_default, sort_keys=True) for row in rows.to_pylist()]
+
+    def text(column: str) -> pa.Array:
+        if column in rows.column_names:
+            return pc.cast(rows.column(column), pa.string()).combine_chunks()
+        return pa.nulls(rows.num_rows, pa.string())
+
+    return pa.table(
+        {
+            "form": pa.array([form.value] * rows.num_rows, pa.string()),
+            "upload_id": pa.array([upload_id] * rows.num_rows, pa.int64()),
+            "record_id": text("record_id"),
+            "episode_id": text("episode_id"),
+            PATIENT_KEY_COLUMN: text(PATIENT_KEY_COLUMN),
+            "check": failures.column("check").cast(pa.string()),
+            "reason": failures.column("reason").cast(pa.string()),
+            "severity": failures.column("severity").cast(pa.string()),
+            "values": pa.array(values, pa.string()),
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
+
+
+def values_table(values: Sequence[str], schema: pa.Schema) -> pa.Table:
+    """Rebuild typed rows from quarantine `values` JSON."""
+    records: list[dict[str, Any]] = []
+    for text in values:
+        record = json.loads(text)
+        for field in schema:
+            value = record.get(field.name)
+            if value is not None and pa.types.is_date(field.type):
+                record[field.name] = date.fromisoformat(value)
+        records.append({name: record.get(name) for name in schema.names})
+    return pa.Table.from_pylist(records, schema=schema)
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, date):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)

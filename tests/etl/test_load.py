@@ -1,0 +1,203 @@
+"""load_file end to end: ledger, warehouse, quarantine, duplicates, supersession, rejection."""
+
+import hashlib
+import hmac
+import json
+from datetime import date
+from pathlib import Path
+
+import pyarrow.compute as pc
+from sqlmodel import Session, select
+
+from etl.load import load_file
+from etl.privacy import is_identity_number
+from etl.warehouse import QUARANTINE, Warehouse
+from schemas.catalog import Upload, ValidationRun
+from schemas.forms import Form
+from schemas.organisations import Hierarchy
+from tests.conftest import PROVIDER_A, PROVIDER_B, ExtractWriter, episode_row
+
+KNOWN = frozenset(o.orgnr for o in Hierarchy.default().providers)
+TODAY = date(2025, 11, 1)
+
+
+def _load(path: Path, form: Form, warehouse: Warehouse, session: Session, key: bytes) -> Upload:
+    return load_file(
+        path, form, warehouse=warehouse, session=session, key=key, known_providers=KNOWN,
+        today=TODAY,
+    )  # fmt: skip
+
+
+def _hmac(key: bytes, pseudonym: str) -> str:
+    return hmac.new(key, pseudonym.encode(), hashlib.sha256).hexdigest()
+
+
+def test_basis_is_stored_with_patient_key_year_and_ledger(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    rows = [
+        episode_row(Form.BASIS, 1, "P-ANNA"),
+        episode_row(Form.BASIS, 2, "P-ANNA", intake_date="2023-12-30", referral_date=""),
+        episode_row(Form.BASIS, 3, "P-BO", provider_orgnr=PROVIDER_B),
+    ]
+    upload = _load(write_extract(Form.BASIS, rows), Form.BASIS, warehouse, session, key)
+
+    assert (upload.status, upload.rows_read, upload.rows_accepted) == ("loaded", 3, 3)
+    assert (upload.rows_quarantined, upload.rows_superseded) == (0, 0)
+    assert upload.providers == f"{PROVIDER_A},{PROVIDER_B}"
+    assert upload.finished_at is not None
+    stored = warehouse.table(Form.BASIS).sort_by("record_id")
+    assert "patient_pseudonym" not in stored.column_names
+    assert stored.column("record_id").to_pylist() == ["b1", "b2", "b3"]
+    assert stored.column("patient_key").to_pylist() == [
+        _hmac(key, "P-ANNA"),
+        _hmac(key, "P-ANNA"),
+        _hmac(key, "P-BO"),
+    ]
+    assert stored.column("year").to_pylist() == [2024, 2023, 2024]
+    assert stored.column("upload_id").to_pylist() == [upload.id] * 3
+    assert stored.column("intake_date").to_pylist()[1] == date(2023, 12, 30)
+    runs = session.exec(select(ValidationRun).where(ValidationRun.upload_id == upload.id)).all()
+    assert len(runs) == 1
+    assert runs[0].passed
+
+
+def test_same_file_twice_is_a_duplicate_and_changes_nothing(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    path = write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P1")])
+    first = _load(path, Form.BASIS, warehouse, session, key)
+    version = warehouse.version("basis")
+    second = _load(path, Form.BASIS, warehouse, session, key)
+    assert (first.status, second.status) == ("loaded", "duplicate")
+    assert second.rows_accepted == 0
+    assert warehouse.version("basis") == version
+    assert warehouse.count("basis") == 1
+
+
+def test_resent_record_supersedes_and_identical_one_is_unchanged(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    first = [episode_row(Form.BASIS, n, f"P{n}") for n in (1, 2, 3)]
+    _load(write_extract(Form.BASIS, first), Form.BASIS, warehouse, session, key)
+    second = [
+        episode_row(Form.BASIS, 1, "P1", age="35"),  # corrected: supersedes
+        episode_row(Form.BASIS, 2, "P2"),  # identical: unchanged
+        episode_row(Form.BASIS, 4, "P4"),  # new
+    ]
+    upload = _load(write_extract(Form.BASIS, second), Form.BASIS, warehouse, session, key)
+    assert (upload.rows_accepted, upload.rows_superseded) == (3, 1)
+    stored = warehouse.table(Form.BASIS).sort_by("record_id")
+    assert stored.column("record_id").to_pylist() == ["b1", "b2", "b3", "b4"]
+    assert stored.column("age").to_pylist() == [35, 34, 34, 34]
+    # The corrected and the new row carry the second upload; the unchanged one keeps the first.
+    ids = stored.column("upload_id").to_pylist()
+    assert ids[0] == upload.id
+    assert ids[3] == upload.id
+    assert ids[1] == ids[2] != upload.id
+
+
+def test_row_errors_go_to_quarantine_without_the_pseudonym(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    rows = [
+        episode_row(Form.BASIS, 1, "P-OK"),
+        episode_row(Form.BASIS, 2, "P-BAD", age="abc"),
+    ]
+    upload = _load(write_extract(Form.BASIS, rows), Form.BASIS, warehouse, session, key)
+    assert (upload.status, upload.rows_accepted, upload.rows_quarantined) == ("loaded", 1, 1)
+    assert warehouse.table(Form.BASIS).column("record_id").to_pylist() == ["b1"]
+    quarantine = warehouse.read(QUARANTINE)
+    assert quarantine.num_rows == 1
+    row = quarantine.to_pylist()[0]
+    assert (row["form"], row["record_id"], row["episode_id"]) == ("basis", "b2", "e2")
+    assert row["check"] == "age.type"
+    assert row["severity"] == "error"
+    assert row["patient_key"] == _hmac(key, "P-BAD")
+    values = json.loads(row["values"])
+    assert values["patient_key"] == _hmac(key, "P-BAD")
+    assert "patient_pseudonym" not in values
+    assert "P-BAD" not in row["values"]
+    assert values["age"] is None
+    assert values["intake_date"] == "2024-01-10"
+
+
+def test_row_held_for_missing_intake_is_released_when_the_intake_arrives(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    _load(
+        write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P1")]),
+        Form.BASIS, warehouse, session, key,
+    )  # fmt: skip
+    measurements = [episode_row(Form.MEASUREMENT, 1, "P1"), episode_row(Form.MEASUREMENT, 2, "P2")]
+    held = _load(write_extract(Form.MEASUREMENT, measurements), Form.MEASUREMENT, warehouse,
+                 session, key)  # fmt: skip
+    assert (held.rows_accepted, held.rows_quarantined) == (1, 1)
+    quarantine = warehouse.read(QUARANTINE)
+    assert quarantine.column("check").to_pylist() == ["cross.no_intake"]
+    assert quarantine.column("record_id").to_pylist() == ["m2"]
+
+    _load(
+        write_extract(Form.BASIS, [episode_row(Form.BASIS, 2, "P2")]),
+        Form.BASIS, warehouse, session, key,
+    )  # fmt: skip
+    stored = warehouse.table(Form.MEASUREMENT).sort_by("record_id")
+    assert stored.column("record_id").to_pylist() == ["m1", "m2"]
+    assert stored.column("patient_key").to_pylist()[1] == _hmac(key, "P2")
+    assert stored.column("year").to_pylist() == [2024, 2024]
+    assert warehouse.read(QUARANTINE).num_rows == 0
+
+
+def test_fatal_check_rejects_the_file_and_writes_nothing_but_the_ledger(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    rows = [episode_row(Form.BASIS, 1, "P-SECRET"), episode_row(Form.BASIS, 1, "P-SECRET")]
+    upload = _load(write_extract(Form.BASIS, rows), Form.BASIS, warehouse, session, key)
+    assert upload.status == "rejected"
+    assert upload.error is not None
+    assert "record_id.unique" in upload.error
+    assert "P-SECRET" not in upload.error
+    assert upload.rows_accepted == 0
+    assert not (warehouse.root / "basis").exists()
+    statuses = session.exec(select(Upload.status)).all()
+    assert list(statuses) == ["rejected"]
+
+
+def test_identity_number_rejects_the_file_without_echoing_it(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    # The first 11-digit number from 01017000000 upward that passes both check digits.
+    number = next(str(n) for n in range(1017000000, 1017100000) if is_identity_number(f"{n:011d}"))
+    number = number.zfill(11)
+    rows = [episode_row(Form.BASIS, 1, "P1", unit_code=number)]
+    upload = _load(write_extract(Form.BASIS, rows), Form.BASIS, warehouse, session, key)
+    assert upload.status == "rejected"
+    assert upload.error is not None
+    assert "unit_code" in upload.error
+    assert number not in upload.error
+    assert not (warehouse.root / "basis").exists()
+
+
+def test_npr_counts_merge_on_provider_and_year(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    first = [
+        {"provider_orgnr": PROVIDER_A, "year": "2024", "episodes": "100"},
+        {"provider_orgnr": PROVIDER_B, "year": "2024", "episodes": "50"},
+    ]
+    _load(write_extract(Form.NPR_COUNTS, first), Form.NPR_COUNTS, warehouse, session, key)
+    second = [
+        {"provider_orgnr": PROVIDER_A, "year": "2024", "episodes": "120"},
+        {"provider_orgnr": PROVIDER_A, "year": "2025", "episodes": "10"},
+    ]
+    upload = _load(write_extract(Form.NPR_COUNTS, second), Form.NPR_COUNTS, warehouse, session,
+                   key)  # fmt: skip
+    assert (upload.rows_accepted, upload.rows_superseded) == (2, 1)
+    stored = warehouse.table(Form.NPR_COUNTS).sort_by([("provider_orgnr", "ascending"),
+                                                       ("year", "ascending")])  # fmt: skip
+    assert stored.select(["provider_orgnr", "year", "episodes"]).to_pylist() == [
+        {"provider_orgnr": PROVIDER_A, "year": 2024, "episodes": 120},
+        {"provider_orgnr": PROVIDER_A, "year": 2025, "episodes": 10},
+        {"provider_orgnr": PROVIDER_B, "year": 2024, "episodes": 50},
+    ]
+    assert pc.sum(stored.column("episodes")).as_py() == 180
