@@ -170,7 +170,10 @@ def _detect_delimiter(header: str) -> tuple[str, list[str]]:
     """The one delimiter that splits the header into (mostly) known column names."""
     viable: list[tuple[str, list[str]]] = []
     for delimiter in _DELIMITERS:
-        fields = next(csv.reader([header], delimiter=delimiter, quotechar='"'), [])
+        try:
+            fields = next(csv.reader([header], delimiter=delimiter, quotechar='"'), [])
+        except csv.Error:
+            fields = []
         names = [field.strip().lower() for field in fields]
         known = sum(name in _ALL_COLUMNS for name in names)
         # At least two columns (no form has fewer than three) and a majority of known names, so
@@ -201,10 +204,23 @@ class _RaggedRows:
         return "skip"
 
 
+def _file_line(data: bytes, row_number: int) -> int:
+    """The file's line number of Arrow's row number, which does not count empty lines."""
+    seen = 0
+    for line, match in enumerate(re.finditer(rb"[^\r\n]*(?:\r\n|\r|\n|$)", data), start=1):
+        if match.group().rstrip(b"\r\n"):
+            seen += 1
+            if seen == row_number:
+                return line
+    return row_number
+
+
 def _read_csv(path: Path, form: Form) -> tuple[list[str], list[pa.Array]]:
     data = _decode(path.read_bytes())
-    end = data.find(b"\n")
-    header = (data if end < 0 else data[:end]).decode("utf-8").rstrip("\r")
+    # The header ends at the first line break of any convention (\n, \r\n, or a lone \r).
+    breaks = [index for index in (data.find(b"\n"), data.find(b"\r")) if index >= 0]
+    end = min(breaks) if breaks else -1
+    header = (data if end < 0 else data[:end]).decode("utf-8")
     delimiter, names = _detect_delimiter(header)
     _check_header(names, form)
     if end < 0 or not data[end + 1 :].strip():
@@ -244,7 +260,9 @@ def _read_csv(path: Path, form: Form) -> tuple[list[str], list[pa.Array]]:
         if ragged.first_line is None:
             # Row numbers are only known to a single-threaded read; re-read to name the line.
             _, ragged = parse(use_threads=False)
-        where = "" if ragged.first_line is None else f", the first on line {ragged.first_line}"
+        where = ""
+        if ragged.first_line is not None:
+            where = f", the first on line {_file_line(data, ragged.first_line)}"
         raise RejectedInput(
             f"{ragged.count} row(s) with the wrong number of fields (truncated or ragged; "
             f"the header has {len(names)}){where}"
@@ -300,6 +318,7 @@ def _read_xlsx(path: Path) -> tuple[list[str], list[pa.Array]]:
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except Exception:  # openpyxl raises many kinds on a broken workbook; none may leak a value.
         raise RejectedInput("The .xlsx file is not a readable workbook") from None
+    opened: list[Any] = []
     try:
         if len(workbook.sheetnames) != 1:
             raise RejectedInput(
@@ -307,6 +326,8 @@ def _read_xlsx(path: Path) -> tuple[list[str], list[pa.Array]]:
                 "exactly one"
             )
         rows = workbook.worksheets[0].iter_rows(values_only=True)
+        # Closed explicitly (finally below): a half-read sheet otherwise keeps its file open.
+        opened.append(rows)
         header_cells = list(next(rows, ()))
         while header_cells and header_cells[-1] is None:
             header_cells.pop()
@@ -325,6 +346,8 @@ def _read_xlsx(path: Path) -> tuple[list[str], list[pa.Array]]:
             for column, cell in zip(columns, cells, strict=True):
                 column.append(cell)
     finally:
+        for rows_iterator in opened:
+            rows_iterator.close()
         workbook.close()
     return names, [pa.array(column, pa.string()) for column in columns]
 

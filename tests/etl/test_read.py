@@ -359,3 +359,77 @@ def test_parquet_with_unknown_column(tmp_path: Path) -> None:
     )
     pq.write_table(table, tmp_path / "n.parquet")
     assert "'name'" in rejected(tmp_path / "n.parquet", Form.NPR_COUNTS)
+
+
+NPR_HEADER = "provider_orgnr;year;episodes"
+
+
+def test_ragged_row_line_counts_blank_lines(tmp_path: Path) -> None:
+    text = f"{NPR_HEADER}\r\n983974880;2021;1\r\n\r\n\r\n983974880;2022;2\r\n{SENTINEL};2\r\n"
+    message = rejected(write(tmp_path, "n.csv", text), Form.NPR_COUNTS)
+    assert message.endswith("the first on line 6")
+
+
+def test_lone_carriage_return_line_breaks(tmp_path: Path) -> None:
+    raw = read_extract(
+        write(tmp_path, "n.csv", f"{NPR_HEADER}\r983974880;2021;1\r"), Form.NPR_COUNTS
+    )
+    assert raw.to_pylist() == [{"provider_orgnr": "983974880", "year": "2021", "episodes": "1"}]
+
+
+def test_unclosed_quote_is_a_broken_row(tmp_path: Path) -> None:
+    text = f'{NPR_HEADER}\n"{SENTINEL};2021;1\n983974880;2021;2\n'
+    message = rejected(write(tmp_path, "n.csv", text), Form.NPR_COUNTS)
+    assert "wrong number of fields" in message
+    assert "line 2" in message
+
+
+def test_unreadable_parquet(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"provider_orgnr": [SENTINEL] * 50}), tmp_path / "n.parquet")
+    data = (tmp_path / "n.parquet").read_bytes()
+    path = write(tmp_path, "t.parquet", data[: len(data) // 2])
+    assert rejected(path, Form.NPR_COUNTS) == "The .parquet file is not a readable Parquet file"
+
+
+def test_parquet_nested_column_is_refused_by_name(tmp_path: Path) -> None:
+    table = pa.table({"provider_orgnr": [[SENTINEL]], "year": [2021], "episodes": [1]})
+    pq.write_table(table, tmp_path / "n.parquet")
+    message = rejected(tmp_path / "n.parquet", Form.NPR_COUNTS)
+    assert message.startswith("Column 'provider_orgnr' of the Parquet file has a type")
+
+
+def test_parquet_duplicate_after_lower_casing(tmp_path: Path) -> None:
+    table = pa.table({"provider_orgnr": [SENTINEL], "Year": [1], "year": [2], "episodes": [1]})
+    pq.write_table(table, tmp_path / "n.parquet")
+    assert rejected(tmp_path / "n.parquet", Form.NPR_COUNTS).endswith("header: 'year'")
+
+
+def test_zip_that_is_no_workbook(tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "n.xlsx", "w") as archive:
+        archive.writestr("notes.txt", SENTINEL)
+    assert (
+        rejected(tmp_path / "n.xlsx", Form.NPR_COUNTS)
+        == "The .xlsx file is not a readable workbook"
+    )
+
+
+def test_xlsx_values_beyond_the_header(tmp_path: Path) -> None:
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.append(["provider_orgnr", "year", "episodes"])
+    sheet.append(["983974880", 2021, 1])
+    sheet.append(["983974880", 2022, 1, SENTINEL])
+    workbook.save(tmp_path / "n.xlsx")
+    message = rejected(tmp_path / "n.xlsx", Form.NPR_COUNTS)
+    assert message == "Row 3 of the workbook has values beyond the header's 3 columns"
+
+
+def test_xlsx_without_header_does_not_echo_the_first_record(tmp_path: Path) -> None:
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.append([SENTINEL, 2021, 1])
+    workbook.save(tmp_path / "n.xlsx")
+    message = rejected(tmp_path / "n.xlsx", Form.NPR_COUNTS)
+    assert "column 1 (name not shown" in message
