@@ -1,0 +1,161 @@
+"""Opt-out erasure: not one byte of the patient's pseudonym or key stays under the data dir."""
+
+import hashlib
+import hmac
+from datetime import date
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from sqlmodel import Session, col, select
+
+from etl.erasure import REBUILT_NOTE, erase_patients
+from etl.load import load_file
+from etl.release import latest_release, publish_release, read_manifest
+from etl.warehouse import QUARANTINE, Warehouse
+from schemas.catalog import Erasure, Release, Upload
+from schemas.forms import Form
+from schemas.organisations import Hierarchy
+from service.settings import Settings
+from tests.conftest import PROVIDER_A, ExtractWriter, episode_row
+
+KNOWN = frozenset(o.orgnr for o in Hierarchy.default().providers)
+ERASED = "P-ERASE-ME-4711"
+
+
+def _load(path: Path, form: Form, warehouse: Warehouse, session: Session, key: bytes) -> Upload:
+    upload = load_file(
+        path, form, warehouse=warehouse, session=session, key=key, known_providers=KNOWN,
+        today=date(2025, 11, 1),
+    )  # fmt: skip
+    assert upload.status == "loaded"
+    return upload
+
+
+def _register(write: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes) -> None:
+    """Three patients; the erased one has two episodes, a measurement and a quarantined row."""
+    basis = [
+        episode_row(Form.BASIS, 1, "P-KEEP-1"),
+        episode_row(Form.BASIS, 2, ERASED),
+        episode_row(Form.BASIS, 3, ERASED, intake_date="05.05.2023"),
+        episode_row(Form.BASIS, 4, "P-KEEP-2"),
+        episode_row(Form.BASIS, 5, ERASED, age="abc"),  # quarantined: age.type
+    ]
+    _load(write(Form.BASIS, basis), Form.BASIS, warehouse, session, key)
+    measurements = [
+        episode_row(Form.MEASUREMENT, 1, "P-KEEP-1"),
+        episode_row(Form.MEASUREMENT, 2, ERASED),
+        episode_row(Form.MEASUREMENT, 9, ERASED),  # held: cross.no_intake
+    ]
+    _load(write(Form.MEASUREMENT, measurements), Form.MEASUREMENT, warehouse, session, key)
+    session.commit()
+
+
+def _needles(key: bytes) -> list[bytes]:
+    patient_key = hmac.new(key, ERASED.encode(), hashlib.sha256).hexdigest()
+    texts = [ERASED, patient_key]
+    return [t.encode(encoding) for t in texts for encoding in ("utf-8", "utf-16-le")]
+
+
+def _assert_no_trace(data_dir: Path, key: bytes) -> int:
+    """Every byte of every file, and every value of every Parquet file; returns files scanned."""
+    needles = _needles(key)
+    texts = [ERASED, hmac.new(key, ERASED.encode(), hashlib.sha256).hexdigest()]
+    scanned = 0
+    for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        scanned += 1
+        for needle in needles:
+            assert needle not in data, f"erased patient found in {path.relative_to(data_dir)}"
+        if path.suffix == ".parquet":
+            values = str(pq.read_table(path).to_pylist())
+            for text in texts:
+                assert text not in values, f"erased patient in values of {path.name}"
+    return scanned
+
+
+def test_erasure_leaves_no_byte_of_the_patient(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    settings: Settings,
+) -> None:
+    _register(write_extract, warehouse, session, key)
+    assert warehouse.count("basis") == 4
+    assert warehouse.count("measurement") == 2
+    assert warehouse.count(QUARANTINE) == 2
+    publish_release(warehouse, warehouse.releases_dir, session, note="before")
+    session.commit()
+    # The pseudonym key is really there before (the search below would find it).
+    key_hex = _needles(key)[2]
+    assert any(key_hex in p.read_bytes() for p in settings.data_dir.rglob("*.parquet"))
+
+    erasure = erase_patients(
+        [ERASED],
+        warehouse=warehouse,
+        session=session,
+        key=key,
+        releases_dir=warehouse.releases_dir,
+        provider_orgnr=PROVIDER_A,
+        optout_date=date(2025, 3, 1),
+    )
+    session.commit()
+
+    assert erasure.patients == 1
+    assert erasure.provider_orgnr == PROVIDER_A
+    assert erasure.rows_erased == {
+        "basis": 2,
+        "measurement": 1,
+        "discharge": 0,
+        "followup": 0,
+        "npr_counts": 0,
+        QUARANTINE: 2,
+    }
+    assert erasure.releases_rebuilt == "1->2"
+    logged = session.exec(select(Erasure)).one()
+    assert ERASED not in str(logged.model_dump())
+
+    # Other patients are all still there, in the tables and in the rebuilt release.
+    assert sorted(warehouse.table(Form.BASIS).column("record_id").to_pylist()) == ["b1", "b4"]
+    assert warehouse.table(Form.MEASUREMENT).column("record_id").to_pylist() == ["m1"]
+    assert warehouse.count(QUARANTINE) == 0
+    releases = session.exec(select(Release).order_by(col(Release.number))).all()
+    assert [(r.number, r.retired, r.note) for r in releases] == [
+        (1, True, "before"),
+        (2, False, REBUILT_NOTE),
+    ]
+    latest = latest_release(session)
+    assert latest is not None
+    assert latest.number == 2
+    rebuilt = read_manifest(warehouse.releases_dir, 2)
+    assert rebuilt.tables["basis"].row_count == 2
+    assert rebuilt.tables["measurement"].row_count == 1
+    assert all(Path(f).exists() for f in rebuilt.files("basis"))
+
+    session.close()
+    scanned = _assert_no_trace(settings.data_dir, key)
+    assert scanned >= 10  # Parquet files, logs, checkpoints, manifests, the catalog
+
+
+def test_loading_an_optout_file_erases_its_patients(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    settings: Settings,
+) -> None:
+    _register(write_extract, warehouse, session, key)
+    optout = [episode_row(Form.OPTOUT, 1, ERASED)]
+    upload = _load(write_extract(Form.OPTOUT, optout), Form.OPTOUT, warehouse, session, key)
+    session.commit()
+    assert upload.rows_erased == 5  # 2 basis + 1 measurement + 2 quarantine (b5, m9)
+    assert upload.rows_accepted == 1
+    assert sorted(warehouse.table(Form.BASIS).column("record_id").to_pylist()) == ["b1", "b4"]
+    assert warehouse.table(Form.MEASUREMENT).column("record_id").to_pylist() == ["m1"]
+    erasure = session.exec(select(Erasure)).one()
+    assert erasure.optout_date is not None
+    assert erasure.optout_date.date() == date(2025, 3, 1)
+    assert erasure.releases_rebuilt == ""
+    session.close()
+    # The optout file itself lies outside the data directory; nothing inside may hold the patient.
+    _assert_no_trace(settings.data_dir, key)

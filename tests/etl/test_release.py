@@ -1,0 +1,76 @@
+"""Releases: numbered manifests with exact row counts, readable as plain Parquet, immutable."""
+
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import pytest
+from sqlmodel import Session, col, select
+
+from etl.load import load_file
+from etl.release import latest_release, publish_release, read_manifest
+from etl.warehouse import Warehouse
+from schemas.catalog import Release
+from schemas.errors import NotFound
+from schemas.forms import Form
+from schemas.organisations import Hierarchy
+from tests.conftest import ExtractWriter, episode_row
+
+KNOWN = frozenset(o.orgnr for o in Hierarchy.default().providers)
+
+
+def _load(path: Path, form: Form, warehouse: Warehouse, session: Session, key: bytes) -> None:
+    upload = load_file(
+        path, form, warehouse=warehouse, session=session, key=key, known_providers=KNOWN,
+        today=date(2025, 11, 1),
+    )  # fmt: skip
+    assert upload.status == "loaded"
+
+
+def _count(files: list[str]) -> int:
+    if not files:
+        return 0
+    relation = duckdb.sql(
+        "SELECT count(*) FROM read_parquet($f, hive_partitioning=true)", params={"f": files}
+    )
+    assert relation is not None
+    rows = relation.fetchall()
+    return int(rows[0][0])
+
+
+def test_releases_are_numbered_immutable_snapshots(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    assert latest_release(session) is None
+    basis = [episode_row(Form.BASIS, n, f"P{n}") for n in (1, 2, 3)]
+    _load(write_extract(Form.BASIS, basis), Form.BASIS, warehouse, session, key)
+    _load(
+        write_extract(Form.MEASUREMENT, [episode_row(Form.MEASUREMENT, 1, "P1")]),
+        Form.MEASUREMENT, warehouse, session, key,
+    )  # fmt: skip
+    first = publish_release(warehouse, warehouse.releases_dir, session, note="first")
+    assert first.release == 1
+    assert first.note == "first"
+    counts = {name: snap.row_count for name, snap in first.tables.items()}
+    assert counts == {"basis": 3, "measurement": 1, "discharge": 0, "followup": 0, "npr_counts": 0}
+    assert _count(first.files("basis")) == 3
+    assert all(Path(f).is_absolute() and Path(f).exists() for f in first.files("basis"))
+    assert (warehouse.releases_dir / "1" / "manifest.json").exists()
+    assert read_manifest(warehouse.releases_dir, 1) == first
+
+    # A correction supersedes b1 and adds b4: release 2 sees 4 rows, release 1 still reads 3.
+    second_file = [episode_row(Form.BASIS, 1, "P1", age="60"), episode_row(Form.BASIS, 4, "P4")]
+    _load(write_extract(Form.BASIS, second_file), Form.BASIS, warehouse, session, key)
+    second = publish_release(warehouse, warehouse.releases_dir, session)
+    assert second.release == 2
+    assert second.tables["basis"].row_count == 4
+    assert second.tables["basis"].delta_version > first.tables["basis"].delta_version
+    assert _count(read_manifest(warehouse.releases_dir, 1).files("basis")) == 3
+    assert _count(second.files("basis")) == 4
+
+    latest = latest_release(session)
+    assert latest is not None
+    assert latest.number == 2
+    assert [r.number for r in session.exec(select(Release).order_by(col(Release.number)))] == [1, 2]
+    with pytest.raises(NotFound):
+        read_manifest(warehouse.releases_dir, 3)

@@ -1,0 +1,95 @@
+"""The Delta warehouse: no patient_key statistics, merge counts, undoing an upload's commits."""
+
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from etl.warehouse import QUARANTINE, TABLES, Warehouse
+from schemas.forms import Form, warehouse_schema
+
+
+def _rows(ids: list[str], ages: list[int], upload_id: int) -> pa.Table:
+    n = len(ids)
+    schema = warehouse_schema(Form.BASIS)
+    columns: dict[str, list[Any]] = {name: [None] * n for name in schema.names}
+    columns |= {
+        "record_id": ids,
+        "episode_id": [f"e-{i}" for i in ids],
+        "patient_key": [f"{i:0>64}" for i in ids],
+        "provider_orgnr": ["983974880"] * n,
+        "unit_code": ["U1"] * n,
+        "intake_date": [date(2024, 1, 10)] * n,
+        "age": ages,
+        "sex": [1] * n,
+        "treatment_type": [1] * n,
+        "primary_substance": [1] * n,
+        "icd10": ["F10"] * n,
+        "housing": [1] * n,
+        "employment": [1] * n,
+        "severity": [3] * n,
+        "research_consent": [1] * n,
+        "year": [2024] * n,
+        "upload_id": [upload_id] * n,
+    }
+    return pa.table(columns, schema=schema)
+
+
+def test_patient_key_has_no_statistics_in_the_log_or_the_parquet_footers(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "warehouse")
+    warehouse.ensure()
+    warehouse.write(Form.BASIS, _rows(["1", "2"], [30, 40], 1), upload_id=1)
+    warehouse.write(Form.BASIS, _rows(["2", "3"], [41, 50], 2), upload_id=2)  # merge
+
+    adds = 0
+    for log in sorted((warehouse.path("basis") / "_delta_log").glob("*.json")):
+        for line in log.read_text().splitlines():
+            action = json.loads(line)
+            if "metaData" in action:
+                stats_columns = action["metaData"]["configuration"][
+                    "delta.dataSkippingStatsColumns"
+                ]
+                assert "patient_key" not in stats_columns.split(",")
+                assert "record_id" in stats_columns.split(",")
+            if "add" in action:
+                adds += 1
+                stats = json.loads(action["add"]["stats"])
+                assert "age" in stats["minValues"]
+                for part in ("minValues", "maxValues", "nullCount"):
+                    assert "patient_key" not in stats[part]
+    assert adds == 2  # the append's file, then the merge's rewrite of it (one file)
+    for uri in warehouse.files("basis"):
+        metadata = pq.ParquetFile(uri).metadata
+        names = [metadata.schema.column(i).name for i in range(metadata.num_columns)]
+        column = metadata.row_group(0).column(names.index("patient_key"))
+        assert column.statistics is None or not column.statistics.has_min_max
+
+
+def test_merge_counts_inserted_superseded_and_unchanged(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "warehouse")
+    warehouse.ensure()
+    first = warehouse.write(Form.BASIS, _rows(["1", "2", "3"], [30, 40, 50], 1), upload_id=1)
+    assert (first.inserted, first.superseded, first.unchanged) == (3, 0, 0)
+    second = warehouse.write(Form.BASIS, _rows(["1", "2", "4"], [30, 41, 60], 2), upload_id=2)
+    assert (second.inserted, second.superseded, second.unchanged) == (1, 1, 1)
+    stored = warehouse.table(Form.BASIS).sort_by("record_id")
+    assert stored.column("age").to_pylist() == [30, 41, 50, 60]
+    assert stored.column("upload_id").to_pylist() == [1, 2, 1, 2]
+
+
+def test_restore_before_undoes_exactly_one_uploads_commits(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "warehouse")
+    warehouse.ensure()
+    assert set(warehouse.versions()) == set(TABLES)
+    warehouse.write(Form.BASIS, _rows(["1"], [30], 1), upload_id=1)
+    warehouse.write(Form.BASIS, _rows(["1", "2"], [31, 40], 2), upload_id=2)
+    warehouse.write(Form.BASIS, _rows(["3"], [50], 2), upload_id=2)
+    restored = warehouse.restore_before(2)
+    assert restored == {"basis": 1}
+    stored = warehouse.table(Form.BASIS)
+    assert stored.column("record_id").to_pylist() == ["1"]
+    assert stored.column("age").to_pylist() == [30]
+    assert warehouse.count(QUARANTINE) == 0
