@@ -409,13 +409,19 @@ def _finish(names: list[str], columns: list[pa.Array], form: Form) -> pa.Table:
         if values.type != pa.string():
             values = pc.cast(values, pa.string())
         stripped = pc.utf8_trim_whitespace(values)
-        cleaned.append(pc.if_else(pc.equal(stripped, ""), pa.scalar(None, pa.string()), stripped))
+        empty = pc.equal(stripped, "")
+        # if_else copies the whole column: only pay for it where a blank cell exists.
+        if pc.any(empty).as_py():
+            stripped = pc.if_else(empty, pa.scalar(None, pa.string()), stripped)
+        cleaned.append(stripped)
     table = pa.Table.from_arrays(cleaned, names=names)
     if table.num_rows:
         any_value = pc.is_valid(cleaned[0])
         for values in cleaned[1:]:
             any_value = pc.or_(any_value, pc.is_valid(values))
-        table = table.filter(any_value)
+        # filter copies every column: only when a row is empty throughout.
+        if not pc.all(any_value).as_py():
+            table = table.filter(any_value)
     if table.num_rows == 0:
         raise RejectedInput(f"The extract file of form '{form.value}' has no data rows")
     return table
