@@ -1,7 +1,126 @@
-"""CLI: etl commands (placeholder until its issue lands)."""
+"""CLI: load files, publish releases, erase opted-out patients, list the upload ledger.
+
+`kvarus load FILE --form F`, `kvarus release [--note TEXT]`, `kvarus erase --pseudonym X`,
+`kvarus uploads`. Exit 0 when done, 1 when the file (or request) is rejected. Nothing printed here
+holds a pseudonym, a patient key or a record value: counts, statuses and check names only.
+"""
+
+from datetime import date
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from etl.erasure import erase_patients
+from etl.ledger import list_uploads
+from etl.load import load_file
+from etl.release import publish_release
+from etl.warehouse import Warehouse
+from schemas.forms import Form
+from schemas.organisations import Hierarchy
+from service.commands.common import console, reports_errors, settings
+from service.database import make_engine, session_scope
+
+_STEPS = {"read": "Read", "validated": "Validated", "written": "Written"}
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `kvarus` app."""
+
+    @app.command("load")
+    @reports_errors
+    def load(
+        file: Annotated[Path, typer.Argument(help="Extract file: CSV, XLSX or Parquet")],
+        form: Annotated[Form, typer.Option("--form", help="The form the file holds")],
+        uploaded_by: Annotated[str, typer.Option(help="Who uploads")] = "cli",
+    ) -> None:
+        """Load one extract file: validate, quarantine failing rows, store the rest."""
+        config = settings()
+        key = config.key_bytes()
+        warehouse = Warehouse(config.warehouse_dir, config.releases_dir)
+        known = frozenset(o.orgnr for o in Hierarchy.default().providers)
+        with (
+            Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                console=console, transient=True,
+            ) as bar,
+            session_scope(make_engine(config)) as session,
+        ):  # fmt: skip
+            task = bar.add_task(f"Loading {file.name} ({form.value})")
+
+            def progress(step: str, rows: int) -> None:
+                bar.update(task, description=f"{_STEPS.get(step, step)}: {rows:,} rows")
+
+            upload = load_file(
+                file, form, warehouse=warehouse, session=session, key=key,
+                known_providers=known, uploaded_by=uploaded_by, progress=progress,
+            )  # fmt: skip
+            status, error = upload.status, upload.error
+            summary = (
+                f"upload {upload.id}: {status}; read {upload.rows_read}, accepted "
+                f"{upload.rows_accepted}, quarantined {upload.rows_quarantined}, superseded "
+                f"{upload.rows_superseded}, erased {upload.rows_erased}"
+            )
+        if status == "rejected":
+            console.print(f"[bold red]Rejected:[/] {error}", highlight=False)
+            raise typer.Exit(1)
+        typer.echo(summary)
+
+    @app.command("release")
+    @reports_errors
+    def release(
+        note: Annotated[str | None, typer.Option(help="A note kept with the release")] = None,
+    ) -> None:
+        """Publish the warehouse's current state as the next numbered release."""
+        config = settings()
+        warehouse = Warehouse(config.warehouse_dir, config.releases_dir)
+        with session_scope(make_engine(config)) as session:
+            manifest = publish_release(warehouse, config.releases_dir, session, note=note)
+        counts = ", ".join(f"{name} {t.row_count}" for name, t in manifest.tables.items())
+        typer.echo(f"release {manifest.release}: {counts}")
+
+    @app.command("erase")
+    @reports_errors
+    def erase(
+        pseudonym: Annotated[
+            list[str], typer.Option("--pseudonym", help="Source pseudonym (repeatable)")
+        ],
+        provider: Annotated[str | None, typer.Option(help="Provider that reported")] = None,
+        optout_date: Annotated[
+            str | None, typer.Option(help="Date of the opt-out, yyyy-mm-dd")
+        ] = None,
+    ) -> None:
+        """Erase every record of the patients physically; logs counts, never the pseudonym."""
+        config = settings()
+        warehouse = Warehouse(config.warehouse_dir, config.releases_dir)
+        when = date.fromisoformat(optout_date) if optout_date else None
+        with session_scope(make_engine(config)) as session:
+            erasure = erase_patients(
+                pseudonym, warehouse=warehouse, session=session, key=config.key_bytes(),
+                releases_dir=config.releases_dir, provider_orgnr=provider, optout_date=when,
+            )  # fmt: skip
+            rows = sum(erasure.rows_erased.values())
+            rebuilt = erasure.releases_rebuilt
+        typer.echo(f"erased {rows} rows of {len(set(pseudonym))} patient(s)")
+        if rebuilt:
+            typer.echo(f"releases retired and rebuilt: {rebuilt}")
+
+    @app.command("uploads")
+    @reports_errors
+    def uploads(
+        limit: Annotated[int, typer.Option(help="How many, newest first")] = 50,
+    ) -> None:
+        """List the upload ledger, newest first."""
+        config = settings()
+        table = Table("id", "form", "file", "status", "read", "accepted", "quarantined",
+                      "superseded", "by", "started")  # fmt: skip
+        with session_scope(make_engine(config)) as session:
+            for u in list_uploads(session, limit):
+                table.add_row(
+                    str(u.id), u.form, u.filename, u.status, str(u.rows_read),
+                    str(u.rows_accepted), str(u.rows_quarantined), str(u.rows_superseded),
+                    u.uploaded_by, u.started_at.strftime("%Y-%m-%d %H:%M"),
+                )  # fmt: skip
+        console.print(table)
