@@ -1,0 +1,365 @@
+"""The engine on DuckDB, indicator by indicator, on tiny releases counted by hand."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from indicators import results
+from indicators.catalogue import IndicatorDefinition, Target, load_catalogue
+from indicators.engine import compute
+from schemas.organisations import Hierarchy
+from tests.indicators.conftest import (
+    BERGEN,
+    HELSE_SOR_OST,
+    HELSE_VEST,
+    NATION,
+    OUS,
+    STAVANGER,
+    VESTLY,
+    TinyRelease,
+)
+
+Factory = Callable[[], TinyRelease]
+CATALOGUE = {d.id: d for d in load_catalogue()}
+
+
+def run(release: TinyRelease, *ids: str, min_denominator: int | None = 1) -> list[dict[str, Any]]:
+    """Compute the named indicators (minimum denominator 1 unless told) and return rows."""
+    catalogue = [
+        CATALOGUE[i]
+        if min_denominator is None
+        else CATALOGUE[i].model_copy(update={"min_denominator": min_denominator})
+        for i in ids
+    ]
+    table = compute(release.manifest(), hierarchy=Hierarchy.default(), catalogue=catalogue)
+    rows: list[dict[str, Any]] = table.to_pylist()
+    return rows
+
+
+def pick(
+    rows: list[dict[str, Any]],
+    indicator: str,
+    year: int,
+    level: str,
+    orgnr: str,
+    *,
+    context: str = "caregiver",
+    unit_code: str | None = None,
+) -> dict[str, Any]:
+    found = [
+        r
+        for r in rows
+        if (r["indicator_id"], r["year"], r["context"], r["level"], r["orgnr"], r["unit_code"])
+        == (indicator, year, context, level, orgnr, unit_code)
+    ]
+    assert len(found) == 1, (indicator, year, context, level, orgnr, unit_code, len(found))
+    return found[0]
+
+
+def counts(row: dict[str, Any]) -> tuple[int | None, int]:
+    return row["numerator"], row["denominator"]
+
+
+def early_course(release: TinyRelease) -> TinyRelease:
+    """Measurement episodes for plan, crisis_plan and benefit (first measurement, status active).
+
+    Bergen: e1 first 2022-02-01 active plan yes crisis yes benefit 5 (a later point says plan no);
+            e2 first 2022-03-01 active plan no crisis yes benefit 3 (later plan yes: ignored);
+            e3 first 2022-04-01 dropped out → not in the population (a later active point too);
+            e4 first 2022-01-15 active plan yes crisis no benefit 4, lives in Stavanger's area;
+            e5 first 2021-12-20 active plan yes → year 2021 (its 2022 point is not the first).
+    Stavanger: e6 first 2022-05-01 active plan yes crisis unknown benefit missing.
+    """
+    for episode in ("e1", "e2", "e3", "e5"):
+        release.basis(episode, intake="2021-12-01")
+    release.basis("e4", intake="2021-12-01", home_hf_orgnr=STAVANGER)
+    release.basis("e6", STAVANGER, intake="2022-01-01")
+    m = release.measurement
+    m("e1", on="2022-05-01", status=1, treatment_plan=1)
+    m("e1", on="2022-02-01", status=1, treatment_plan=2, crisis_plan=2, benefit=5)
+    m("e2", on="2022-03-01", status=1, treatment_plan=1, crisis_plan=2, benefit=3)
+    m("e2", on="2022-06-01", status=1, treatment_plan=2)
+    m("e3", on="2022-04-01", status=3, treatment_plan=2)
+    m("e3", on="2022-07-01", status=1, treatment_plan=2)
+    m("e4", on="2022-01-15", status=1, treatment_plan=2, crisis_plan=1, benefit=4)
+    m("e5", on="2021-12-20", status=1, treatment_plan=2)
+    m("e5", on="2022-03-01", status=1, treatment_plan=2)
+    m("e6", STAVANGER, on="2022-05-01", status=1, treatment_plan=2, crisis_plan=3)
+    return release
+
+
+def test_plan_crisis_plan_and_benefit(tiny: Factory) -> None:
+    rows = run(early_course(tiny()), "plan", "crisis_plan", "benefit")
+    # Bergen 2022: population e1, e2, e4 (3). plan: e1, e4; crisis: e1, e2; benefit: e1 (5), e4 (4).
+    assert counts(pick(rows, "plan", 2022, "provider", BERGEN)) == (2, 3)
+    assert counts(pick(rows, "crisis_plan", 2022, "provider", BERGEN)) == (2, 3)
+    assert counts(pick(rows, "benefit", 2022, "provider", BERGEN)) == (2, 3)
+    # Stavanger 2022: e6 only: plan yes, crisis unknown (no), benefit missing (no).
+    assert counts(pick(rows, "plan", 2022, "provider", STAVANGER)) == (1, 1)
+    assert counts(pick(rows, "crisis_plan", 2022, "provider", STAVANGER)) == (0, 1)
+    assert counts(pick(rows, "benefit", 2022, "provider", STAVANGER)) == (0, 1)
+    # Nation and Helse Vest 2022: 4 episodes, plan 3, crisis 2, benefit 2.
+    for level, orgnr in (("nation", NATION), ("rhf", HELSE_VEST)):
+        assert counts(pick(rows, "plan", 2022, level, orgnr)) == (3, 4)
+        assert counts(pick(rows, "crisis_plan", 2022, level, orgnr)) == (2, 4)
+        assert counts(pick(rows, "benefit", 2022, level, orgnr)) == (2, 4)
+    # Public HFs appear at level hf as themselves; the unit level carries the unit code.
+    assert counts(pick(rows, "plan", 2022, "hf", BERGEN)) == (2, 3)
+    assert counts(pick(rows, "plan", 2022, "unit", BERGEN, unit_code="U1")) == (2, 3)
+    plan = pick(rows, "plan", 2022, "provider", BERGEN)
+    assert plan["value"] == pytest.approx(2 / 3, abs=1e-12)
+    # Wilson by hand, x = 2, n = 3, z = 1.959964: (4 + z² ∓ z·√(z² + 8/3)) / 2 / (3 + z²).
+    assert plan["ci95_low"] == pytest.approx(0.207660, abs=1e-6)
+    assert plan["ci95_high"] == pytest.approx(0.938508, abs=1e-6)
+    assert plan["ci998_low"] == pytest.approx(0.109512, abs=1e-6)
+    assert plan["ci998_high"] == pytest.approx(0.970172, abs=1e-6)
+    assert plan["name"] == "HELSE BERGEN HF"
+    # Targets 80 / 60 %: 2/3 moderate, 1/1 high, nation 3/4 moderate; crisis 60/40: 1/2... 2/3 high.
+    assert plan["target_level"] == "moderate"
+    assert pick(rows, "plan", 2022, "provider", STAVANGER)["target_level"] == "high"
+    assert pick(rows, "plan", 2022, "nation", NATION)["target_level"] == "moderate"
+    assert pick(rows, "crisis_plan", 2022, "provider", BERGEN)["target_level"] == "high"
+    assert pick(rows, "crisis_plan", 2022, "provider", STAVANGER)["target_level"] == "low"
+
+
+def test_year_by_first_measurement_and_previous_value(tiny: Factory) -> None:
+    rows = run(early_course(tiny()), "plan")
+    # e5's first measurement is 2021-12-20: it counts in 2021 only.
+    assert counts(pick(rows, "plan", 2021, "provider", BERGEN)) == (1, 1)
+    assert pick(rows, "plan", 2022, "provider", BERGEN)["previous_value"] == 1.0
+    assert pick(rows, "plan", 2022, "nation", NATION)["previous_value"] == 1.0
+    assert pick(rows, "plan", 2022, "provider", STAVANGER)["previous_value"] is None
+    assert pick(rows, "plan", 2021, "provider", BERGEN)["previous_value"] is None
+
+
+def test_resident_context_by_home_hf(tiny: Factory) -> None:
+    rows = run(early_course(tiny()), "plan")
+    # Resident Bergen 2022: e1, e2 (e4 lives in Stavanger's area) → plan e1: 1/2.
+    assert counts(pick(rows, "plan", 2022, "hf", BERGEN, context="resident")) == (1, 2)
+    # Resident Stavanger 2022: e4 (treated in Bergen) and e6 → both plan yes: 2/2.
+    assert counts(pick(rows, "plan", 2022, "hf", STAVANGER, context="resident")) == (2, 2)
+    assert counts(pick(rows, "plan", 2022, "nation", NATION, context="resident")) == (3, 4)
+    levels = {(r["context"], r["level"]) for r in rows}
+    assert ("resident", "provider") not in levels
+    assert ("resident", "unit") not in levels
+
+
+def test_mutual_end_and_followup_arranged(tiny: Factory) -> None:
+    release = tiny()
+    d = release.discharge
+    d("d1", end_reason=1, followup_arranged=1)
+    d("d2", end_reason=2, followup_arranged=0)
+    d("d3", end_reason=3, followup_arranged=1)  # transferred: not in mutual_end's population
+    d("d4", end_reason=4, followup_arranged=0)  # died: not in followup_arranged's population
+    d("d5", end_reason=1, followup_arranged=0)
+    d("d6", on="2023-01-05", end_reason=9, followup_arranged=1)  # year 2023 by discharge date
+    rows = run(release, "mutual_end", "followup_arranged")
+    # mutual_end 2022: population d1, d2, d5 → mutual d1, d5.
+    assert counts(pick(rows, "mutual_end", 2022, "provider", BERGEN)) == (2, 3)
+    # followup_arranged 2022: population d1, d2, d3, d5 → arranged d1, d3.
+    assert counts(pick(rows, "followup_arranged", 2022, "provider", BERGEN)) == (2, 4)
+    assert counts(pick(rows, "followup_arranged", 2023, "provider", BERGEN)) == (1, 1)
+    assert not [r for r in rows if r["indicator_id"] == "mutual_end" and r["year"] == 2023]
+
+
+def test_screening_consent_and_waiting_days(tiny: Factory) -> None:
+    release = tiny()
+    b = release.basis
+    b("b1", referral="2022-02-19", audit=10, research_consent=1)  # waits 10 days
+    b("b2", referral="2022-02-01", dudit=5)  # 28 days
+    b("b3", research_consent=1)  # no referral date: no waiting time
+    b("b4", referral="2022-03-01", audit=0, unit="U2")  # 0 days; AUDIT 0 is recorded
+    b("b5", intake="2022-01-02", referral="2021-12-31", unit="U2")  # 2 days, year of intake
+    b("s1", STAVANGER, referral="2022-02-22")  # 7 days
+    b("s2", STAVANGER, referral="2022-02-26")  # 3 days
+    b("s3", STAVANGER, referral="2021-11-21")  # 100 days
+    rows = run(release, "screening", "research_consent", "waiting_days")
+    # Bergen: 5 intakes; AUDIT or DUDIT in b1, b2, b4; consent b1, b3.
+    assert counts(pick(rows, "screening", 2022, "provider", BERGEN)) == (3, 5)
+    assert counts(pick(rows, "research_consent", 2022, "provider", BERGEN)) == (2, 5)
+    # Waiting: Bergen 0, 2, 10, 28 → (2 + 10) / 2 = 6; Stavanger 3, 7, 100 → 7;
+    # nation 0, 2, 3, 7, 10, 28, 100 → 7; Bergen U1: 10, 28 → 19; U2: 0, 2 → 1.
+    waiting = pick(rows, "waiting_days", 2022, "provider", BERGEN)
+    assert (waiting["value"], waiting["denominator"], waiting["numerator"]) == (6.0, 4, None)
+    assert waiting["ci95_low"] is None
+    assert waiting["target_level"] is None  # lower is better, no target levels in DOMAIN.md
+    assert pick(rows, "waiting_days", 2022, "provider", STAVANGER)["value"] == 7.0
+    assert pick(rows, "waiting_days", 2022, "nation", NATION)["value"] == 7.0
+    assert pick(rows, "waiting_days", 2022, "unit", BERGEN, unit_code="U1")["value"] == 19.0
+    assert pick(rows, "waiting_days", 2022, "unit", BERGEN, unit_code="U2")["value"] == 1.0
+    assert not [r for r in rows if r["year"] == 2021]
+
+
+def test_reduced_use_and_stable_housing(tiny: Factory) -> None:
+    release = tiny()
+    m, f = release.measurement, release.followup
+    m("f1", on="2022-01-10", use_days_30=20)
+    m("f1", on="2022-04-10", use_days_30=5)
+    f("f1", use_days_30=10, housing=1)  # 10 < 20 (first point, not the later 5): reduced; own
+    m("f2", use_days_30=5)
+    f("f2", use_days_30=5, housing=3)  # equal: not reduced; temporary: not stable
+    m("f3", use_days_30=None)
+    f("f3", use_days_30=0, housing=2)  # no baseline: not compared; rented: stable
+    m("f4", use_days_30=10)
+    f("f4", followup_status=2, use_days_30=0, housing=1)  # not reached: in neither population
+    m("f5", use_days_30=10)
+    f("f5", use_days_30=30, housing=None)  # more use; housing missing: not stable
+    m("f6", on="2022-05-01", use_days_30=0)
+    m("f6", on="2022-02-01", use_days_30=12)  # the first point, though written second
+    f("f6", use_days_30=6, housing=2)  # 6 < 12: reduced; rented: stable
+    rows = run(release, "reduced_use", "stable_housing")
+    # Year by follow-up date (2023). reduced_use: f1, f2, f5, f6 → f1, f6.
+    assert counts(pick(rows, "reduced_use", 2023, "provider", BERGEN)) == (2, 4)
+    # stable_housing: f1, f2, f3, f5, f6 → f1, f3, f6.
+    assert counts(pick(rows, "stable_housing", 2023, "provider", BERGEN)) == (3, 5)
+    # No basis rows: the home HF is unknown, so no resident results.
+    assert not [r for r in rows if r["context"] == "resident"]
+
+
+def test_study_counts_distinct_patients_per_year(tiny: Factory) -> None:
+    release = tiny()
+    release.basis("a1", intake="2022-02-01", patient="A", clinical_study_id="S1")
+    release.basis("a2", STAVANGER, intake="2021-06-01", patient="A")
+    release.measurement("a2", STAVANGER, on="2022-05-01", patient="A")
+    release.basis("b1", patient="B")
+    release.measurement("b1", patient="B", clinical_study_id="S2")
+    release.basis("c1", patient="C")
+    release.discharge("c1", patient="C")
+    release.basis("d1", STAVANGER, intake="2021-03-01", patient="D", clinical_study_id="S3")
+    release.measurement("d1", STAVANGER, on="2022-04-01", patient="D")
+    rows = run(release, "study")
+    # Bergen 2022: A (S1 at intake), B (S2 at a measurement), C (none) → 2/3.
+    assert counts(pick(rows, "study", 2022, "provider", BERGEN)) == (2, 3)
+    # Stavanger 2022: A and D have records there, neither carries a study id there → 0/2.
+    assert counts(pick(rows, "study", 2022, "provider", STAVANGER)) == (0, 2)
+    # Stavanger 2021: A (a2 intake) and D (intake with S3) → 1/2.
+    assert counts(pick(rows, "study", 2021, "provider", STAVANGER)) == (1, 2)
+    # Nation and Helse Vest 2022: A, B, C, D once each (A at two providers) → A, B: 2/4.
+    assert counts(pick(rows, "study", 2022, "nation", NATION)) == (2, 4)
+    assert counts(pick(rows, "study", 2022, "rhf", HELSE_VEST)) == (2, 4)
+    # Resident Stavanger 2022: A (through a2) and D → 0/2.
+    assert counts(pick(rows, "study", 2022, "hf", STAVANGER, context="resident")) == (0, 2)
+    # Targets 5 % / 2.5 %: 2/4 high, 0/2 low.
+    assert pick(rows, "study", 2022, "nation", NATION)["target_level"] == "high"
+    assert pick(rows, "study", 2022, "provider", STAVANGER)["target_level"] == "low"
+
+
+def test_coverage_and_low_coverage_suppression(tiny: Factory) -> None:
+    release = tiny()
+    for i in range(4):
+        release.basis(f"b{i}", research_consent=1)
+    for i in range(2):
+        release.basis(f"s{i}", STAVANGER)
+    for i in range(3):
+        release.basis(f"v{i}", VESTLY, home_hf_orgnr=BERGEN)
+    release.npr(BERGEN, 2022, 5).npr(STAVANGER, 2022, 4)  # no NPR count for Vestly
+    rows = run(release, "coverage", "research_consent")
+    # Bergen 4/5 = 80 %; Stavanger 2/4 = 50 % (< 60 %: not shown); Vestly has no NPR count.
+    bergen = pick(rows, "coverage", 2022, "provider", BERGEN)
+    assert (counts(bergen), bergen["value"], bergen["suppressed"]) == ((4, 5), 0.8, False)
+    stavanger = pick(rows, "coverage", 2022, "provider", STAVANGER)
+    assert (stavanger["value"], stavanger["numerator"], stavanger["denominator"]) == (None, None, 4)
+    assert stavanger["suppression_reason"] == "low_coverage"
+    assert not [r for r in rows if r["indicator_id"] == "coverage" and r["orgnr"] == VESTLY]
+    # Nation and Helse Vest: over providers with an NPR count, (4 + 2) / (5 + 4).
+    assert counts(pick(rows, "coverage", 2022, "nation", NATION)) == (6, 9)
+    assert counts(pick(rows, "coverage", 2022, "rhf", HELSE_VEST)) == (6, 9)
+    # Stavanger's other results in 2022 are suppressed as low coverage, caregiver unit/provider/hf.
+    for level, unit in (("unit", "U1"), ("provider", None), ("hf", None)):
+        row = pick(rows, "research_consent", 2022, level, STAVANGER, unit_code=unit)
+        assert (row["suppressed"], row["suppression_reason"]) == (True, "low_coverage")
+        assert (row["numerator"], row["value"], row["ci95_low"]) == (None, None, None)
+    # ... but Bergen's, the RHF's, the nation's and the resident ones are shown.
+    assert counts(pick(rows, "research_consent", 2022, "provider", BERGEN)) == (4, 4)
+    # Helse Vest: 4 Bergen + 2 Stavanger + 3 Vestly (private, rolls up to its RHF) = 9.
+    assert counts(pick(rows, "research_consent", 2022, "rhf", HELSE_VEST)) == (4, 9)
+    assert counts(pick(rows, "research_consent", 2022, "provider", VESTLY)) == (0, 3)
+    assert not [r for r in rows if r["level"] == "hf" and r["orgnr"] == VESTLY]
+    resident = pick(rows, "research_consent", 2022, "hf", STAVANGER, context="resident")
+    assert (counts(resident), resident["suppressed"]) == ((0, 2), False)
+
+
+def test_minimum_denominator_suppression(tiny: Factory) -> None:
+    release = tiny()
+    for i in range(5):
+        release.basis(f"b{i}", audit=1 if i < 4 else None)
+    for i in range(4):
+        release.basis(f"o{i}", OUS, audit=1)
+    rows = run(release, "screening", min_denominator=None)  # the catalogue's 5
+    assert counts(pick(rows, "screening", 2022, "provider", BERGEN)) == (4, 5)
+    ous = pick(rows, "screening", 2022, "provider", OUS)
+    assert (ous["suppressed"], ous["suppression_reason"], ous["denominator"]) == (
+        True,
+        "min_denominator",
+        4,
+    )
+    assert [ous[k] for k in ("numerator", "value", "ci95_low", "ci998_high", "target_level")] == [
+        None
+    ] * 5
+    assert ous["funnel_signal"] is None
+    assert pick(rows, "screening", 2022, "rhf", HELSE_SOR_OST)["suppressed"] is True
+    assert counts(pick(rows, "screening", 2022, "nation", NATION)) == (8, 9)
+
+
+def test_funnel_signals_against_national_value(tiny: Factory) -> None:
+    release = tiny()
+    for i in range(10):
+        release.discharge(f"b{i}", BERGEN, end_reason=1)
+        release.discharge(f"s{i}", STAVANGER, end_reason=2)
+        release.discharge(f"v{i}", VESTLY, end_reason=1 if i < 8 else 2)
+    rows = run(release, "mutual_end", min_denominator=None)
+    # θ = 18/30 = 0.6, n = 10: se = √(0.24/10) = 0.154919; 95 %: 0.6 ± 0.303641 = [0.296, 0.904];
+    # 99.8 %: 0.6 ± 0.478735 = [0.121, 1.079]. Bergen 1.0 above 0.904 only; Stavanger 0 below
+    # 0.121; Vestly 0.8 inside.
+    assert pick(rows, "mutual_end", 2022, "provider", BERGEN)["funnel_signal"] == "high_0.025"
+    assert pick(rows, "mutual_end", 2022, "provider", STAVANGER)["funnel_signal"] == "low_0.001"
+    assert pick(rows, "mutual_end", 2022, "provider", VESTLY)["funnel_signal"] == "not_significant"
+    assert pick(rows, "mutual_end", 2022, "nation", NATION)["funnel_signal"] is None
+    assert counts(pick(rows, "mutual_end", 2022, "rhf", HELSE_VEST)) == (18, 30)
+
+
+def test_target_levels_with_direction() -> None:
+    higher = Target(green=0.8, yellow=0.6)
+    assert [higher.level(v, "higher") for v in (0.8, 0.79, 0.6, 0.59)] == [
+        "high",
+        "moderate",
+        "moderate",
+        "low",
+    ]
+    lower = Target(green=30, yellow=60)
+    assert [lower.level(v, "lower") for v in (30, 31, 60, 61)] == [
+        "high",
+        "moderate",
+        "moderate",
+        "low",
+    ]
+
+
+def test_lower_is_better_target_in_engine(tiny: Factory) -> None:
+    release = tiny()
+    release.basis("b1", referral="2022-02-27").basis("b2", referral="2022-02-25")  # 2, 4 days
+    release.basis("s1", STAVANGER, referral="2022-02-21")  # 8 days
+    definition: IndicatorDefinition = CATALOGUE["waiting_days"].model_copy(
+        update={"target": Target(green=3, yellow=6), "min_denominator": 1}
+    )
+    table = compute(release.manifest(), hierarchy=Hierarchy.default(), catalogue=[definition])
+    rows = table.to_pylist()
+    # Bergen median 3 ≤ 3 → high; Stavanger 8 > 6 → low; nation 2, 4, 8 → 4: moderate.
+    assert pick(rows, "waiting_days", 2022, "provider", BERGEN)["target_level"] == "high"
+    assert pick(rows, "waiting_days", 2022, "provider", STAVANGER)["target_level"] == "low"
+    assert pick(rows, "waiting_days", 2022, "nation", NATION)["target_level"] == "moderate"
+
+
+def test_whole_catalogue_writes_and_reads(tiny: Factory, tmp_path: Path) -> None:
+    release = early_course(tiny())
+    release.discharge("e1").npr(BERGEN, 2022, 3)
+    table = compute(release.manifest(), hierarchy=Hierarchy.default())
+    assert table.schema == results.RESULT_SCHEMA
+    assert {r["indicator_id"] for r in table.to_pylist()} >= {"plan", "coverage", "study"}
+    path = tmp_path / "out" / "indicators.parquet"
+    results.write(table, path)
+    assert results.read(path).equals(table)
