@@ -1,0 +1,255 @@
+"""validate_extract: every check of a form's suite fails on a row that violates it, and passes on
+clean rows; tolerances are judged over all rows; results are per job, also across threads."""
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from schemas.forms import Form
+from tests.validation.conftest import CLEAN, KNOWN, TODAY, raw_table
+from validation import CheckResult, ValidationResult, validate_extract
+from validation.run import run_checks
+from validation.suites import Check, suite_checks
+
+# A value that violates each kind of check (hand-chosen; see EXTRACT_SPEC.md for the rules).
+BAD_VALUE: dict[str, str | None] = {
+    "required": None,
+    "completeness": None,
+    "codes": "7",  # in none of the code lists
+    "known": "123456785",  # 9 digits, not a provider of the register
+}
+BAD_TYPE = {"integer": "4x", "date": "31.02.2024"}  # 31 February does not exist
+BAD_PATTERN = {"icd10": "F20.1", "provider_orgnr": "97463140", "home_hf_orgnr": "HF1"}
+BAD_RANGE = {
+    "age": "111",
+    "audit": "41",
+    "dudit": "45",
+    "severity": "0",
+    "benefit": "6",
+    "use_days_30": "31",
+}
+# Checks that a row breaking another check necessarily fails too.
+ALSO_FAILS = {
+    "provider_orgnr.pattern": {"provider_orgnr.known"},
+    "referral_date.future": {"referral_date.after_intake"},  # the future is after any intake
+}
+
+
+def _check_ids(form: Form) -> list[str]:
+    return [c.check_id for c in suite_checks(form, known_providers=KNOWN, today=TODAY)]
+
+
+def _violation(form: Form, check_id: str) -> list[dict[str, Any]]:
+    """Rows of which exactly the last one(s), with record id `bad*`, violate the check."""
+    column, kind = check_id.rsplit(".", 1)
+    clean: dict[str, Any] = {}
+    if kind == "unique":
+        return [{}, {"record_id": "bad"}, {"record_id": "bad"}]
+    if kind == "completeness":
+        # Tolerated 50 % missing: 2 of 3 rows empty fails.
+        return [{}, {"record_id": "bad1", column: None}, {"record_id": "bad2", column: None}]
+    bad: dict[str, str | None]
+    if kind == "after_intake":
+        bad = {"referral_date": "02.02.2024"}  # the day after intake
+    elif kind == "future":
+        bad = {column: "2025-01-02"}  # the day after TODAY
+    elif kind == "type":
+        kind_of = "date" if column.endswith("_date") else "integer"
+        bad = {column: BAD_TYPE[kind_of]}
+    elif kind == "pattern":
+        bad = {column: BAD_PATTERN[column]}
+    elif kind == "range":
+        bad = {column: BAD_RANGE[column]}
+    else:
+        bad = {column: BAD_VALUE[kind]}
+    return [clean, {"record_id": "bad", **bad}, {}]
+
+
+def _validate(form: Form, rows: list[dict[str, Any]]) -> ValidationResult:
+    return validate_extract(raw_table(form, rows), form, known_providers=KNOWN, today=TODAY)
+
+
+def _by_id(result: ValidationResult) -> dict[str, CheckResult]:
+    return {check.check_id: check for check in result.checks}
+
+
+CASES = [
+    (form, check_id) for form in (Form.BASIS, Form.MEASUREMENT) for check_id in _check_ids(form)
+]
+
+
+@pytest.mark.parametrize(("form", "check_id"), CASES, ids=[f"{f}:{c}" for f, c in CASES])
+def test_a_violating_row_fails_exactly_its_check(form: Form, check_id: str) -> None:
+    rows = _violation(form, check_id)
+    result = _validate(form, rows)
+    checks = _by_id(result)
+    bad_rows = [i for i, row in enumerate(rows) if "record_id" in row]
+    # A row without a record_id (record_id.required) is known by its row index only.
+    expected_ids = sorted(rows[i]["record_id"] for i in bad_rows if rows[i]["record_id"])
+    failing = checks[check_id]
+    assert failing.status == "failed"
+    assert sorted(failing.failing_record_ids) == expected_ids
+    assert failing.failing_count == len(bad_rows)
+    assert failing.failing_percent == pytest.approx(100.0 * len(bad_rows) / 3)
+    others = {c.check_id for c in result.checks if c.status != "passed"} - {check_id}
+    assert others == ALSO_FAILS.get(check_id, set())
+    # fatal → the file is rejected; error → its rows are quarantined; warning → reported only
+    fatal = {c.check_id for c in result.checks if c.severity == "fatal"}
+    assert result.rejected == bool(({check_id} | others) & fatal)
+    quarantined = [r for r in result.row_failures.to_pylist() if r["check"] == check_id]
+    if failing.severity == "error":
+        assert quarantined == [
+            {
+                "row_index": 1,
+                "record_id": rows[1]["record_id"],
+                "check": check_id,
+                "severity": "error",
+                "reason": quarantined[0]["reason"],
+            }
+        ]
+        assert check_id.split(".")[0] in quarantined[0]["reason"]
+    else:
+        assert quarantined == []
+    assert set(result.row_failures.column("check").to_pylist()) <= {check_id} | others
+
+
+@pytest.mark.parametrize("form", [Form.BASIS, Form.MEASUREMENT])
+def test_clean_rows_pass_every_check(form: Form) -> None:
+    result = _validate(form, [{}, {}, {}])
+    assert {c.check_id: c.status for c in result.checks} == dict.fromkeys(
+        _check_ids(form), "passed"
+    )
+    assert not result.rejected
+    assert result.rejection_reasons == []
+    assert result.row_failures.num_rows == 0
+    assert all(c.failing_count == 0 and c.failing_record_ids == [] for c in result.checks)
+
+
+def test_boundaries_of_ranges_and_dates_pass() -> None:
+    rows: list[dict[str, Any]] = [
+        {"age": "13", "referral_date": "01.02.2024", "audit": "0", "dudit": "44"},
+        {"age": "110", "intake_date": "2025-01-01", "referral_date": None, "severity": "5"},
+    ]
+    result = _validate(Form.BASIS, rows)
+    assert [c.check_id for c in result.checks if c.status != "passed"] == []
+
+
+def test_a_value_that_is_not_an_integer_fails_type_only() -> None:
+    # Unparseable → type; not also required (it is present) nor range (it has no value).
+    result = _validate(Form.BASIS, [{}, {"age": "forty"}])
+    assert {c.check_id: c.failing_record_ids for c in result.checks if c.status != "passed"} == {
+        "age.type": ["r2"]
+    }
+
+
+def test_rejection_reasons_name_checks_and_counts_never_values() -> None:
+    rows = [{"provider_orgnr": "123456785"}, {"provider_orgnr": "123456785"}, {}]
+    result = _validate(Form.BASIS, rows)
+    assert result.rejected
+    assert result.rejection_reasons == ["provider_orgnr.known: 2 of 3 rows failed (tolerated 0 %)"]
+
+
+def test_unknown_and_missing_columns_reject_the_file() -> None:
+    raw = raw_table(Form.BASIS, [{}, {}]).drop_columns(["age"])
+    raw = raw.append_column("name", pa.array(["x", "y"], pa.string()))
+    result = validate_extract(raw, Form.BASIS, known_providers=KNOWN, today=TODAY)
+    assert result.rejected
+    assert result.rejection_reasons[0] == (
+        "table.columns: 1 column(s) not part of form 'basis' (name), "
+        "1 required column(s) missing (age)"
+    )
+    statuses = _by_id(result)
+    assert statuses["table.columns"].status == "failed"
+    assert statuses["age.range"].status == "not_applicable"
+    assert statuses["age.required"].status == "not_applicable"
+    assert statuses["sex.codes"].status == "passed"
+
+
+def test_an_absent_optional_column_counts_as_empty() -> None:
+    raw = raw_table(Form.BASIS, [{}, {}]).drop_columns(["dudit"])
+    result = validate_extract(raw, Form.BASIS, known_providers=KNOWN, today=TODAY)
+    checks = _by_id(result)
+    assert checks["dudit.completeness"].status == "failed"
+    assert checks["dudit.completeness"].failing_record_ids == ["r1", "r2"]
+    assert checks["dudit.range"].status == "passed"
+    assert not result.rejected
+
+
+def _audit_range_warning() -> list[Check]:
+    return [
+        Check(
+            "audit.range",
+            "audit",
+            "plausibility",
+            "warning",
+            10.0,
+            "ExpectColumnValuesToBeBetween",
+            {"column": "audit__value", "min_value": 0, "max_value": 40},
+            "audit outside 0–40",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("out_of_range", "status"), [(9, "passed"), (10, "passed"), (11, "failed")]
+)
+def test_tolerance_is_judged_over_all_rows_including_nulls(out_of_range: int, status: str) -> None:
+    # 100 rows, 50 without audit: GX's own unexpected_percent would be 9/50 = 18 %.
+    audits = ["41"] * out_of_range + [None] * 50 + ["20"] * (50 - out_of_range)
+    raw = raw_table(Form.BASIS, [{"audit": a} for a in audits])
+    result = run_checks(raw, Form.BASIS, _audit_range_warning())
+    (check,) = result.checks
+    assert check.status == status
+    assert check.failing_count == out_of_range
+    assert check.failing_percent == pytest.approx(out_of_range)
+    assert check.failing_record_ids == [f"r{i}" for i in range(1, out_of_range + 1)]
+    assert not result.rejected
+
+
+def test_failing_record_ids_are_capped_at_100() -> None:
+    raw = raw_table(Form.BASIS, [{"severity": "9"}] * 130)
+    check = _by_id(validate_extract(raw, Form.BASIS, known_providers=KNOWN, today=TODAY))[
+        "severity.range"
+    ]
+    assert check.failing_count == 130
+    assert check.failing_record_ids_total == 130
+    assert check.failing_record_ids == [f"r{i}" for i in range(1, 101)]
+
+
+def test_the_suite_version_depends_on_the_definition_not_on_the_day() -> None:
+    one = _validate(Form.BASIS, [{}])
+    other_day = validate_extract(
+        raw_table(Form.BASIS, [{}]), Form.BASIS, known_providers=KNOWN, today=date(2025, 6, 1)
+    )
+    measurement = _validate(Form.MEASUREMENT, [{}])
+    assert one.suite_version == other_day.suite_version
+    assert one.suite_version != measurement.suite_version
+    assert one.suite_version.startswith("v1-")
+
+
+def test_concurrent_jobs_each_get_their_own_result() -> None:
+    # Four frames, each with a different failing row count and column.
+    jobs = [
+        [{"age": "5"}] * 2 + [{}] * 8,
+        [{"sex": "4"}] * 3 + [{}] * 7,
+        [{"icd10": "X1"}] * 4 + [{}] * 6,
+        [{"severity": "8"}] * 5 + [{}] * 5,
+    ]
+    expected = [
+        {"age.range": 2},
+        {"sex.codes": 3},
+        {"icd10.pattern": 4},
+        {"severity.range": 5},
+    ]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda rows: _validate(Form.BASIS, rows), jobs * 2))
+    for result, wanted in zip(results, expected * 2, strict=True):
+        assert {c.check_id: c.failing_count for c in result.checks if c.failing_count} == wanted
+
+
+def test_clean_basis_row_is_as_the_spec_says() -> None:
+    # Guard for the fixtures: the clean row fills every column of the form but the study id.
+    assert set(CLEAN[Form.BASIS]) | {"record_id"} == set(raw_table(Form.BASIS, [{}]).column_names)

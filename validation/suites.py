@@ -1,0 +1,291 @@
+"""The validation suite of every form, built from the data dictionary (`schemas.forms.FORMS`).
+
+A suite is a list of `Check`s. Each check is one Great Expectations (GX Core 1.x) expectation over
+the *validation frame* (see `validation.run`), plus what the register needs around it: the check id
+shared with the generator and the reports (docs/interfaces.md), the Kahn category (conformance,
+completeness, plausibility; Kahn et al., eGEMs 2016), the severity and the tolerated failure
+percentage. GX decides which rows fail; we decide pass/fail from counts over *all* rows.
+
+Validation frame columns (one pandas DataFrame built once per job):
+- `{column}`: the raw text as received (required, pattern, uniqueness, known provider,
+  completeness);
+- `{column}__value`: integers and dates as float64 (dates as days since 1970-01-01), NaN where
+  missing or unparseable (codes, ranges, future dates, referral before intake);
+- `{column}__invalid`: True where a value is present but not parseable (type).
+"""
+
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from types import ModuleType
+from typing import Any, Final, Literal
+
+from schemas.forms import FORMS, ICD10_PATTERN, SPEC_VERSION, ColumnSpec, Form
+
+Category = Literal["conformance", "completeness", "plausibility"]
+Severity = Literal["fatal", "error", "warning"]
+
+EPOCH: Final = date(1970, 1, 1)
+
+# Share of rows an optional column may leave empty before the completeness warning fires. 50 %:
+# the register's screening indicator expects AUDIT/DUDIT at most intakes (target >= 90 %,
+# DOMAIN.md), so a column less than half filled points at an export problem rather than at
+# clinical practice.
+OPTIONAL_TOLERATED_MISSING_PERCENT: Final = 50.0
+# Optional columns whose emptiness is the normal case, not a quality problem: a clinical-study id is
+# only set for the few patients enrolled in a study (1 % of TSB patients in 2021, DOMAIN.md).
+NO_COMPLETENESS_CHECK: Final = frozenset({"clinical_study_id"})
+
+# The frame column names that hold parsed values and parse failures.
+VALUE_SUFFIX: Final = "__value"
+INVALID_SUFFIX: Final = "__invalid"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check of a form's suite: a GX expectation plus the register's judgement around it."""
+
+    check_id: str
+    column: str | None
+    category: Category
+    severity: Severity
+    tolerated_percent: float
+    # The GX expectation class (in `great_expectations.expectations`) and its arguments over the
+    # validation frame.
+    expectation: str
+    arguments: Mapping[str, Any]
+    # Why a row fails, in words without any value (goes into row_failures and reports).
+    reason: str
+    # Argument names whose values change per job (today, the known providers): left out of the
+    # suite version.
+    per_job: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return {
+            "check_id": self.check_id,
+            "category": self.category,
+            "severity": self.severity,
+            "tolerated_percent": self.tolerated_percent,
+        }
+
+    def definition(self) -> dict[str, Any]:
+        """The check as plain data, without its per-job arguments (for the suite version)."""
+        arguments = {
+            name: (f"<{name}>" if name in self.per_job else value)
+            for name, value in sorted(self.arguments.items())
+        }
+        return {**self.meta, "column": self.column, "expectation": self.expectation, **arguments}
+
+
+def _column_checks(
+    column: ColumnSpec, *, known_providers: frozenset[str], today: date
+) -> list[Check]:
+    name = column.name
+    value = name + VALUE_SUFFIX
+    checks: list[Check] = []
+    if column.required:
+        checks.append(
+            Check(
+                f"{name}.required",
+                name,
+                "completeness",
+                "error",
+                0.0,
+                "ExpectColumnValuesToNotBeNull",
+                {"column": name},
+                f"required value missing in {name}",
+            )
+        )
+    elif name not in NO_COMPLETENESS_CHECK:
+        checks.append(
+            Check(
+                f"{name}.completeness",
+                name,
+                "completeness",
+                "warning",
+                OPTIONAL_TOLERATED_MISSING_PERCENT,
+                "ExpectColumnValuesToNotBeNull",
+                {"column": name},
+                f"optional value missing in {name}",
+            )
+        )
+    if column.kind in ("integer", "date"):
+        kind = "an integer" if column.kind == "integer" else "a date (dd.mm.yyyy or yyyy-mm-dd)"
+        checks.append(
+            Check(
+                f"{name}.type",
+                name,
+                "conformance",
+                "error",
+                0.0,
+                "ExpectColumnValuesToBeInSet",
+                {"column": name + INVALID_SUFFIX, "value_set": [False]},
+                f"value in {name} is not {kind}",
+            )
+        )
+    if column.codes is not None:
+        checks.append(
+            Check(
+                f"{name}.codes",
+                name,
+                "conformance",
+                "error",
+                0.0,
+                "ExpectColumnValuesToBeInSet",
+                {"column": value, "value_set": sorted(float(v) for v in column.codes.values)},
+                f"value in {name} is not in the code list {column.codes.name}",
+            )
+        )
+    if column.minimum is not None or column.maximum is not None:
+        bounds = f"{column.minimum}–{column.maximum}" if column.maximum is not None else ""
+        checks.append(
+            Check(
+                f"{name}.range",
+                name,
+                "plausibility",
+                "error",
+                0.0,
+                "ExpectColumnValuesToBeBetween",
+                {"column": value, "min_value": column.minimum, "max_value": column.maximum},
+                f"value in {name} outside {bounds or f'>= {column.minimum}'}",
+            )
+        )
+    if column.pattern is not None:
+        what = "the ICD-10 pattern F10–F19" if column.pattern == ICD10_PATTERN else "9 digits"
+        checks.append(
+            Check(
+                f"{name}.pattern",
+                name,
+                "conformance",
+                "error",
+                0.0,
+                "ExpectColumnValuesToMatchRegex",
+                {"column": name, "regex": _without_capture_groups(column.pattern)},
+                f"value in {name} does not match {what}",
+            )
+        )
+    if column.kind == "date":
+        checks.append(
+            Check(
+                f"{name}.future",
+                name,
+                "plausibility",
+                "fatal",
+                0.0,
+                "ExpectColumnValuesToBeBetween",
+                {"column": value, "max_value": float((today - EPOCH).days)},
+                f"date in {name} after the day of validation",
+                per_job=frozenset({"max_value"}),
+            )
+        )
+    if name == "record_id":
+        checks.append(
+            Check(
+                "record_id.unique",
+                name,
+                "conformance",
+                "fatal",
+                0.0,
+                "ExpectColumnValuesToBeUnique",
+                {"column": name},
+                "record_id occurs more than once in the file",
+            )
+        )
+    if name == "provider_orgnr":
+        checks.append(
+            Check(
+                "provider_orgnr.known",
+                name,
+                "conformance",
+                "fatal",
+                0.0,
+                "ExpectColumnValuesToBeInSet",
+                {"column": name, "value_set": sorted(known_providers)},
+                "provider_orgnr is not a provider known to the register",
+                per_job=frozenset({"value_set"}),
+            )
+        )
+    return checks
+
+
+def _without_capture_groups(pattern: str) -> str:
+    """The same regex with non-capturing groups: pandas warns on `str.contains` with groups."""
+    return re.sub(r"(?<!\\)\((?!\?)", "(?:", pattern)
+
+
+def suite_checks(form: Form, *, known_providers: frozenset[str], today: date) -> list[Check]:
+    """Every check of a form's suite, in the order of the data dictionary's columns."""
+    spec = FORMS[form]
+    checks: list[Check] = []
+    for column in spec.columns:
+        checks.extend(_column_checks(column, known_providers=known_providers, today=today))
+    if "referral_date" in spec.column_names and "intake_date" in spec.column_names:
+        checks.append(
+            Check(
+                "referral_date.after_intake",
+                "referral_date",
+                "plausibility",
+                "error",
+                0.0,
+                "ExpectColumnPairValuesAToBeGreaterThanB",
+                {
+                    "column_A": "intake_date" + VALUE_SUFFIX,
+                    "column_B": "referral_date" + VALUE_SUFFIX,
+                    "or_equal": True,
+                    "ignore_row_if": "either_value_is_missing",
+                },
+                "referral_date after intake_date",
+            )
+        )
+    return checks
+
+
+def suite_version(form: Form, checks: list[Check]) -> str:
+    """A short hash of the suite's definition and the extract specification version."""
+    definition = {
+        "spec_version": SPEC_VERSION,
+        "form": form.value,
+        "checks": [check.definition() for check in checks],
+    }
+    digest = hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
+    return f"v{SPEC_VERSION}-{digest[:12]}"
+
+
+_IMPORT_LOCK: Final = threading.Lock()
+_gx: ModuleType | None = None
+
+
+def great_expectations() -> ModuleType:
+    """Import GX once, lazily (it takes seconds and imports pyspark), with its analytics off."""
+    global _gx
+    with _IMPORT_LOCK:
+        if _gx is None:
+            # Read by GX at import time; set before the import so no usage event is ever sent.
+            os.environ["GX_ANALYTICS_ENABLED"] = "False"
+            import great_expectations as gx
+            import great_expectations.expectations
+
+            _gx = gx
+        return _gx
+
+
+def expectation(check: Check) -> Any:
+    """The GX expectation object of a check (a new one each time: GX objects are not shared)."""
+    gx = great_expectations()
+    cls = getattr(gx.expectations, check.expectation)
+    return cls(**check.arguments, meta=check.meta)
+
+
+def build_suite(form: Form, checks: list[Check], *, name: str | None = None) -> Any:
+    """The GX `ExpectationSuite` of a form's checks."""
+    gx = great_expectations()
+    suite = gx.ExpectationSuite(name=name or f"kvarus_{form.value}_{suite_version(form, checks)}")
+    for check in checks:
+        suite.add_expectation(expectation(check))
+    return suite
