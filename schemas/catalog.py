@@ -47,6 +47,8 @@ class Upload(SQLModel, table=True):
     uploaded_by: str = "cli"
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+    # An API upload's request row points at the ledger row its background load created.
+    loaded_as: int | None = Field(default=None, index=True)
 
 
 class ValidationRun(SQLModel, table=True):

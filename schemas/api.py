@@ -1,0 +1,254 @@
+"""Models of the HTTP API (what goes over the wire), named in the XPublic / XCreate style.
+
+No model here carries a pseudonym, a patient key or a record value: uploads and releases are
+described by counts, indicators by aggregated numerators and denominators, aggregates by
+perturbed and suppressed counts.
+"""
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["registry", "trust", "researcher", "anonymous"]
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem detail (served as application/problem+json)."""
+
+    type: str = Field(description="URI of the problem type")
+    title: str
+    status: int = Field(ge=100, le=599)
+    detail: str | None = None
+    instance: str | None = Field(default=None, description="The request path")
+
+
+class HealthPublic(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, bool] = Field(default_factory=dict)
+
+
+class UploadPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    form: str
+    filename: str
+    status: str
+    providers: list[str] = Field(description="Providers (orgnr) found in the file")
+    rows_read: int
+    rows_accepted: int
+    rows_quarantined: int
+    rows_superseded: int
+    uploaded_by: str
+    started_at: datetime
+    finished_at: datetime | None
+
+
+class UploadAccepted(BaseModel):
+    id: int
+    status: str
+
+
+class UploadDetail(UploadPublic):
+    error: str | None = None
+    report: dict[str, object] | None = Field(
+        default=None, description="The latest quality report of the upload"
+    )
+
+
+class UploadPage(BaseModel):
+    items: list[UploadPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class TablePublic(BaseModel):
+    name: str
+    delta_version: int
+    row_count: int
+
+
+class ReleasePublic(BaseModel):
+    number: int
+    created_at: datetime
+    note: str | None
+    retired: bool
+    published_by: str
+
+
+class ReleaseDetail(ReleasePublic):
+    spec_version: int
+    tables: list[TablePublic]
+
+
+class ReleaseCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str | None = Field(default=None, max_length=500)
+
+
+class IndicatorPublic(BaseModel):
+    id: str
+    title: str
+    description: str = ""
+    unit: str = Field(default="episode", description="episode or patient")
+    direction: str = Field(default="higher", description="higher or lower is better")
+    target_high: float | None = None
+    target_moderate: float | None = None
+
+
+class IndicatorResultPublic(BaseModel):
+    indicator_id: str
+    release: int
+    year: int
+    context: str
+    level: str
+    orgnr: str
+    unit_code: str | None = None
+    name: str | None
+    numerator: int | None
+    denominator: int | None
+    value: float | None
+    ci95_low: float | None
+    ci95_high: float | None
+    ci998_low: float | None
+    ci998_high: float | None
+    target_level: str | None
+    suppressed: bool
+    suppression_reason: str | None
+    funnel_signal: str | None
+    previous_value: float | None
+
+
+class IndicatorResultPage(BaseModel):
+    release: int
+    items: list[IndicatorResultPublic]
+
+
+class ProfileIndicator(BaseModel):
+    indicator_id: str
+    provider: list[IndicatorResultPublic] = Field(description="The provider, one row per year")
+    rhf: list[IndicatorResultPublic] = Field(description="Its RHF, one row per year")
+    nation: list[IndicatorResultPublic] = Field(description="The nation, one row per year")
+
+
+class ProviderProfile(BaseModel):
+    release: int
+    orgnr: str
+    name: str
+    rhf_orgnr: str | None
+    indicators: list[ProfileIndicator]
+
+
+class FunnelPoint(BaseModel):
+    orgnr: str
+    name: str
+    numerator: float
+    denominator: float
+    value: float
+    lower95: float
+    upper95: float
+    lower998: float
+    upper998: float
+    signal: str
+
+
+class VariationPublic(BaseModel):
+    release: int
+    indicator_id: str
+    year: int
+    context: str
+    providers: int
+    national_value: float | None
+    extremal_quotient: float | None
+    coefficient_of_variation: float | None
+    points: list[FunnelPoint]
+
+
+class ParticipationPoint(BaseModel):
+    year: int
+    value: float | None
+    numerator: int | None
+    denominator: int | None
+
+
+class ParticipationProvider(BaseModel):
+    orgnr: str
+    name: str
+    level: str
+    target: float
+    latest_value: float | None
+    reaches_target: bool | None
+    trend: list[ParticipationPoint]
+
+
+class ResearchParticipation(BaseModel):
+    release: int
+    indicator_id: str
+    target: float = Field(description="National action plan target: 5 % of patients in studies")
+    items: list[ParticipationProvider]
+
+
+Measure = Literal["episodes", "patients", "mutual_end", "followup_arranged", "study"]
+Dimension = Literal[
+    "year",
+    "rhf",
+    "provider",
+    "sex",
+    "age_group",
+    "treatment_type",
+    "primary_substance",
+    "end_reason",
+]
+
+
+class AggregateCreate(BaseModel):
+    """A researcher's aggregate: counts of measures by dimensions, over one release."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    release: int | None = Field(default=None, ge=1, description="Default: the latest release")
+    measures: list[Measure] = Field(min_length=1, max_length=5)
+    dimensions: list[Dimension] = Field(min_length=1, max_length=3)
+    filters: dict[Dimension, list[str]] = Field(
+        default_factory=dict, description="Keep only these categories of a dimension"
+    )
+
+
+class AggregateCell(BaseModel):
+    dimensions: dict[str, str | None] = Field(description="None marks a margin (all categories)")
+    values: dict[str, int | None] = Field(description="Perturbed counts; None when suppressed")
+    suppressed: dict[str, bool]
+
+
+class AggregatePublic(BaseModel):
+    release: int
+    measures: list[str]
+    dimensions: list[str]
+    threshold: int
+    method: str
+    cells: list[AggregateCell]
+
+
+class AuditEventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    subject: str
+    role: str
+    method: str
+    route: str
+    query: str
+    status: int
+    rows: int | None
+    release: int | None
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEventPublic]
+    total: int
+    limit: int
+    offset: int

@@ -1,0 +1,367 @@
+"""Researcher aggregates over a release, with disclosure control.
+
+A query names measures (counts of episodes, patients, ...), up to three dimensions and optional
+filters. The answer is the full table with all margins, computed with DuckDB over the release's
+Parquet files (basis, joined to discharge when a measure or dimension needs it).
+
+Disclosure control, in two layers:
+
+1. Cell-key perturbation (ABS TableBuilder, Statistics Sweden; `indicators.disclosure`). Every
+   patient has a fixed record key: the first 4 bytes of sha256(salt ‖ patient_key) as an integer
+   in [0, 2^32). The salt is derived from the register's secret pseudonym key (HMAC), so nobody
+   outside can compute the keys. A cell's key is the sum of its records' keys mod 2^32 (episode
+   measures add the patient's key once per episode, patient measures once per distinct patient).
+   The published count is count + noise, the noise looked up in a fixed table by (count, cell
+   key): zero mean, at most ±2, and never a published value in 1..4 (counts 5 get no noise,
+   6 at most ±1). Every margin is a cell of its own (its own records, its own key, its own noise),
+   not a sum of perturbed cells. The salt is the same for every release (not per release), so
+   the same set of records gets the same noise in every query of every release: repeating a
+   query, or asking "all providers" and "all providers but one", cannot average the noise away,
+   and the difference of two published cells is the small cell plus the difference of two
+   independent noises (exact only by chance, and the attacker cannot tell when). Filters only
+   select records; a cell's value depends on nothing but its records.
+2. Suppression on the true table (`indicators.disclosure.suppress_table`): primary suppression of
+   counts 1..4 (zeros are shown), secondary suppression until an LP audit shows that every
+   primary cell's feasible range, given every published cell *exactly* and all margin equations,
+   is at least 5 wide and no secondary cell is exactly recoverable. The audit assumes an attacker
+   who knows the unperturbed published values, so it holds a fortiori for the perturbed ones.
+   Suppressed cells are published as null with `suppressed: true`, never as zero.
+
+Categories of a dimension are fixed by the code lists and the organisation hierarchy (and the
+release's years), not by the data, so the shape of an answer does not reveal that a rare
+category exists.
+"""
+
+import hashlib
+import hmac
+import itertools
+from dataclasses import dataclass
+from typing import Final
+
+import duckdb
+import numpy as np
+import numpy.typing as npt
+
+from indicators.disclosure import (
+    CELL_KEY_MODULUS,
+    DEFAULT_PTABLE,
+    DEFAULT_THRESHOLD,
+    PerturbationTable,
+    perturb,
+    suppress_table,
+)
+from indicators.statistics import AGE_BANDS, AGE_GROUP_LABELS
+from schemas.api import AggregateCell, AggregateCreate, AggregatePublic
+from schemas.codes import END_REASON, PRIMARY_SUBSTANCE, SEX, TREATMENT_TYPE
+from schemas.errors import RejectedInput
+from schemas.manifest import ReleaseManifest
+from schemas.organisations import Hierarchy
+
+THRESHOLD: Final = DEFAULT_THRESHOLD
+# Beyond this many inner cells the LP audit of secondary suppression gets slow and the table is
+# mostly small cells anyway: the researcher is asked to filter or drop a dimension.
+MAX_CELLS: Final = 2000
+NO_DISCHARGE: Final = "none"
+
+# No published value may fall in 1..threshold−1: counts below 5 are suppressed anyway (no noise
+# needed), 5 is published as is and 6 moves by at most 1; larger counts use the module's default
+# zero-mean ±2 row. Every row has mean 0, so totals stay unbiased on average.
+PTABLE: Final = PerturbationTable(
+    rows={
+        **dict.fromkeys(range(1, THRESHOLD + 1), ((0, 1.0),)),
+        THRESHOLD + 1: ((-1, 0.25), (0, 0.5), (1, 0.25)),
+    },
+    default=DEFAULT_PTABLE.default,
+)
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    unit: str  # episode | patient
+    condition: str  # SQL over the episode view
+    needs_discharge: bool = False
+
+
+MEASURES: Final[dict[str, MeasureSpec]] = {
+    "episodes": MeasureSpec("episode", "TRUE"),
+    "patients": MeasureSpec("patient", "TRUE"),
+    # End reason 1 = mutual agreement (schemas.codes.END_REASON).
+    "mutual_end": MeasureSpec("episode", "d_end_reason = 1", needs_discharge=True),
+    "followup_arranged": MeasureSpec("episode", "d_followup_arranged = 1", needs_discharge=True),
+    "study": MeasureSpec("patient", "clinical_study_id IS NOT NULL"),
+}
+
+_AGE_CASE: Final = (
+    "CASE "
+    + " ".join(
+        f"WHEN age BETWEEN {lo} AND {hi} THEN '{label}'"
+        if hi is not None
+        else f"WHEN age >= {lo} THEN '{label}'"
+        for label, lo, hi in AGE_BANDS
+    )
+    + " ELSE 'unknown' END"
+)
+
+DIMENSION_SQL: Final[dict[str, str]] = {
+    "year": "CAST(year AS VARCHAR)",
+    "rhf": "COALESCE(rhf_orgnr, 'unknown')",
+    "provider": "provider_orgnr",
+    "sex": "CAST(sex AS VARCHAR)",
+    "age_group": _AGE_CASE,
+    "treatment_type": "CAST(treatment_type AS VARCHAR)",
+    "primary_substance": "CAST(primary_substance AS VARCHAR)",
+    "end_reason": f"COALESCE(CAST(d_end_reason AS VARCHAR), '{NO_DISCHARGE}')",
+}
+
+
+def cell_key_salt(pseudonym_key: bytes) -> str:
+    """The record-key salt: secret (keyed by the register's key) and the same for every release."""
+    return hmac.new(pseudonym_key, b"kvarus-aggregate-cell-key-v1", hashlib.sha256).hexdigest()
+
+
+def record_key(salt: str, patient_key: str) -> int:
+    """A patient's record key in [0, 2^32): the Python twin of the SQL in `_episode_view`."""
+    return int(hashlib.sha256((salt + patient_key).encode()).hexdigest()[:8], 16)
+
+
+def _files(manifest: ReleaseManifest, table: str) -> list[str]:
+    if table not in manifest.tables:
+        raise RejectedInput(f"release {manifest.release} has no {table} table")
+    return [f.removeprefix("file://") for f in manifest.files(table)]
+
+
+def categories(dimension: str, *, hierarchy: Hierarchy, years: list[str]) -> list[str]:
+    """The fixed categories of a dimension (not taken from the data)."""
+    if dimension == "year":
+        return years
+    if dimension == "rhf":
+        return sorted(o.orgnr for o in hierarchy.rhfs)
+    if dimension == "provider":
+        return sorted(o.orgnr for o in hierarchy.providers)
+    if dimension == "age_group":
+        return list(AGE_GROUP_LABELS)
+    code_lists = {
+        "sex": SEX,
+        "treatment_type": TREATMENT_TYPE,
+        "primary_substance": PRIMARY_SUBSTANCE,
+    }
+    if dimension in code_lists:
+        return [str(v) for v in sorted(code_lists[dimension].values)]
+    if dimension == "end_reason":
+        return [*(str(v) for v in sorted(END_REASON.values)), NO_DISCHARGE]
+    raise RejectedInput(f"unknown dimension {dimension}")
+
+
+def _episode_sql(
+    manifest: ReleaseManifest, *, with_discharge: bool, hierarchy: Hierarchy
+) -> tuple[str, dict[str, object]]:
+    """The episode rows as SQL CTEs (`rhf_map`, `discharge_one`, `episode`) and parameters."""
+    basis = _files(manifest, "basis")
+    if not basis:
+        raise RejectedInput(f"release {manifest.release} has no episodes")
+    providers = sorted(o.orgnr for o in hierarchy.providers)
+    parameters: dict[str, object] = {
+        "basis": basis,
+        "map_orgnr": providers,
+        "map_rhf": [hierarchy.rhf_of(p).orgnr for p in providers],
+    }
+    ctes = ["rhf_map AS (SELECT unnest($map_orgnr) AS map_orgnr, unnest($map_rhf) AS rhf_orgnr)"]
+    discharge_join = ""
+    discharge_columns = "NULL::INTEGER AS d_end_reason, NULL::INTEGER AS d_followup_arranged"
+    discharge = _files(manifest, "discharge") if with_discharge else []
+    if discharge:
+        parameters["discharge"] = discharge
+        # One discharge per episode (a duplicate is a validation error; take the latest).
+        ctes.append(
+            "discharge_one AS (SELECT patient_key, episode_id, "
+            "arg_max(end_reason, discharge_date) AS d_end_reason, "
+            "arg_max(followup_arranged, discharge_date) AS d_followup_arranged "
+            "FROM read_parquet($discharge, hive_partitioning = true) "
+            "GROUP BY patient_key, episode_id)"
+        )
+        discharge_join = "LEFT JOIN discharge_one d USING (patient_key, episode_id)"
+        discharge_columns = "d.d_end_reason, d.d_followup_arranged"
+    ctes.append(
+        "episode AS (SELECT b.patient_key, b.episode_id, b.provider_orgnr, b.sex, b.age, "  # noqa: S608
+        "b.treatment_type, b.primary_substance, b.clinical_study_id, "
+        f"CAST(b.year AS INTEGER) AS year, m.rhf_orgnr, {discharge_columns}, "
+        # The record key: first 4 bytes of sha256(salt || patient_key), see `record_key`.
+        "CAST(('0x' || substr(sha256($salt || b.patient_key), 1, 8)) AS UBIGINT) AS rkey "
+        "FROM read_parquet($basis, hive_partitioning = true) b "
+        f"LEFT JOIN rhf_map m ON m.map_orgnr = b.provider_orgnr {discharge_join})"
+    )
+    return "WITH " + ", ".join(ctes), parameters
+
+
+@dataclass(frozen=True)
+class MeasureTable:
+    """True counts and cell keys of one measure, as tables with margins."""
+
+    counts: npt.NDArray[np.int64]
+    keys: npt.NDArray[np.int64]
+
+
+def compute_tables(
+    manifest: ReleaseManifest,
+    request: AggregateCreate,
+    *,
+    salt: str,
+    hierarchy: Hierarchy,
+) -> tuple[list[list[str]], dict[str, MeasureTable]]:
+    """The true counts and cell keys of every requested measure, over every cell and margin."""
+    dimensions: list[str] = [str(d) for d in request.dimensions]
+    if len(set(dimensions)) != len(dimensions):
+        raise RejectedInput("a dimension may appear only once")
+    measures: list[str] = list(dict.fromkeys(str(m) for m in request.measures))
+    needs_discharge = "end_reason" in dimensions or "end_reason" in request.filters
+    needs_discharge = needs_discharge or any(MEASURES[m].needs_discharge for m in measures)
+    with_sql, parameters = _episode_sql(
+        manifest, with_discharge=needs_discharge, hierarchy=hierarchy
+    )
+    parameters["salt"] = salt
+    connection = duckdb.connect()
+    try:
+        years = [
+            str(row[0])
+            for row in connection.execute(
+                "SELECT DISTINCT CAST(year AS INTEGER) AS y "
+                "FROM read_parquet($basis, hive_partitioning = true) ORDER BY y",
+                {"basis": parameters["basis"]},
+            ).fetchall()
+        ]
+        axes: list[list[str]] = []
+        for dimension in dimensions:
+            labels = categories(dimension, hierarchy=hierarchy, years=years)
+            if dimension in request.filters:
+                wanted = set(request.filters[dimension])
+                labels = [c for c in labels if c in wanted]
+            if not labels:
+                raise RejectedInput(f"the filter on {dimension} leaves no category")
+            axes.append(labels)
+        if int(np.prod([len(a) for a in axes])) > MAX_CELLS:
+            raise RejectedInput(
+                f"the table would have more than {MAX_CELLS} cells: filter or drop a dimension"
+            )
+        where: list[str] = []
+        for index, (dimension, values) in enumerate(sorted(request.filters.items())):
+            where.append(f"{DIMENSION_SQL[dimension]} IN (SELECT unnest($filter{index}))")
+            parameters[f"filter{index}"] = [str(v) for v in values]
+        selects = [f"{DIMENSION_SQL[d]} AS dim{i}" for i, d in enumerate(dimensions)]
+        aggregates: list[str] = []
+        for i, name in enumerate(measures):
+            spec = MEASURES[name]
+            if spec.unit == "episode":
+                aggregates.append(f"count(*) FILTER (WHERE {spec.condition}) AS n{i}")
+                aggregates.append(f"sum(rkey) FILTER (WHERE {spec.condition}) AS k{i}")
+            else:
+                aggregates.append(
+                    f"count(DISTINCT patient_key) FILTER (WHERE {spec.condition}) AS n{i}"
+                )
+                # Distinct patients: each patient's key once (a key is a function of the patient).
+                aggregates.append(f"sum(DISTINCT rkey) FILTER (WHERE {spec.condition}) AS k{i}")
+        group_columns = ", ".join(f"dim{i}" for i in range(len(dimensions)))
+        filtered = f"WHERE {' AND '.join(where)}" if where else ""
+        # Only whitelisted fragments (DIMENSION_SQL, MEASURES) are interpolated; every value is a
+        # bound parameter.
+        sql = (
+            f"{with_sql} SELECT {group_columns}, GROUPING({group_columns}) AS grp, "  # noqa: S608
+            f"{', '.join(aggregates)} "
+            f"FROM (SELECT *, {', '.join(selects)} FROM episode {filtered}) "
+            f"GROUP BY CUBE ({group_columns})"
+        )
+        rows = connection.execute(sql, parameters).fetchall()
+    finally:
+        connection.close()
+    shape = tuple(len(a) + 1 for a in axes)
+    positions = [{c: j for j, c in enumerate(a)} for a in axes]
+    tables = {
+        m: MeasureTable(np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64))
+        for m in measures
+    }
+    d = len(dimensions)
+    for row in rows:
+        grp = int(row[d])
+        cell: list[int] = []
+        outside = False
+        for axis in range(d):
+            # GROUPING(...) sets bit (d - 1 - axis) when axis is rolled up into a margin.
+            if grp >> (d - 1 - axis) & 1:
+                cell.append(len(axes[axis]))
+            else:
+                position = positions[axis].get(str(row[axis]))
+                if position is None:
+                    outside = True  # e.g. an unknown provider: counted only in the margins
+                    break
+                cell.append(position)
+        if outside:
+            continue
+        for i, name in enumerate(measures):
+            count = int(row[d + 1 + 2 * i] or 0)
+            key = int(row[d + 2 + 2 * i] or 0) % CELL_KEY_MODULUS
+            tables[name].counts[tuple(cell)] = count
+            tables[name].keys[tuple(cell)] = key
+    return axes, tables
+
+
+def protect(
+    table: MeasureTable, *, threshold: int = THRESHOLD, ptable: PerturbationTable = PTABLE
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Published values (perturbed) and the suppression mask of one measure's table."""
+    suppression = suppress_table(_additive(table.counts), threshold)
+    # Distinct-patient margins can be small where the sum of their cells is not: suppress every
+    # true count in 1..threshold−1 as well.
+    small = (table.counts >= 1) & (table.counts < threshold)
+    mask: npt.NDArray[np.bool_] = suppression.mask | small
+    published = np.zeros(table.counts.shape, dtype=np.int64)
+    for cell in itertools.product(*(range(n) for n in table.counts.shape)):
+        published[cell] = perturb(int(table.counts[cell]), int(table.keys[cell]), ptable)
+    return published, mask
+
+
+def _additive(counts: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    # Episode counts add up along every axis. Distinct-patient margins do not (a patient treated
+    # by two providers is one patient in the total): suppression then audits the table as if the
+    # margins were the sums of their cells, which is what an attacker's equations can use.
+    inner = counts[tuple(slice(0, n - 1) for n in counts.shape)]
+    result = inner.astype(np.int64)
+    for axis in range(result.ndim):
+        result = np.concatenate([result, result.sum(axis=axis, keepdims=True)], axis=axis)
+    return result
+
+
+def aggregate(
+    manifest: ReleaseManifest,
+    request: AggregateCreate,
+    *,
+    pseudonym_key: bytes,
+    hierarchy: Hierarchy,
+) -> AggregatePublic:
+    """The disclosure-controlled table of a researcher's query (see the module docstring)."""
+    axes, tables = compute_tables(
+        manifest, request, salt=cell_key_salt(pseudonym_key), hierarchy=hierarchy
+    )
+    protected = {name: protect(table) for name, table in tables.items()}
+    dimensions = list(request.dimensions)
+    cells: list[AggregateCell] = []
+    for cell in itertools.product(*(range(len(a) + 1) for a in axes)):
+        cells.append(
+            AggregateCell(
+                dimensions={
+                    name: axes[axis][cell[axis]] if cell[axis] < len(axes[axis]) else None
+                    for axis, name in enumerate(dimensions)
+                },
+                values={
+                    name: None if mask[cell] else int(values[cell])
+                    for name, (values, mask) in protected.items()
+                },
+                suppressed={name: bool(mask[cell]) for name, (_, mask) in protected.items()},
+            )
+        )
+    return AggregatePublic(
+        release=manifest.release,
+        measures=list(tables),
+        dimensions=dimensions,
+        threshold=THRESHOLD,
+        method="cell-key perturbation (max ±2) + primary/secondary suppression (threshold 5)",
+        cells=cells,
+    )

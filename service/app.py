@@ -1,0 +1,35 @@
+"""The FastAPI application: `create_app(settings)` wires settings, catalog, auth, audit, routes."""
+
+from fastapi import FastAPI
+
+from service import errors
+from service.audit import audit_requests
+from service.auth import OidcVerifier
+from service.database import make_engine
+from service.routers import aggregates, audit, health, indicators, releases, uploads
+from service.settings import Settings
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API over one data directory; refuses to start without a proper pseudonym key."""
+    settings = settings or Settings()
+    # Raises ConfigurationError outside demo mode without a proper key: uploads re-key pseudonyms
+    # and aggregates derive their cell keys from it, so the service is useless (and unsafe) without.
+    settings.key_bytes()
+    app = FastAPI(
+        title="Kvarus Analytics API",
+        version="1.0.0",
+        description="Quality indicators, uploads, releases and disclosure-controlled aggregates "
+        "of a national quality register of substance-use treatment.",
+    )
+    app.state.settings = settings
+    app.state.engine = make_engine(settings)
+    app.state.oidc = OidcVerifier(settings)
+    errors.install(app)
+    app.middleware("http")(audit_requests)
+    app.include_router(health.router)
+    for module in (uploads, releases, indicators, aggregates, audit):
+        app.include_router(module.router, prefix=API_PREFIX)
+    return app

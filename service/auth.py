@@ -1,0 +1,189 @@
+"""Who is asking: API keys and OIDC bearer tokens, both as `Authorization: Bearer …`.
+
+API keys look like `kvk_<prefix>_<secret>`: the prefix (8 hex characters, public) finds the
+catalog row, the whole key is compared by hash with `hmac.compare_digest`. The key itself is
+printed once at creation and never stored. Anything else after `Bearer` is taken as an OIDC
+token (JWT) and verified against the issuer's JWKS (signature, issuer, audience, expiry).
+
+Roles: registry (everything), trust (scoped to one provider), researcher (aggregates and
+published indicators), anonymous (no credentials: published indicators only).
+"""
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Literal, Protocol
+
+import jwt
+from sqlmodel import Session, col, select
+
+from schemas.catalog import ApiClient
+from schemas.errors import ConfigurationError, Forbidden, NotFound, RejectedInput, Unauthorised
+from schemas.organisations import is_valid_orgnr
+from service.settings import Settings
+
+Role = Literal["registry", "trust", "researcher", "anonymous"]
+CLIENT_ROLES: Final = ("registry", "trust", "researcher")
+KEY_MARK: Final = "kvk_"
+# Accepted JWT signature algorithms: asymmetric only (a symmetric one would let anyone holding
+# the public JWKS forge tokens).
+JWT_ALGORITHMS: Final = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    subject: str
+    role: Role
+    provider: str | None = None
+
+    def may_see_provider(self, orgnr: str) -> bool:
+        """Unit-level and unpublished detail of `orgnr`: registry, or the trust itself."""
+        return self.role == "registry" or (self.role == "trust" and self.provider == orgnr)
+
+
+ANONYMOUS: Final = Principal(subject="anonymous", role="anonymous")
+
+
+def _hash_key(key: str) -> str:
+    # SHA-256 without salt or stretching is enough here: the key is 32 random bytes
+    # (token_urlsafe(32), 256 bits), so neither a dictionary nor brute force over the hash is
+    # feasible; slow password hashes exist for low-entropy, human-chosen secrets.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(
+    session: Session, *, role: str, provider: str | None = None, name: str = ""
+) -> tuple[ApiClient, str]:
+    """A new API client and its key (returned once, stored only as a hash)."""
+    if role not in CLIENT_ROLES:
+        raise RejectedInput(f"role must be one of {', '.join(CLIENT_ROLES)}")
+    if role == "trust":
+        if provider is None or not is_valid_orgnr(provider):
+            raise RejectedInput("a trust key needs --provider with a valid organisation number")
+    elif provider is not None:
+        raise RejectedInput("only trust keys are scoped to a provider")
+    prefix = secrets.token_hex(4)
+    key = f"{KEY_MARK}{prefix}_{secrets.token_urlsafe(32)}"
+    client = ApiClient(
+        name=name, key_prefix=prefix, key_hash=_hash_key(key), role=role, provider_orgnr=provider
+    )
+    session.add(client)
+    session.flush()
+    return client, key
+
+
+def list_keys(session: Session) -> list[ApiClient]:
+    return list(session.exec(select(ApiClient).order_by(col(ApiClient.id))))
+
+
+def revoke_key(session: Session, client_id: int) -> ApiClient:
+    client = session.get(ApiClient, client_id)
+    if client is None:
+        raise NotFound(f"no API client with id {client_id}")
+    if client.revoked_at is None:
+        client.revoked_at = datetime.now(UTC)
+        session.add(client)
+    return client
+
+
+def _principal_from_key(session: Session, key: str) -> Principal:
+    parts = key[len(KEY_MARK) :].split("_", 1)
+    if len(parts) != 2 or len(parts[0]) != 8:
+        raise Unauthorised("malformed API key")
+    candidates = session.exec(
+        select(ApiClient).where(
+            ApiClient.key_prefix == parts[0], col(ApiClient.revoked_at).is_(None)
+        )
+    )
+    digest = _hash_key(key)
+    for client in candidates:
+        if hmac.compare_digest(client.key_hash, digest):
+            return Principal(
+                subject=f"key:{client.id}",
+                role=client.role,  # type: ignore[arg-type]
+                provider=client.provider_orgnr,
+            )
+    raise Unauthorised("unknown or revoked API key")
+
+
+class SigningKeySource(Protocol):
+    """What we need of PyJWT's `PyJWKClient` (tests pass a local one)."""
+
+    def get_signing_key_from_jwt(self, token: str) -> Any: ...
+
+
+class OidcVerifier:
+    """Verifies OIDC bearer tokens; configured from the settings' issuer, audience and JWKS URL."""
+
+    def __init__(self, settings: Settings, keys: SigningKeySource | None = None) -> None:
+        self.issuer = settings.oidc_issuer
+        self.audience = settings.oidc_audience
+        self.enabled = bool(settings.oidc_issuer and settings.oidc_audience)
+        if keys is None and self.enabled:
+            if not settings.oidc_jwks_url:
+                raise ConfigurationError("KVARUS_OIDC_JWKS_URL is required with an OIDC issuer")
+            keys = jwt.PyJWKClient(settings.oidc_jwks_url, cache_keys=True, lifespan=300)
+        self.keys = keys
+
+    def principal(self, token: str) -> Principal:
+        if not self.enabled or self.keys is None:
+            raise Unauthorised("bearer token is not an API key and OIDC is not configured")
+        try:
+            signing_key = self.keys.get_signing_key_from_jwt(token)
+            claims = jwt.decode(
+                token,
+                signing_key.key,
+                algorithms=JWT_ALGORITHMS,
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.PyJWTError as error:
+            # The exception's class names the failed check (expired, audience, signature...).
+            raise Unauthorised(f"invalid bearer token ({type(error).__name__})") from None
+        return _principal_from_claims(claims)
+
+
+def _principal_from_claims(claims: dict[str, Any]) -> Principal:
+    offered: list[str] = []
+    if isinstance(claims.get("kvarus_role"), str):
+        offered.append(claims["kvarus_role"])
+    roles = claims.get("roles")
+    if isinstance(roles, list):
+        offered.extend(r for r in roles if isinstance(r, str))
+    # Several roles: the token holder has the widest one they were granted.
+    role = next((r for r in CLIENT_ROLES if r in offered), None)
+    if role is None:
+        raise Forbidden("the token grants no Kvarus role")
+    provider = claims.get("kvarus_provider")
+    if role == "trust" and not (isinstance(provider, str) and is_valid_orgnr(provider)):
+        raise Forbidden("a trust token needs a valid kvarus_provider claim")
+    return Principal(
+        subject=f"oidc:{claims['sub']}",
+        role=role,
+        provider=provider if role == "trust" else None,
+    )
+
+
+def authenticate(authorization: str | None, session: Session, oidc: OidcVerifier) -> Principal:
+    """The principal behind an `Authorization` header; anonymous without one."""
+    if authorization is None or not authorization.strip():
+        return ANONYMOUS
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorised("use Authorization: Bearer <API key or token>")
+    if token.startswith(KEY_MARK):
+        return _principal_from_key(session, token)
+    return oidc.principal(token)
+
+
+def require(principal: Principal, *roles: Role) -> Principal:
+    """The principal if its role is one of `roles`; 401 when anonymous, else 403."""
+    if principal.role in roles:
+        return principal
+    if principal.role == "anonymous":
+        raise Unauthorised("this route needs credentials")
+    raise Forbidden(f"the {principal.role} role may not use this route")

@@ -1,0 +1,131 @@
+"""One error family on the wire: every error is RFC 9457 `application/problem+json`.
+
+`KvarusError` subclasses carry their status and title; request validation errors become 422 with
+the offending field locations (never the submitted values, which could be record values);
+routing errors (404, 405) keep their status. Anything else is a bug: 500 with no detail, logged
+with its traceback (the traceback names code, not data).
+"""
+
+import logging
+import traceback
+from typing import Any, Final
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from schemas.api import Problem
+from schemas.errors import Forbidden, KvarusError, NotFound, RejectedInput, Unauthorised
+
+logger = logging.getLogger("kvarus.api")
+
+PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
+PROBLEM_BASE: Final = "https://kvarus.example/problems/"
+
+
+class PayloadTooLarge(KvarusError):
+    status = 413
+    title = "Payload too large"
+    type_slug = "payload-too-large"
+
+
+class ServiceUnavailable(KvarusError):
+    status = 503
+    title = "Service unavailable"
+    type_slug = "unavailable"
+
+
+def problem_response(
+    request: Request, *, status: int, title: str, slug: str, detail: str | None
+) -> JSONResponse:
+    body = Problem(
+        type=PROBLEM_BASE + slug,
+        title=title,
+        status=status,
+        detail=detail,
+        instance=request.url.path,
+    )
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(
+        body.model_dump(), status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
+    )
+
+
+async def _kvarus_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, KvarusError)
+    if exc.status >= 500:
+        logger.error("%s on %s %s", exc.title, request.method, request.url.path)
+    return problem_response(
+        request, status=exc.status, title=exc.title, slug=exc.type_slug, detail=exc.detail
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # Locations and messages only: pydantic's `input` may be a record value.
+    parts = [
+        f"{'.'.join(str(p) for p in error.get('loc', ()))}: {error.get('msg', 'invalid')}"
+        for error in exc.errors()
+    ]
+    return problem_response(
+        request,
+        status=422,
+        title=RejectedInput.title,
+        slug="invalid-request",
+        detail="; ".join(parts)[:1000],
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    titles: dict[int, tuple[str, str]] = {
+        404: (NotFound.title, NotFound.type_slug),
+        401: (Unauthorised.title, Unauthorised.type_slug),
+        403: (Forbidden.title, Forbidden.type_slug),
+        405: ("Method not allowed", "method-not-allowed"),
+    }
+    title, slug = titles.get(exc.status_code, ("HTTP error", "http"))
+    detail = exc.detail if isinstance(exc.detail, str) else None
+    return problem_response(request, status=exc.status_code, title=title, slug=slug, detail=detail)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Frames and the exception's class, not its message: a library's message can quote a value.
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    logger.error(
+        "unexpected %s on %s %s\n%s", type(exc).__name__, request.method, request.url.path, frames
+    )
+    return problem_response(
+        request, status=500, title="Internal error", slug="internal", detail=None
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Register the one handler family on `app`."""
+    app.add_exception_handler(KvarusError, _kvarus_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` declaration of a route's problem statuses for OpenAPI."""
+    descriptions = {
+        400: "Bad request",
+        401: "Not authenticated",
+        403: "Forbidden for this role",
+        404: "Not found",
+        409: "Conflict",
+        413: "Payload too large",
+        422: "Invalid request",
+        503: "Unavailable",
+    }
+    return {
+        status: {
+            "model": Problem,
+            "description": descriptions.get(status, "Problem"),
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }

@@ -1,0 +1,173 @@
+"""Views over a release's indicator results: provider profile, variation, research participation.
+
+Pure functions from result rows (already scoped to the principal by `service.published`) to the
+API's models. Proportions are recomputed from numerator / denominator so that the funnel does
+not depend on how `value` is scaled.
+"""
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any, Final
+
+import numpy as np
+
+from indicators.funnel import normal_funnel_limits
+from indicators.variation import coefficient_of_variation, extremal_quotients
+from schemas.api import (
+    FunnelPoint,
+    IndicatorResultPublic,
+    ParticipationPoint,
+    ParticipationProvider,
+    ProfileIndicator,
+    ProviderProfile,
+    VariationPublic,
+)
+from schemas.errors import NotFound
+from schemas.organisations import Hierarchy
+
+PROVIDER_LEVELS: Final = frozenset({"hf", "provider"})
+# The national action plan for clinical trials: 5 % of specialist-care patients in clinical
+# studies by 2025 (DOMAIN.md).
+STUDY_TARGET: Final = 0.05
+STUDY_INDICATOR: Final = "study"
+
+Row = dict[str, Any]
+
+
+def _by_year(rows: Sequence[Row]) -> list[IndicatorResultPublic]:
+    return [IndicatorResultPublic(**r) for r in sorted(rows, key=lambda r: int(r["year"]))]
+
+
+def provider_profile(
+    rows: Sequence[Row], *, release: int, orgnr: str, hierarchy: Hierarchy
+) -> ProviderProfile:
+    """Every indicator of one provider beside its RHF and the nation, year by year."""
+    if orgnr not in hierarchy or not hierarchy[orgnr].is_provider:
+        raise NotFound(f"no provider with organisation number {orgnr}")
+    rhf = hierarchy.rhf_of(orgnr)
+    grouped: dict[str, dict[str, list[Row]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row["orgnr"] == orgnr and row["level"] in PROVIDER_LEVELS:
+            grouped[row["indicator_id"]]["provider"].append(row)
+        elif row["level"] == "rhf" and row["orgnr"] == rhf.orgnr:
+            grouped[row["indicator_id"]]["rhf"].append(row)
+        elif row["level"] == "nation":
+            grouped[row["indicator_id"]]["nation"].append(row)
+    return ProviderProfile(
+        release=release,
+        orgnr=orgnr,
+        name=hierarchy[orgnr].name,
+        rhf_orgnr=rhf.orgnr if rhf.level == "rhf" else None,
+        indicators=[
+            ProfileIndicator(
+                indicator_id=indicator,
+                provider=_by_year(parts["provider"]),
+                rhf=_by_year(parts["rhf"]),
+                nation=_by_year(parts["nation"]),
+            )
+            for indicator, parts in sorted(grouped.items())
+            if parts["provider"]
+        ],
+    )
+
+
+def _proportion(row: Row) -> float | None:
+    numerator, denominator = row.get("numerator"), row.get("denominator")
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return float(numerator) / float(denominator)
+
+
+def variation(
+    rows: Sequence[Row], *, release: int, indicator: str, year: int, context: str
+) -> VariationPublic:
+    """Variation between providers, with funnel points and 95 % / 99.8 % limits."""
+    selected = [
+        r
+        for r in rows
+        if r["indicator_id"] == indicator and int(r["year"]) == year and r["context"] == context
+    ]
+    if not selected:
+        raise NotFound(f"no results of {indicator} in {year} ({context})")
+    nation = next((r for r in selected if r["level"] == "nation"), None)
+    theta = _proportion(nation) if nation is not None else None
+    providers = [
+        r
+        for r in selected
+        if r["level"] in PROVIDER_LEVELS and not r["suppressed"] and _proportion(r) is not None
+    ]
+    rates = np.array([_proportion(r) for r in providers], dtype=np.float64)
+    points: list[FunnelPoint] = []
+    if theta is not None and providers:
+        denominators = np.array([float(r["denominator"]) for r in providers])
+        limits = normal_funnel_limits(theta, denominators)
+        for i, row in enumerate(providers):
+            value = float(rates[i])
+            signal = "none"
+            if value > limits.upper_0_001[i]:
+                signal = "high_0_001"
+            elif value > limits.upper_0_025[i]:
+                signal = "high_0_025"
+            elif value < limits.lower_0_001[i]:
+                signal = "low_0_001"
+            elif value < limits.lower_0_025[i]:
+                signal = "low_0_025"
+            points.append(
+                FunnelPoint(
+                    orgnr=row["orgnr"],
+                    name=row["name"] or row["orgnr"],
+                    numerator=float(row["numerator"]),
+                    denominator=float(row["denominator"]),
+                    value=value,
+                    lower95=float(limits.lower_0_025[i]),
+                    upper95=float(limits.upper_0_025[i]),
+                    lower998=float(limits.lower_0_001[i]),
+                    upper998=float(limits.upper_0_001[i]),
+                    signal=signal,
+                )
+            )
+    return VariationPublic(
+        release=release,
+        indicator_id=indicator,
+        year=year,
+        context=context,
+        providers=len(providers),
+        national_value=theta,
+        extremal_quotient=extremal_quotients(rates).eq1 if len(rates) else None,
+        coefficient_of_variation=coefficient_of_variation(rates) if len(rates) else None,
+        points=points,
+    )
+
+
+def research_participation(rows: Sequence[Row], *, release: int) -> list[ParticipationProvider]:
+    """The study indicator of every provider (and the nation) against the 5 % target."""
+    grouped: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
+    for row in rows:
+        if row["indicator_id"] == STUDY_INDICATOR and (
+            row["level"] in PROVIDER_LEVELS or row["level"] == "nation"
+        ):
+            grouped[(row["orgnr"], row["name"] or row["orgnr"], row["level"])].append(row)
+    items: list[ParticipationProvider] = []
+    for (orgnr, name, level), series in sorted(grouped.items(), key=lambda kv: kv[0][0]):
+        trend = [
+            ParticipationPoint(
+                year=int(r["year"]),
+                value=_proportion(r),
+                numerator=r["numerator"],
+                denominator=r["denominator"],
+            )
+            for r in sorted(series, key=lambda r: int(r["year"]))
+        ]
+        latest = trend[-1].value
+        items.append(
+            ParticipationProvider(
+                orgnr=orgnr,
+                name=name,
+                level=level,
+                target=STUDY_TARGET,
+                latest_value=latest,
+                reaches_target=None if latest is None else latest >= STUDY_TARGET,
+                trend=trend,
+            )
+        )
+    return items

@@ -1,0 +1,36 @@
+"""The audit log, for the registry."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from schemas.api import AuditEventPublic, AuditPage
+from service import audit
+from service.deps import RegistryDep, SessionDep
+from service.errors import problem_responses
+
+router = APIRouter(prefix="/audit", tags=["audit"])
+
+
+@router.get("", response_model=AuditPage, responses=problem_responses(401, 403, 422))
+def list_audit_events(
+    request: Request,
+    _: RegistryDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    subject: Annotated[str | None, Query(max_length=200)] = None,
+    route: Annotated[str | None, Query(max_length=200)] = None,
+    status: Annotated[int | None, Query(ge=100, le=599)] = None,
+) -> AuditPage:
+    """Who asked for what, newest first."""
+    events, total = audit.query_events(
+        session, limit=limit, offset=offset, subject=subject, route=route, status=status
+    )
+    audit.note(request, rows=len(events))
+    return AuditPage(
+        items=[AuditEventPublic.model_validate(e) for e in events],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )

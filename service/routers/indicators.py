@@ -1,0 +1,177 @@
+"""Published indicators: catalogue, results (JSON or CSV), profiles, variation, participation."""
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+
+from indicators.catalogue import load_catalogue
+from schemas.api import (
+    IndicatorPublic,
+    IndicatorResultPage,
+    IndicatorResultPublic,
+    ProviderProfile,
+    ResearchParticipation,
+    VariationPublic,
+)
+from schemas.organisations import Hierarchy
+from service import audit, indicator_views, published
+from service.deps import PrincipalDep, SessionDep, SettingsDep
+from service.errors import problem_responses
+
+router = APIRouter(tags=["indicators"])
+
+ReleaseQuery = Annotated[int | None, Query(ge=1, description="Release number; default the latest")]
+ContextQuery = Annotated[Literal["caregiver", "resident"], Query()]
+
+
+@router.get("/indicators", response_model=list[IndicatorPublic], responses=problem_responses(401))
+def list_indicators(request: Request, _: PrincipalDep) -> list[IndicatorPublic]:
+    """The indicator catalogue."""
+    items = [
+        IndicatorPublic(
+            id=d.id,
+            title=d.title.en,
+            description=d.description.en,
+            unit=d.unit,
+            direction=d.direction,
+            target_high=d.target.green if d.target else None,
+            target_moderate=d.target.yellow if d.target else None,
+        )
+        for d in load_catalogue()
+    ]
+    audit.note(request, rows=len(items))
+    return items
+
+
+@router.get(
+    "/indicators/results",
+    response_model=IndicatorResultPage,
+    responses={
+        **problem_responses(401, 404, 422),
+        200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
+        304: {"description": "Not modified (If-None-Match matched the ETag)"},
+    },
+)
+def list_results(
+    request: Request,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    release: ReleaseQuery = None,
+    indicator: Annotated[str | None, Query(max_length=64)] = None,
+    year: Annotated[list[int] | None, Query(description="Repeatable")] = None,
+    level: Annotated[Literal["nation", "rhf", "hf", "provider", "unit"] | None, Query()] = None,
+    orgnr: Annotated[str | None, Query(pattern=r"^[0-9]{1,9}$")] = None,
+    context: Annotated[Literal["caregiver", "resident"] | None, Query()] = None,
+    format: Annotated[Literal["json", "csv"] | None, Query()] = None,
+    accept: Annotated[str | None, Header()] = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Precomputed indicator results of a release, filtered; JSON or CSV, with an ETag."""
+    number = published.get_release(session, release).number
+    query = published.ResultQuery(
+        indicator=indicator, years=tuple(year or ()), level=level, orgnr=orgnr, context=context
+    )
+    as_csv = format == "csv" or (format is None and "text/csv" in (accept or ""))
+    tag = published.etag(number, query, principal)
+    tag = tag[:-1] + (';csv"' if as_csv else '"')
+    audit.note(request, release=number)
+    if if_none_match is not None and tag in {t.strip() for t in if_none_match.split(",")}:
+        audit.note(request, rows=0)
+        return Response(status_code=304, headers={"ETag": tag})
+    rows = sorted(
+        published.select_results(published.results_table(settings, number), query, principal),
+        key=published.sort_key,
+    )
+    audit.note(request, rows=len(rows))
+    headers = {"ETag": tag, "Cache-Control": "private, max-age=60", "Vary": "Authorization"}
+    if as_csv:
+        return Response(published.to_csv(rows), media_type="text/csv", headers=headers)
+    page = IndicatorResultPage(release=number, items=[IndicatorResultPublic(**r) for r in rows])
+    return Response(page.model_dump_json(), media_type="application/json", headers=headers)
+
+
+@router.get(
+    "/providers/{orgnr}/profile",
+    response_model=ProviderProfile,
+    responses=problem_responses(401, 404, 422),
+)
+def provider_profile(
+    request: Request,
+    orgnr: Annotated[str, Path(pattern=r"^[0-9]{9}$")],
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    release: ReleaseQuery = None,
+    context: ContextQuery = "caregiver",
+) -> ProviderProfile:
+    """Every indicator of one provider beside its RHF and the nation, with the trend over years."""
+    number = published.get_release(session, release).number
+    rows = published.select_results(
+        published.results_table(settings, number),
+        published.ResultQuery(context=context),
+        principal,
+    )
+    profile = indicator_views.provider_profile(
+        rows, release=number, orgnr=orgnr, hierarchy=Hierarchy.default()
+    )
+    audit.note(request, rows=sum(len(i.provider) for i in profile.indicators), release=number)
+    return profile
+
+
+@router.get(
+    "/indicators/{indicator_id}/variation",
+    response_model=VariationPublic,
+    responses=problem_responses(401, 404, 422),
+)
+def indicator_variation(
+    request: Request,
+    indicator_id: Annotated[str, Path(max_length=64)],
+    year: Annotated[int, Query(ge=1900, le=2200)],
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    release: ReleaseQuery = None,
+    context: ContextQuery = "caregiver",
+) -> VariationPublic:
+    """Variation between providers in one year: statistics, funnel points and limits."""
+    number = published.get_release(session, release).number
+    rows = published.select_results(
+        published.results_table(settings, number),
+        published.ResultQuery(indicator=indicator_id, years=(year,), context=context),
+        principal,
+    )
+    result = indicator_views.variation(
+        rows, release=number, indicator=indicator_id, year=year, context=context
+    )
+    audit.note(request, rows=len(result.points), release=number)
+    return result
+
+
+@router.get(
+    "/research-participation",
+    response_model=ResearchParticipation,
+    responses=problem_responses(401, 404, 422),
+)
+def research_participation(
+    request: Request,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    release: ReleaseQuery = None,
+) -> ResearchParticipation:
+    """Clinical-study participation by provider against the 5 % target, with the trend."""
+    number = published.get_release(session, release).number
+    rows = published.select_results(
+        published.results_table(settings, number),
+        published.ResultQuery(indicator=indicator_views.STUDY_INDICATOR, context="caregiver"),
+        principal,
+    )
+    items = indicator_views.research_participation(rows, release=number)
+    audit.note(request, rows=len(items), release=number)
+    return ResearchParticipation(
+        release=number,
+        indicator_id=indicator_views.STUDY_INDICATOR,
+        target=indicator_views.STUDY_TARGET,
+        items=items,
+    )

@@ -1,0 +1,77 @@
+"""Releases: list, describe and publish numbered, immutable versions of the register."""
+
+from fastapi import APIRouter, Request
+
+from schemas.api import ReleaseCreate, ReleaseDetail, ReleasePublic, TablePublic
+from schemas.catalog import Release
+from service import audit, published
+from service.deps import PrincipalDep, RegistryDep, SessionDep, SettingsDep
+from service.errors import problem_responses
+
+router = APIRouter(prefix="/releases", tags=["releases"])
+
+
+def _public(release: Release) -> ReleasePublic:
+    return ReleasePublic(
+        number=release.number,
+        created_at=release.created_at,
+        note=release.note,
+        retired=release.retired,
+        published_by=release.published_by,
+    )
+
+
+@router.get("", response_model=list[ReleasePublic], responses=problem_responses(401))
+def list_releases(request: Request, _: PrincipalDep, session: SessionDep) -> list[ReleasePublic]:
+    """All releases, newest first."""
+    releases = published.list_releases(session)
+    audit.note(request, rows=len(releases))
+    return [_public(r) for r in releases]
+
+
+@router.get("/{number}", response_model=ReleaseDetail, responses=problem_responses(401, 404, 422))
+def get_release(
+    request: Request, number: int, _: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> ReleaseDetail:
+    """A release's manifest summary: tables, Delta versions and row counts."""
+    release = published.get_release(session, number)
+    manifest = published.read_manifest(settings, number)
+    audit.note(request, rows=len(manifest.tables), release=number)
+    return ReleaseDetail(
+        **_public(release).model_dump(),
+        spec_version=manifest.spec_version,
+        tables=[
+            TablePublic(name=t.name, delta_version=t.delta_version, row_count=t.row_count)
+            for t in manifest.tables.values()
+        ],
+    )
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ReleaseDetail,
+    responses=problem_responses(401, 403, 409, 422),
+)
+def create_release(
+    request: Request,
+    body: ReleaseCreate,
+    principal: RegistryDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> ReleaseDetail:
+    """Publish the warehouse as the next release and compute its indicators."""
+    from service.publishing import publish  # the ETL and indicator engine load on first use
+
+    manifest, _ = publish(settings, session, note=body.note, published_by=principal.subject)
+    session.flush()
+    audit.note(request, rows=len(manifest.tables), release=manifest.release)
+    release = published.get_release(session, manifest.release)
+    return ReleaseDetail(
+        **_public(release).model_dump(),
+        spec_version=manifest.spec_version,
+        tables=[
+            TablePublic(name=t.name, delta_version=t.delta_version, row_count=t.row_count)
+            for t in manifest.tables.values()
+        ],
+    )

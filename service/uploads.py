@@ -1,0 +1,192 @@
+"""Uploads through the API: stream to disk under a size limit, then load in the background.
+
+The request row (status `pending`) is the id the client gets back at once (202). The background
+job runs the ETL (`etl.load.load_file`) with its own catalog session; the ETL writes its own
+ledger row, which the request row then points at (`loaded_as`) and mirrors (status, counts).
+"""
+
+import hashlib
+import html
+import importlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import Final
+
+from fastapi import UploadFile
+from sqlalchemy import Engine, func
+from sqlmodel import Session, col, select
+
+from schemas.catalog import Upload, ValidationRun
+from schemas.errors import Forbidden, KvarusError, NotFound
+from schemas.forms import Form
+from schemas.organisations import Hierarchy
+from service.auth import Principal
+from service.database import session_scope
+from service.errors import PayloadTooLarge
+from service.settings import Settings
+
+logger = logging.getLogger("kvarus.uploads")
+
+CHUNK_BYTES: Final = 1024 * 1024
+MIRRORED: Final = (
+    "status",
+    "providers",
+    "rows_read",
+    "rows_accepted",
+    "rows_quarantined",
+    "rows_superseded",
+    "rows_erased",
+    "error",
+    "finished_at",
+)
+
+
+async def receive(file: UploadFile, settings: Settings) -> tuple[Path, str]:
+    """Stream the upload to a temporary file under the data dir; 413 past the size limit."""
+    incoming = settings.data_dir / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    suffix = Path(file.filename or "upload").suffix.lower()[:8]
+    digest = hashlib.sha256()
+    size = 0
+    handle = tempfile.NamedTemporaryFile(dir=incoming, suffix=suffix, delete=False)  # noqa: SIM115
+    path = Path(handle.name)
+    try:
+        with handle:
+            while chunk := await file.read(CHUNK_BYTES):
+                size += len(chunk)
+                if size > settings.max_upload_bytes:
+                    raise PayloadTooLarge(
+                        f"the file exceeds the limit of {settings.max_upload_bytes} bytes"
+                    )
+                digest.update(chunk)
+                handle.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path, digest.hexdigest()
+
+
+def create_request(
+    session: Session, *, form: Form, filename: str, sha256: str, uploaded_by: str
+) -> Upload:
+    upload = Upload(
+        file_sha256=sha256, form=form.value, filename=filename[:255], uploaded_by=uploaded_by
+    )
+    session.add(upload)
+    session.flush()
+    return upload
+
+
+def run_load(engine: Engine, settings: Settings, request_id: int, path: Path, form: Form) -> None:
+    """The background job: load the file with its own session, then mirror the outcome."""
+    # Imported here: the ETL pulls in Great Expectations, seconds of import the API's other
+    # routes should not wait for at start-up.
+    from etl.load import load_file
+    from etl.warehouse import Warehouse
+
+    try:
+        with session_scope(engine) as session:
+            request = session.get(Upload, request_id)
+            assert request is not None
+            request.status = "running"
+            session.add(request)
+        with session_scope(engine) as session:
+            loaded = load_file(
+                path,
+                form,
+                warehouse=Warehouse(settings.warehouse_dir, settings.releases_dir),
+                session=session,
+                key=settings.key_bytes(),
+                known_providers=frozenset(o.orgnr for o in Hierarchy.default().providers),
+                uploaded_by=f"api:{request_id}",
+            )
+            session.flush()
+            request = session.get(Upload, request_id)
+            assert request is not None
+            for name in MIRRORED:
+                setattr(request, name, getattr(loaded, name))
+            request.loaded_as = loaded.id
+            session.add(request)
+    except Exception as error:
+        # A failed job must leave a visible status; the message names the error class only
+        # unless it is one of ours (whose details never carry record values).
+        detail = error.detail if isinstance(error, KvarusError) else type(error).__name__
+        # The class only: a third-party message could quote a record value.
+        logger.error("upload %s failed: %s", request_id, type(error).__name__)
+        with session_scope(engine) as session:
+            request = session.get(Upload, request_id)
+            if request is not None:
+                request.status = "failed"
+                request.error = detail
+                session.add(request)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def providers_of(upload: Upload) -> list[str]:
+    return [p for p in upload.providers.split(",") if p]
+
+
+def visible_upload(session: Session, upload_id: int, principal: Principal) -> Upload:
+    """Upload `upload_id` if the principal may see it (registry: all; trust: its own)."""
+    upload = session.get(Upload, upload_id)
+    if upload is None:
+        raise NotFound(f"no upload with id {upload_id}")
+    if principal.role != "registry" and principal.provider not in providers_of(upload):
+        raise Forbidden(f"upload {upload_id} holds no data of your provider")
+    return upload
+
+
+def latest_report(session: Session, upload: Upload) -> dict[str, object] | None:
+    target = upload.loaded_as if upload.loaded_as is not None else upload.id
+    run = session.exec(
+        select(ValidationRun)
+        .where(ValidationRun.upload_id == target)
+        .order_by(col(ValidationRun.id).desc())
+    ).first()
+    return run.report if run is not None else None
+
+
+def list_uploads(
+    session: Session,
+    principal: Principal,
+    *,
+    limit: int,
+    offset: int,
+    form: str | None,
+    status: str | None,
+    provider: str | None,
+) -> tuple[list[Upload], int]:
+    """A page of uploads (newest first): the ETL's ledger rows and pending API requests."""
+    # API request rows that have been loaded are shown through the ledger row they point at.
+    statement = select(Upload).where(col(Upload.loaded_as).is_(None))
+    if form is not None:
+        statement = statement.where(Upload.form == form)
+    if status is not None:
+        statement = statement.where(Upload.status == status)
+    scope = principal.provider if principal.role == "trust" else provider
+    if principal.role == "trust" and provider is not None and provider != principal.provider:
+        return [], 0
+    if scope is not None:
+        # providers is a comma-separated list of 9-digit numbers: match whole entries.
+        padded = "," + col(Upload.providers) + ","
+        statement = statement.where(padded.contains(f",{scope},"))
+    total = int(session.exec(select(func.count()).select_from(statement.subquery())).one())
+    rows = session.exec(statement.order_by(col(Upload.id).desc()).offset(offset).limit(limit))
+    return list(rows), total
+
+
+def render_report(report: dict[str, object]) -> str:
+    """The quality report as HTML: `validation.report.render_html` once it exists, else a table."""
+    try:
+        module = importlib.import_module("validation.report")
+    except ImportError:
+        module = None
+    if module is not None and hasattr(module, "render_html"):
+        return str(module.render_html(report))
+    rows = "".join(
+        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>"
+        for key, value in report.items()
+    )
+    return f"<!doctype html><title>Quality report</title><table>{rows}</table>"

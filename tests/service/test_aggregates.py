@@ -1,0 +1,299 @@
+"""Researcher aggregates: true counts, cell-key perturbation, suppression, differencing attacks."""
+
+import itertools
+from datetime import date
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from scipy.optimize import linprog
+
+from indicators.disclosure import CELL_KEY_MODULUS, perturb, with_margins
+from schemas.api import AggregateCreate
+from schemas.organisations import Hierarchy
+from service.aggregates import PTABLE, MeasureTable, cell_key_salt, protect, record_key
+from service.settings import Settings
+from tests.conftest import PROVIDER_A, PROVIDER_B
+from tests.service.conftest import Headers, ReleaseWriter
+
+URL = "/api/v1/aggregates"
+
+
+def episodes(
+    provider: str, n: int, *, tag: str, year: int = 2024, sex: int = 1
+) -> list[dict[str, Any]]:
+    """`n` episodes of `n` distinct patients at `provider` (patient keys `{tag}-{i}`)."""
+    return [
+        {
+            "patient_key": f"{tag}-{i}",
+            "episode_id": f"{tag}-e{i}",
+            "provider_orgnr": provider,
+            "sex": sex,
+            "age": 30,
+            "treatment_type": 1,
+            "primary_substance": 1,
+            "clinical_study_id": "S1" if i % 2 == 0 else None,
+            "year": year,
+        }
+        for i in range(n)
+    ]
+
+
+def cells_by(body: dict[str, Any], dimension: str) -> dict[str | None, dict[str, Any]]:
+    return {cell["dimensions"][dimension]: cell for cell in body["cells"]}
+
+
+def expected_published(settings: Settings, patient_keys: list[str]) -> int:
+    """The published count of a cell of these episodes, from the method's definition."""
+    salt = cell_key_salt(settings.key_bytes())
+    key = sum(record_key(salt, k) for k in patient_keys) % CELL_KEY_MODULUS
+    return perturb(len(patient_keys), key, PTABLE)
+
+
+class TestAggregateRoute:
+    def test_small_provider_and_its_complement_are_suppressed(
+        self,
+        client: TestClient,
+        headers: dict[str, Headers],
+        publish: ReleaseWriter,
+        settings: Settings,
+    ) -> None:
+        basis = episodes(PROVIDER_A, 20, tag="a") + episodes(PROVIDER_B, 2, tag="b")
+        publish(1, basis=basis)
+        response = client.post(
+            URL,
+            json={"measures": ["episodes"], "dimensions": ["provider"]},
+            headers=headers["researcher"],
+        )
+        assert response.status_code == 200
+        body = response.json()
+        assert body["release"] == 1
+        cells = cells_by(body, "provider")
+        # B holds 2 (primary); A alone would give B away as total − A: A is suppressed too.
+        assert cells[PROVIDER_B]["values"]["episodes"] is None
+        assert cells[PROVIDER_B]["suppressed"]["episodes"] is True
+        assert cells[PROVIDER_A]["values"]["episodes"] is None
+        assert cells[PROVIDER_A]["suppressed"]["episodes"] is True
+        zeros = [c for k, c in cells.items() if k not in (PROVIDER_A, PROVIDER_B, None)]
+        assert len(zeros) == len(Hierarchy.default().providers) - 2
+        assert all(c["values"]["episodes"] == 0 for c in zeros)
+        # The total is its own cell: 22 episodes plus the noise its cell key selects.
+        total = cells[None]["values"]["episodes"]
+        assert total == expected_published(settings, [r["patient_key"] for r in basis])
+        assert abs(total - 22) <= 2
+
+    def test_same_cell_same_value_in_any_query(
+        self, client: TestClient, headers: dict[str, Headers], publish: ReleaseWriter
+    ) -> None:
+        basis = (
+            episodes(PROVIDER_A, 30, tag="a", sex=1)
+            + episodes(PROVIDER_A, 25, tag="c", sex=2)
+            + episodes(PROVIDER_B, 40, tag="b", sex=2)
+        )
+        publish(1, basis=basis)
+        by_provider = client.post(
+            URL,
+            json={"measures": ["episodes"], "dimensions": ["provider"]},
+            headers=headers["researcher"],
+        ).json()
+        by_provider_sex = client.post(
+            URL,
+            json={
+                "measures": ["episodes"],
+                "dimensions": ["sex", "provider"],
+                "filters": {"sex": ["1", "2"]},
+            },
+            headers=headers["researcher"],
+        ).json()
+        a_alone = cells_by(by_provider, "provider")[PROVIDER_A]["values"]["episodes"]
+        a_margin = next(
+            c
+            for c in by_provider_sex["cells"]
+            if c["dimensions"] == {"sex": None, "provider": PROVIDER_A}
+        )["values"]["episodes"]
+        assert a_alone == a_margin
+        assert abs(a_alone - 55) <= 2
+
+    def test_differencing_all_minus_one_provider_is_not_exact(
+        self, client: TestClient, headers: dict[str, Headers], publish: ReleaseWriter
+    ) -> None:
+        providers = sorted(o.orgnr for o in Hierarchy.default().providers)
+        targets = [p for p in providers if p not in (PROVIDER_A, PROVIDER_B)][:8]
+        small = {p: 1 + i % 4 for i, p in enumerate(targets)}  # true counts 1..4
+        basis = episodes(PROVIDER_A, 120, tag="a") + episodes(PROVIDER_B, 90, tag="b")
+        for p, n in small.items():
+            basis += episodes(p, n, tag=f"s{p}")
+        publish(1, basis=basis)
+
+        def grand_total(filters: dict[str, list[str]]) -> int:
+            body = client.post(
+                URL,
+                json={"measures": ["episodes"], "dimensions": ["year"], "filters": filters},
+                headers=headers["researcher"],
+            ).json()
+            value = cells_by(body, "year")[None]["values"]["episodes"]
+            assert isinstance(value, int)
+            return value
+
+        everyone = grand_total({})
+        assert grand_total({}) == everyone  # repeating a query gives nothing new
+        exact = 0
+        for target, true_count in small.items():
+            estimate = everyone - grand_total({"provider": [p for p in providers if p != target]})
+            exact += estimate == true_count
+        # Each estimate is the small cell plus the difference of two independent noises.
+        assert exact < len(small)
+        by_provider = client.post(
+            URL,
+            json={"measures": ["episodes"], "dimensions": ["provider"]},
+            headers=headers["researcher"],
+        ).json()
+        cells = cells_by(by_provider, "provider")
+        assert all(cells[p]["suppressed"]["episodes"] for p in targets)
+
+    def test_patients_and_discharge_measures(
+        self, client: TestClient, headers: dict[str, Headers], publish: ReleaseWriter
+    ) -> None:
+        basis = episodes(PROVIDER_A, 12, tag="a")
+        # One patient with a second episode: 13 episodes, 12 patients.
+        basis.append(basis[0] | {"episode_id": "a-e99"})
+        discharge = [
+            {
+                "patient_key": r["patient_key"],
+                "episode_id": r["episode_id"],
+                "discharge_date": date(2024, 6, 1),
+                "end_reason": 1 if i < 10 else 2,
+                "followup_arranged": 1,
+                "year": 2024,
+            }
+            for i, r in enumerate(basis)
+        ]
+        publish(1, basis=basis, discharge=discharge)
+        body = client.post(
+            URL,
+            json={
+                "measures": ["episodes", "patients", "mutual_end"],
+                "dimensions": ["end_reason"],
+            },
+            headers=headers["registry"],
+        ).json()
+        cells = cells_by(body, "end_reason")
+        assert abs(cells[None]["values"]["episodes"] - 13) <= 2
+        assert abs(cells[None]["values"]["patients"] - 12) <= 2
+        assert abs(cells["1"]["values"]["mutual_end"] - 10) <= 2
+        assert cells["2"]["values"]["mutual_end"] == 0
+        assert cells["2"]["suppressed"]["episodes"] is True  # 3 episodes ended by dropout
+
+    def test_roles_and_bad_requests(
+        self, client: TestClient, headers: dict[str, Headers], publish: ReleaseWriter
+    ) -> None:
+        publish(1, basis=episodes(PROVIDER_A, 6, tag="a"))
+        body = {"measures": ["episodes"], "dimensions": ["sex"]}
+        assert client.post(URL, json=body).status_code == 401
+        assert client.post(URL, json=body, headers=headers["trust"]).status_code == 403
+        bad = client.post(
+            URL,
+            json={"measures": ["episodes"], "dimensions": ["pseudonym"]},
+            headers=headers["researcher"],
+        )
+        assert bad.status_code == 422
+        assert bad.headers["content-type"] == "application/problem+json"
+        missing = client.post(URL, json=body | {"release": 7}, headers=headers["researcher"])
+        assert missing.status_code == 404
+        empty = client.post(
+            URL, json=body | {"filters": {"sex": ["7"]}}, headers=headers["researcher"]
+        )
+        assert empty.status_code == 422
+        assert "sex" in empty.json()["detail"]
+
+
+def _feasible_range(
+    table: npt.NDArray[np.int64], mask: npt.NDArray[np.bool_], cell: tuple[int, ...]
+) -> tuple[float, float]:
+    """Min and max of a suppressed cell given published cells and every margin equation."""
+    shape = table.shape
+    hidden = [c for c in itertools.product(*(range(n) for n in shape)) if mask[c]]
+    index = {c: i for i, c in enumerate(hidden)}
+    rows: list[list[float]] = []
+    rhs: list[float] = []
+    for axis, size in enumerate(shape):
+        others = [range(n) for a, n in enumerate(shape) if a != axis]
+        for rest in itertools.product(*others):
+            line = [(*rest[:axis], i, *rest[axis:]) for i in range(size)]
+            coefficients = [0.0] * len(hidden)
+            constant = 0.0
+            for position, member in enumerate(line):
+                sign = -1.0 if position == size - 1 else 1.0
+                if mask[member]:
+                    coefficients[index[member]] += sign
+                else:
+                    constant += sign * float(table[member])
+            if any(coefficients):
+                rows.append(coefficients)
+                rhs.append(-constant)
+    objective = np.zeros(len(hidden))
+    objective[index[cell]] = 1.0
+    low = linprog(objective, A_eq=rows, b_eq=rhs, bounds=(0, None), method="highs")
+    high = linprog(-objective, A_eq=rows, b_eq=rhs, bounds=(0, None), method="highs")
+    assert low.status == 0
+    assert low.fun is not None
+    if high.status == 3:  # unbounded above
+        return float(low.fun), np.inf
+    assert high.fun is not None
+    return float(low.fun), -float(high.fun)
+
+
+@st.composite
+def small_tables(draw: st.DrawFn) -> npt.NDArray[np.int64]:
+    rows = draw(st.integers(2, 4))
+    columns = draw(st.integers(2, 4))
+    values = draw(st.lists(st.integers(0, 12), min_size=rows * columns, max_size=rows * columns))
+    return np.array(values, dtype=np.int64).reshape(rows, columns)
+
+
+class TestProtect:
+    @hypothesis_settings(
+        max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
+    @given(inner=small_tables(), seed=st.integers(0, 2**31))
+    def test_no_small_cell_published_and_none_recoverable(
+        self, inner: npt.NDArray[np.int64], seed: int
+    ) -> None:
+        counts = with_margins(inner)
+        keys = np.random.default_rng(seed).integers(0, CELL_KEY_MODULUS, counts.shape)
+        published, mask = protect(MeasureTable(counts, keys))
+        shown = published[~mask]
+        assert not np.any((shown >= 1) & (shown < 5))
+        assert np.all(published[(counts == 0) & ~mask] == 0)
+        for cell in map(tuple, np.argwhere(mask)):
+            # The attacker is granted the *true* published values: stronger than needed.
+            lower, upper = _feasible_range(counts, mask, cell)
+            assert upper - lower >= 1 - 1e-6
+            if 1 <= counts[cell] < 5:
+                assert upper - lower >= 5 - 1e-6
+
+    def test_worked_example(self) -> None:
+        # 2 × 2 with one cell of 3: the whole inner table must hide (a 2 × 2 has no other
+        # partner), and the margins alone then bound the 3 between 0 and 13.
+        counts = with_margins(np.array([[3, 10], [10, 12]]))
+        keys = np.zeros(counts.shape, dtype=np.int64)
+        published, mask = protect(MeasureTable(counts, keys))
+        assert mask[:2, :2].all()
+        assert not mask[2, :].any()
+        assert not mask[:, 2].any()
+        # Cell key 0 selects the lowest noise of each row: 13 → 11, 22 → 20, 35 → 33.
+        assert published[0, 2] == 11
+        assert published[1, 2] == 20
+        assert published[2, 2] == 33
+        lower, upper = _feasible_range(counts, mask, (0, 0))
+        assert (lower, upper) == pytest.approx((0.0, 13.0))
+
+
+def test_request_model_rejects_unknown_measure() -> None:
+    with pytest.raises(ValueError, match="measures"):
+        AggregateCreate.model_validate({"measures": ["names"], "dimensions": ["sex"]})
