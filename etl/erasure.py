@@ -61,7 +61,6 @@ def erase_patients(
     pseudonyms = sorted({p for p in source_pseudonyms if p})
     if not pseudonyms:
         raise RejectedInput("No pseudonym given to erase")
-    warehouse.ensure()
     if locked:
         return _erase(
             pseudonyms, warehouse, session, key, releases_dir, provider_orgnr, optout_date,

@@ -126,7 +126,6 @@ def load_file(
         return _reject(session, upload, error.detail, validation)
 
     # 2-5. Write, under the locks.
-    warehouse.ensure()
     with warehouse.writing():
         repair_interrupted(session, warehouse)
         upload.status = "running"

@@ -32,7 +32,6 @@ def publish_release(
     published_by: str = "cli",
 ) -> ReleaseManifest:
     """Publish the warehouse's current state as the next release (adds, never commits, the row)."""
-    warehouse.ensure()
     with warehouse.writing():
         repair_interrupted(session, warehouse)
         return publish_locked(warehouse, releases_dir, session, note, published_by)

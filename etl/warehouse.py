@@ -159,12 +159,14 @@ class Warehouse:
     # -- locking ----------------------------------------------------------------------------
     @contextmanager
     def writing(self, tables: Sequence[str] = TABLES) -> Iterator[None]:
-        """Hold exclusive flock locks on the tables' lock files (sorted order: no deadlock)."""
+        """Hold exclusive flock locks on the tables' lock files (sorted order: no deadlock); the
+        tables are created under the locks, so two first writers cannot race to create them."""
         self.root.mkdir(parents=True, exist_ok=True)
         with ExitStack() as stack:
             for table in sorted(set(tables)):
                 handle = stack.enter_context((self.root / f"{table}.lock").open("a"))
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            self.ensure()
             yield
 
     # -- reading ----------------------------------------------------------------------------
