@@ -1,0 +1,382 @@
+"""One test class per route: status, body, scoping, ETag, CSV, size limit, audit rows."""
+
+import csv
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from sqlmodel import Session, select
+
+from schemas.catalog import AuditEvent, Upload, ValidationRun
+from schemas.errors import ConfigurationError
+from schemas.forms import Form
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import PROVIDER_A, PROVIDER_B, ExtractWriter, episode_row
+from tests.service.conftest import RHF_NORD, Headers, ReleaseWriter
+
+API = "/api/v1"
+PROBLEM = "application/problem+json"
+
+
+def audit_rows(app: FastAPI) -> list[AuditEvent]:
+    with Session(app.state.engine) as session:
+        return list(session.exec(select(AuditEvent).order_by(AuditEvent.id)))  # type: ignore[arg-type]
+
+
+class TestStartup:
+    def test_refuses_without_pseudonym_key(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigurationError):
+            create_app(Settings(data_dir=tmp_path))
+
+    def test_refuses_demo_key_outside_demo_mode(self, tmp_path: Path) -> None:
+        demo_key = SecretStr("kvarus-demo-key-not-for-production")
+        with pytest.raises(ConfigurationError):
+            create_app(Settings(data_dir=tmp_path, pseudonym_key=demo_key))
+        assert create_app(Settings(data_dir=tmp_path, demo=True)).title == "Kvarus Analytics API"
+
+
+class TestHealth:
+    def test_live(self, client: TestClient) -> None:
+        assert client.get("/health").json() == {"status": "ok", "checks": {}}
+
+
+class TestReady:
+    def test_ready(self, client: TestClient) -> None:
+        response = client.get("/ready")
+        assert response.status_code == 200
+        assert response.json()["checks"] == {"catalog": True, "data_dir": True}
+
+    def test_data_dir_gone_is_503(self, client: TestClient, settings: Settings) -> None:
+        # The SQLite catalog lives in the data dir: move it aside, keep the files for the engine.
+        shutil.rmtree(settings.data_dir / "releases", ignore_errors=True)
+        settings.data_dir.rename(settings.data_dir.with_name("moved"))
+        response = client.get("/ready")
+        assert response.status_code == 503
+        assert response.json()["checks"]["data_dir"] is False
+
+
+class TestProblems:
+    def test_unknown_route_and_method(self, client: TestClient) -> None:
+        missing = client.get(f"{API}/nothing-here")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == PROBLEM
+        assert missing.json() == {
+            "type": "https://kvarus.example/problems/not-found",
+            "title": "Not found",
+            "status": 404,
+            "detail": "Not Found",
+            "instance": f"{API}/nothing-here",
+        }
+        wrong = client.delete(f"{API}/indicators")
+        assert wrong.status_code == 405
+        assert wrong.json()["title"] == "Method not allowed"
+
+    def test_validation_error_names_field_not_value(
+        self, client: TestClient, headers: dict[str, Headers]
+    ) -> None:
+        response = client.get(
+            f"{API}/uploads", params={"provider": "12345678901"}, headers=headers["registry"]
+        )
+        assert response.status_code == 422
+        body = response.json()
+        assert body["title"] == "Input rejected"
+        assert "query.provider" in body["detail"]
+        assert "12345678901" not in response.text
+
+    def test_bug_is_500_without_detail(
+        self, client: TestClient, publish: ReleaseWriter, settings: Settings
+    ) -> None:
+        publish(1)
+        (settings.releases_dir / "1" / "indicators.parquet").write_bytes(b"not parquet")
+        response = client.get(f"{API}/indicators/results")
+        assert response.status_code == 500
+        assert response.headers["content-type"] == PROBLEM
+        assert response.json()["detail"] is None
+
+
+class TestUploads:
+    def test_upload_loads_in_background(
+        self,
+        client: TestClient,
+        app: FastAPI,
+        headers: dict[str, Headers],
+        write_extract: ExtractWriter,
+    ) -> None:
+        path = write_extract(Form.BASIS, [episode_row(Form.BASIS, i, f"p{i}") for i in range(3)])
+        with path.open("rb") as handle:
+            response = client.post(
+                f"{API}/uploads",
+                files={"file": ("basis.csv", handle, "text/csv")},
+                data={"form": "basis"},
+                headers=headers["registry"],
+            )
+        assert response.status_code == 202
+        upload_id = response.json()["id"]
+        # TestClient runs background tasks before returning.
+        detail = client.get(f"{API}/uploads/{upload_id}", headers=headers["registry"]).json()
+        assert detail["status"] == "loaded", detail["error"]
+        assert detail["rows_read"] == 3
+        assert detail["rows_accepted"] == 3
+        assert detail["providers"] == [PROVIDER_A]
+        assert isinstance(detail["report"], dict)
+        assert "p0" not in str(detail)
+        own = client.get(f"{API}/uploads/{upload_id}", headers=headers["trust"])
+        assert own.status_code == 200
+        page = client.get(f"{API}/uploads", headers=headers["trust"]).json()
+        assert page["total"] == 1
+        assert page["items"][0]["rows_accepted"] == 3
+        html = client.get(f"{API}/uploads/{upload_id}/report.html", headers=headers["registry"])
+        assert html.status_code == 200
+        assert html.headers["content-type"].startswith("text/html")
+
+    def test_too_large_is_413(
+        self, settings: Settings, headers: dict[str, Headers], app: FastAPI
+    ) -> None:
+        app.state.settings = settings.model_copy(update={"max_upload_bytes": 10})
+        with TestClient(app, raise_server_exceptions=False) as small:
+            response = small.post(
+                f"{API}/uploads",
+                files={"file": ("basis.csv", b"x" * 11, "text/csv")},
+                data={"form": "basis"},
+                headers=headers["registry"],
+            )
+        assert response.status_code == 413
+        assert response.headers["content-type"] == PROBLEM
+        assert not any((settings.data_dir / "incoming").iterdir())
+
+    def test_list_filters_and_trust_scope(
+        self, client: TestClient, app: FastAPI, headers: dict[str, Headers]
+    ) -> None:
+        with Session(app.state.engine) as session:
+            for form, providers, status in (
+                ("basis", PROVIDER_A, "loaded"),
+                ("basis", PROVIDER_B, "loaded"),
+                ("discharge", f"{PROVIDER_A},{PROVIDER_B}", "rejected"),
+            ):
+                session.add(
+                    Upload(
+                        file_sha256="0" * 64,
+                        form=form,
+                        filename="f.csv",
+                        providers=providers,
+                        status=status,
+                    )
+                )
+            session.commit()
+            session.add(
+                ValidationRun(
+                    upload_id=3,
+                    form="discharge",
+                    suite_version="1",
+                    passed=False,
+                    report={"rejected": True},
+                )
+            )
+            session.commit()
+        registry = headers["registry"]
+        assert client.get(f"{API}/uploads", headers=registry).json()["total"] == 3
+        by_form = client.get(f"{API}/uploads", params={"form": "basis"}, headers=registry)
+        assert [u["id"] for u in by_form.json()["items"]] == [2, 1]
+        by_provider = client.get(
+            f"{API}/uploads", params={"provider": PROVIDER_B}, headers=registry
+        )
+        assert [u["id"] for u in by_provider.json()["items"]] == [3, 2]
+        paged = client.get(f"{API}/uploads", params={"limit": 1, "offset": 1}, headers=registry)
+        assert [u["id"] for u in paged.json()["items"]] == [2]
+        trust = client.get(f"{API}/uploads", headers=headers["trust"]).json()
+        assert [u["id"] for u in trust["items"]] == [3, 1]
+        assert client.get(f"{API}/uploads/2", headers=headers["trust"]).status_code == 403
+        report = client.get(f"{API}/uploads/3", headers=headers["trust"]).json()["report"]
+        assert report == {"rejected": True}
+        assert client.get(f"{API}/uploads/99", headers=registry).status_code == 404
+
+
+class TestReleases:
+    def test_list_and_detail(
+        self, client: TestClient, publish: ReleaseWriter, settings: Settings
+    ) -> None:
+        publish(
+            1,
+            basis=[
+                {"patient_key": "k", "episode_id": "e", "provider_orgnr": PROVIDER_A, "year": 2024}
+            ],
+        )
+        publish(2)
+        assert [r["number"] for r in client.get(f"{API}/releases").json()] == [2, 1]
+        detail = client.get(f"{API}/releases/1").json()
+        assert detail["tables"] == [{"name": "basis", "delta_version": 1, "row_count": 1}]
+        assert str(settings.data_dir) not in client.get(f"{API}/releases/1").text
+        assert client.get(f"{API}/releases/9").status_code == 404
+
+    def test_publish_is_registry_only(
+        self, client: TestClient, headers: dict[str, Headers]
+    ) -> None:
+        assert client.post(f"{API}/releases", json={}).status_code == 401
+        forbidden = client.post(f"{API}/releases", json={}, headers=headers["trust"])
+        assert forbidden.status_code == 403
+
+
+class TestIndicatorResults:
+    def test_filters_and_published_scope(
+        self, client: TestClient, publish: ReleaseWriter, headers: dict[str, Headers]
+    ) -> None:
+        publish(1)
+        anonymous = client.get(
+            f"{API}/indicators/results", params={"indicator": "plan", "year": [2024]}
+        ).json()
+        assert anonymous["release"] == 1
+        assert {(r["level"], r["orgnr"]) for r in anonymous["items"]} == {
+            ("nation", "1"),
+            ("rhf", RHF_NORD),
+            ("hf", PROVIDER_A),
+            ("hf", PROVIDER_B),
+        }
+        units = client.get(
+            f"{API}/indicators/results", params={"level": "unit"}, headers=headers["trust"]
+        ).json()["items"]
+        assert [(u["orgnr"], u["unit_code"], u["numerator"]) for u in units] == [
+            (PROVIDER_A, "U1", 9)
+        ]
+        study = client.get(
+            f"{API}/indicators/results", params={"indicator": "study", "orgnr": PROVIDER_B}
+        ).json()["items"]
+        # A suppressed row keeps its place but not its small denominator (3).
+        assert study[0]["suppressed"] is True
+        assert study[0]["denominator"] is None
+        registry = client.get(
+            f"{API}/indicators/results",
+            params={"indicator": "study", "orgnr": PROVIDER_B},
+            headers=headers["registry"],
+        ).json()["items"]
+        assert registry[0]["denominator"] == 3
+
+    def test_etag_304_and_scope(
+        self, client: TestClient, publish: ReleaseWriter, headers: dict[str, Headers]
+    ) -> None:
+        publish(1)
+        first = client.get(f"{API}/indicators/results", params={"year": [2024, 2023]})
+        tag = first.headers["etag"]
+        same = client.get(
+            f"{API}/indicators/results",
+            params={"year": [2023, 2024]},
+            headers={"If-None-Match": tag},
+        )
+        assert same.status_code == 304
+        assert same.content == b""
+        other_scope = client.get(
+            f"{API}/indicators/results",
+            params={"year": [2023, 2024]},
+            headers={"If-None-Match": tag, **headers["trust"]},
+        )
+        assert other_scope.status_code == 200
+        assert other_scope.headers["etag"] != tag
+
+    def test_csv(self, client: TestClient, publish: ReleaseWriter) -> None:
+        publish(1)
+        response = client.get(
+            f"{API}/indicators/results",
+            params={"indicator": "plan", "level": "nation"},
+            headers={"Accept": "text/csv"},
+        )
+        assert response.headers["content-type"].startswith("text/csv")
+        rows = list(csv.DictReader(io.StringIO(response.text)))
+        assert [(r["year"], r["numerator"], r["denominator"]) for r in rows] == [
+            ("2023", "60", "100"),
+            ("2024", "75", "100"),
+        ]
+        as_param = client.get(
+            f"{API}/indicators/results", params={"indicator": "plan", "format": "csv"}
+        )
+        assert as_param.text.splitlines()[0].startswith("indicator_id,release,year")
+
+    def test_no_release_is_404(self, client: TestClient) -> None:
+        response = client.get(f"{API}/indicators/results")
+        assert response.status_code == 404
+        assert response.json()["detail"] == "no release has been published yet"
+
+
+class TestIndicatorCatalogue:
+    def test_catalogue(self, client: TestClient) -> None:
+        items = {i["id"]: i for i in client.get(f"{API}/indicators").json()}
+        assert items["study"]["target_high"] == pytest.approx(0.05)
+        assert items["study"]["unit"] == "patient"
+
+
+class TestProviderProfile:
+    def test_profile(self, client: TestClient, publish: ReleaseWriter) -> None:
+        publish(1)
+        profile = client.get(f"{API}/providers/{PROVIDER_A}/profile").json()
+        assert profile["rhf_orgnr"] == RHF_NORD
+        plan = next(i for i in profile["indicators"] if i["indicator_id"] == "plan")
+        assert [(r["year"], r["value"]) for r in plan["provider"]] == [(2023, 0.5), (2024, 0.9)]
+        assert [r["value"] for r in plan["rhf"]] == [0.6, 0.8]
+        assert [r["value"] for r in plan["nation"]] == [0.6, 0.75]
+        assert client.get(f"{API}/providers/123456789/profile").status_code == 404
+
+
+class TestVariation:
+    def test_funnel(self, client: TestClient, publish: ReleaseWriter) -> None:
+        publish(1)
+        body = client.get(f"{API}/indicators/plan/variation", params={"year": 2024}).json()
+        assert body["national_value"] == pytest.approx(0.75)
+        assert body["extremal_quotient"] == pytest.approx(0.9 / (22 / 30))
+        a = next(p for p in body["points"] if p["orgnr"] == PROVIDER_A)
+        # 0.75 ± 1.959964·√(0.75·0.25/20)
+        assert a["upper95"] == pytest.approx(0.75 + 1.959964 * (0.75 * 0.25 / 20) ** 0.5)
+        assert a["signal"] == "none"
+        missing = client.get(f"{API}/indicators/plan/variation", params={"year": 1999})
+        assert missing.status_code == 404
+
+
+class TestResearchParticipation:
+    def test_against_target(self, client: TestClient, publish: ReleaseWriter) -> None:
+        publish(1)
+        body = client.get(f"{API}/research-participation").json()
+        by_org = {i["orgnr"]: i for i in body["items"]}
+        assert by_org["1"]["latest_value"] == pytest.approx(0.03)
+        assert by_org["1"]["reaches_target"] is False
+        assert by_org[PROVIDER_A]["reaches_target"] is True
+        assert by_org[PROVIDER_B]["reaches_target"] is None
+
+
+class TestAudit:
+    def test_rows_with_counts(
+        self,
+        client: TestClient,
+        app: FastAPI,
+        publish: ReleaseWriter,
+        headers: dict[str, Headers],
+    ) -> None:
+        publish(1)
+        client.get(
+            f"{API}/indicators/results",
+            params={"indicator": "plan", "level": "hf"},
+            headers=headers["researcher"],
+        )
+        client.get(f"{API}/uploads")
+        client.get("/health")
+        rows = audit_rows(app)
+        assert [(r.route, r.status, r.rows, r.release, r.role) for r in rows] == [
+            ("/api/v1/indicators/results", 200, 4, 1, "researcher"),
+            ("/api/v1/uploads", 401, None, None, "anonymous"),
+        ]
+        assert rows[0].query == "indicator=plan&level=hf"
+        page = client.get(f"{API}/audit", params={"status": 401}, headers=headers["registry"])
+        assert page.json()["total"] == 1
+        assert client.get(f"{API}/audit", headers=headers["trust"]).status_code == 403
+
+
+class TestServeCommand:
+    def test_refuses_to_start_without_key(self, tmp_path: Path) -> None:
+        from typer.testing import CliRunner
+
+        from service.cli import app as cli
+
+        result = CliRunner().invoke(cli, ["serve"], env={"KVARUS_DATA_DIR": str(tmp_path)})
+        assert result.exit_code == 2
+        assert "KVARUS_PSEUDONYM_KEY is not set" in result.output
