@@ -51,6 +51,7 @@ from schemas.catalog import Upload, ValidationRun
 from schemas.errors import KvarusError
 from schemas.forms import FORMS, PATIENT_KEY_COLUMN, PSEUDONYM_COLUMN, Form, warehouse_schema
 from schemas.parsing import normalise
+from validation import validate_extract
 
 Progress = Callable[[str, int], None]
 
@@ -117,7 +118,7 @@ def load_file(
             providers = pc.unique(raw.column("provider_orgnr").drop_null()).to_pylist()
             upload.providers = ",".join(sorted(str(p) for p in providers))
         guard(raw)
-        validation = _validate(raw, form, known_providers=known_providers, today=today)
+        validation = validate_extract(raw, form, known_providers=known_providers, today=today)
         report("validated", raw.num_rows)
         if validation.rejected:
             return _reject(session, upload, "; ".join(validation.rejection_reasons), validation)
@@ -331,78 +332,9 @@ def _optout(
     upload.rows_erased = sum(erasure.rows_erased.values())
 
 
-# --- validation -------------------------------------------------------------------------------
-# TODO(validation): stand-ins until `validation.validate_extract` and `validation.cross_record`
-# land; switch to them then (docs/interfaces.md signatures).
-
-
-@dataclass
-class _StandInResult:
-    form: Form
-    row_failures: pa.Table
-    rejection_reasons: list[str]
-    suite_version: str = "stand-in"
-
-    @property
-    def rejected(self) -> bool:
-        return bool(self.rejection_reasons)
-
-    def to_report(self) -> dict[str, object]:
-        return {
-            "form": self.form.value,
-            "suite_version": self.suite_version,
-            "rejected": self.rejected,
-            "rejection_reasons": list(self.rejection_reasons),
-            "row_failures": self.row_failures.num_rows,
-        }
-
-
-def _validate(
-    raw: pa.Table, form: Form, *, known_providers: frozenset[str], today: date
-) -> _Validation:
-    spec = FORMS[form]
-    reasons: list[str] = []
-    if "record_id" in raw.column_names:
-        ids = raw.column("record_id").drop_null()
-        duplicates = len(ids) - len(pc.unique(ids))
-        if duplicates:
-            reasons.append(f"record_id.unique: {duplicates} duplicate record_id(s)")
-    if "provider_orgnr" in raw.column_names:
-        providers = set(pc.unique(raw.column("provider_orgnr").drop_null()).to_pylist())
-        unknown = len(providers - known_providers)
-        if unknown:
-            reasons.append(f"provider_orgnr.known: {unknown} unknown provider(s)")
-    normalised = normalise(raw, form)
-    failures: list[pa.Table] = []
-    for column in spec.columns:
-        checks: list[tuple[str, pa.Array]] = []
-        if column.name in raw.column_names:
-            checks.append((f"{column.name}.type", normalised.invalid[column.name]))
-            if column.required:
-                checks.append((f"{column.name}.required", pc.is_null(raw.column(column.name))))
-        for check, mask in checks:
-            index = np.flatnonzero(np.asarray(mask, dtype=bool))
-            if len(index) == 0:
-                continue
-            record_ids = (
-                raw.column("record_id").take(pa.array(index))
-                if "record_id" in raw.column_names
-                else pa.nulls(len(index), pa.string())
-            )
-            failures.append(
-                pa.table(
-                    {
-                        "row_index": pa.array(index, pa.int64()),
-                        "record_id": record_ids,
-                        "check": pa.array([check] * len(index)),
-                        "severity": pa.array(["error"] * len(index)),
-                        "reason": pa.array([check] * len(index)),
-                    },
-                    schema=FAILURE_SCHEMA,
-                )
-            )
-    table = pa.concat_tables(failures) if failures else FAILURE_SCHEMA.empty_table()
-    return _StandInResult(form, table, reasons)
+# --- cross-record checks -----------------------------------------------------------------------
+# TODO(validation.cross_record): a stand-in holding rows whose episode has no intake
+# (`cross.no_intake`) until `validation.cross_record.check` lands; switch to it then.
 
 
 def _cross(incoming: pa.Table, form: Form, existing: Mapping[Form, pa.Table]) -> pa.Table:

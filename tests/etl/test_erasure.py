@@ -36,7 +36,7 @@ def _register(write: ExtractWriter, warehouse: Warehouse, session: Session, key:
     basis = [
         episode_row(Form.BASIS, 1, "P-KEEP-1"),
         episode_row(Form.BASIS, 2, ERASED),
-        episode_row(Form.BASIS, 3, ERASED, intake_date="05.05.2023"),
+        episode_row(Form.BASIS, 3, ERASED, intake_date="05.05.2023", referral_date=""),
         episode_row(Form.BASIS, 4, "P-KEEP-2"),
         episode_row(Form.BASIS, 5, ERASED, age="abc"),  # quarantined: age.type
     ]
