@@ -118,6 +118,7 @@ def load_file(
             providers = pc.unique(raw.column("provider_orgnr").drop_null()).to_pylist()
             upload.providers = ",".join(sorted(str(p) for p in providers))
         guard(raw)
+        report("guarded", raw.num_rows)
         validation = validate_extract(raw, form, known_providers=known_providers, today=today)
         report("validated", raw.num_rows)
         if validation.rejected:
@@ -134,16 +135,23 @@ def load_file(
         session.add(upload)
         session.commit()  # step 4: the running row must outlive this process
         assert upload.id is not None
-        if form is Form.OPTOUT:
-            _optout(typed, warehouse=warehouse, session=session, key=key, upload=upload)
-        else:
-            _store(typed, validation, form, warehouse=warehouse, key=key, upload=upload)
-        report("written", upload.rows_accepted)
-        upload.status = "loaded"
-        upload.finished_at = datetime.now(UTC)
-        session.add(upload)
-        session.add(_validation_run(upload, validation))
-        session.commit()
+        try:
+            if form is Form.OPTOUT:
+                _optout(typed, warehouse=warehouse, session=session, key=key, upload=upload)
+            else:
+                _store(typed, validation, form, warehouse=warehouse, key=key, upload=upload)
+            report("written", upload.rows_accepted)
+            upload.status = "loaded"
+            upload.finished_at = datetime.now(UTC)
+            session.add(upload)
+            session.add(_validation_run(upload, validation))
+            session.commit()
+        except BaseException:
+            # Undo at once what a kill would leave for the next writer: ours is the only
+            # `running` row while we hold the locks.
+            session.rollback()
+            repair_interrupted(session, warehouse)
+            raise
     return upload
 
 

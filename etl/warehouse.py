@@ -4,9 +4,9 @@ Layout: `{root}/{basis,measurement,discharge,followup,npr_counts}/` (partitioned
 `{root}/quarantine/`, and one lock file per table, `{root}/{table}.lock`.
 
 Privacy of the data plane:
-- `delta.dataSkippingStatsColumns` lists every column except `patient_key`, so the Delta log never
-  holds min/max statistics of a patient key; the Parquet writer is told the same
-  (`statistics_enabled="NONE"` for `patient_key`), so no Parquet footer holds one either.
+- `delta.dataSkippingStatsColumns` lists every column except `patient_key` (and the quarantine's
+  `values` JSON, which holds it), so the Delta log never holds min/max statistics of a patient key;
+  the Parquet writer is told the same (`statistics_enabled="NONE"`), so no footer holds one either.
 - Deletions by patient go through `merge(... when_matched_delete())` from a source table: a literal
   predicate's text would be written into the log.
 - `delta.logRetentionDuration` is 0 so that `cleanup_metadata()` (called only by an erasure, after a
@@ -83,8 +83,14 @@ QUARANTINE_SCHEMA: Final = pa.schema(
     ]
 )
 
+# Columns that must never have min/max statistics (Delta log or Parquet footer): the patient key,
+# and the quarantine's JSON of a row's values (it holds the patient key too).
+NO_STATISTICS: Final = frozenset({PATIENT_KEY_COLUMN, "values"})
+
 _WRITER_PROPERTIES: Final = WriterProperties(
-    column_properties={PATIENT_KEY_COLUMN: ColumnProperties(statistics_enabled="NONE")}
+    column_properties={
+        name: ColumnProperties(statistics_enabled="NONE") for name in sorted(NO_STATISTICS)
+    }
 )
 
 
@@ -93,7 +99,7 @@ def schema_of(table: str) -> pa.Schema:
 
 
 def _configuration(schema: pa.Schema) -> dict[str, str | None]:
-    stats_columns = [name for name in schema.names if name != PATIENT_KEY_COLUMN]
+    stats_columns = [name for name in schema.names if name not in NO_STATISTICS]
     return {
         "delta.dataSkippingStatsColumns": ",".join(stats_columns),
         "delta.logRetentionDuration": "interval 0 seconds",

@@ -155,3 +155,33 @@ def test_killed_load_is_undone_and_the_file_then_loads_exactly(
         QUARANTINE: 1 + ROWS // INVALID_EVERY,
     }
     assert not session.exec(select(Upload).where(Upload.status == "running")).all()
+
+
+def test_a_load_that_fails_midway_undoes_its_own_commits(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = [episode_row(Form.BASIS, 1, "P1")]
+    load_file(
+        write_extract(Form.BASIS, first), Form.BASIS, warehouse=warehouse, session=session,
+        key=key, known_providers=KNOWN, today=TODAY,
+    )  # fmt: skip
+    session.commit()
+
+    def broken(self: Warehouse, rows: object, *, upload_id: int | None) -> None:
+        raise OSError("disk full")
+
+    # The basis rows are written (a Delta commit), then the quarantine write fails.
+    monkeypatch.setattr(Warehouse, "append_quarantine", broken)
+    second = [episode_row(Form.BASIS, 2, "P2"), episode_row(Form.BASIS, 3, "P3", age="x")]
+    with pytest.raises(OSError, match="disk full"):
+        load_file(
+            write_extract(Form.BASIS, second), Form.BASIS, warehouse=warehouse, session=session,
+            key=key, known_providers=KNOWN, today=TODAY,
+        )  # fmt: skip
+    assert warehouse.table(Form.BASIS).column("record_id").to_pylist() == ["b1"]
+    uploads = session.exec(select(Upload).order_by(col(Upload.id))).all()
+    assert [(u.status, u.rows_accepted) for u in uploads] == [("loaded", 1), ("failed", 0)]

@@ -8,7 +8,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl.warehouse import QUARANTINE, TABLES, Warehouse
+from etl.warehouse import QUARANTINE, TABLES, Warehouse, quarantine_rows
 from schemas.forms import Form, warehouse_schema
 
 
@@ -66,6 +66,37 @@ def test_patient_key_has_no_statistics_in_the_log_or_the_parquet_footers(tmp_pat
         names = [metadata.schema.column(i).name for i in range(metadata.num_columns)]
         column = metadata.row_group(0).column(names.index("patient_key"))
         assert column.statistics is None or not column.statistics.has_min_max
+
+
+def test_quarantine_keeps_no_statistics_of_the_key_or_the_row_values(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "warehouse")
+    warehouse.ensure()
+    rows = _rows(["1", "2"], [30, 40], 1)
+    failures = pa.table(
+        {
+            "row_index": pa.array([1], pa.int64()),
+            "check": ["age.range"],
+            "reason": ["age outside 13-110"],
+            "severity": ["error"],
+        }
+    )
+    warehouse.append_quarantine(quarantine_rows(Form.BASIS, 1, rows, failures), upload_id=1)
+    stored = warehouse.read(QUARANTINE).to_pylist()
+    assert [(r["record_id"], r["check"]) for r in stored] == [("2", "age.range")]
+    assert json.loads(stored[0]["values"])["age"] == 40
+    for log in (warehouse.path(QUARANTINE) / "_delta_log").glob("*.json"):
+        for line in log.read_text().splitlines():
+            action = json.loads(line)
+            if "add" in action:
+                stats = json.loads(action["add"]["stats"])
+                assert "check" in stats["minValues"]
+                assert not {"patient_key", "values"} & set(stats["minValues"])
+    for uri in warehouse.files(QUARANTINE):
+        metadata = pq.ParquetFile(uri).metadata
+        for i in range(metadata.num_columns):
+            column = metadata.row_group(0).column(i)
+            if column.path_in_schema in ("patient_key", "values"):
+                assert column.statistics is None or not column.statistics.has_min_max
 
 
 def test_merge_counts_inserted_superseded_and_unchanged(tmp_path: Path) -> None:

@@ -1,0 +1,138 @@
+"""Benchmark: load a 1,000,000-row `basis` CSV end to end (read, privacy guard, GX validation,
+normalise, re-key, cross-record checks, Delta write, ledger), against a plain pyarrow baseline
+(`pyarrow.csv.read_csv` + `pyarrow.parquet.write_table` of the same file).
+
+Targets: >= 200,000 rows/s, <= 3x the baseline, peak RSS <= 2 GB.
+
+    .venv/bin/python bench/load.py [--rows 1000000] [--keep DIR]
+"""
+
+import argparse
+import resource
+import shutil
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from sqlmodel import Session, SQLModel, create_engine
+
+import schemas.catalog  # noqa: F401  (registers the catalog tables)
+from etl.load import load_file
+from etl.warehouse import Warehouse
+from schemas.forms import FORMS, Form
+from schemas.organisations import Hierarchy
+
+KEY = b"bench-pseudonym-key-0123456789-abcdef"
+
+
+def write_basis(path: Path, rows: int, seed: int = 20261123) -> None:
+    """A valid basis extract: one episode per row, ~rows/2 patients, Norwegian date format."""
+    rng = np.random.default_rng(seed)
+    providers = np.array(sorted(o.orgnr for o in Hierarchy.default().providers))
+    n = np.arange(rows)
+    intake = np.datetime64("2021-01-01") + rng.integers(0, 4 * 365, rows).astype("timedelta64[D]")
+    referral = intake - rng.integers(0, 60, rows).astype("timedelta64[D]")
+
+    def norwegian(days: np.ndarray) -> pa.Array:
+        iso = np.datetime_as_string(days, unit="D")
+        return pa.array([f"{d[8:10]}.{d[5:7]}.{d[0:4]}" for d in iso.tolist()], pa.string())
+
+    def ints(low: int, high: int) -> pa.Array:
+        return pa.array(rng.integers(low, high + 1, rows).astype(str), pa.string())
+
+    def pick(values: list[str]) -> pa.Array:
+        return pa.array(rng.choice(values, rows), pa.string())
+
+    columns: dict[str, pa.Array] = {
+        "record_id": pa.array(np.char.add("r", n.astype(str)), pa.string()),
+        "episode_id": pa.array(np.char.add("e", n.astype(str)), pa.string()),
+        "patient_pseudonym": pa.array(
+            np.char.add("PSN", rng.integers(0, rows // 2, rows).astype(str)), pa.string()
+        ),
+        "provider_orgnr": pa.array(rng.choice(providers, rows), pa.string()),
+        "unit_code": pick(["U1", "U2", "U3"]),
+        "intake_date": norwegian(intake),
+        "referral_date": norwegian(referral),
+        "age": ints(18, 80),
+        "sex": pick(["1", "2"]),
+        "home_hf_orgnr": pa.nulls(rows, pa.string()),
+        "treatment_type": ints(1, 5),
+        "primary_substance": pick(["1", "2", "3", "4", "5", "6", "9"]),
+        "icd10": pick(["F10", "F10.2", "F11.2", "F12", "F15.1"]),
+        "audit": ints(0, 40),
+        "dudit": ints(0, 44),
+        "housing": pick(["1", "2", "3", "4", "5", "9"]),
+        "employment": pick(["1", "2", "3", "4", "9"]),
+        "injecting_6m": pick(["0", "1"]),
+        "severity": ints(1, 5),
+        "research_consent": pick(["0", "1"]),
+        "clinical_study_id": pa.nulls(rows, pa.string()),
+    }
+    table = pa.table({name: columns[name] for name in FORMS[Form.BASIS].column_names})
+    pacsv.write_csv(
+        table, path, write_options=pacsv.WriteOptions(delimiter=";", quoting_style="none")
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--keep", type=Path, default=None, help="Work here and keep the files")
+    args = parser.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="kvarus-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    csv_path = work / "basis.csv"
+    started = time.perf_counter()
+    write_basis(csv_path, args.rows)
+    size = csv_path.stat().st_size
+    took = time.perf_counter() - started
+    print(f"generated {args.rows:,} rows, {size / 1e6:.0f} MB in {took:.1f} s")
+
+    started = time.perf_counter()
+    baseline_table = pacsv.read_csv(csv_path, parse_options=pacsv.ParseOptions(delimiter=";"))
+    pq.write_table(baseline_table, work / "baseline.parquet")
+    baseline = time.perf_counter() - started
+    del baseline_table
+    print(f"baseline read_csv + write_table: {baseline:.2f} s")
+
+    engine = create_engine(f"sqlite:///{work / 'catalog.sqlite3'}")
+    SQLModel.metadata.create_all(engine)
+    warehouse = Warehouse(work / "warehouse")
+    marks: list[tuple[str, float]] = []
+
+    def progress(step: str, rows: int) -> None:
+        marks.append((step, time.perf_counter()))
+
+    started = time.perf_counter()
+    with Session(engine, expire_on_commit=False) as session:
+        upload = load_file(
+            csv_path, Form.BASIS, warehouse=warehouse, session=session, key=KEY,
+            known_providers=frozenset(o.orgnr for o in Hierarchy.default().providers),
+            today=date(2025, 11, 1), progress=progress,
+        )  # fmt: skip
+        session.commit()
+    elapsed = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"load: {upload.status}, accepted {upload.rows_accepted:,}, "
+        f"quarantined {upload.rows_quarantined:,} in {elapsed:.2f} s"
+    )
+    previous = started
+    for step, at in marks:
+        print(f"  until {step:<10} {at - previous:6.2f} s")
+        previous = at
+    print(f"  ledger etc.      {started + elapsed - previous:6.2f} s")
+    print(f"rows/s: {args.rows / elapsed:,.0f} (target >= 200,000)")
+    print(f"ratio to baseline: {elapsed / baseline:.1f}x (target <= 3x)")
+    print(f"peak RSS: {peak_mb:,.0f} MB (target <= 2,048 MB)")
+    if args.keep is None:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
