@@ -79,7 +79,8 @@ def pyarrow_baseline(raw: pa.Table) -> dict[str, int]:
             failing = typed.invalid[name]
         elif kind == "codes":
             assert spec.codes is not None
-            failing = pc.invert(pc.is_in(values, pa.array(sorted(spec.codes.values), pa.int32())))
+            codes = pa.array(sorted(spec.codes.values), pa.int32())
+            failing = pc.and_(pc.is_valid(values), pc.invert(pc.is_in(values, codes)))
         elif kind == "range":
             failing = pc.or_(
                 pc.less(values, spec.minimum or 0),
@@ -94,7 +95,8 @@ def pyarrow_baseline(raw: pa.Table) -> dict[str, int]:
             many = pc.filter(duplicated.field("values"), pc.greater(duplicated.field("counts"), 1))
             failing = pc.is_in(raw.column(name), many)
         elif kind == "known":
-            failing = pc.invert(pc.is_in(raw.column(name), pa.array(sorted(PROVIDERS))))
+            known = pc.is_in(raw.column(name), pa.array(sorted(PROVIDERS)))
+            failing = pc.and_(pc.is_valid(raw.column(name)), pc.invert(known))
         elif kind == "after_intake":
             failing = pc.greater(values, typed.table.column("intake_date"))
         else:

@@ -1,0 +1,222 @@
+"""Cross-record checks: each check fails on a tiny file that violates it and passes on one that
+does not, with the exact failing rows."""
+
+from datetime import date
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from schemas.forms import PATIENT_KEY_COLUMN, PSEUDONYM_COLUMN, Form, extract_schema
+from validation.cross_record import EXISTING_COLUMNS, check
+from validation.run import ROW_FAILURES_SCHEMA
+
+ORG = "974631407"
+
+
+def incoming(form: Form, rows: list[dict[str, Any]]) -> pa.Table:
+    """A typed incoming table: the extract schema with `patient_key` for the pseudonym."""
+    fields = [
+        pa.field(PATIENT_KEY_COLUMN, pa.string()) if f.name == PSEUDONYM_COLUMN else f
+        for f in extract_schema(form)
+    ]
+    schema = pa.schema([f.with_nullable(True) for f in fields])
+    defaults = {"provider_orgnr": ORG, "patient_key": "k1", "unit_code": "u1"}
+    return pa.Table.from_pylist([{**defaults, **row} for row in rows], schema=schema)
+
+
+def stored(form: Form, rows: list[dict[str, Any]]) -> pa.Table:
+    """A warehouse table with only the columns the checks read."""
+    full = incoming(form, rows)
+    return full.select(list(EXISTING_COLUMNS[form]))
+
+
+BASIS = [
+    {
+        "record_id": "b1",
+        "episode_id": "e1",
+        "intake_date": date(2024, 2, 1),
+        "age": 40,
+        "sex": 1,
+        "treatment_type": 2,
+    },
+]
+DISCHARGE = [{"record_id": "d1", "episode_id": "e1", "discharge_date": date(2024, 3, 1)}]
+
+
+def _existing() -> dict[Form, pa.Table]:
+    return {
+        Form.BASIS: stored(Form.BASIS, BASIS),
+        Form.DISCHARGE: stored(Form.DISCHARGE, DISCHARGE),
+    }
+
+
+def _failures(table: pa.Table) -> list[tuple[int, str, str, str]]:
+    assert table.schema == ROW_FAILURES_SCHEMA
+    return [(r["row_index"], r["record_id"], r["check"], r["severity"]) for r in table.to_pylist()]
+
+
+def test_measurement_before_intake_and_without_intake() -> None:
+    rows = [
+        {"record_id": "m1", "episode_id": "e1", "measure_date": date(2024, 2, 1)},  # on the day
+        {"record_id": "m2", "episode_id": "e1", "measure_date": date(2024, 1, 31)},
+        {"record_id": "m3", "episode_id": "e9", "measure_date": date(2024, 5, 1)},
+        # Same episode id at another provider is another episode.
+        {
+            "record_id": "m4",
+            "episode_id": "e1",
+            "provider_orgnr": "983974899",
+            "measure_date": date(2024, 5, 1),
+        },
+    ]
+    result = check(incoming(Form.MEASUREMENT, rows), Form.MEASUREMENT, _existing())
+    assert _failures(result) == [
+        (1, "m2", "cross.before_intake", "error"),
+        (2, "m3", "cross.no_intake", "error"),
+        (3, "m4", "cross.no_intake", "error"),
+    ]
+    assert "measure_date before the intake_date" in result.column("reason")[0].as_py()
+
+
+def test_discharge_before_intake_and_duplicate_discharge() -> None:
+    rows = [
+        {"record_id": "d1", "episode_id": "e1", "discharge_date": date(2024, 3, 2)},  # re-sent
+        {"record_id": "d2", "episode_id": "e2", "discharge_date": date(2024, 1, 1)},
+        {"record_id": "d3", "episode_id": "e3", "discharge_date": date(2024, 6, 1)},
+        {"record_id": "d4", "episode_id": "e3", "discharge_date": date(2024, 6, 2)},
+    ]
+    existing = _existing()
+    existing[Form.BASIS] = stored(
+        Form.BASIS,
+        [
+            *BASIS,
+            {"record_id": "b2", "episode_id": "e2", "intake_date": date(2024, 2, 1)},
+            {"record_id": "b3", "episode_id": "e3", "intake_date": date(2024, 2, 1)},
+        ],
+    )
+    assert _failures(check(incoming(Form.DISCHARGE, rows), Form.DISCHARGE, existing)) == [
+        (1, "d2", "cross.before_intake", "error"),
+        (2, "d3", "cross.duplicate_discharge", "error"),
+        (3, "d4", "cross.duplicate_discharge", "error"),
+    ]
+
+
+def test_a_second_discharge_against_the_warehouse_is_a_duplicate() -> None:
+    rows = [{"record_id": "d9", "episode_id": "e1", "discharge_date": date(2024, 3, 5)}]
+    assert _failures(check(incoming(Form.DISCHARGE, rows), Form.DISCHARGE, _existing())) == [
+        (0, "d9", "cross.duplicate_discharge", "error")
+    ]
+
+
+def test_followup_before_discharge() -> None:
+    rows = [
+        {"record_id": "f1", "episode_id": "e1", "followup_date": date(2025, 3, 1)},
+        {"record_id": "f2", "episode_id": "e1", "followup_date": date(2024, 2, 28)},
+    ]
+    assert _failures(check(incoming(Form.FOLLOWUP, rows), Form.FOLLOWUP, _existing())) == [
+        (1, "f2", "cross.followup_before_discharge", "error")
+    ]
+
+
+def test_inconsistent_demographics_against_the_warehouse_and_within_the_file() -> None:
+    rows = [
+        {
+            "record_id": "b1",
+            "episode_id": "e1",
+            "intake_date": date(2024, 2, 1),
+            "age": 41,
+            "sex": 1,
+            "treatment_type": 1,
+        },  # re-sent b1 with a corrected age: supersedes, fine
+        {
+            "record_id": "b5",
+            "episode_id": "e1",
+            "intake_date": date(2024, 2, 1),
+            "age": 41,
+            "sex": 1,
+            "treatment_type": 1,
+        },  # agrees with the re-sent b1
+        {
+            "record_id": "b6",
+            "episode_id": "e6",
+            "intake_date": date(2024, 2, 1),
+            "age": 30,
+            "sex": 1,
+            "treatment_type": 1,
+        },
+        {
+            "record_id": "b7",
+            "episode_id": "e6",
+            "intake_date": date(2024, 2, 1),
+            "age": 30,
+            "sex": 2,
+            "treatment_type": 1,
+        },
+    ]
+    assert _failures(check(incoming(Form.BASIS, rows), Form.BASIS, _existing())) == [
+        (2, "b6", "cross.inconsistent_demographics", "error"),
+        (3, "b7", "cross.inconsistent_demographics", "error"),
+    ]
+
+
+def test_another_basis_record_with_another_sex_is_inconsistent() -> None:
+    rows = [
+        {
+            "record_id": "b2",
+            "episode_id": "e1",
+            "intake_date": date(2024, 2, 1),
+            "age": 40,
+            "sex": 2,
+            "treatment_type": 1,
+        }
+    ]
+    assert _failures(check(incoming(Form.BASIS, rows), Form.BASIS, _existing())) == [
+        (0, "b2", "cross.inconsistent_demographics", "error")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("intake", "treatment_type", "overlaps"),
+    [
+        (date(2024, 2, 15), 3, True),  # inside e1 (1 Feb – 1 Mar, inpatient)
+        (date(2024, 3, 1), 3, False),  # the day e1 is discharged: a transfer, no overlap
+        (date(2024, 2, 15), 1, False),  # outpatient alongside inpatient is normal
+        (date(2024, 1, 1), 2, True),  # still ongoing (no discharge) when e1 starts
+    ],
+)
+def test_overlapping_inpatient_episodes(intake: date, treatment_type: int, overlaps: bool) -> None:
+    rows = [
+        {
+            "record_id": "b8",
+            "episode_id": "e8",
+            "intake_date": intake,
+            "age": 40,
+            "sex": 1,
+            "treatment_type": treatment_type,
+        }
+    ]
+    expected = [(0, "b8", "cross.overlapping_inpatient", "warning")] if overlaps else []
+    assert _failures(check(incoming(Form.BASIS, rows), Form.BASIS, _existing())) == expected
+
+
+def test_another_patient_never_overlaps() -> None:
+    rows = [
+        {
+            "record_id": "b8",
+            "episode_id": "e8",
+            "patient_key": "k2",
+            "intake_date": date(2024, 2, 15),
+            "age": 40,
+            "sex": 1,
+            "treatment_type": 3,
+        }
+    ]
+    assert _failures(check(incoming(Form.BASIS, rows), Form.BASIS, _existing())) == []
+
+
+def test_an_empty_warehouse_holds_every_follow_on_record() -> None:
+    rows = [{"record_id": "m1", "episode_id": "e1", "measure_date": date(2024, 2, 1)}]
+    assert _failures(check(incoming(Form.MEASUREMENT, rows), Form.MEASUREMENT, {})) == [
+        (0, "m1", "cross.no_intake", "error")
+    ]
+    assert check(incoming(Form.BASIS, []), Form.BASIS, {}).num_rows == 0

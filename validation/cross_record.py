@@ -1,0 +1,203 @@
+"""Cross-record checks: an incoming, typed file against the warehouse (and against itself).
+
+`check(incoming, form, existing)` returns failing rows with the columns of
+`ValidationResult.row_failures` (`row_index` into `incoming`, `record_id`, `check`, `severity`,
+`reason`); the check ids are those of docs/interfaces.md. An episode is identified by
+`(provider_orgnr, episode_id)`: episode ids come from each provider's own system. A record with the
+same `record_id` as a stored one supersedes it (EXTRACT_SPEC.md), so it is never compared with its
+own earlier version.
+
+Columns read from the warehouse tables in `existing` (the loader passes only these; a missing form
+counts as an empty table):
+- `existing[Form.BASIS]`: record_id, episode_id, provider_orgnr, patient_key, intake_date, age,
+  sex, treatment_type;
+- `existing[Form.DISCHARGE]`: record_id, episode_id, provider_orgnr, discharge_date.
+
+Everything runs as DuckDB SQL over the Arrow tables, in one in-memory connection per call. The SQL
+text is assembled from this module's constants only (never from data), hence the `noqa: S608`.
+"""
+
+# ruff: noqa: S608
+
+from collections.abc import Mapping
+from typing import Final
+
+import duckdb
+import pyarrow as pa
+
+from schemas.codes import INPATIENT_TREATMENT_TYPES
+from schemas.forms import Form, warehouse_schema
+from validation.run import ROW_FAILURES_SCHEMA
+
+EXISTING_COLUMNS: Final[dict[Form, tuple[str, ...]]] = {
+    Form.BASIS: (
+        "record_id",
+        "episode_id",
+        "provider_orgnr",
+        "patient_key",
+        "intake_date",
+        "age",
+        "sex",
+        "treatment_type",
+    ),
+    Form.DISCHARGE: ("record_id", "episode_id", "provider_orgnr", "discharge_date"),
+}
+
+# The date column of each follow-on form that must not precede the episode's intake.
+_EVENT_DATE: Final = {Form.MEASUREMENT: "measure_date", Form.DISCHARGE: "discharge_date"}
+_INPATIENT: Final = ", ".join(str(code) for code in sorted(INPATIENT_TREATMENT_TYPES))
+
+
+def _failure(check_id: str, severity: str, reason: str, where: str) -> str:
+    """A SELECT of the incoming rows (alias `i`) that fail a check, in row_failures columns."""
+    return f"""
+        SELECT i.row_index, i.record_id, '{check_id}' AS "check", '{severity}' AS severity,
+               '{reason}' AS reason
+        FROM incoming AS i
+        WHERE {where}"""
+
+
+def _same_episode(alias: str) -> str:
+    return f"{alias}.provider_orgnr = i.provider_orgnr AND {alias}.episode_id = i.episode_id"
+
+
+def _basis_checks() -> list[str]:
+    # All basis records: the stored ones not superseded by this file, and this file's.
+    return [
+        _failure(
+            "cross.inconsistent_demographics",
+            "error",
+            "age or sex differs from another basis record of the episode",
+            f"""EXISTS (
+                SELECT 1 FROM all_basis AS b
+                WHERE {_same_episode("b")} AND b.record_id IS DISTINCT FROM i.record_id
+                  AND (b.age IS DISTINCT FROM i.age OR b.sex IS DISTINCT FROM i.sex))""",
+        ),
+        _failure(
+            "cross.overlapping_inpatient",
+            "warning",
+            "inpatient episode overlaps another inpatient episode of the patient",
+            f"""i.treatment_type IN ({_INPATIENT}) AND i.intake_date IS NOT NULL AND EXISTS (
+                SELECT 1 FROM inpatient AS o
+                WHERE o.patient_key = i.patient_key
+                  AND NOT (o.provider_orgnr = i.provider_orgnr AND o.episode_id = i.episode_id)
+                  -- An episode without a discharge is still ongoing: open-ended.
+                  AND o.intake_date < coalesce(
+                        (SELECT min(d.discharge_date) FROM discharges AS d
+                         WHERE d.provider_orgnr = i.provider_orgnr
+                           AND d.episode_id = i.episode_id),
+                        DATE '9999-12-31')
+                  AND i.intake_date < coalesce(o.discharge_date, DATE '9999-12-31'))""",
+        ),
+    ]
+
+
+def _follow_on_checks(form: Form) -> list[str]:
+    checks = [
+        _failure(
+            "cross.no_intake",
+            "error",
+            "no intake (basis) registered for the episode",
+            f"NOT EXISTS (SELECT 1 FROM stored_basis AS b WHERE {_same_episode('b')})",
+        )
+    ]
+    if form in _EVENT_DATE:
+        event = _EVENT_DATE[form]
+        checks.append(
+            _failure(
+                "cross.before_intake",
+                "error",
+                f"{event} before the intake_date of the episode",
+                f"""EXISTS (SELECT 1 FROM stored_basis AS b
+                    WHERE {_same_episode("b")} AND i.{event} < b.intake_date)""",
+            )
+        )
+    if form is Form.DISCHARGE:
+        checks.append(
+            _failure(
+                "cross.duplicate_discharge",
+                "error",
+                "more than one discharge for the episode",
+                f"""EXISTS (SELECT 1 FROM discharges AS d
+                    WHERE {_same_episode("d")} AND d.record_id IS DISTINCT FROM i.record_id)""",
+            )
+        )
+    if form is Form.FOLLOWUP:
+        checks.append(
+            _failure(
+                "cross.followup_before_discharge",
+                "error",
+                "followup_date before the discharge_date of the episode",
+                f"""EXISTS (SELECT 1 FROM discharges AS d
+                    WHERE {_same_episode("d")} AND i.followup_date < d.discharge_date)""",
+            )
+        )
+    return checks
+
+
+def _stored(existing: Mapping[Form, pa.Table], form: Form) -> pa.Table:
+    columns = EXISTING_COLUMNS[form]
+    table = existing.get(form)
+    if table is None:
+        schema = warehouse_schema(form)
+        return pa.schema([schema.field(name) for name in columns]).empty_table()
+    return table.select(list(columns))
+
+
+def check(incoming: pa.Table, form: Form, existing: Mapping[Form, pa.Table]) -> pa.Table:
+    """Failing rows of `incoming` (typed, with `patient_key`) against the `existing` tables."""
+    if form is Form.BASIS:
+        queries = _basis_checks()
+    elif form in (Form.MEASUREMENT, Form.DISCHARGE, Form.FOLLOWUP):
+        queries = _follow_on_checks(form)
+    else:
+        return ROW_FAILURES_SCHEMA.empty_table()
+
+    numbered = incoming.append_column("row_index", pa.array(range(incoming.num_rows), pa.int64()))
+    connection = duckdb.connect(":memory:")
+    try:
+        connection.register("incoming", numbered)
+        connection.register("stored_basis_all", _stored(existing, Form.BASIS))
+        connection.register("stored_discharge_all", _stored(existing, Form.DISCHARGE))
+        # Stored records that this file re-sends are superseded: leave them out.
+        superseded = "record_id NOT IN (SELECT record_id FROM incoming WHERE record_id IS NOT NULL)"
+        if form is Form.BASIS:
+            connection.execute(
+                "CREATE TEMP VIEW stored_basis AS SELECT * FROM stored_basis_all WHERE "
+                + superseded
+            )
+            connection.execute(
+                """CREATE TEMP VIEW all_basis AS
+                SELECT record_id, episode_id, provider_orgnr, patient_key, intake_date, age, sex,
+                       treatment_type FROM stored_basis
+                UNION ALL
+                SELECT record_id, episode_id, provider_orgnr, patient_key, intake_date, age, sex,
+                       treatment_type FROM incoming"""
+            )
+        else:
+            connection.execute("CREATE TEMP VIEW stored_basis AS SELECT * FROM stored_basis_all")
+        if form is Form.DISCHARGE:
+            connection.execute(
+                f"""CREATE TEMP VIEW discharges AS
+                SELECT record_id, episode_id, provider_orgnr, discharge_date
+                FROM stored_discharge_all WHERE {superseded}
+                UNION ALL
+                SELECT record_id, episode_id, provider_orgnr, discharge_date FROM incoming"""
+            )
+        else:
+            connection.execute("CREATE TEMP VIEW discharges AS SELECT * FROM stored_discharge_all")
+        if form is Form.BASIS:
+            connection.execute(
+                f"""CREATE TEMP VIEW inpatient AS
+                SELECT b.patient_key, b.provider_orgnr, b.episode_id, b.intake_date,
+                       (SELECT min(d.discharge_date) FROM discharges AS d
+                        WHERE d.provider_orgnr = b.provider_orgnr
+                          AND d.episode_id = b.episode_id) AS discharge_date
+                FROM all_basis AS b
+                WHERE b.treatment_type IN ({_INPATIENT}) AND b.intake_date IS NOT NULL"""
+            )
+        sql = " UNION ALL ".join(queries) + ' ORDER BY row_index, "check"'
+        result = connection.sql(sql).to_arrow_table()
+    finally:
+        connection.close()
+    return result.cast(ROW_FAILURES_SCHEMA)
