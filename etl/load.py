@@ -26,7 +26,7 @@ Atomicity protocol (a load commits fully or leaves no trace, even under SIGKILL)
    `vacuum` removes it.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -42,7 +42,6 @@ from etl.privacy import guard, rekey
 from etl.read import read_extract
 from etl.warehouse import (
     QUARANTINE,
-    STORED_FORMS,
     Warehouse,
     quarantine_rows,
     values_table,
@@ -51,7 +50,7 @@ from schemas.catalog import Upload, ValidationRun
 from schemas.errors import KvarusError
 from schemas.forms import FORMS, PATIENT_KEY_COLUMN, PSEUDONYM_COLUMN, Form, warehouse_schema
 from schemas.parsing import normalise
-from validation import validate_extract
+from validation import cross_record, validate_extract
 
 Progress = Callable[[str, int], None]
 
@@ -231,25 +230,22 @@ def _split(
             cross = cross.set_column(
                 cross.schema.get_field_index("row_index"), "row_index", pa.array(original)
             )
-            failed = pa.concat_tables([failed, cross.select(FAILURE_SCHEMA.names)])
+            failed = pa.concat_tables(
+                [failed, cross.select(FAILURE_SCHEMA.names).cast(FAILURE_SCHEMA)]
+            )
             bad[original] = True
     accepted = staged.filter(pa.array(~bad))
     quarantined = quarantine_rows(form, upload_id, staged, failed)
     return _Split(accepted, quarantined, int(bad.sum()))
 
 
-def _existing(warehouse: Warehouse) -> dict[Form, pa.Table]:
-    return {form: warehouse.table(form) for form in STORED_FORMS if form is not Form.NPR_COUNTS}
-
-
 def _cross_check(incoming: pa.Table, form: Form, warehouse: Warehouse) -> pa.Table:
-    existing = _existing(warehouse)
-    if form is Form.BASIS:
-        # The file's own intakes count as existing for its episodes.
-        existing[Form.BASIS] = pa.concat_tables(
-            [existing[Form.BASIS], incoming.cast(warehouse_schema(form))]
-        )
-    return _cross(incoming, form, existing)
+    """`validation.cross_record.check` against the stored tables (only the columns it reads)."""
+    existing = {
+        stored: warehouse.table(stored).select(list(columns))
+        for stored, columns in cross_record.EXISTING_COLUMNS.items()
+    }
+    return cross_record.check(incoming, form, existing)
 
 
 def _store(
@@ -338,26 +334,3 @@ def _optout(
     )
     upload.rows_accepted = len(pseudonyms)
     upload.rows_erased = sum(erasure.rows_erased.values())
-
-
-# --- cross-record checks -----------------------------------------------------------------------
-# TODO(validation.cross_record): a stand-in holding rows whose episode has no intake
-# (`cross.no_intake`) until `validation.cross_record.check` lands; switch to it then.
-
-
-def _cross(incoming: pa.Table, form: Form, existing: Mapping[Form, pa.Table]) -> pa.Table:
-    if form in (Form.BASIS, Form.NPR_COUNTS, Form.OPTOUT):
-        return FAILURE_SCHEMA.empty_table()
-    episodes = pc.unique(existing[Form.BASIS].column("episode_id"))
-    missing = pc.invert(pc.is_in(incoming.column("episode_id"), value_set=episodes))
-    index = np.flatnonzero(np.asarray(missing, dtype=bool))
-    return pa.table(
-        {
-            "row_index": pa.array(index, pa.int64()),
-            "record_id": incoming.column("record_id").take(pa.array(index)),
-            "check": pa.array([NO_INTAKE] * len(index)),
-            "severity": pa.array(["error"] * len(index)),
-            "reason": pa.array(["no intake for the episode"] * len(index)),
-        },
-        schema=FAILURE_SCHEMA,
-    )
