@@ -505,6 +505,33 @@ def _coverage(
     return ibis.union(*parts, distinct=False)
 
 
+AGGREGATE_SCHEMA: Final = pa.schema(
+    [
+        ("year", pa.int32()),
+        ("context", pa.string()),
+        ("level", pa.string()),
+        ("orgnr", pa.string()),
+        ("unit_code", pa.string()),
+        ("numerator", pa.int64()),
+        ("denominator", pa.int64()),
+        ("measure", pa.float64()),
+    ]
+)
+
+
+def _fetch(backend: Any, engine: EngineName, expression: ir.Table) -> pa.Table:
+    """Execute an aggregate expression into Arrow.
+
+    On Spark not through ibis' `to_pyarrow`, which goes through pandas (`toPandas`): with pandas 3
+    that path fails on a deprecated `copy` keyword. Spark ≥ 4 converts to Arrow directly.
+    """
+    if engine == "duckdb":
+        return cast(pa.Table, backend.to_pyarrow(expression))
+    backend._run_pre_execute_hooks(expression)  # registers the in-memory look-up tables
+    frame = backend._session.sql(backend.compile(expression))
+    return cast(pa.Table, frame.toArrow())
+
+
 def _connect(engine: EngineName, spark_session: Any) -> Any:
     if engine == "duckdb":
         return ibis.duckdb.connect()
@@ -530,8 +557,8 @@ def aggregates(
     try:
         for definition in definitions:
             expression = _aggregate(definition, release, organisations)
-            table = backend.to_pyarrow(expression)
-            result[definition.id] = table.select(list(_AGGREGATE_COLUMNS))
+            table = _fetch(backend, engine, expression)
+            result[definition.id] = table.select(list(_AGGREGATE_COLUMNS)).cast(AGGREGATE_SCHEMA)
     finally:
         release.release()
         if engine == "duckdb":
