@@ -35,7 +35,11 @@ from validation.suites import (
     suite_version,
 )
 
+# Per check id: the indexes of the failing rows.
+Indexes = dict[str, "np.ndarray[Any, np.dtype[np.int64]]"]
 Status = Literal["passed", "failed", "not_applicable", "error"]
+STATUSES: Final[tuple[Status, ...]] = ("passed", "failed", "not_applicable", "error")
+CATEGORIES: Final[tuple[Category, ...]] = ("conformance", "completeness", "plausibility")
 
 # A report lists at most this many failing record ids per check (the full list is the quarantine).
 MAX_LISTED_RECORD_IDS: Final = 100
@@ -87,17 +91,32 @@ class ValidationResult:
     rejected: bool
     rejection_reasons: list[str]
     row_failures: pa.Table
+    # Distinct rows that fail at least one check, per Kahn category.
+    failing_rows_by_category: dict[str, int] = field(default_factory=dict)
 
     def to_report(self) -> dict[str, Any]:
-        """The result as JSON-able data: check ids, counts and record ids, never a record value."""
-        failing_rows = pc.count_distinct(self.row_failures.column("row_index")).as_py()
+        """The result as JSON-able data: check ids, counts and record ids, never a record value.
+
+        `categories` rolls the checks up per Kahn category: checks by status and the distinct
+        rows failing any of the category's checks.
+        """
+        quarantined = pc.count_distinct(self.row_failures.column("row_index")).as_py()
+        categories: dict[str, dict[str, int]] = {}
+        for category in CATEGORIES:
+            statuses = [check.status for check in self.checks if check.category == category]
+            categories[category] = {
+                "checks": len(statuses),
+                **{status: statuses.count(status) for status in STATUSES},
+                "failing_rows": self.failing_rows_by_category.get(category, 0),
+            }
         return {
             "form": self.form.value,
             "suite_version": self.suite_version,
             "rows": self.rows,
             "rejected": self.rejected,
             "rejection_reasons": list(self.rejection_reasons),
-            "quarantined_rows": int(failing_rows),
+            "quarantined_rows": int(quarantined),
+            "categories": categories,
             "checks": [asdict(check) for check in self.checks],
         }
 
@@ -151,7 +170,25 @@ def run_checks(raw: pa.Table, form: Form, checks: list[Check]) -> ValidationResu
         rejected=bool(reasons),
         rejection_reasons=reasons,
         row_failures=_row_failures(results_by_id, indexes, checks, record_ids),
+        failing_rows_by_category=_failing_rows_by_category(results, indexes, rows),
     )
+
+
+def _failing_rows_by_category(
+    results: list[CheckResult], indexes: Indexes, rows: int
+) -> dict[str, int]:
+    failing: dict[str, int] = {}
+    for category in CATEGORIES:
+        hit = np.zeros(rows, dtype=bool)
+        for result in results:
+            if result.category != category:
+                continue
+            if result.check_id == COLUMNS_CHECK_ID:
+                hit[:] = True
+            elif result.check_id in indexes:
+                hit[indexes[result.check_id]] = True
+        failing[category] = int(hit.sum())
+    return failing
 
 
 def _needs_missing(check: Check, missing: list[str]) -> bool:
@@ -198,9 +235,6 @@ def _frame(raw: pa.Table, form: Form) -> pd.DataFrame:
                 normalised.invalid[name].to_numpy(zero_copy_only=False), dtype=bool
             )
     return pd.DataFrame(columns, index=pd.RangeIndex(raw.num_rows))
-
-
-Indexes = dict[str, "np.ndarray[Any, np.dtype[np.int64]]"]
 
 
 def _run_gx(

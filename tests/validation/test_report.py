@@ -1,0 +1,124 @@
+"""Quality reports: roll-ups by category, HTML and text, and never a value from the file."""
+
+import json
+import re
+
+import pyarrow as pa
+import pytest
+
+from schemas.forms import Form
+from tests.validation.conftest import KNOWN, TODAY, raw_table
+from validation import validate_extract
+from validation.report import quality_report, render_html, render_text
+
+# Values that must never leave the file: a pseudonym, dates, scores, codes, free text.
+SENTINELS = {
+    "patient_pseudonym": "PSEUDONYM-SENTINEL-7Q",
+    "unit_code": "UNIT-SENTINEL-3K",
+    "intake_date": "17.09.2013",
+    "referral_date": "2013-08-29",
+    "audit": "+39",  # a valid score, written so that the string is unmistakable
+    "age": "AGE-SENTINEL",  # not an integer: fails age.type
+    "icd10": "F77.7",  # fails icd10.pattern
+    "clinical_study_id": "STUDY-SENTINEL-9",
+    "sex": "-813",  # fails sex.codes
+}
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, object]:
+    rows = [{}, {"record_id": "rX", **SENTINELS}, {"dudit": None}, {"dudit": None}]
+    result = validate_extract(
+        raw_table(Form.BASIS, rows), Form.BASIS, known_providers=KNOWN, today=TODAY
+    )
+    return quality_report(result)
+
+
+def test_roll_ups_by_category(report: dict[str, object]) -> None:
+    assert report["categories"] == {
+        # 13 type, 7 codes, 3 pattern, unique, known; age.type, sex.codes, icd10.pattern fail
+        # on row rX
+        "conformance": {
+            "checks": 25,
+            "passed": 22,
+            "failed": 3,
+            "not_applicable": 0,
+            "error": 0,
+            "failing_rows": 1,
+        },
+        # 15 required, 5 optional; dudit filled in 2 of 4 rows: 50 % missing is tolerated
+        "completeness": {
+            "checks": 20,
+            "passed": 20,
+            "failed": 0,
+            "not_applicable": 0,
+            "error": 0,
+            "failing_rows": 2,
+        },
+        # 4 ranges, 2 future dates, referral after intake
+        "plausibility": {
+            "checks": 7,
+            "passed": 7,
+            "failed": 0,
+            "not_applicable": 0,
+            "error": 0,
+            "failing_rows": 0,
+        },
+    }
+    assert report["quarantined_rows"] == 1
+    assert report["rejected"] is False
+
+
+def test_report_is_json_and_names_record_ids_not_values(report: dict[str, object]) -> None:
+    text = json.dumps(report)
+    html = render_html(report, failing_ids_url="/uploads/7/failing")
+    plain = render_text(report)
+    for value in SENTINELS.values():
+        for output in (text, html, plain):
+            assert value not in output
+    assert '"rX"' in text
+    assert "rX" in html
+    assert "rX" in plain
+
+
+def test_html_is_self_contained_without_scripts(report: dict[str, object]) -> None:
+    html = render_html(report)
+    assert "<script" not in html.lower()
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)
+    assert "<link" not in html.lower()
+    assert "icd10.pattern" in html
+    assert report["suite_version"] in html
+
+
+def test_failing_ids_link_only_when_the_list_is_capped() -> None:
+    raw = raw_table(Form.BASIS, [{"severity": "7"}] * 101 + [{}])
+    result = validate_extract(raw, Form.BASIS, known_providers=KNOWN, today=TODAY)
+    html = render_html(quality_report(result), failing_ids_url="/uploads/7/failing")
+    assert html.count('href="/uploads/7/failing?check=') == 1
+    assert 'href="/uploads/7/failing?check=severity.range">all 101</a>' in html
+    assert "(first 100 of 101)" in render_html(quality_report(result))
+
+
+def test_html_escapes_what_it_shows() -> None:
+    # A record id is shown, so it must be escaped.
+    raw = raw_table(Form.BASIS, [{"record_id": "<b>x</b>", "age": "7"}])
+    result = validate_extract(raw, Form.BASIS, known_providers=KNOWN, today=TODAY)
+    html = render_html(quality_report(result))
+    assert "&lt;b&gt;x&lt;/b&gt;" in html
+    assert "<b>x</b>" not in html
+
+
+def test_text_report_lists_failed_checks() -> None:
+    raw = raw_table(Form.BASIS, [{"age": "7"}, {}])
+    text = render_text(
+        quality_report(validate_extract(raw, Form.BASIS, known_providers=KNOWN, today=TODAY))
+    )
+    assert text.splitlines()[0].endswith("accepted; 1 row(s) to quarantine")
+    assert "failed         error   age.range: 1 (50.00 %, tolerated 0 %) record ids: r1" in text
+
+
+def test_an_empty_row_failures_table_reports_zero() -> None:
+    raw = raw_table(Form.BASIS, [{}])
+    result = validate_extract(raw, Form.BASIS, known_providers=KNOWN, today=TODAY)
+    assert result.row_failures.schema.field("row_index").type == pa.int64()
+    assert quality_report(result)["quarantined_rows"] == 0
