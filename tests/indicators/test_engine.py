@@ -363,3 +363,47 @@ def test_whole_catalogue_writes_and_reads(tiny: Factory, tmp_path: Path) -> None
     path = tmp_path / "out" / "indicators.parquet"
     results.write(table, path)
     assert results.read(path).equals(table)
+
+
+def test_cli_computes_latest_release_and_records_the_run(
+    tiny: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlmodel import Session, select
+    from typer.testing import CliRunner
+
+    from schemas.catalog import IndicatorRun, Release
+    from service.cli import app
+    from service.database import make_engine
+    from service.settings import Settings
+
+    data_dir = tmp_path / "var"
+    monkeypatch.setenv("KVARUS_DATA_DIR", str(data_dir))
+    release = tiny()
+    for i in range(5):
+        release.basis(f"b{i}", research_consent=1 if i < 3 else 0)
+    for number in (1, 2):
+        manifest_path = data_dir / "releases" / str(number) / "manifest.json"
+        manifest_path.parent.mkdir(parents=True)
+        release.manifest(number).write(manifest_path)
+    engine = make_engine(Settings(data_dir=data_dir))
+    with Session(engine) as session:
+        for number in (1, 2):
+            session.add(Release(number=number, manifest_path="manifest.json"))
+        session.commit()
+    out = tmp_path / "results.json"
+    result = CliRunner().invoke(app, ["indicators", "--format", "json", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    stored = results.read(data_dir / "releases" / "2" / "indicators.parquet")
+    assert set(stored.column("release").to_pylist()) == {2}
+    rows = stored.to_pylist()
+    # 5 intakes in Bergen 2022, consent in 3.
+    assert counts(pick(rows, "research_consent", 2022, "provider", BERGEN)) == (3, 5)
+    import json
+
+    written = json.loads(out.read_text(encoding="utf-8"))
+    assert len(written) == stored.num_rows
+    with Session(engine) as session:
+        runs = session.exec(select(IndicatorRun)).all()
+    assert [(r.release, r.engine, r.rows) for r in runs] == [(2, "duckdb", stored.num_rows)]
+    missing = CliRunner().invoke(app, ["indicators", "--release", "7"])
+    assert missing.exit_code == 1
