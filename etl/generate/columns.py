@@ -92,6 +92,21 @@ def format_dates(days: np.ndarray) -> pa.StringArray:
     )
 
 
+def _as_text(values: np.ndarray, render: "type[int] | None" = None) -> pa.Array:
+    """Integers (or, with `render` None, days) as text: formatted once per distinct value in the
+    chunk's range and taken, which is many times faster than casting every value."""
+    if values.size == 0:
+        return pa.array([], pa.string())
+    low, high = int(values.min()), int(values.max())
+    if high - low > 100_000:
+        if render is None:
+            return format_dates(values)
+        return pc.cast(pa.array(values), pa.string())
+    span = np.arange(low, high + 1)
+    vocabulary = format_dates(span) if render is None else pa.array([str(v) for v in span.tolist()])
+    return vocabulary.take(pa.array(values - low))
+
+
 @dataclass
 class Rows:
     """The rows of one form. `columns` in the form's column order; `texts` gives the vocabulary of
@@ -160,14 +175,12 @@ class Rows:
         out: dict[str, pa.Array] = {}
         for name in self.columns:
             array = self.arrow(name, pseudonym_key)
-            if pa.types.is_date32(array.type):
-                text = format_dates(self.columns[name])
+            if not pa.types.is_string(array.type):
+                text = _as_text(self.columns[name], None if pa.types.is_date32(array.type) else int)
                 mask = self.nulls.get(name)
                 if mask is not None and mask.any():
                     text = pc.if_else(pa.array(mask), pa.scalar(None, pa.string()), text)
                 array = text
-            elif not pa.types.is_string(array.type):
-                array = pc.cast(array, pa.string())
             if name in self.raw:
                 positions, values = self.raw[name]
                 replace = np.zeros(len(self), dtype=bool)

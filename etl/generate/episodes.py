@@ -27,7 +27,7 @@ SUBSTANCES: Final = (
 )
 # ICD-10 F1x by primary substance: alcohol F10, cannabis F12, opioids F11, stimulants F15,
 # sedatives F13, polysubstance F19, other F18.
-ICD10_OF_SUBSTANCE: Final = {1: 0, 2: 2, 3: 1, 4: 5, 5: 3, 6: 9, 9: 8}
+ICD10_OF_SUBSTANCE: Final = np.array([0, 0, 2, 1, 5, 3, 9, 0, 0, 8])  # index: substance code
 HOUSING: Final = (np.array([1, 2, 3, 4, 5, 9]), np.array([0.35, 0.30, 0.12, 0.07, 0.08, 0.08]))
 UNSTABLE_HOUSING: Final = (np.array([3, 4, 5, 9]), np.array([0.35, 0.2, 0.25, 0.2]))
 EMPLOYMENT: Final = (np.array([1, 2, 3, 4, 9]), np.array([0.25, 0.05, 0.40, 0.22, 0.08]))
@@ -158,7 +158,7 @@ def simulate(
 
     substance = pick(rng, SUBSTANCES, n)
     substance = np.where(treatment == 5, 3, substance)
-    icd_base = np.vectorize(ICD10_OF_SUBSTANCE.__getitem__, otypes=[np.int64])(substance)
+    icd_base = ICD10_OF_SUBSTANCE[substance]
     decimal = np.where(rng.random(n) < 0.7, 2, np.where(rng.random(n) < 0.8, 1, 10))
     icd10 = icd_base * 11 + decimal  # index into ICD10_CODES
 
