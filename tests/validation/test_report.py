@@ -2,6 +2,7 @@
 
 import json
 import re
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -26,15 +27,20 @@ SENTINELS = {
 
 
 @pytest.fixture(scope="module")
-def report() -> dict[str, object]:
-    rows = [{}, {"record_id": "rX", **SENTINELS}, {"dudit": None}, {"dudit": None}]
+def report() -> dict[str, Any]:
+    rows: list[dict[str, Any]] = [
+        {},
+        {"record_id": "rX", **SENTINELS},
+        {"dudit": None},
+        {"dudit": None},
+    ]
     result = validate_extract(
         raw_table(Form.BASIS, rows), Form.BASIS, known_providers=KNOWN, today=TODAY
     )
     return quality_report(result)
 
 
-def test_roll_ups_by_category(report: dict[str, object]) -> None:
+def test_roll_ups_by_category(report: dict[str, Any]) -> None:
     assert report["categories"] == {
         # 13 type, 7 codes, 3 pattern, unique, known; age.type, sex.codes, icd10.pattern fail
         # on row rX
@@ -69,7 +75,7 @@ def test_roll_ups_by_category(report: dict[str, object]) -> None:
     assert report["rejected"] is False
 
 
-def test_report_is_json_and_names_record_ids_not_values(report: dict[str, object]) -> None:
+def test_report_is_json_and_names_record_ids_not_values(report: dict[str, Any]) -> None:
     text = json.dumps(report)
     html = render_html(report, failing_ids_url="/uploads/7/failing")
     plain = render_text(report)
@@ -81,7 +87,7 @@ def test_report_is_json_and_names_record_ids_not_values(report: dict[str, object
     assert "rX" in plain
 
 
-def test_html_is_self_contained_without_scripts(report: dict[str, object]) -> None:
+def test_html_is_self_contained_without_scripts(report: dict[str, Any]) -> None:
     html = render_html(report)
     assert "<script" not in html.lower()
     assert not re.search(r"(src|href)=\"(https?:)?//", html)
