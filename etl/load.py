@@ -194,7 +194,10 @@ def stage(typed: pa.Table, form: Form, *, key: bytes, upload_id: int) -> pa.Tabl
     columns: dict[str, pa.Array | pa.ChunkedArray] = {}
     for name in typed.column_names:
         if name == PSEUDONYM_COLUMN:
-            columns[PATIENT_KEY_COLUMN] = rekey(typed.column(name).combine_chunks(), key)
+            # HMAC each distinct pseudonym once (patients have several records), then spread.
+            encoded = pc.dictionary_encode(typed.column(name).combine_chunks())
+            keys = rekey(encoded.dictionary, key)
+            columns[PATIENT_KEY_COLUMN] = pc.take(keys, encoded.indices)
         else:
             columns[name] = typed.column(name)
     if spec.year_column is not None:
@@ -220,7 +223,7 @@ def _split(
     bad = np.zeros(staged.num_rows, dtype=bool)
     bad[failed.column("row_index").to_numpy()] = True
     candidates_index = np.flatnonzero(~bad)
-    candidates = staged.take(pa.array(candidates_index))
+    candidates = staged if failed.num_rows == 0 else staged.take(pa.array(candidates_index))
     if form is not Form.NPR_COUNTS and candidates.num_rows > 0:
         cross = _cross_check(candidates, form, warehouse)
         cross = cross.filter(pc.equal(cross.column("severity"), "error"))
@@ -234,7 +237,7 @@ def _split(
                 [failed, cross.select(FAILURE_SCHEMA.names).cast(FAILURE_SCHEMA)]
             )
             bad[original] = True
-    accepted = staged.filter(pa.array(~bad))
+    accepted = staged if not bad.any() else staged.filter(pa.array(~bad))
     quarantined = quarantine_rows(form, upload_id, staged, failed)
     return _Split(accepted, quarantined, int(bad.sum()))
 
