@@ -92,6 +92,22 @@ class _Release:
         self.spark_session = spark_session
         self._tables: dict[str, ir.Table] = {}
         self._cached: list[Any] = []
+        self._scratch: list[str] = []
+
+    def scratch(self, table: ir.Table) -> ir.Table:
+        """Materialise a table that one indicator's expression reads at every level (DuckDB
+        does not share the repeated subquery); dropped by `clear_scratch` after the indicator."""
+        if self.engine != "duckdb":
+            return table
+        name = f"kvarus_scratch_{len(self._scratch)}"
+        self.backend.create_table(name, obj=table, temp=True)
+        self._scratch.append(name)
+        return cast(ir.Table, self.backend.table(name))
+
+    def clear_scratch(self) -> None:
+        for name in self._scratch:
+            self.backend.raw_sql(f"DROP TABLE IF EXISTS {name}")
+        self._scratch.clear()
 
     def _cache(self, table: ir.Table) -> ir.Table:
         """Materialise an intermediate table used by several indicators (DuckDB: a temporary
@@ -304,6 +320,47 @@ def _population(definition: IndicatorDefinition, release: _Release) -> ir.Table:
     ).filter(lambda t: t.year.notnull())
 
 
+def case_mix_rows(
+    manifest: ReleaseManifest,
+    definition: IndicatorDefinition,
+    *,
+    engine: EngineName = "duckdb",
+    spark_session: Any = None,
+) -> pa.Table:
+    """One row per population unit of an (episode) indicator: year, provider_orgnr, age, sex,
+    treatment_type (the episode's intake) and outcome (0/1), for indirect standardisation."""
+    backend = _connect(engine, spark_session)
+    release = _Release(manifest, backend, engine, spark_session)
+    try:
+        population = definition.population
+        if population.first_per_episode is not None:
+            table = release.first_per_episode(population.table, population.first_per_episode)
+        else:
+            table = release.enriched(population.table)
+        keep = _all(table, population.where)
+        if keep is not None:
+            table = table.filter(keep)
+        outcome = (
+            _all(table, definition.numerator.where) if definition.numerator is not None else None
+        )
+        expression = table.select(
+            year=table[definition.year_column].year().cast("int32"),
+            provider_orgnr=table.provider_orgnr,
+            age=table.age.cast("int64"),
+            sex=table.sex.cast("int64"),
+            treatment_type=table.treatment_type.cast("int64"),
+            outcome=outcome.cast("int64") if outcome is not None else ibis.literal(0, "int64"),
+        )
+        if engine == "duckdb":
+            return cast(pa.Table, backend.to_pyarrow(expression))
+        backend._run_pre_execute_hooks(expression)
+        return cast(pa.Table, backend._session.sql(backend.compile(expression)).toArrow())
+    finally:
+        release.release()
+        if engine == "duckdb":
+            backend.disconnect()
+
+
 def _organisations(hierarchy: Hierarchy) -> tuple[ir.Table, ir.Table]:
     """Look-up tables: provider → (hf, rhf) and home HF → (hf, rhf)."""
     providers: list[tuple[str, str | None, str | None]] = []
@@ -391,7 +448,7 @@ def _aggregate(
         finest = rows.group_by(cell).agg(
             n=rows.count(), num=rows.num.sum(), total=rows.measure.sum()
         )
-    table = _with_levels(finest, organisations)
+    table = release.scratch(_with_levels(finest, organisations))
     parts = []
     for context, level in _levels_of(definition):
         _, _, keep = _level_keys(table, context, level)
@@ -559,7 +616,9 @@ def aggregates(
             expression = _aggregate(definition, release, organisations)
             table = _fetch(backend, engine, expression)
             result[definition.id] = table.select(list(_AGGREGATE_COLUMNS)).cast(AGGREGATE_SCHEMA)
+            release.clear_scratch()
     finally:
+        release.clear_scratch()
         release.release()
         if engine == "duckdb":
             backend.disconnect()

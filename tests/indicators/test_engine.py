@@ -407,3 +407,48 @@ def test_cli_computes_latest_release_and_records_the_run(
     assert [(r.release, r.engine, r.rows) for r in runs] == [(2, "duckdb", stored.num_rows)]
     missing = CliRunner().invoke(app, ["indicators", "--release", "7"])
     assert missing.exit_code == 1
+
+
+def test_variation_report_crude_and_standardised(tiny: Factory) -> None:
+    from indicators.variation_report import variation_report
+
+    release = tiny()
+    for i in range(10):
+        release.discharge(f"b{i}", BERGEN, end_reason=1)
+        release.discharge(f"s{i}", STAVANGER, end_reason=1 if i < 2 else 2)
+        release.discharge(f"v{i}", VESTLY, end_reason=1 if i < 8 else 2)
+    manifest = release.manifest()
+    catalogue = [CATALOGUE["mutual_end"]]
+    table = compute(manifest, hierarchy=Hierarchy.default(), catalogue=catalogue)
+    [entry] = variation_report(manifest, table, catalogue=catalogue)
+    # Rates 1.0, 0.2, 0.8: EQ1 = 1.0 / 0.2 = 5; mean 2/3, sample sd √(0.346667/2) = 0.416333,
+    # CV = 0.624500. θ = 20/30; expected 10θ each; SCV = 100·(mean((O−E)²/E²) − mean(1/E))
+    # = 100·((0.25 + 0.49 + 0.04)/3 − 0.15) = 11.0.
+    assert entry["method"] == "crude"
+    assert entry["variation"]["extremal_quotients"]["eq1"] == pytest.approx(5.0)
+    assert entry["variation"]["coefficient_of_variation"] == pytest.approx(0.624500, abs=1e-6)
+    assert entry["variation"]["systematic_component"] == pytest.approx(11.0)
+    assert [p["orgnr"] for p in entry["funnel_points"]] == [STAVANGER, BERGEN, VESTLY]
+    assert entry["funnel_limits"]["denominator"][-1] == 10.0
+
+
+def test_variation_report_standardises_outcomes(tiny: Factory) -> None:
+    from indicators.variation_report import variation_report
+
+    release = tiny()
+    # Stable housing; Bergen: 4 young (18-24) patients, 3 stable; Stavanger: 4 older (45-54), 1.
+    # Strata rates: 18-24 3/4, 45-54 1/4 (each stratum at one provider only), so O = E at both
+    # providers: ratio 1, standardised rate = national crude 4/8 = 0.5 for both.
+    for i in range(4):
+        release.basis(f"b{i}", age=20).followup(f"b{i}", housing=1 if i < 3 else 4)
+        release.basis(f"s{i}", STAVANGER, age=50)
+        release.followup(f"s{i}", STAVANGER, housing=2 if i < 1 else 4)
+    manifest = release.manifest()
+    catalogue = [CATALOGUE["stable_housing"].model_copy(update={"min_denominator": 1})]
+    table = compute(manifest, hierarchy=Hierarchy.default(), catalogue=catalogue)
+    [entry] = variation_report(manifest, table, catalogue=catalogue)
+    assert entry["method"] == "indirectly_standardised"
+    assert entry["variation"]["extremal_quotients"]["eq1"] == pytest.approx(1.0)
+    assert entry["variation"]["coefficient_of_variation"] == pytest.approx(0.0)
+    # Crude rates differ (0.75 vs 0.25): the funnel points stay crude.
+    assert [p["value"] for p in entry["funnel_points"]] == [0.25, 0.75]
