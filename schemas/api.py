@@ -209,7 +209,9 @@ class AggregateCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    release: int | None = Field(default=None, ge=1, description="Default: the latest release")
+    release: int | None = Field(
+        default=None, ge=1, le=2**31, description="Default: the latest release"
+    )
     measures: list[Measure] = Field(min_length=1, max_length=5)
     dimensions: list[Dimension] = Field(min_length=1, max_length=3)
     filters: dict[Dimension, list[str]] = Field(

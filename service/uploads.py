@@ -6,8 +6,6 @@ ledger row, which the request row then points at (`loaded_as`) and mirrors (stat
 """
 
 import hashlib
-import html
-import importlib
 import logging
 import tempfile
 from pathlib import Path
@@ -178,15 +176,7 @@ def list_uploads(
 
 
 def render_report(report: dict[str, object]) -> str:
-    """The quality report as HTML: `validation.report.render_html` once it exists, else a table."""
-    try:
-        module = importlib.import_module("validation.report")
-    except ImportError:
-        module = None
-    if module is not None and hasattr(module, "render_html"):
-        return str(module.render_html(report))
-    rows = "".join(
-        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>"
-        for key, value in report.items()
-    )
-    return f"<!doctype html><title>Quality report</title><table>{rows}</table>"
+    """The quality report as one self-contained HTML page (validation's own template)."""
+    from validation.report import render_html  # the validation package loads on first use
+
+    return render_html(dict(report))

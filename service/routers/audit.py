@@ -18,7 +18,7 @@ def list_audit_events(
     _: RegistryDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
     subject: Annotated[str | None, Query(max_length=200)] = None,
     route: Annotated[str | None, Query(max_length=200)] = None,
     status: Annotated[int | None, Query(ge=100, le=599)] = None,

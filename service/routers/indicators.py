@@ -3,6 +3,7 @@
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
+from pydantic import Field
 
 from indicators.catalogue import load_catalogue
 from schemas.api import (
@@ -20,7 +21,10 @@ from service.errors import problem_responses
 
 router = APIRouter(tags=["indicators"])
 
-ReleaseQuery = Annotated[int | None, Query(ge=1, description="Release number; default the latest")]
+ReleaseQuery = Annotated[
+    int | None, Query(ge=1, le=2**31, description="Release number; default the latest")
+]
+Year = Annotated[int, Field(ge=1900, le=2200)]
 ContextQuery = Annotated[Literal["caregiver", "resident"], Query()]
 
 
@@ -59,7 +63,7 @@ def list_results(
     settings: SettingsDep,
     release: ReleaseQuery = None,
     indicator: Annotated[str | None, Query(max_length=64)] = None,
-    year: Annotated[list[int] | None, Query(description="Repeatable")] = None,
+    year: Annotated[list[Year] | None, Query(description="Repeatable")] = None,
     level: Annotated[Literal["nation", "rhf", "hf", "provider", "unit"] | None, Query()] = None,
     orgnr: Annotated[str | None, Query(pattern=r"^[0-9]{1,9}$")] = None,
     context: Annotated[Literal["caregiver", "resident"] | None, Query()] = None,

@@ -1,6 +1,8 @@
 """Releases: list, describe and publish numbered, immutable versions of the register."""
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
 
 from schemas.api import ReleaseCreate, ReleaseDetail, ReleasePublic, TablePublic
 from schemas.catalog import Release
@@ -31,7 +33,11 @@ def list_releases(request: Request, _: PrincipalDep, session: SessionDep) -> lis
 
 @router.get("/{number}", response_model=ReleaseDetail, responses=problem_responses(401, 404, 422))
 def get_release(
-    request: Request, number: int, _: PrincipalDep, session: SessionDep, settings: SettingsDep
+    request: Request,
+    number: Annotated[int, Path(ge=1, le=2**31)],
+    _: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> ReleaseDetail:
     """A release's manifest summary: tables, Delta versions and row counts."""
     release = published.get_release(session, number)

@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, BackgroundTasks, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse
 
 from schemas.api import UploadAccepted, UploadDetail, UploadPage, UploadPublic
@@ -14,6 +14,9 @@ from service.deps import RegistryDep, SessionDep, SettingsDep, StaffDep
 from service.errors import problem_responses
 
 router = APIRouter(prefix="/uploads", tags=["uploads"])
+
+# Catalog ids are 64-bit integers: anything larger is a 422, not an overflow in the database.
+UploadId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 def _public(upload: Upload) -> UploadPublic:
@@ -72,7 +75,7 @@ def list_uploads(
     principal: StaffDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
     form: ExtractForm | None = None,
     status: Annotated[str | None, Query(max_length=20)] = None,
     provider: Annotated[str | None, Query(pattern=r"^[0-9]{9}$")] = None,
@@ -95,7 +98,7 @@ def list_uploads(
     "/{upload_id}", response_model=UploadDetail, responses=problem_responses(401, 403, 404, 422)
 )
 def get_upload(
-    request: Request, upload_id: int, principal: StaffDep, session: SessionDep
+    request: Request, upload_id: UploadId, principal: StaffDep, session: SessionDep
 ) -> UploadDetail:
     """An upload's status, row counts and quality report."""
     upload = uploads.visible_upload(session, upload_id, principal)
@@ -113,7 +116,7 @@ def get_upload(
     responses=problem_responses(401, 403, 404, 422),
 )
 def get_upload_report(
-    request: Request, upload_id: int, principal: StaffDep, session: SessionDep
+    request: Request, upload_id: UploadId, principal: StaffDep, session: SessionDep
 ) -> HTMLResponse:
     """An upload's quality report as a web page."""
     upload = uploads.visible_upload(session, upload_id, principal)
