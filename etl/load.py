@@ -245,7 +245,7 @@ def _split(
 def _cross_check(incoming: pa.Table, form: Form, warehouse: Warehouse) -> pa.Table:
     """`validation.cross_record.check` against the stored tables (only the columns it reads)."""
     existing = {
-        stored: warehouse.table(stored).select(list(columns))
+        stored: warehouse.table(stored, columns)
         for stored, columns in cross_record.EXISTING_COLUMNS.items()
     }
     return cross_record.check(incoming, form, existing)
@@ -285,7 +285,7 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
     blocked = set(
         zip(other.column("form").to_pylist(), other.column("record_id").to_pylist(), strict=False)
     )
-    basis_episodes = pc.unique(warehouse.table(Form.BASIS).column("episode_id"))
+    basis_episodes = pc.unique(warehouse.table(Form.BASIS, ["episode_id"]).column("episode_id"))
     released = 0
     for form in (Form.MEASUREMENT, Form.DISCHARGE, Form.FOLLOWUP):
         rows = held.filter(

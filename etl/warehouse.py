@@ -176,29 +176,47 @@ class Warehouse:
             yield
 
     # -- reading ----------------------------------------------------------------------------
-    def read(self, table: str, files: Sequence[str] | None = None) -> pa.Table:
-        """The table's current rows (or those of `files`) as Arrow, in the table's schema."""
+    def read(
+        self,
+        table: str,
+        files: Sequence[str] | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pa.Table:
+        """The table's current rows (or those of `files`) as Arrow, in the table's schema (or
+        only `columns` of it)."""
         schema = schema_of(table)
+        if columns is not None:
+            schema = pa.schema([schema.field(name) for name in columns])
         uris = list(files) if files is not None else self.files(table)
         if not uris:
             return schema.empty_table()
-        columns = ", ".join(f'"{name}"' for name in schema.names)
+        selected = ", ".join(f'"{name}"' for name in schema.names)
         connection = duckdb.connect()
         try:
             result = connection.sql(
-                f"SELECT {columns} FROM read_parquet($files, hive_partitioning=true)",  # noqa: S608
+                f"SELECT {selected} FROM read_parquet($files, hive_partitioning=true)",  # noqa: S608
                 params={"files": uris},
             ).to_arrow_table()
         finally:
             connection.close()
         return result.cast(schema)
 
-    def table(self, form: Form) -> pa.Table:
+    def table(self, form: Form, columns: Sequence[str] | None = None) -> pa.Table:
         """A stored form's current rows (for cross-record checks)."""
-        return self.read(form.value)
+        return self.read(form.value, columns=columns)
 
     def count(self, table: str) -> int:
-        return int(self.read(table).num_rows)
+        files = self.files(table)
+        if not files:
+            return 0
+        connection = duckdb.connect()
+        try:
+            rows = connection.sql(
+                "SELECT count(*) FROM read_parquet($files)", params={"files": files}
+            ).fetchall()
+        finally:
+            connection.close()
+        return int(rows[0][0])
 
     # -- writing ----------------------------------------------------------------------------
     def write(self, form: Form, rows: pa.Table, *, upload_id: int | None) -> WriteCounts:
