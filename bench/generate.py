@@ -40,9 +40,8 @@ def main() -> None:
     print(f"episodes: {args.episodes:,}  format: {args.format}  error rate: {args.error_rate}")
     for form, count in summary.rows.items():
         print(f"  {form.value:<12} {count:>12,} rows")
-    print(
-        f"time: {elapsed:.1f} s  ({args.episodes / elapsed:,.0f} episodes/s, {rows / elapsed:,.0f} rows/s)"
-    )
+    rate = f"{args.episodes / elapsed:,.0f} episodes/s, {rows / elapsed:,.0f} rows/s"
+    print(f"time: {elapsed:.1f} s  ({rate})")
     print(f"peak memory (ru_maxrss): {peak_mib:,.0f} MiB")
     print(f"output: {size / 2**20:,.0f} MiB")
     if args.out is None:

@@ -193,9 +193,16 @@ def digests(directory: Path) -> dict[str, str]:
 def test_every_form_conforms_to_the_data_dictionary(
     tmp_path: Path, file_format: FileFormat
 ) -> None:
+    calls: list[int] = []
     summary = generate_register(
-        tmp_path, episodes=400, seed=3, file_format=file_format, chunk_episodes=150
+        tmp_path,
+        episodes=400,
+        seed=3,
+        file_format=file_format,
+        chunk_episodes=150,
+        progress=calls.append,
     )
+    assert calls == [150, 150, 100]  # episodes finished per chunk
     rows = read_register(tmp_path, file_format)
     assert summary.as_of == AS_OF
     for form in Form:
