@@ -504,6 +504,19 @@ def test_realistic_figures(register_20k: Path) -> None:
     )
     assert len(coverage) == len(_query(d, "select * from npr_counts"))
     assert all(0.40 <= c <= 0.95 for _, _, c in coverage)
+    assert min(c for _, _, c in coverage) < 0.5
+    assert max(c for _, _, c in coverage) > 0.9
+    # Waiting days vary: some providers' median wait is far above the nation's, some far below.
+    [(national,)] = _query(d, "select median(intake_date - referral_date) from basis")
+    medians = [
+        m
+        for _, m in _query(
+            d, "select provider_orgnr, median(intake_date - referral_date) from basis group by 1"
+        )
+    ]
+    assert 15 <= national <= 45
+    assert max(medians) > 2.5 * national
+    assert min(medians) < national / 2
     [(followed,)] = _query(d, "select (select count(*) from followup) / count(*) from basis")
     assert 0.2 <= followed <= 0.4
     statuses = _query(d, "select distinct followup_status from followup order by 1")
@@ -541,6 +554,17 @@ INDICATORS = {
                and status = 1""",
     "stable_housing": """select provider_orgnr o, (housing in (1, 2))::int x from followup
                          where followup_status = 1 and housing is not null""",
+    "benefit": """select provider_orgnr o, (benefit >= 4)::int x from measurement
+               qualify row_number() over (partition by episode_id order by measure_date) = 1
+               and status = 1 and benefit is not null""",
+    "reduced_use": """select f.provider_orgnr o, (f.use_days_30 < m.use_days_30)::int x
+                      from followup f join (
+                          select episode_id, use_days_30 from measurement
+                          qualify row_number() over (
+                              partition by episode_id order by measure_date) = 1) m
+                      using (episode_id)
+                      where f.followup_status = 1 and f.use_days_30 is not null
+                        and m.use_days_30 is not null""",
 }
 
 
