@@ -95,6 +95,32 @@ def results_table(settings: Settings, number: int) -> pa.Table:
 
 
 @dataclass(frozen=True)
+class Answer:
+    body: bytes
+    rows: int
+
+
+# Rendered answers by (results table, ETag): the ETag already holds release, query and scope,
+# and the table object changes when its file does. Bounded: the oldest entry goes first.
+MAX_ANSWERS: Final = 1024
+# Each entry keeps its table alive, so an id cannot be reused by another table meanwhile.
+_answers: dict[tuple[int, str], tuple[pa.Table, Answer]] = {}
+
+
+def cached_answer(table: pa.Table, tag: str) -> Answer | None:
+    with _cache_lock:
+        entry = _answers.get((id(table), tag))
+    return entry[1] if entry is not None and entry[0] is table else None
+
+
+def remember_answer(table: pa.Table, tag: str, answer: Answer) -> None:
+    with _cache_lock:
+        if len(_answers) >= MAX_ANSWERS:
+            del _answers[next(iter(_answers))]
+        _answers[(id(table), tag)] = (table, answer)
+
+
+@dataclass(frozen=True)
 class ResultQuery:
     indicator: str | None = None
     years: tuple[int, ...] = ()

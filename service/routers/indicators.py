@@ -83,16 +83,22 @@ def list_results(
     if if_none_match is not None and tag in {t.strip() for t in if_none_match.split(",")}:
         audit.note(request, rows=0)
         return Response(status_code=304, headers={"ETag": tag})
-    rows = sorted(
-        published.select_results(published.results_table(settings, number), query, principal),
-        key=published.sort_key,
-    )
-    audit.note(request, rows=len(rows))
     headers = {"ETag": tag, "Cache-Control": "private, max-age=60", "Vary": "Authorization"}
+    media_type = "text/csv" if as_csv else "application/json"
+    table = published.results_table(settings, number)
+    cached = published.cached_answer(table, tag)
+    if cached is not None:
+        audit.note(request, rows=cached.rows)
+        return Response(cached.body, media_type=media_type, headers=headers)
+    rows = sorted(published.select_results(table, query, principal), key=published.sort_key)
+    audit.note(request, rows=len(rows))
     if as_csv:
-        return Response(published.to_csv(rows), media_type="text/csv", headers=headers)
-    page = IndicatorResultPage(release=number, items=[IndicatorResultPublic(**r) for r in rows])
-    return Response(page.model_dump_json(), media_type="application/json", headers=headers)
+        body = published.to_csv(rows).encode()
+    else:
+        page = IndicatorResultPage(release=number, items=[IndicatorResultPublic(**r) for r in rows])
+        body = page.model_dump_json().encode()
+    published.remember_answer(table, tag, published.Answer(body=body, rows=len(rows)))
+    return Response(body, media_type=media_type, headers=headers)
 
 
 @router.get(
