@@ -9,8 +9,10 @@ from pathlib import Path
 import pyarrow.compute as pc
 from sqlmodel import Session, select
 
+from etl.generate.register import generate_register
 from etl.load import load_file
 from etl.privacy import is_identity_number
+from etl.read import read_extract
 from etl.warehouse import QUARANTINE, Warehouse
 from schemas.catalog import Upload, ValidationRun
 from schemas.forms import Form
@@ -201,3 +203,46 @@ def test_npr_counts_merge_on_provider_and_year(
         {"provider_orgnr": PROVIDER_B, "year": 2024, "episodes": 50},
     ]
     assert pc.sum(stored.column("episodes")).as_py() == 180
+
+
+def test_generated_register_quarantines_exactly_the_planted_errors(
+    tmp_path: Path, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    summary = generate_register(tmp_path / "gen", episodes=300, seed=7, error_rate=0.05)
+    planted: dict[str, dict[str, list[str]]] = json.loads(summary.planted_errors.read_text())
+    today = summary.as_of
+    for form in (Form.BASIS, Form.MEASUREMENT, Form.DISCHARGE, Form.FOLLOWUP, Form.NPR_COUNTS):
+        upload = load_file(
+            summary.paths[form], form, warehouse=warehouse, session=session, key=key,
+            known_providers=KNOWN, today=today,
+        )  # fmt: skip
+        wrong = {rid for rids in planted.get(form.value, {}).values() for rid in rids}
+        assert upload.status == "loaded"
+        assert upload.rows_read == summary.rows[form]
+        assert upload.rows_quarantined == len(wrong)
+        assert upload.rows_accepted == summary.rows[form] - len(wrong)
+    session.commit()
+
+    quarantine = warehouse.read(QUARANTINE).to_pylist()
+    found = {(row["form"], row["record_id"], row["check"]) for row in quarantine}
+    for name, checks in planted.items():
+        expected = {(name, rid, check) for check, rids in checks.items() for rid in rids}
+        assert expected <= found  # every planted error is quarantined under its own check
+        assert {r for f, r, _ in found if f == name} == {r for _, r, _ in expected}
+
+    # The optout file erases its patients everywhere, quarantine included.
+    optout = read_extract(summary.paths[Form.OPTOUT], Form.OPTOUT)
+    keys = {_hmac(key, p) for p in optout.column("patient_pseudonym").to_pylist()}
+    tables = ("basis", "measurement", "discharge", "followup", QUARANTINE)
+    before = {t: warehouse.count(t) for t in tables}
+    upload = load_file(
+        summary.paths[Form.OPTOUT], Form.OPTOUT, warehouse=warehouse, session=session, key=key,
+        known_providers=KNOWN, today=today,
+    )  # fmt: skip
+    session.commit()
+    after = {t: warehouse.count(t) for t in before}
+    assert upload.rows_erased == sum(before.values()) - sum(after.values())
+    assert upload.rows_erased > 0
+    for table in tables:
+        stored = set(warehouse.read(table, columns=["patient_key"]).column(0).to_pylist())
+        assert not stored & keys
