@@ -7,6 +7,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from etl.warehouse import QUARANTINE, TABLES, Warehouse, quarantine_rows
 from schemas.forms import Form, warehouse_schema
@@ -124,3 +127,34 @@ def test_restore_before_undoes_exactly_one_uploads_commits(tmp_path: Path) -> No
     assert stored.column("record_id").to_pylist() == ["1"]
     assert stored.column("age").to_pylist() == [30]
     assert warehouse.count(QUARANTINE) == 0
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batches=st.lists(
+        st.dictionaries(st.sampled_from("abcdef"), st.integers(13, 15), min_size=1),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_writes_keep_the_last_value_of_every_record(
+    tmp_path_factory: pytest.TempPathFactory, batches: list[dict[str, int]]
+) -> None:
+    """Model: a dict record_id → age, last writer wins; counts follow from the model."""
+    warehouse = Warehouse(tmp_path_factory.mktemp("warehouse"))
+    warehouse.ensure()
+    model: dict[str, int] = {}
+    for upload_id, batch in enumerate(batches, start=1):
+        ids = sorted(batch)
+        counts = warehouse.write(
+            Form.BASIS, _rows(ids, [batch[i] for i in ids], upload_id), upload_id=upload_id
+        )
+        assert counts.inserted == sum(1 for i in ids if i not in model)
+        assert counts.superseded == sum(1 for i in ids if i in model and model[i] != batch[i])
+        assert counts.unchanged == sum(1 for i in ids if model.get(i) == batch[i])
+        model |= batch
+    stored = warehouse.table(Form.BASIS).sort_by("record_id")
+    assert stored.column("record_id").to_pylist() == sorted(model)
+    assert stored.column("age").to_pylist() == [model[i] for i in sorted(model)]
