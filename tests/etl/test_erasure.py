@@ -159,3 +159,47 @@ def test_loading_an_optout_file_erases_its_patients(
     session.close()
     # The optout file itself lies outside the data directory; nothing inside may hold the patient.
     _assert_no_trace(settings.data_dir, key)
+
+
+def test_releases_without_the_patient_survive_and_a_second_erasure_also_leaves_no_trace(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    settings: Settings,
+) -> None:
+    _load(write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-KEEP-1")]), Form.BASIS,
+          warehouse, session, key)  # fmt: skip
+    publish_release(warehouse, warehouse.releases_dir, session, note="one patient")
+    _load(write_extract(Form.BASIS, [episode_row(Form.BASIS, 2, ERASED)]), Form.BASIS,
+          warehouse, session, key)  # fmt: skip
+    publish_release(warehouse, warehouse.releases_dir, session, note="both")
+    session.commit()
+
+    first = erase_patients([ERASED], warehouse=warehouse, session=session, key=key,
+                           releases_dir=warehouse.releases_dir)  # fmt: skip
+    session.commit()
+    assert first.releases_rebuilt == "2->3"
+    kept = read_manifest(warehouse.releases_dir, 1)
+    assert kept.tables["basis"].row_count == 1
+    assert all(Path(f).exists() for f in kept.files("basis"))  # release 1 is still served
+    releases = session.exec(select(Release).order_by(col(Release.number))).all()
+    assert [(r.number, r.retired) for r in releases] == [(1, False), (2, True), (3, False)]
+    assert read_manifest(warehouse.releases_dir, 3).tables["basis"].row_count == 1
+    _assert_no_trace(settings.data_dir, key)
+
+    # The second erasure runs on tables that already have a checkpoint.
+    second = erase_patients(["P-KEEP-1"], warehouse=warehouse, session=session, key=key,
+                            releases_dir=warehouse.releases_dir)  # fmt: skip
+    session.commit()
+    assert second.rows_erased["basis"] == 1
+    assert second.releases_rebuilt == "1,3->4"
+    assert warehouse.count("basis") == 0
+    assert read_manifest(warehouse.releases_dir, 4).tables["basis"].row_count == 0
+    session.close()
+    _assert_no_trace(settings.data_dir, key)
+    keep_key = hmac.new(key, b"P-KEEP-1", hashlib.sha256).hexdigest().encode()
+    for path in (p for p in settings.data_dir.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        assert b"P-KEEP-1" not in data
+        assert keep_key not in data
