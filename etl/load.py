@@ -101,11 +101,7 @@ def load_file(
         file_sha256=sha256, form=form.value, filename=path.name, uploaded_by=uploaded_by
     )
     if loaded_upload(session, sha256, form.value) is not None:
-        upload.status = "duplicate"
-        upload.finished_at = datetime.now(UTC)
-        session.add(upload)
-        session.flush()
-        return upload
+        return _duplicate(session, upload)
 
     # 1. Read and validate: no side effects.
     validation: _Validation | None = None
@@ -129,6 +125,9 @@ def load_file(
     # 2-5. Write, under the locks.
     with warehouse.writing():
         repair_interrupted(session, warehouse)
+        if loaded_upload(session, sha256, form.value) is not None:
+            # The same file finished loading while this one waited for the locks.
+            return _duplicate(session, upload)
         upload.status = "running"
         upload.started_at = datetime.now(UTC)
         session.add(upload)
@@ -151,6 +150,15 @@ def load_file(
             session.rollback()
             repair_interrupted(session, warehouse)
             raise
+    return upload
+
+
+def _duplicate(session: Session, upload: Upload) -> Upload:
+    upload.status = "duplicate"
+    upload.rows_read = 0
+    upload.finished_at = datetime.now(UTC)
+    session.add(upload)
+    session.flush()
     return upload
 
 

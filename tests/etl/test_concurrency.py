@@ -57,3 +57,25 @@ def test_two_concurrent_loads_of_one_form_both_land(
     assert sorted(int(h["kvarus.upload_id"]) for h in appends) == sorted(
         u.id for u in uploads if u.id is not None
     )
+
+
+def test_the_same_file_twice_at_once_loads_once(
+    write_extract: ExtractWriter, warehouse: Warehouse, catalog_engine: Engine, key: bytes
+) -> None:
+    path = write_extract(Form.BASIS, [episode_row(Form.BASIS, n, f"P{n}") for n in range(50)])
+
+    def load(_: int) -> str:
+        with Session(catalog_engine, expire_on_commit=False) as session:
+            upload = load_file(
+                path, Form.BASIS, warehouse=warehouse, session=session, key=key,
+                known_providers=KNOWN, today=date(2025, 11, 1),
+            )  # fmt: skip
+            session.commit()
+            return upload.status
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        statuses = sorted(pool.map(load, range(2)))
+    assert statuses == ["duplicate", "loaded"]
+    assert warehouse.count("basis") == 50
+    writes = [h for h in warehouse.delta("basis").history() if h.get("operation") == "WRITE"]
+    assert len(writes) == 1
