@@ -11,6 +11,7 @@ failing rows by *all* rows and compare with the check's tolerance. Nothing from 
 holds a value (`partial_unexpected_list`, `unexpected_list`, exception messages) is ever kept.
 """
 
+import re
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -25,6 +26,7 @@ from schemas.forms import FORMS, Form
 from schemas.parsing import normalise
 from validation.suites import (
     INVALID_SUFFIX,
+    PRESENT_SUFFIX,
     VALUE_SUFFIX,
     Category,
     Check,
@@ -143,7 +145,8 @@ def run_checks(raw: pa.Table, form: Form, checks: list[Check]) -> ValidationResu
     if unknown or missing:
         results.append(_columns_check_failed(rows, record_ids))
     runnable = [check for check in checks if not _needs_missing(check, missing)]
-    results_by_id, indexes = _run_gx(_frame(known, form), form, runnable, rows, record_ids)
+    frame = _frame(known, form, runnable)
+    results_by_id, indexes = _run_gx(frame, form, runnable, rows, record_ids)
     for check in checks:
         if check.check_id in results_by_id:
             results.append(results_by_id[check.check_id])
@@ -193,7 +196,7 @@ def _failing_rows_by_category(
 
 def _needs_missing(check: Check, missing: list[str]) -> bool:
     """Whether a check reads a required column the file lacks (then it is not applicable)."""
-    columns = {check.column, *(str(a).removesuffix(VALUE_SUFFIX) for a in _frame_columns(check))}
+    columns = {check.column, *(_split(name)[0] for name in _frame_columns(check))}
     return any(name in missing for name in columns)
 
 
@@ -211,30 +214,46 @@ def _record_ids(raw: pa.Table) -> pa.Array:
     return pa.nulls(raw.num_rows, pa.string())
 
 
-def _frame(raw: pa.Table, form: Form) -> pd.DataFrame:
-    """The validation frame (see `validation.suites`), built once from the Arrow tables."""
-    spec = FORMS[form]
-    normalised = normalise(raw, form)
+def _frame(raw: pa.Table, form: Form, checks: list[Check]) -> pd.DataFrame:
+    """The validation frame (see `validation.suites`): only the columns the checks read."""
+    needed = sorted({name for check in checks for name in _frame_columns(check)})
+    normalised = normalise(raw, form) if any(_SUFFIX.search(n) for n in needed) else None
     columns: dict[str, Any] = {}
-    for column in spec.columns:
-        name = column.name
+    for name in needed:
+        base, suffix = _split(name)
         text = (
-            raw.column(name).combine_chunks()
-            if name in raw.column_names
+            raw.column(base).combine_chunks()
+            if base in raw.column_names
             else pa.nulls(raw.num_rows, pa.string())
         )
-        columns[name] = text.to_pandas()
-        if column.kind in ("integer", "date"):
-            typed = normalised.table.column(name)
-            if column.kind == "date":
+        if suffix == PRESENT_SUFFIX:
+            present = pc.if_else(pc.is_valid(text), 1.0, pa.scalar(None, pa.float32()))
+            columns[name] = present.to_numpy(zero_copy_only=False).astype(np.float32)
+        elif suffix == VALUE_SUFFIX:
+            assert normalised is not None
+            typed = normalised.table.column(base)
+            if FORMS[form].column(base).kind == "date":
                 typed = pc.cast(typed, pa.int32())
-            columns[name + VALUE_SUFFIX] = (
-                pc.cast(typed, pa.float64()).to_numpy().astype(np.float64, copy=False)
-            )
-            columns[name + INVALID_SUFFIX] = np.asarray(
-                normalised.invalid[name].to_numpy(zero_copy_only=False), dtype=bool
-            )
+            # float64, not float32: GX compares only int and float64 columns vectorised (a
+            # float32 column goes through a Python function per value).
+            values = pc.cast(typed, pa.float64()).to_numpy()
+            columns[name] = np.asarray(values, dtype=np.float64)
+        elif suffix == INVALID_SUFFIX:
+            assert normalised is not None
+            invalid = normalised.invalid[base].to_numpy(zero_copy_only=False)
+            columns[name] = np.asarray(invalid, dtype=bool)
+        else:
+            columns[name] = text.to_pandas()
     return pd.DataFrame(columns, index=pd.RangeIndex(raw.num_rows))
+
+
+_SUFFIX: Final = re.compile(f"({VALUE_SUFFIX}|{INVALID_SUFFIX}|{PRESENT_SUFFIX})$")
+
+
+def _split(name: str) -> tuple[str, str]:
+    """A frame column's data-dictionary column and suffix (`""` for the raw text)."""
+    match = _SUFFIX.search(name)
+    return (name[: match.start()], match.group(1)) if match else (name, "")
 
 
 def _run_gx(
