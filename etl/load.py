@@ -144,13 +144,28 @@ def load_file(
             session.add(upload)
             session.add(_validation_run(upload, validation))
             session.commit()
-        except BaseException:
+        except BaseException as error:
             # Undo at once what a kill would leave for the next writer: ours is the only
             # `running` row while we hold the locks.
             session.rollback()
             repair_interrupted(session, warehouse)
-            raise
+            if isinstance(error, KvarusError) or not isinstance(error, Exception):
+                raise
+            # A storage engine's message may quote a record value: keep only the error's type.
+            detail = f"The load failed while writing ({type(error).__name__}); nothing was stored"
+            upload.error = detail
+            session.add(upload)
+            session.commit()
+            raise LoadFailed(detail) from None
     return upload
+
+
+class LoadFailed(KvarusError):
+    """A load that failed after validation; its changes were undone."""
+
+    status = 500
+    title = "Load failed"
+    type_slug = "load-failed"
 
 
 def _duplicate(session: Session, upload: Upload) -> Upload:

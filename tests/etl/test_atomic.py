@@ -13,7 +13,7 @@ from sqlalchemy import Engine, text
 from sqlmodel import Session, col, select
 
 from etl.ledger import repair_interrupted
-from etl.load import load_file
+from etl.load import LoadFailed, load_file
 from etl.warehouse import QUARANTINE, Warehouse
 from schemas.catalog import Upload
 from schemas.forms import FORMS, Form
@@ -34,7 +34,7 @@ from datetime import date
 from pathlib import Path
 from sqlalchemy import create_engine
 from sqlmodel import Session
-from etl.load import load_file
+from etl.load import LoadFailed, load_file
 from etl.warehouse import Warehouse
 from schemas.forms import Form
 url, search_path, root, path, key, signal_file, pause = sys.argv[1:8]
@@ -177,11 +177,14 @@ def test_a_load_that_fails_midway_undoes_its_own_commits(
     # The basis rows are written (a Delta commit), then the quarantine write fails.
     monkeypatch.setattr(Warehouse, "append_quarantine", broken)
     second = [episode_row(Form.BASIS, 2, "P2"), episode_row(Form.BASIS, 3, "P3", age="x")]
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(LoadFailed, match=r"failed while writing \(OSError\)") as raised:
         load_file(
             write_extract(Form.BASIS, second), Form.BASIS, warehouse=warehouse, session=session,
             key=key, known_providers=KNOWN, today=TODAY,
         )  # fmt: skip
+    assert "disk full" not in raised.value.detail  # an engine's message may quote values
+    assert raised.value.__cause__ is None
     assert warehouse.table(Form.BASIS).column("record_id").to_pylist() == ["b1"]
     uploads = session.exec(select(Upload).order_by(col(Upload.id))).all()
     assert [(u.status, u.rows_accepted) for u in uploads] == [("loaded", 1), ("failed", 0)]
+    assert uploads[1].error == raised.value.detail
