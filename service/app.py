@@ -1,9 +1,12 @@
 """The FastAPI application: `create_app(settings)` wires settings, catalog, auth, audit, routes."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from service import errors
-from service.audit import audit_requests
+from service.audit import AuditWriter, audit_requests
 from service.auth import OidcVerifier
 from service.database import make_engine
 from service.routers import aggregates, audit, health, indicators, releases, uploads
@@ -18,14 +21,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Raises ConfigurationError outside demo mode without a proper key: uploads re-key pseudonyms
     # and aggregates derive their cell keys from it, so the service is useless (and unsafe) without.
     settings.key_bytes()
+    engine = make_engine(settings)
+    audit_writer = AuditWriter(engine)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        audit_writer.close()  # every queued audit row is committed before the process ends
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Kvarus Analytics API",
         version="1.0.0",
         description="Quality indicators, uploads, releases and disclosure-controlled aggregates "
         "of a national quality register of substance-use treatment.",
     )
     app.state.settings = settings
-    app.state.engine = make_engine(settings)
+    app.state.engine = engine
+    app.state.audit = audit_writer
     app.state.oidc = OidcVerifier(settings)
     errors.install(app)
     app.middleware("http")(audit_requests)

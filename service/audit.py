@@ -7,13 +7,14 @@ or an upload's content stay out of the log, and so do pseudonyms and record valu
 """
 
 import logging
+import queue
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 from fastapi import Request, Response
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
-from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match
 
 from schemas.catalog import AuditEvent
@@ -43,9 +44,64 @@ def _route_template(request: Request) -> str:
     return request.url.path[:200]
 
 
-def _write(engine: Engine, event: AuditEvent) -> None:
-    with session_scope(engine) as session:
-        session.add(event)
+class AuditWriter:
+    """Writes audit rows from one background thread, in batches, with its own connection.
+
+    Requests only enqueue their row: a write per request on the request's path held a pooled
+    connection per in-flight request and exhausted the pool under 50 concurrent clients (the
+    benchmark found it). `flush()` waits until every queued row is committed; the audit route
+    calls it, so the registry always reads a complete log.
+    """
+
+    # Rows per transaction: one commit (one fsync on SQLite) per batch instead of per request.
+    BATCH: Final = 500
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.queue: queue.Queue[AuditEvent | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="kvarus-audit", daemon=True)
+        self.thread.start()
+
+    def submit(self, event: AuditEvent) -> None:
+        self.queue.put(event)
+
+    def flush(self) -> None:
+        self.queue.join()
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=30)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch: list[AuditEvent] = []
+            item = self.queue.get()
+            taken = 1
+            if item is None:
+                stopping = True
+            else:
+                batch.append(item)
+            while not stopping and len(batch) < self.BATCH:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                taken += 1
+                if item is None:
+                    stopping = True
+                else:
+                    batch.append(item)
+            try:
+                if batch:
+                    with session_scope(self.engine) as session:
+                        session.add_all(batch)
+            except Exception:
+                # An audit row that cannot be written is an operational alarm; the thread goes on.
+                logger.exception("%d audit rows could not be written", len(batch))
+            finally:
+                for _ in range(taken):
+                    self.queue.task_done()
 
 
 async def audit_requests(
@@ -58,13 +114,13 @@ async def audit_requests(
         response = await call_next(request)
     except Exception:
         # A bug: the error handler answers 500 outside this middleware; the row is still due.
-        await _record(request, 500)
+        _record(request, 500)
         raise
-    await _record(request, response.status_code)
+    _record(request, response.status_code)
     return response
 
 
-async def _record(request: Request, status: int) -> None:
+def _record(request: Request, status: int) -> None:
     principal = getattr(request.state, "principal", None)
     event = AuditEvent(
         subject=principal.subject if principal is not None else "unauthenticated",
@@ -76,12 +132,7 @@ async def _record(request: Request, status: int) -> None:
         rows=getattr(request.state, "audit_rows", None),
         release=getattr(request.state, "audit_release", None),
     )
-    try:
-        await run_in_threadpool(_write, request.app.state.engine, event)
-    except Exception:
-        # An audit row that cannot be written is an operational alarm, not the client's error;
-        # the response has already been produced.
-        logger.exception("audit row could not be written for %s %s", event.method, event.route)
+    request.app.state.audit.submit(event)
 
 
 def query_events(

@@ -24,6 +24,7 @@ def list_audit_events(
     status: Annotated[int | None, Query(ge=100, le=599)] = None,
 ) -> AuditPage:
     """Who asked for what, newest first."""
+    request.app.state.audit.flush()
     events, total = audit.query_events(
         session, limit=limit, offset=offset, subject=subject, route=route, status=status
     )

@@ -24,6 +24,7 @@ PROBLEM = "application/problem+json"
 
 
 def audit_rows(app: FastAPI) -> list[AuditEvent]:
+    app.state.audit.flush()
     with Session(app.state.engine) as session:
         return list(session.exec(select(AuditEvent).order_by(AuditEvent.id)))  # type: ignore[arg-type]
 
