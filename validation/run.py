@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.forms import FORMS, Form
-from schemas.parsing import normalise
+from schemas.parsing import Normalised, normalise
 from validation.suites import (
     INVALID_SUFFIX,
     PRESENT_SUFFIX,
@@ -95,6 +95,9 @@ class ValidationResult:
     row_failures: pa.Table
     # Distinct rows that fail at least one check, per Kahn category.
     failing_rows_by_category: dict[str, int] = field(default_factory=dict)
+    # The file typed by `schemas.parsing.normalise` (the form's columns the file has), so that a
+    # caller need not type it a second time; None when the file's columns were not the form's.
+    typed: pa.Table | None = field(default=None, repr=False)
 
     def to_report(self) -> dict[str, Any]:
         """The result as JSON-able data: check ids, counts and record ids, never a record value.
@@ -145,7 +148,8 @@ def run_checks(raw: pa.Table, form: Form, checks: list[Check]) -> ValidationResu
     if unknown or missing:
         results.append(_columns_check_failed(rows, record_ids))
     runnable = [check for check in checks if not _needs_missing(check, missing)]
-    frame = _frame(known, form, runnable)
+    normalised = normalise(known, form)
+    frame = _frame(known, form, runnable, normalised)
     results_by_id, indexes = _run_gx(frame, form, runnable, rows, record_ids)
     for check in checks:
         if check.check_id in results_by_id:
@@ -174,6 +178,7 @@ def run_checks(raw: pa.Table, form: Form, checks: list[Check]) -> ValidationResu
         rejection_reasons=reasons,
         row_failures=_row_failures(results_by_id, indexes, checks, record_ids),
         failing_rows_by_category=_failing_rows_by_category(results, indexes, rows),
+        typed=None if unknown or missing else normalised.table,
     )
 
 
@@ -214,10 +219,9 @@ def _record_ids(raw: pa.Table) -> pa.Array:
     return pa.nulls(raw.num_rows, pa.string())
 
 
-def _frame(raw: pa.Table, form: Form, checks: list[Check]) -> pd.DataFrame:
+def _frame(raw: pa.Table, form: Form, checks: list[Check], normalised: Normalised) -> pd.DataFrame:
     """The validation frame (see `validation.suites`): only the columns the checks read."""
     needed = sorted({name for check in checks for name in _frame_columns(check)})
-    normalised = normalise(raw, form) if any(_SUFFIX.search(n) for n in needed) else None
     columns: dict[str, Any] = {}
     for name in needed:
         base, suffix = _split(name)
@@ -230,7 +234,6 @@ def _frame(raw: pa.Table, form: Form, checks: list[Check]) -> pd.DataFrame:
             present = pc.if_else(pc.is_valid(text), 1.0, pa.scalar(None, pa.float32()))
             columns[name] = present.to_numpy(zero_copy_only=False).astype(np.float32)
         elif suffix == VALUE_SUFFIX:
-            assert normalised is not None
             typed = normalised.table.column(base)
             if FORMS[form].column(base).kind == "date":
                 typed = pc.cast(typed, pa.int32())
@@ -239,7 +242,6 @@ def _frame(raw: pa.Table, form: Form, checks: list[Check]) -> pd.DataFrame:
             values = pc.cast(typed, pa.float64()).to_numpy()
             columns[name] = np.asarray(values, dtype=np.float64)
         elif suffix == INVALID_SUFFIX:
-            assert normalised is not None
             invalid = normalised.invalid[base].to_numpy(zero_copy_only=False)
             columns[name] = np.asarray(invalid, dtype=bool)
         else:

@@ -125,6 +125,9 @@ def test_clean_rows_pass_every_check(form: Form) -> None:
     assert not result.rejected
     assert result.rejection_reasons == []
     assert result.row_failures.num_rows == 0
+    assert result.typed is not None
+    assert result.typed.num_rows == 3
+    assert result.typed.schema.field("record_id").type == pa.string()
     assert all(c.failing_count == 0 and c.failing_record_ids == [] for c in result.checks)
 
 
@@ -162,6 +165,7 @@ def test_unknown_and_missing_columns_reject_the_file() -> None:
         "1 required column(s) missing (age)"
     )
     statuses = _by_id(result)
+    assert result.typed is None
     assert statuses["table.columns"].status == "failed"
     assert statuses["age.range"].status == "not_applicable"
     assert statuses["age.required"].status == "not_applicable"
