@@ -5,10 +5,11 @@ Steps, holding the warehouse's write locks:
 2. per table (every stored form and the quarantine), delete the patients' rows with
    `merge(source=pa.table({"patient_key": keys}), "t.patient_key = s.patient_key")
    .when_matched_delete()`: a literal predicate would write the key into the Delta log;
-3. releases whose files were rewritten by step 2 held the patient: they are marked `retired`, and a
-   replacement release noted "rebuilt after erasure" is published from the current state. We do not
-   rewrite an old release in place: a release is immutable, and a rewritten one would silently
-   change its published numbers; retiring it is honest and leaves its manifest as the record.
+3. releases whose files hold one of the keys (looked up in the files, with DuckDB) are marked
+   `retired`, and a replacement release noted "rebuilt after erasure" is published from the
+   current state. We do not rewrite an old release in place: a release is immutable, and a
+   rewritten one would silently change its published numbers; retiring it is honest and leaves
+   its manifest (paths and counts, no record) as the record of what was published.
 4. files no longer referenced (by the current table version or by a non-retired release) are
    deleted. Delta's `vacuum(retention_hours=0, enforce_retention_duration=False, full=True,
    dry_run=True)` lists them, and we delete its list minus the files of non-retired releases
@@ -23,6 +24,7 @@ The erasure log row (`schemas.catalog.Erasure`) keeps the date, provider and row
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 from sqlmodel import Session, col, select
 
@@ -32,6 +34,7 @@ from etl.release import publish_locked
 from etl.warehouse import TABLES, Warehouse
 from schemas.catalog import Erasure, Release
 from schemas.errors import KvarusError, RejectedInput
+from schemas.forms import PATIENT_KEY_COLUMN, Form
 from schemas.manifest import ReleaseManifest
 
 REBUILT_NOTE = "rebuilt after erasure"
@@ -86,11 +89,8 @@ def _erase(
 ) -> Erasure:
     keys = rekey(pa.array(pseudonyms, pa.string()), key)
     rows_erased: dict[str, int] = {}
-    removed: set[str] = set()
     for table in TABLES:
-        before = set(_absolute(warehouse.files(table)))
         rows_erased[table] = warehouse.delete_patients(table, keys)
-        removed |= before - set(_absolute(warehouse.files(table)))
 
     releases = session.exec(select(Release).where(col(Release.retired).is_(False))).all()
     retired: list[int] = []
@@ -98,7 +98,7 @@ def _erase(
     for release in releases:
         manifest = ReleaseManifest.read(Path(release.manifest_path))
         files = {f for snapshot in manifest.tables.values() for f in snapshot.files}
-        if files & removed:
+        if _holds_patients(manifest, keys):
             release.retired = True
             session.add(release)
             retired.append(release.number)
@@ -127,8 +127,32 @@ def _erase(
     return erasure
 
 
-def _absolute(uris: list[str]) -> list[str]:
-    return [str(Path(uri).resolve()) for uri in uris]
+def _holds_patients(manifest: ReleaseManifest, keys: pa.Array) -> bool:
+    """Whether a release's files hold any of the keys (or some of its files are gone already).
+
+    Looking into the files, rather than at which files this erasure rewrote, also catches a
+    release left behind by an earlier erasure of the same patient that was interrupted.
+    """
+    files = [f for snapshot in manifest.tables.values() for f in snapshot.files]
+    if any(not Path(f).exists() for f in files):
+        return True
+    connection = duckdb.connect()
+    try:
+        connection.register("erased", pa.table({PATIENT_KEY_COLUMN: keys}))
+        for snapshot in manifest.tables.values():
+            if not snapshot.files or snapshot.name == Form.NPR_COUNTS.value:
+                continue
+            found = connection.sql(
+                # The SQL holds only our column-name constant; the keys are a registered table.
+                f"SELECT count(*) FROM read_parquet($files) AS t "  # noqa: S608
+                f"SEMI JOIN erased AS s USING ({PATIENT_KEY_COLUMN})",
+                params={"files": snapshot.files},
+            ).fetchall()
+            if int(found[0][0]) > 0:
+                return True
+    finally:
+        connection.close()
+    return False
 
 
 def _purge(warehouse: Warehouse, table: str, keep: set[str]) -> None:

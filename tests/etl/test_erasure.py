@@ -5,6 +5,7 @@ import hmac
 from datetime import date
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlmodel import Session, col, select
 
@@ -203,3 +204,28 @@ def test_releases_without_the_patient_survive_and_a_second_erasure_also_leaves_n
         data = path.read_bytes()
         assert b"P-KEEP-1" not in data
         assert keep_key not in data
+
+
+def test_an_erasure_interrupted_after_its_deletes_is_completed_by_running_it_again(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    settings: Settings,
+) -> None:
+    _register(write_extract, warehouse, session, key)
+    publish_release(warehouse, warehouse.releases_dir, session, note="before")
+    session.commit()
+    # As if a first erasure died right after its deletes: the rows are gone from the current
+    # tables, but release 1 still lists files that hold the patient, and nothing was vacuumed.
+    erased_key = hmac.new(key, ERASED.encode(), hashlib.sha256).hexdigest()
+    for table in ("basis", "measurement", QUARANTINE):
+        warehouse.delete_patients(table, pa.array([erased_key]))
+
+    again = erase_patients([ERASED], warehouse=warehouse, session=session, key=key,
+                           releases_dir=warehouse.releases_dir)  # fmt: skip
+    session.commit()
+    assert sum(again.rows_erased.values()) == 0  # nothing left in the current tables
+    assert again.releases_rebuilt == "1->2"  # but release 1 held the patient: retired
+    session.close()
+    _assert_no_trace(settings.data_dir, key)
