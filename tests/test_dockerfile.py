@@ -37,7 +37,8 @@ def test_multi_stage_non_root_healthcheck_serve() -> None:
     text = DOCKERFILE.read_text()
     assert len(re.findall(r"^FROM ", text, flags=re.MULTILINE)) >= 2
     user = re.findall(r"^USER (\S+)", text, flags=re.MULTILINE)
-    assert user and not user[-1].startswith(("root", "0"))
+    assert user
+    assert not user[-1].startswith(("root", "0"))
     healthcheck = re.search(r"^HEALTHCHECK (?:.*\\\n)*.*$", text, flags=re.MULTILINE)
     assert healthcheck is not None
     assert '"-m", "service.healthcheck"' in healthcheck.group(0)
