@@ -48,7 +48,14 @@ from etl.warehouse import (
 )
 from schemas.catalog import Upload, ValidationRun
 from schemas.errors import KvarusError
-from schemas.forms import FORMS, PATIENT_KEY_COLUMN, PSEUDONYM_COLUMN, Form, warehouse_schema
+from schemas.forms import (
+    FORMS,
+    ORGNR_PATTERN,
+    PATIENT_KEY_COLUMN,
+    PSEUDONYM_COLUMN,
+    Form,
+    warehouse_schema,
+)
 from schemas.parsing import normalise
 from validation import cross_record, validate_extract
 
@@ -109,11 +116,9 @@ def load_file(
         raw = read_extract(path, form)
         upload.rows_read = raw.num_rows
         report("read", raw.num_rows)
-        if "provider_orgnr" in raw.column_names:
-            providers = pc.unique(raw.column("provider_orgnr").drop_null()).to_pylist()
-            upload.providers = ",".join(sorted(str(p) for p in providers))
-        guard(raw)
+        guard(raw)  # before anything of the file reaches the ledger
         report("guarded", raw.num_rows)
+        upload.providers = _providers(raw)
         validation = validate_extract(raw, form, known_providers=known_providers, today=today)
         report("validated", raw.num_rows)
         if validation.rejected:
@@ -121,6 +126,15 @@ def load_file(
         typed = normalise(raw, form).table
     except KvarusError as error:
         return _reject(session, upload, error.detail, validation)
+    except Exception as error:
+        # A reader's or validator's own message may quote a value: keep only the error's type.
+        detail = f"The file could not be processed ({type(error).__name__}); nothing was stored"
+        upload.status = "failed"
+        upload.error = detail
+        upload.finished_at = datetime.now(UTC)
+        session.add(upload)
+        session.commit()
+        raise LoadFailed(detail) from None
 
     # 2-5. Write, under the locks.
     with warehouse.writing():
@@ -166,6 +180,15 @@ class LoadFailed(KvarusError):
     status = 500
     title = "Load failed"
     type_slug = "load-failed"
+
+
+def _providers(raw: pa.Table) -> str:
+    """The organisation numbers in the file, comma-separated (only well-formed ones: 9 digits)."""
+    if "provider_orgnr" not in raw.column_names:
+        return ""
+    values = pc.unique(raw.column("provider_orgnr").drop_null())
+    wellformed = values.filter(pc.match_substring_regex(values, ORGNR_PATTERN))
+    return ",".join(sorted(str(p) for p in wellformed.to_pylist()))
 
 
 def _duplicate(session: Session, upload: Upload) -> Upload:

@@ -7,10 +7,11 @@ from datetime import date
 from pathlib import Path
 
 import pyarrow.compute as pc
+import pytest
 from sqlmodel import Session, select
 
 from etl.generate.register import generate_register
-from etl.load import load_file
+from etl.load import LoadFailed, load_file
 from etl.privacy import is_identity_number
 from etl.read import read_extract
 from etl.warehouse import QUARANTINE, Warehouse
@@ -165,18 +166,22 @@ def test_fatal_check_rejects_the_file_and_writes_nothing_but_the_ledger(
     assert list(statuses) == ["rejected"]
 
 
+@pytest.mark.parametrize("column", ["unit_code", "provider_orgnr"])
 def test_identity_number_rejects_the_file_without_echoing_it(
-    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+    column: str, write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
 ) -> None:
     # The first 11-digit number from 01017000000 upward that passes both check digits.
     number = next(str(n) for n in range(1017000000, 1017100000) if is_identity_number(f"{n:011d}"))
     number = number.zfill(11)
-    rows = [episode_row(Form.BASIS, 1, "P1", unit_code=number)]
+    rows = [episode_row(Form.BASIS, 1, "P1", **{column: number})]
     upload = _load(write_extract(Form.BASIS, rows), Form.BASIS, warehouse, session, key)
     assert upload.status == "rejected"
     assert upload.error is not None
-    assert "unit_code" in upload.error
+    assert column in upload.error
     assert number not in upload.error
+    assert number not in upload.providers
+    session.flush()
+    assert number not in str([u.model_dump() for u in session.exec(select(Upload)).all()])
     assert not (warehouse.root / "basis").exists()
 
 
@@ -246,3 +251,26 @@ def test_generated_register_quarantines_exactly_the_planted_errors(
     for table in tables:
         stored = set(warehouse.read(table, columns=["patient_key"]).column(0).to_pylist())
         assert not stored & keys
+
+
+def test_an_unexpected_error_is_reported_without_its_message(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("cannot parse 'P-SECRET'")
+
+    monkeypatch.setattr("etl.load.validate_extract", broken)
+    path = write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-SECRET")])
+    with pytest.raises(LoadFailed) as raised:
+        _load(path, Form.BASIS, warehouse, session, key)
+    assert raised.value.detail == (
+        "The file could not be processed (ValueError); nothing was stored"
+    )
+    assert raised.value.__cause__ is None
+    upload = session.exec(select(Upload)).one()
+    assert (upload.status, upload.error) == ("failed", raised.value.detail)
+    assert not (warehouse.root / "basis").exists()
