@@ -23,6 +23,7 @@ import json
 import os
 import re
 import threading
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -273,9 +274,17 @@ def great_expectations() -> ModuleType:
         if _gx is None:
             # Read by GX at import time; set before the import so no usage event is ever sent.
             os.environ["GX_ANALYTICS_ENABLED"] = "False"
-            import great_expectations as gx
-            import great_expectations.expectations
-            from great_expectations.execution_engine import pandas_execution_engine
+            with warnings.catch_warnings():
+                # GX imports pyspark, which warns that it does not fully support pandas 3
+                # (ARCHITECTURE.md); validation does not use Spark, so not on every CLI run.
+                warnings.filterwarnings(
+                    "ignore",
+                    message="PySpark does not yet fully support pandas",
+                    category=FutureWarning,
+                )
+                import great_expectations as gx
+                import great_expectations.expectations
+                from great_expectations.execution_engine import pandas_execution_engine
 
             # GX fingerprints every pandas batch under 1 GB by hashing all of it (md5 over
             # `hash_pandas_object`) on every `validate` call: over a third of the time of a

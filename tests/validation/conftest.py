@@ -50,6 +50,38 @@ CLEAN: dict[Form, dict[str, str | None]] = {
         "use_days_30": "3",
         "clinical_study_id": None,
     },
+    Form.DISCHARGE: {
+        "episode_id": "e1",
+        "patient_pseudonym": "p1",
+        "provider_orgnr": PROVIDER,
+        "unit_code": "u1",
+        "discharge_date": "2024-06-30",
+        "end_reason": "1",
+        "audit": "8",
+        "dudit": "0",
+        "housing": "2",
+        "employment": "3",
+        "followup_arranged": "1",
+        "satisfaction": "4",
+    },
+    Form.FOLLOWUP: {
+        "episode_id": "e1",
+        "patient_pseudonym": "p1",
+        "provider_orgnr": PROVIDER,
+        "unit_code": "u1",
+        "followup_date": "30.06.2024",
+        "followup_status": "1",
+        "use_days_30": "0",
+        "housing": "1",
+        "employment": "1",
+        "readmitted": "0",
+    },
+    Form.OPTOUT: {
+        "patient_pseudonym": "p1",
+        "provider_orgnr": PROVIDER,
+        "optout_date": "2024-12-01",
+    },
+    Form.NPR_COUNTS: {"provider_orgnr": PROVIDER, "year": "2024", "episodes": "120"},
 }
 
 
