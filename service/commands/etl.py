@@ -114,13 +114,17 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """List the upload ledger, newest first."""
         config = settings()
-        table = Table("id", "form", "file", "status", "read", "accepted", "quarantined",
-                      "superseded", "by", "started")  # fmt: skip
+        table = Table()
+        for name in ("id", "form", "status"):
+            # Never folded or cut, however narrow the terminal.
+            table.add_column(name, no_wrap=True, min_width=len("duplicate") if name != "id" else 3)
+        for name in ("read", "accepted", "quarantined", "superseded", "file", "by", "started"):
+            table.add_column(name)
         with session_scope(make_engine(config)) as session:
             for u in list_uploads(session, limit):
                 table.add_row(
-                    str(u.id), u.form, u.filename, u.status, str(u.rows_read),
-                    str(u.rows_accepted), str(u.rows_quarantined), str(u.rows_superseded),
-                    u.uploaded_by, u.started_at.strftime("%Y-%m-%d %H:%M"),
+                    str(u.id), u.form, u.status, str(u.rows_read), str(u.rows_accepted),
+                    str(u.rows_quarantined), str(u.rows_superseded), u.filename, u.uploaded_by,
+                    u.started_at.strftime("%Y-%m-%d %H:%M"),
                 )  # fmt: skip
         console.print(table)

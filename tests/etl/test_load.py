@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
+import typer
 from sqlmodel import Session, select
+from typer.testing import CliRunner
 
 from etl.generate.register import generate_register
 from etl.load import LoadFailed, load_file
@@ -18,6 +20,7 @@ from etl.warehouse import QUARANTINE, Warehouse
 from schemas.catalog import Upload, ValidationRun
 from schemas.forms import Form
 from schemas.organisations import Hierarchy
+from service.commands import etl as etl_commands
 from tests.conftest import PROVIDER_A, PROVIDER_B, ExtractWriter, episode_row
 
 KNOWN = frozenset(o.orgnr for o in Hierarchy.default().providers)
@@ -274,3 +277,37 @@ def test_an_unexpected_error_is_reported_without_its_message(
     upload = session.exec(select(Upload)).one()
     assert (upload.status, upload.error) == ("failed", raised.value.detail)
     assert not (warehouse.root / "basis").exists()
+
+
+def test_cli_load_release_erase_and_uploads(
+    write_extract: ExtractWriter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KVARUS_DATA_DIR", str(tmp_path / "cli-var"))
+    monkeypatch.setenv("KVARUS_PSEUDONYM_KEY", "cli-test-key-0123456789-0123456789")
+    app = typer.Typer()
+    etl_commands.register(app)
+    runner = CliRunner()
+    good = write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-CLI-1"),
+                                      episode_row(Form.BASIS, 2, "P-CLI-2", age="x")])  # fmt: skip
+    result = runner.invoke(app, ["load", str(good), "--form", "basis"])
+    assert result.exit_code == 0, result.output
+    assert "upload 1: loaded; read 2, accepted 1, quarantined 1" in result.output
+
+    twice = [episode_row(Form.BASIS, 3, "P-CLI-3"), episode_row(Form.BASIS, 3, "P-CLI-3")]
+    result = runner.invoke(app, ["load", str(write_extract(Form.BASIS, twice)), "--form", "basis"])
+    assert result.exit_code == 1
+    assert "record_id.unique" in result.output
+    assert "P-CLI-3" not in result.output
+
+    result = runner.invoke(app, ["release", "--note", "cli"])
+    assert result.exit_code == 0, result.output
+    assert "release 1: basis 1, measurement 0" in result.output
+    result = runner.invoke(app, ["erase", "--pseudonym", "P-CLI-1"])
+    assert result.exit_code == 0, result.output
+    assert "erased 1 rows of 1 patient(s)" in result.output
+    assert "1->2" in result.output
+    result = runner.invoke(app, ["uploads"])
+    assert result.exit_code == 0, result.output
+    assert "rejected" in result.output
+    assert "loaded" in result.output
+    assert "P-CLI" not in result.output
