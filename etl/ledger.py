@@ -66,3 +66,9 @@ def repair_interrupted(session: Session, warehouse: Warehouse) -> list[int]:
     if repaired:
         session.commit()
     return repaired
+
+
+def repair(session: Session, warehouse: Warehouse) -> list[int]:
+    """Take the write locks and repair interrupted loads (for a service or CLI at start-up)."""
+    with warehouse.writing():
+        return repair_interrupted(session, warehouse)

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session, col, select
 
-from etl.ledger import repair_interrupted
+from etl.ledger import repair
 from etl.load import LoadFailed, load_file
 from etl.warehouse import QUARANTINE, Warehouse
 from schemas.catalog import Upload
@@ -133,8 +133,7 @@ def test_killed_load_is_undone_and_the_file_then_loads_exactly(
         assert warehouse.version("basis") > versions_before["basis"]
         assert warehouse.count("basis") == 1 + ROWS - ROWS // INVALID_EVERY
 
-    with warehouse.writing():
-        repaired = repair_interrupted(session, warehouse)
+    repaired = repair(session, warehouse)
     assert repaired == [stuck[0].id]
     session.expire_all()
     assert _counts(warehouse) == before
