@@ -57,7 +57,7 @@ def publish_locked(
             name=form.value,
             delta_version=int(delta.version()),
             files=files,
-            row_count=warehouse.read(form.value, files).num_rows,
+            row_count=warehouse.count(form.value, files),
         )
     manifest = ReleaseManifest(
         release=number, created_at=datetime.now(UTC), note=note, tables=tables

@@ -205,8 +205,9 @@ class Warehouse:
         """A stored form's current rows (for cross-record checks)."""
         return self.read(form.value, columns=columns)
 
-    def count(self, table: str) -> int:
-        files = self.files(table)
+    def count(self, table: str, files: Sequence[str] | None = None) -> int:
+        """Rows of the table's current version (or of `files`), without reading the columns."""
+        files = list(files) if files is not None else self.files(table)
         if not files:
             return 0
         connection = duckdb.connect()
