@@ -9,8 +9,8 @@ import pytest
 from schemas.forms import FORMS, Form
 
 TODAY = date(2025, 1, 1)
-PROVIDER = "974631407"  # Helse Stavanger HF (org_hierarchy.csv)
-OTHER_PROVIDER = "983974899"
+PROVIDER = "983974678"  # Helse Stavanger HF (schemas/data/org_hierarchy.csv)
+OTHER_PROVIDER = "983974899"  # Universitetssykehuset Nord-Norge HF
 KNOWN = frozenset({PROVIDER, OTHER_PROVIDER})
 
 # One clean row per form, as a registration system would export it.
