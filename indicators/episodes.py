@@ -1,0 +1,238 @@
+"""A release's tables as Ibis tables, and the episode tables every indicator reads, built once.
+
+An episode is (provider_orgnr, episode_id). Its intake columns (home HF, age, sex, treatment
+type) are those of its first basis row (intake_date, then record_id). The engine reads:
+- `episodes`: one row per episode with its intake columns;
+- `first_per_episode(table, date)`: the episode's first row of a table (ties: record_id) with the
+  intake columns (measurement: the first measurement point, also the follow-up's baseline);
+- `enriched(table)`: every row of a table with its derived variables and the intake columns;
+- `any`: every record of the four episode forms (patient-level indicators).
+
+On DuckDB `episodes` and the first rows are temporary tables, materialised once per run: every
+measurement, discharge, follow-up and `any` indicator joins them, and DuckDB does not share a
+repeated subquery. Spark plans them into each job, as its optimiser prefers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Final, Literal, cast
+
+import ibis
+import ibis.expr.types as ir
+import pyarrow as pa
+
+from indicators.vocabulary import ANY_COLUMNS, EPISODE_COLUMNS, YEAR_DATES, Condition
+from schemas.forms import Form, warehouse_schema
+from schemas.manifest import ReleaseManifest
+
+EngineName = Literal["duckdb", "spark"]
+
+EPISODE_KEY: Final = ("provider_orgnr", "episode_id")
+
+
+class Release:
+    """The release's tables as Ibis tables, with the derived tables built once per run."""
+
+    def __init__(
+        self, manifest: ReleaseManifest, backend: Any, engine: EngineName, spark_session: Any
+    ) -> None:
+        self.manifest = manifest
+        self.backend = backend
+        self.engine = engine
+        self.spark_session = spark_session
+        self._tables: dict[str, ir.Table] = {}
+        self._materialised: list[str] = []
+
+    def materialise(self, table: ir.Table) -> ir.Table:
+        """A table several queries read, computed once (DuckDB: a temporary table; Spark plans
+        it into each job). Dropped by `release`."""
+        if self.engine != "duckdb":
+            return table
+        name = f"kvarus_table_{len(self._materialised)}"
+        # Not overwrite=True: with sqlglot 30 ibis renders that DROP without the table name.
+        self.backend.create_table(name, obj=table, temp=True)
+        self._materialised.append(name)
+        return cast(ir.Table, self.backend.table(name))
+
+    def release(self) -> None:
+        """Drop the materialised tables."""
+        for name in self._materialised:
+            self.backend.raw_sql(f"DROP TABLE IF EXISTS {name}")
+        self._materialised.clear()
+
+    def raw(self, name: str) -> ir.Table:
+        if name in self._tables:
+            return self._tables[name]
+        form = Form(name)
+        schema = warehouse_schema(form)
+        # The stored partition column `year` lives in the directory names (hive layout), not in
+        # the files; npr_counts keeps its own `year`. upload_id is not needed here.
+        wanted = [
+            f
+            for f in schema
+            if f.name != "upload_id" and (f.name != "year" or form is Form.NPR_COUNTS)
+        ]
+        snapshot = self.manifest.tables.get(name)
+        files = [_local(f) for f in snapshot.files] if snapshot is not None else []
+        if not files:
+            empty = pa.schema([pa.field(f.name, f.type) for f in wanted]).empty_table()
+            table = ibis.memtable(empty)
+        elif self.engine == "duckdb":
+            table = self.backend.read_parquet(files, hive_partitioning=True)
+        else:
+            reader = self.spark_session.read.option("basePath", _hive_root(files))
+            view = f"kvarus_{name}_{self.manifest.release}"
+            reader.parquet(*files).createOrReplaceTempView(view)
+            table = self.backend.table(view)
+        # Cast explicitly: hive partition columns arrive as int64 (DuckDB) or int32 (Spark).
+        table = table.select(*[table[f.name].cast(ibis.dtype(f.type)).name(f.name) for f in wanted])
+        self._tables[name] = table
+        return table
+
+    def episodes(self) -> ir.Table:
+        """Per episode: the intake columns of its first basis row. Materialised."""
+        key = "episodes"
+        if key not in self._tables:
+            first = _first(self.raw("basis"), "intake_date")
+            self._tables[key] = self.materialise(first.select(*EPISODE_KEY, *EPISODE_COLUMNS))
+        return self._tables[key]
+
+    def first_per_episode(self, name: str, date_column: str) -> ir.Table:
+        """The episode's first row of a table by a date column (ties: record_id), enriched.
+        Materialised.
+
+        The first row is taken from the form's own rows and the episode's columns joined after:
+        the join adds columns one to one, so this is the first row of the enriched table, at
+        the cost of ranking the narrow table.
+        """
+        key = f"first:{name}:{date_column}"
+        if key not in self._tables:
+            if name in ("basis", "any"):
+                table = _first(self.enriched(name), date_column)
+            else:
+                table = self._enrich(name, _first(self.raw(name), date_column))
+            self._tables[key] = self.materialise(table)
+        return self._tables[key]
+
+    def enriched(self, name: str) -> ir.Table:
+        """A population table with its derived variables and the episode's intake columns."""
+        key = f"enriched:{name}"
+        if key not in self._tables:
+            if name == "basis":
+                basis = self.raw("basis")
+                days = basis.intake_date.delta(basis.referral_date, unit="day")
+                table = basis.mutate(waiting_days=days.cast("int64"))
+            elif name == "any":
+                parts = []
+                for form in ("basis", "measurement", "discharge", "followup"):
+                    raw = self.raw(form)
+                    study = (
+                        raw.clinical_study_id
+                        if "clinical_study_id" in raw.columns
+                        else ibis.null().cast("string")
+                    )
+                    parts.append(
+                        raw.select(
+                            *[c for c in ANY_COLUMNS if c != "clinical_study_id"],
+                            clinical_study_id=study,
+                            record_date=raw[YEAR_DATES[form]],
+                        )
+                    )
+                table = self._with_episode(ibis.union(*parts, distinct=False))
+            else:
+                table = self._enrich(name, self.raw(name))
+            self._tables[key] = table
+        return self._tables[key]
+
+    def _enrich(self, name: str, rows: ir.Table) -> ir.Table:
+        """Rows of a form with the episode's intake columns and the form's derived variables."""
+        table = self._with_episode(rows)
+        if name == "followup":
+            first = self.first_per_episode("measurement", "measure_date")
+            baseline = first.select(*EPISODE_KEY, baseline_use_days_30=first.use_days_30)
+            table = table.left_join(baseline, list(EPISODE_KEY)).drop(
+                *[f"{c}_right" for c in EPISODE_KEY]
+            )
+            table = table.mutate(
+                use_days_change=(table.use_days_30 - table.baseline_use_days_30).cast("int64")
+            )
+        return table
+
+    def _with_episode(self, table: ir.Table) -> ir.Table:
+        joined = table.left_join(self.episodes(), list(EPISODE_KEY))
+        return joined.drop(*[f"{c}_right" for c in EPISODE_KEY])
+
+
+def _first(table: ir.Table, date_column: str) -> ir.Table:
+    """The first row per episode by a date column, ties broken by record_id."""
+    window = ibis.window(
+        group_by=[table[c] for c in EPISODE_KEY],
+        order_by=[table[date_column], table.record_id],
+    )
+    ranked = table.mutate(_rank=ibis.row_number().over(window))
+    return ranked.filter(ranked._rank == 0).drop("_rank")
+
+
+def _local(uri: str) -> str:
+    return uri.removeprefix("file://")
+
+
+def _hive_root(files: list[str]) -> str:
+    """The table directory above the `year=YYYY/` partition directories (Spark's basePath)."""
+    roots = []
+    for name in files:
+        parent = Path(name).parent
+        while parent.name.startswith("year=") or "=" in parent.name:
+            parent = parent.parent
+        roots.append(str(parent))
+    return os.path.commonpath(roots)
+
+
+def condition(table: ir.Table, rule: Condition) -> ir.BooleanValue:
+    """A condition as a boolean expression that is false (never null) on missing values."""
+    if rule.op == "any_of":
+        assert rule.any_of is not None
+        result = condition(table, rule.any_of[0])
+        for inner in rule.any_of[1:]:
+            result = result | condition(table, inner)
+        return result
+    assert rule.column is not None
+    column = table[rule.column]
+    value = rule.value
+    expression: ir.BooleanValue
+    match rule.op:
+        case "is_null":
+            return column.isnull()
+        case "not_null":
+            return column.notnull()
+        case "eq":
+            expression = column == value
+        case "ne":
+            expression = column != value
+        case "lt":
+            expression = column < value
+        case "le":
+            expression = column <= value
+        case "gt":
+            expression = column > value
+        case "ge":
+            expression = column >= value
+        case "in":
+            expression = column.isin(cast(list[Any], value))
+        case "not_in":
+            expression = column.notin(cast(list[Any], value))
+        case _:  # pragma: no cover (the vocabulary refuses other ops)
+            raise ValueError(rule.op)
+    return column.notnull() & expression.fill_null(False)
+
+
+def all_of(table: ir.Table, conditions: list[Condition]) -> ir.BooleanValue | None:
+    """All conditions (None when there are none)."""
+    if not conditions:
+        return None
+    result = condition(table, conditions[0])
+    for inner in conditions[1:]:
+        result = result & condition(table, inner)
+    return result

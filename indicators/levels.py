@@ -1,0 +1,366 @@
+"""From the finest cells to every reporting level: unit, provider, HF, RHF and nation.
+
+The engine aggregates each indicator once at the finest cell (year, provider, unit, home HF)
+and rolls the small result up here: counts and sums add up exactly, so the caregiver and resident
+levels are sums over cells (medians from counts per value). Distinct patients do not add up (a
+patient treated by two providers of one HF counts once there): those levels are grouped in the
+backend, from one materialised table of distinct patients per cell.
+
+Levels (engine.py documents the rules): caregiver unit, provider, hf (providers that are HFs), rhf
+(a private provider rolls up to its RHF), nation; resident: the episode's home HF, its RHF and the
+nation, over the rows whose home HF is an HF of the hierarchy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import ibis
+import ibis.expr.types as ir
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from indicators.catalogue import IndicatorDefinition
+from schemas.organisations import NATION_ORGNR, Hierarchy
+
+# (context, level) pairs in the order the results are sorted.
+LEVELS: Final = (
+    ("caregiver", "unit"),
+    ("caregiver", "provider"),
+    ("caregiver", "hf"),
+    ("caregiver", "rhf"),
+    ("caregiver", "nation"),
+    ("resident", "hf"),
+    ("resident", "rhf"),
+    ("resident", "nation"),
+)
+
+# The finest cell every episode aggregate is grouped by.
+CELL: Final = ("year", "provider_orgnr", "unit_code", "home_hf_orgnr")
+
+AGGREGATE_SCHEMA: Final = pa.schema(
+    [
+        ("year", pa.int32()),
+        ("context", pa.string()),
+        ("level", pa.string()),
+        ("orgnr", pa.string()),
+        ("unit_code", pa.string()),
+        ("numerator", pa.int64()),
+        ("denominator", pa.int64()),
+        ("measure", pa.float64()),
+    ]
+)
+
+
+def levels_of(definition: IndicatorDefinition) -> list[tuple[str, str]]:
+    levels = [pair for pair in LEVELS if pair[0] in definition.contexts]
+    if definition.type == "coverage":
+        # NPR counts are per provider: no unit level.
+        levels = [pair for pair in levels if pair[1] != "unit"]
+    return levels
+
+
+@dataclass(frozen=True)
+class Organisations:
+    """Look-ups: provider → (its HF or none, its RHF) and home HF → (the HF, its RHF)."""
+
+    providers: dict[str, tuple[str | None, str | None]]
+    homes: dict[str, tuple[str | None, str | None]]
+
+    @classmethod
+    def of(cls, hierarchy: Hierarchy) -> Organisations:
+        providers: dict[str, tuple[str | None, str | None]] = {}
+        homes: dict[str, tuple[str | None, str | None]] = {}
+        for organisation in hierarchy.providers:
+            rhf = hierarchy.rhf_of(organisation.orgnr)
+            rhf_orgnr = rhf.orgnr if rhf.level == "rhf" else None
+            hf_orgnr = organisation.orgnr if organisation.level == "hf" else None
+            providers[organisation.orgnr] = (hf_orgnr, rhf_orgnr)
+            if organisation.level == "hf":
+                homes[organisation.orgnr] = (organisation.orgnr, rhf_orgnr)
+        return cls(providers, homes)
+
+    def tables(self) -> tuple[ir.Table, ir.Table]:
+        """The look-ups as in-memory Ibis tables (provider_key, provider_hf, provider_rhf) and
+        (home_key, home_hf, home_rhf)."""
+
+        def table(rows: dict[str, tuple[str | None, str | None]], prefix: str) -> ir.Table:
+            return ibis.memtable(
+                pa.table(
+                    {
+                        f"{prefix}_key": pa.array(list(rows), pa.string()),
+                        f"{prefix}_hf": pa.array([v[0] for v in rows.values()], pa.string()),
+                        f"{prefix}_rhf": pa.array([v[1] for v in rows.values()], pa.string()),
+                    }
+                )
+            )
+
+        return table(self.providers, "provider"), table(self.homes, "home")
+
+    def with_levels(self, cells: pa.Table) -> pa.Table:
+        """Add provider_hf, provider_rhf (caregiver) and home_hf, home_rhf (resident)."""
+        for prefix, column, rows in (
+            ("provider", "provider_orgnr", self.providers),
+            ("home", "home_hf_orgnr", self.homes),
+        ):
+            keys = pa.array(list(rows), pa.string())
+            index = pc.index_in(cells[column], value_set=keys)
+            for position, suffix in enumerate(("hf", "rhf")):
+                values = pa.array([v[position] for v in rows.values()], pa.string())
+                cells = cells.append_column(f"{prefix}_{suffix}", values.take(index))
+        return cells
+
+
+def _level_keys(cells: pa.Table, context: str, level: str) -> tuple[pa.Table, Any, Any]:
+    """(the cells of a level, orgnr, unit_code) of a level: the key columns as arrays."""
+    no_unit = pa.nulls(cells.num_rows, pa.string())
+    nation = pa.array([NATION_ORGNR] * cells.num_rows, pa.string())
+
+    def kept(column: str) -> pa.Table:
+        return cells.filter(pc.is_valid(cells[column]))
+
+    if context == "caregiver":
+        if level == "unit":
+            return cells, cells["provider_orgnr"], cells["unit_code"]
+        if level == "provider":
+            return cells, cells["provider_orgnr"], no_unit
+        if level in ("hf", "rhf"):
+            scoped = kept(f"provider_{level}")
+            return scoped, scoped[f"provider_{level}"], no_unit[: scoped.num_rows]
+        return cells, nation, no_unit
+    scoped = kept(f"home_{level}" if level in ("hf", "rhf") else "home_hf")
+    orgnr = scoped[f"home_{level}"] if level in ("hf", "rhf") else nation[: scoped.num_rows]
+    return scoped, orgnr, no_unit[: scoped.num_rows]
+
+
+def _labelled(grouped: pa.Table, context: str, level: str) -> pa.Table:
+    n = grouped.num_rows
+    return pa.table(
+        {
+            "year": grouped["year"],
+            "context": pa.array([context] * n, pa.string()),
+            "level": pa.array([level] * n, pa.string()),
+            "orgnr": grouped["orgnr"],
+            "unit_code": grouped["unit_code"],
+            "numerator": grouped["numerator"],
+            "denominator": grouped["denominator"],
+            "measure": grouped["measure"],
+        }
+    ).cast(AGGREGATE_SCHEMA)
+
+
+def _keyed(cells: pa.Table, context: str, level: str, columns: list[str]) -> pa.Table:
+    scoped, orgnr, unit_code = _level_keys(cells, context, level)
+    table = pa.table({"year": scoped["year"], "orgnr": orgnr, "unit_code": unit_code})
+    for column in columns:
+        table = table.append_column(column, scoped[column])
+    return table
+
+
+KEYS: Final = ["year", "orgnr", "unit_code"]
+
+
+def roll_up_sums(
+    cells: pa.Table, definition: IndicatorDefinition, organisations: Organisations
+) -> pa.Table:
+    """Episode proportions, counts and means: cells (CELL, n, num, total) summed per level.
+
+    The mean is sum(total) / sum(n) over the level, as the backend's `sum(total) / sum(n)`."""
+    cells = organisations.with_levels(cells.filter(pc.greater(cells["n"], 0)))
+    parts = []
+    for context, level in levels_of(definition):
+        keyed = _keyed(cells, context, level, ["n", "num", "total"])
+        grouped = keyed.group_by(KEYS, use_threads=False).aggregate(
+            [("n", "sum"), ("num", "sum"), ("total", "sum")]
+        )
+        n = grouped["n_sum"]
+        measure = (
+            pc.divide(pc.cast(grouped["total_sum"], pa.float64()), pc.cast(n, pa.float64()))
+            if definition.type == "mean"
+            else pa.nulls(grouped.num_rows, pa.float64())
+        )
+        parts.append(
+            _labelled(
+                grouped.select(KEYS)
+                .append_column("numerator", grouped["num_sum"])
+                .append_column("denominator", n)
+                .append_column("measure", measure),
+                context,
+                level,
+            )
+        )
+    return _concat(parts)
+
+
+def roll_up_medians(
+    cells: pa.Table, definition: IndicatorDefinition, organisations: Organisations
+) -> pa.Table:
+    """Medians: cells (CELL, measure, n: rows with that value) to the exact median per level:
+    the middle value, or the mean of the two middle values (1-based positions ⌊(N−1)/2⌋+1 and
+    ⌊N/2⌋+1 of the N sorted values; a missing value sorts last and gives no median)."""
+    cells = organisations.with_levels(cells)
+    parts = []
+    for context, level in levels_of(definition):
+        keyed = _keyed(cells, context, level, ["measure", "n"])
+        values = keyed.group_by([*KEYS, "measure"], use_threads=False).aggregate([("n", "sum")])
+        values = values.sort_by([(k, "ascending") for k in [*KEYS, "measure"]])
+        parts.append(_labelled(_medians(values), context, level))
+    return _concat(parts)
+
+
+def _medians(values: pa.Table) -> pa.Table:
+    """Per group of KEYS (rows sorted by KEYS, then measure with nulls last): the median."""
+    count = len(values)
+    n = values["n_sum"].to_numpy(zero_copy_only=False).astype(np.int64)
+    if count == 0:
+        starts = np.zeros(0, dtype=np.int64)
+    else:
+        new = np.zeros(count, dtype=bool)
+        new[0] = True
+        for key in KEYS:
+            column = values[key].combine_chunks()
+            codes = (
+                column.dictionary_encode().indices.fill_null(-1)
+                if pa.types.is_string(column.type)
+                else column.fill_null(-1)
+            )
+            array = codes.to_numpy(zero_copy_only=False)
+            new[1:] |= array[1:] != array[:-1]
+        starts = np.flatnonzero(new)
+    cumulative = np.cumsum(n)
+    before = np.concatenate([[0], cumulative])[starts]
+    ends = np.concatenate([starts[1:], [count]])
+    total = cumulative[ends - 1] - before if count else np.zeros(0, dtype=np.int64)
+    measure = values["measure"]
+
+    def at(position: np.ndarray[Any, Any]) -> pa.Array:
+        # The row whose cumulative count first reaches the position holds that value.
+        index = np.searchsorted(cumulative, before + position, side="left")
+        return pc.cast(measure.take(pa.array(index)), pa.float64())
+
+    low = at((total - 1) // 2 + 1)
+    high = at(total // 2 + 1)
+    firsts = values.take(pa.array(starts)).select(KEYS)
+    return (
+        firsts.append_column("numerator", pa.nulls(len(starts), pa.int64()))
+        .append_column("denominator", pa.array(total, pa.int64()))
+        .append_column("measure", pc.divide(pc.add(low, high), 2.0))
+    )
+
+
+def roll_up_coverage(
+    registered: pa.Table,
+    npr: pa.Table,
+    definition: IndicatorDefinition,
+    organisations: Organisations,
+) -> pa.Table:
+    """Coverage: registered episodes (cells CELL, n) over NPR episodes (year, provider_orgnr,
+    npr) per provider, and at the hf, rhf and nation levels summed over the providers that
+    have an NPR count."""
+    counted: dict[tuple[int, str], int] = {}
+    for row in (
+        registered.group_by(["year", "provider_orgnr"], use_threads=False)
+        .aggregate([("n", "sum")])
+        .to_pylist()
+    ):
+        counted[(row["year"], row["provider_orgnr"])] = row["n_sum"]
+    reference = npr.to_pylist()
+    cells = pa.table(
+        {
+            "year": pa.array([r["year"] for r in reference], pa.int32()),
+            "provider_orgnr": pa.array([r["provider_orgnr"] for r in reference], pa.string()),
+            "unit_code": pa.nulls(len(reference), pa.string()),
+            "home_hf_orgnr": pa.nulls(len(reference), pa.string()),
+            "n": pa.array(
+                [counted.get((r["year"], r["provider_orgnr"]), 0) for r in reference], pa.int64()
+            ),
+            "npr": pa.array([r["npr"] for r in reference], pa.int64()),
+        }
+    )
+    cells = organisations.with_levels(cells)
+    parts = []
+    for context, level in levels_of(definition):
+        keyed = _keyed(cells, context, level, ["n", "npr"])
+        grouped = keyed.group_by(KEYS, use_threads=False).aggregate([("n", "sum"), ("npr", "sum")])
+        parts.append(
+            _labelled(
+                grouped.select(KEYS)
+                .append_column("numerator", grouped["n_sum"])
+                .append_column("denominator", grouped["npr_sum"])
+                .append_column("measure", pa.nulls(grouped.num_rows, pa.float64())),
+                context,
+                level,
+            )
+        )
+    return _concat(parts)
+
+
+def patient_levels(
+    rows: ir.Table,
+    definition: IndicatorDefinition,
+    organisations: tuple[ir.Table, ir.Table],
+    materialise: Any,
+) -> ir.Table:
+    """Distinct patients per level, in the backend: rows (CELL, patient_key, num) reduced once to
+    one row per cell and patient (materialised), then grouped by level and patient."""
+    finest = rows.group_by([*CELL, "patient_key"]).agg(num=rows.num.max())
+    providers, homes = organisations
+    joined = finest.left_join(providers, finest.provider_orgnr == providers.provider_key)
+    joined = joined.left_join(homes, joined.home_hf_orgnr == homes.home_key)
+    table: ir.Table = materialise(joined.drop("provider_key", "home_key"))
+    parts = []
+    for context, level in levels_of(definition):
+        orgnr, unit_code, keep = _backend_keys(table, context, level)
+        scoped = table if keep is None else table.filter(keep)
+        orgnr, unit_code, _ = _backend_keys(scoped, context, level)
+        scoped = scoped.mutate(_orgnr=orgnr, _unit=unit_code)
+        keys = ["year", "_orgnr", "_unit"]
+        patients = scoped.group_by([*keys, "patient_key"]).agg(num=scoped.num.max())
+        grouped = patients.group_by(keys).agg(
+            numerator=patients.num.sum().cast("int64"),
+            denominator=patients.count().cast("int64"),
+        )
+        parts.append(
+            grouped.select(
+                year=grouped.year.cast("int32"),
+                context=ibis.literal(context),
+                level=ibis.literal(level),
+                orgnr=grouped._orgnr.cast("string"),
+                unit_code=grouped._unit.cast("string"),
+                numerator=grouped.numerator,
+                denominator=grouped.denominator,
+                measure=ibis.null().cast("float64"),
+            )
+        )
+    return ibis.union(*parts, distinct=False)
+
+
+def _backend_keys(table: ir.Table, context: str, level: str) -> tuple[ir.Value, ir.Value, Any]:
+    """(orgnr, unit_code, filter) of a level; filter None when every row takes part."""
+    no_unit = ibis.null().cast("string")
+    nation = ibis.literal(NATION_ORGNR)
+    if context == "caregiver":
+        match level:
+            case "unit":
+                return table.provider_orgnr, table.unit_code, None
+            case "provider":
+                return table.provider_orgnr, no_unit, None
+            case "hf":
+                return table.provider_hf, no_unit, table.provider_hf.notnull()
+            case "rhf":
+                return table.provider_rhf, no_unit, table.provider_rhf.notnull()
+            case _:
+                return nation, no_unit, None
+    match level:
+        case "hf":
+            return table.home_hf, no_unit, table.home_hf.notnull()
+        case "rhf":
+            return table.home_rhf, no_unit, table.home_rhf.notnull()
+        case _:
+            return nation, no_unit, table.home_hf.notnull()
+
+
+def _concat(parts: list[pa.Table]) -> pa.Table:
+    return pa.concat_tables(parts) if parts else AGGREGATE_SCHEMA.empty_table()
