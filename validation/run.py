@@ -246,7 +246,9 @@ def _frame(raw: pa.Table, form: Form, checks: list[Check], normalised: Normalise
             columns[name] = np.asarray(invalid, dtype=bool)
         else:
             columns[name] = text.to_pandas()
-    return pd.DataFrame(columns, index=pd.RangeIndex(raw.num_rows))
+    # copy=False: one block per column instead of copying same-typed columns into 2-D blocks
+    # (0.7 s → 0.2 s for 1M basis rows; GX's per-column work is as fast either way).
+    return pd.DataFrame(columns, index=pd.RangeIndex(raw.num_rows), copy=False)
 
 
 _SUFFIX: Final = re.compile(f"({VALUE_SUFFIX}|{INVALID_SUFFIX}|{PRESENT_SUFFIX})$")
