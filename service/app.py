@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import errors
-from service.audit import AuditWriter, audit_requests
+from service.audit import AuditMiddleware, AuditWriter
 from service.auth import OidcVerifier
 from service.database import make_engine
 from service.routers import aggregates, audit, health, indicators, releases, uploads
@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.audit = audit_writer
     app.state.oidc = OidcVerifier(settings)
     errors.install(app)
-    app.middleware("http")(audit_requests)
+    app.add_middleware(AuditMiddleware)
     app.include_router(health.router)
     for module in (uploads, releases, indicators, aggregates, audit):
         app.include_router(module.router, prefix=API_PREFIX)
