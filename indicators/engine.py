@@ -1,9 +1,12 @@
 """The indicator engine: the catalogue over a release, as Ibis expressions (DuckDB or Spark).
 
-The heavy lifting (joins, first rows per episode, group-bys, counts, medians) is one Ibis
-expression per indicator, executed by DuckDB over the manifest's Parquet files or by Spark through
-Ibis' PySpark backend; the same expressions on both. The final statistics (Wilson intervals,
-funnel signals, target levels, suppression, previous year) run in numpy over the small aggregate.
+The heavy lifting runs in the backend, the same Ibis expressions on DuckDB (over the manifest's
+Parquet files) and on Spark (Ibis' PySpark backend): the episode tables are built once per run
+(`indicators.episodes`); the episode indicators that read the same rows share one query grouped
+by the finest cell (year, provider, unit, home HF), and medians one query of counts per value;
+the levels are rolled up from those small results in Arrow (`indicators.levels`). Distinct-patient
+indicators are grouped per level in the backend. The final statistics (Wilson intervals, funnel
+signals, target levels, suppression, previous year) run in numpy over the small aggregate.
 
 Rules (DOMAIN.md, and choices documented here):
 - An episode is (provider_orgnr, episode_id). Its intake columns (home HF, age, sex, treatment

@@ -452,3 +452,30 @@ def test_variation_report_standardises_outcomes(tiny: Factory) -> None:
     assert entry["variation"]["coefficient_of_variation"] == pytest.approx(0.0)
     # Crude rates differ (0.75 vs 0.25): the funnel points stay crude.
     assert [p["value"] for p in entry["funnel_points"]] == [0.25, 0.75]
+
+
+def test_median_rolled_up_from_cells_to_every_level(tiny: Factory) -> None:
+    """Medians at the levels above the unit come from counts per value summed over cells."""
+    release = tiny()
+    b = release.basis
+    b("b1", referral="2022-02-19", home_hf_orgnr=STAVANGER)  # Bergen, waits 10, lives Stavanger
+    b("v1", VESTLY, referral="2022-02-25")  # private, 4 days; home not an HF: caregiver only
+    b("s1", STAVANGER, referral="2022-02-09", home_hf_orgnr=BERGEN)  # 20 days, lives Bergen
+    b("s2", STAVANGER, referral="2022-01-30", unit="U2")  # 30 days, lives Stavanger
+    rows = run(release, "waiting_days")
+
+    def median(level: str, orgnr: str, context: str = "caregiver") -> tuple[float, int]:
+        row = pick(rows, "waiting_days", 2022, level, orgnr, context=context)
+        return row["value"], row["denominator"]
+
+    # Caregiver: Helse Vest and the nation 4, 10, 20, 30 → (10 + 20) / 2; Stavanger 20, 30.
+    assert median("rhf", HELSE_VEST) == (15.0, 4)
+    assert median("nation", NATION) == (15.0, 4)
+    assert median("hf", STAVANGER) == (25.0, 2)
+    assert median("provider", VESTLY) == (4.0, 1)
+    assert not [r for r in rows if r["level"] == "hf" and r["orgnr"] == VESTLY]
+    # Resident: Stavanger 10, 30 → 20; Bergen 20; Helse Vest and nation 10, 20, 30 → 20.
+    assert median("hf", STAVANGER, "resident") == (20.0, 2)
+    assert median("hf", BERGEN, "resident") == (20.0, 1)
+    assert median("rhf", HELSE_VEST, "resident") == (20.0, 3)
+    assert median("nation", NATION, "resident") == (20.0, 3)
