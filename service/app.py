@@ -1,7 +1,9 @@
 """The FastAPI application: `create_app(settings)` wires settings, catalog, auth, audit, routes."""
 
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import Final
 
 from fastapi import FastAPI
 
@@ -13,6 +15,9 @@ from service.routers import aggregates, audit, health, indicators, releases, upl
 from service.settings import Settings
 
 API_PREFIX = "/api/v1"
+# Threads for the per-request catalog look-ups (API key, served release): fewer than the
+# engine's pool (SQLAlchemy's default: 5 connections), so each reuses a pooled connection.
+CATALOG_THREADS: Final = 4
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -23,11 +28,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings.key_bytes()
     engine = make_engine(settings)
     audit_writer = AuditWriter(engine)
+    catalog_threads = ThreadPoolExecutor(CATALOG_THREADS, thread_name_prefix="kvarus-catalog")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         audit_writer.close()  # every queued audit row is committed before the process ends
+        catalog_threads.shutdown(wait=False)
 
     app = FastAPI(
         lifespan=lifespan,
@@ -39,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.audit = audit_writer
+    app.state.catalog_threads = catalog_threads
     app.state.oidc = OidcVerifier(settings)
     errors.install(app)
     app.add_middleware(AuditMiddleware)

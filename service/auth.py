@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal, Protocol
 
 import jwt
+from sqlalchemy import Connection, Engine, bindparam
 from sqlmodel import Session, col, select
 
 from schemas.catalog import ApiClient
@@ -88,23 +89,22 @@ def revoke_key(session: Session, client_id: int) -> ApiClient:
     return client
 
 
-def _principal_from_key(session: Session, key: str) -> Principal:
+# Built once: every keyed request runs it (revocation takes effect on the next request, also
+# when another process, such as `kvarus keys revoke`, revoked the key).
+_ACTIVE_CLIENTS: Final = select(
+    ApiClient.id, ApiClient.key_hash, ApiClient.role, ApiClient.provider_orgnr
+).where(col(ApiClient.key_prefix) == bindparam("prefix"), col(ApiClient.revoked_at).is_(None))
+
+
+def _principal_from_key(connection: Connection, key: str) -> Principal:
     parts = key[len(KEY_MARK) :].split("_", 1)
     if len(parts) != 2 or len(parts[0]) != 8:
         raise Unauthorised("malformed API key")
-    candidates = session.exec(
-        select(ApiClient).where(
-            ApiClient.key_prefix == parts[0], col(ApiClient.revoked_at).is_(None)
-        )
-    )
+    candidates = connection.execute(_ACTIVE_CLIENTS, {"prefix": parts[0]}).all()
     digest = _hash_key(key)
-    for client in candidates:
-        if hmac.compare_digest(client.key_hash, digest):
-            return Principal(
-                subject=f"key:{client.id}",
-                role=client.role,  # type: ignore[arg-type]
-                provider=client.provider_orgnr,
-            )
+    for client_id, key_hash, role, provider in candidates:
+        if hmac.compare_digest(key_hash, digest):
+            return Principal(subject=f"key:{client_id}", role=role, provider=provider)
     raise Unauthorised("unknown or revoked API key")
 
 
@@ -167,7 +167,9 @@ def _principal_from_claims(claims: dict[str, Any]) -> Principal:
     )
 
 
-def authenticate(authorization: str | None, session: Session, oidc: OidcVerifier) -> Principal:
+def authenticate(
+    authorization: str | None, catalog: Session | Connection, oidc: OidcVerifier
+) -> Principal:
     """The principal behind an `Authorization` header; anonymous without one."""
     if authorization is None or not authorization.strip():
         return ANONYMOUS
@@ -176,8 +178,15 @@ def authenticate(authorization: str | None, session: Session, oidc: OidcVerifier
     if scheme.lower() != "bearer" or not token:
         raise Unauthorised("use Authorization: Bearer <API key or token>")
     if token.startswith(KEY_MARK):
-        return _principal_from_key(session, token)
+        connection = catalog.connection() if isinstance(catalog, Session) else catalog
+        return _principal_from_key(connection, token)
     return oidc.principal(token)
+
+
+def authenticate_in(engine: Engine, authorization: str, oidc: OidcVerifier) -> Principal:
+    """`authenticate` on a pooled connection of its own (for requests without a session)."""
+    with engine.connect() as connection:
+        return authenticate(authorization, connection, oidc)
 
 
 def require(principal: Principal, *roles: Role) -> Principal:

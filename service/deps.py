@@ -1,13 +1,15 @@
 """Annotated dependencies of the routes: settings, the catalog session, the principal."""
 
-from collections.abc import Iterator
-from typing import Annotated
+import asyncio
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Annotated, ParamSpec, TypeVar
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPBearer
 from sqlmodel import Session
 
-from service.auth import Principal, authenticate, require
+from service.auth import ANONYMOUS, Principal, authenticate_in, require
 from service.database import session_scope
 from service.settings import Settings
 
@@ -16,9 +18,29 @@ from service.settings import Settings
 bearer_scheme = HTTPBearer(auto_error=False, description="An API key (kvk_…) or an OIDC token")
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in the
+# threadpool, a hop that costs more than a cached indicator answer.
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def on_catalog_threads(
+    request: Request, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """Run a short catalog look-up on the app's few catalog threads (see `create_app`).
+
+    Not the 40-thread request pool: 40 look-ups at once would each check out a connection,
+    beyond the engine's pool, and open (and close) a new one every time.
+    """
+    threads = request.app.state.catalog_threads
+    return await asyncio.get_running_loop().run_in_executor(
+        threads, partial(function, *args, **kwargs)
+    )
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -31,10 +53,23 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_principal(
-    request: Request, session: SessionDep, _: Annotated[object, Security(bearer_scheme)] = None
+async def get_principal(
+    request: Request, _: Annotated[object, Security(bearer_scheme)] = None
 ) -> Principal:
-    principal = authenticate(request.headers.get("authorization"), session, request.app.state.oidc)
+    """Anonymous without credentials (no I/O); a key or token is checked in the threadpool."""
+    authorization = request.headers.get("authorization")
+    if authorization is None or not authorization.strip():
+        principal = ANONYMOUS
+    else:
+        # Every keyed request asks the catalog, so a revoked key is refused at once, also when
+        # another process revoked it.
+        principal = await on_catalog_threads(
+            request,
+            authenticate_in,
+            request.app.state.engine,
+            authorization,
+            request.app.state.oidc,
+        )
     request.state.principal = principal
     return principal
 
@@ -42,15 +77,15 @@ def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def registry_principal(principal: PrincipalDep) -> Principal:
+async def registry_principal(principal: PrincipalDep) -> Principal:
     return require(principal, "registry")
 
 
-def staff_principal(principal: PrincipalDep) -> Principal:
+async def staff_principal(principal: PrincipalDep) -> Principal:
     return require(principal, "registry", "trust")
 
 
-def researcher_principal(principal: PrincipalDep) -> Principal:
+async def researcher_principal(principal: PrincipalDep) -> Principal:
     return require(principal, "registry", "researcher")
 
 

@@ -9,18 +9,20 @@ and the numbers behind suppressed rows only for the registry and for a trust's o
 import csv
 import hashlib
 import io
+import os
 import threading
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from sqlalchemy import Connection, Engine, bindparam
 from sqlmodel import Session, col, select
 
-from indicators.results import RESULT_SCHEMA
+from indicators.results import RESULT_SCHEMA, RESULTS_FILE
 from schemas.catalog import Release
 from schemas.errors import NotFound
 from schemas.manifest import ReleaseManifest
@@ -46,19 +48,41 @@ def list_releases(session: Session) -> list[Release]:
     return list(session.exec(select(Release).order_by(col(Release.number).desc())))
 
 
+# Core statements, built once: the indicator routes ask on every request (a release may be
+# retired at any moment by an erasure in another process), so the question must be cheap.
+_LATEST_RELEASE: Final = (
+    select(Release.number)
+    .where(col(Release.retired).is_(False))
+    .order_by(col(Release.number).desc())
+    .limit(1)
+)
+_SERVED_RELEASE: Final = select(Release.number).where(
+    col(Release.number) == bindparam("number"), col(Release.retired).is_(False)
+)
+
+
+def served_release(connection: Connection, number: int | None) -> int:
+    """The number of release `number`, or of the latest one, if it is served (not retired)."""
+    if number is None:
+        latest = connection.execute(_LATEST_RELEASE).scalar()
+        if latest is None:
+            raise NotFound("no release has been published yet")
+        return int(latest)
+    if connection.execute(_SERVED_RELEASE, {"number": number}).scalar() is None:
+        raise NotFound(f"release {number} does not exist or is retired")
+    return number
+
+
+def served_release_in(engine: Engine, number: int | None) -> int:
+    """`served_release` on a pooled connection of its own (for routes without a session)."""
+    with engine.connect() as connection:
+        return served_release(connection, number)
+
+
 def get_release(session: Session, number: int | None) -> Release:
     """Release `number`, or the latest one not retired; retired releases are not served."""
-    if number is None:
-        release = session.exec(
-            select(Release)
-            .where(col(Release.retired).is_(False))
-            .order_by(col(Release.number).desc())
-        ).first()
-        if release is None:
-            raise NotFound("no release has been published yet")
-        return release
-    release = session.get(Release, number)
-    if release is None or release.retired:
+    release = session.get(Release, served_release(session.connection(), number))
+    if release is None:  # deleted between the two statements of this session
         raise NotFound(f"release {number} does not exist or is retired")
     return release
 
@@ -70,27 +94,33 @@ def read_manifest(settings: Settings, number: int) -> ReleaseManifest:
     return ReleaseManifest.read(path)
 
 
-_cache: dict[tuple[str, int], pa.Table] = {}
+def results_path(settings: Settings, number: int) -> tuple[str, int]:
+    """The results file of a release and its modification time (the cache key of its answers).
+
+    Stat'ed on every request: the indicator job may rewrite a release's results.
+    """
+    path = os.path.join(settings.data_dir, "releases", str(number), RESULTS_FILE)
+    try:
+        return path, os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        raise NotFound(f"release {number} has no indicator results yet") from None
+
+
+_tables: dict[str, tuple[int, pa.Table]] = {}
 _cache_lock = threading.Lock()
 
 
 def results_table(settings: Settings, number: int) -> pa.Table:
     """All indicator results of a release (cached in memory per release file)."""
-    path: Path = settings.releases_dir / str(number) / "indicators.parquet"
-    try:
-        stamp = path.stat().st_mtime_ns
-    except FileNotFoundError:
-        raise NotFound(f"release {number} has no indicator results yet") from None
-    key = (str(path.resolve()), stamp)
+    path, stamp = results_path(settings, number)
     with _cache_lock:
-        table = _cache.get(key)
-    if table is None:
-        table = pq.read_table(path, columns=list(RESULT_COLUMNS))
-        with _cache_lock:
-            # One entry per file: a rewritten file (new mtime) replaces the old entry.
-            for stale in [k for k in _cache if k[0] == key[0]]:
-                del _cache[stale]
-            _cache[key] = table
+        entry = _tables.get(path)
+    if entry is not None and entry[0] == stamp:
+        return entry[1]
+    table = pq.read_table(path, columns=list(RESULT_COLUMNS))
+    with _cache_lock:
+        # One entry per file: a rewritten file (new mtime) replaces the old entry.
+        _tables[path] = (stamp, table)
     return table
 
 
@@ -100,24 +130,42 @@ class Answer:
     rows: int
 
 
-# Rendered answers by (results table, ETag): the ETag already holds release, query and scope,
-# and the table object changes when its file does. Bounded: the oldest entry goes first.
+# Rendered answers by (results file, its mtime, ETag): the ETag already holds release, query,
+# scope and format. A hit costs one stat and a dict look-up, so the route serves it on the event
+# loop. Bounded: the least recently used entry goes first.
 MAX_ANSWERS: Final = 1024
-# Each entry keeps its table alive, so an id cannot be reused by another table meanwhile.
-_answers: dict[tuple[int, str], tuple[pa.Table, Answer]] = {}
+_answers: OrderedDict[tuple[str, int, str], Answer] = OrderedDict()
 
 
-def cached_answer(table: pa.Table, tag: str) -> Answer | None:
+def cached_answer(file: tuple[str, int], tag: str) -> Answer | None:
+    key = (*file, tag)
     with _cache_lock:
-        entry = _answers.get((id(table), tag))
-    return entry[1] if entry is not None and entry[0] is table else None
+        answer = _answers.get(key)
+        if answer is not None:
+            _answers.move_to_end(key)
+    return answer
 
 
-def remember_answer(table: pa.Table, tag: str, answer: Answer) -> None:
+def remember_answer(file: tuple[str, int], tag: str, answer: Answer) -> None:
     with _cache_lock:
-        if len(_answers) >= MAX_ANSWERS:
-            del _answers[next(iter(_answers))]
-        _answers[(id(table), tag)] = (table, answer)
+        _answers[(*file, tag)] = answer
+        while len(_answers) > MAX_ANSWERS:
+            _answers.popitem(last=False)
+
+
+# One answer is rendered at a time: 50 clients asking for a new release at once would otherwise
+# read the file and render the same answer 50 times over (the GIL runs them one by one anyway).
+_render_lock = threading.Lock()
+
+
+def answer_once(file: tuple[str, int], tag: str, render: Callable[[], Answer]) -> Answer:
+    """The cached answer, or `render()`'s, remembered (rendered once for concurrent callers)."""
+    with _render_lock:
+        answer = cached_answer(file, tag)
+        if answer is None:
+            answer = render()
+            remember_answer(file, tag, answer)
+    return answer
 
 
 @dataclass(frozen=True)

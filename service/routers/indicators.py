@@ -1,9 +1,11 @@
 """Published indicators: catalogue, results (JSON or CSV), profiles, variation, participation."""
 
+from functools import partial
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from pydantic import Field
+from starlette.concurrency import run_in_threadpool
 
 from indicators.catalogue import load_catalogue
 from schemas.api import (
@@ -16,8 +18,10 @@ from schemas.api import (
 )
 from schemas.organisations import Hierarchy
 from service import audit, indicator_views, published
-from service.deps import PrincipalDep, SessionDep, SettingsDep
+from service.auth import Principal
+from service.deps import PrincipalDep, SessionDep, SettingsDep, on_catalog_threads
 from service.errors import problem_responses
+from service.settings import Settings
 
 router = APIRouter(tags=["indicators"])
 
@@ -56,10 +60,9 @@ def list_indicators(request: Request, _: PrincipalDep) -> list[IndicatorPublic]:
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
     },
 )
-def list_results(
+async def list_results(
     request: Request,
     principal: PrincipalDep,
-    session: SessionDep,
     settings: SettingsDep,
     release: ReleaseQuery = None,
     indicator: Annotated[str | None, Query(max_length=64)] = None,
@@ -72,7 +75,12 @@ def list_results(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Precomputed indicator results of a release, filtered; JSON or CSV, with an ETag."""
-    number = published.get_release(session, release).number
+    # The catalog is asked on every request (a release retired by an erasure is not served);
+    # a rendered answer is then served from memory on the event loop, a new one is rendered
+    # in the threadpool.
+    number = await on_catalog_threads(
+        request, published.served_release_in, request.app.state.engine, release
+    )
     query = published.ResultQuery(
         indicator=indicator, years=tuple(year or ()), level=level, orgnr=orgnr, context=context
     )
@@ -85,20 +93,35 @@ def list_results(
         return Response(status_code=304, headers={"ETag": tag})
     headers = {"ETag": tag, "Cache-Control": "private, max-age=60", "Vary": "Authorization"}
     media_type = "text/csv" if as_csv else "application/json"
+    file = published.results_path(settings, number)
+    answer = published.cached_answer(file, tag)
+    if answer is None:
+        answer = await run_in_threadpool(
+            published.answer_once,
+            file,
+            tag,
+            partial(_render_results, settings, number, query, principal, as_csv=as_csv),
+        )
+    audit.note(request, rows=answer.rows)
+    return Response(answer.body, media_type=media_type, headers=headers)
+
+
+def _render_results(
+    settings: Settings,
+    number: int,
+    query: published.ResultQuery,
+    principal: Principal,
+    *,
+    as_csv: bool,
+) -> published.Answer:
     table = published.results_table(settings, number)
-    cached = published.cached_answer(table, tag)
-    if cached is not None:
-        audit.note(request, rows=cached.rows)
-        return Response(cached.body, media_type=media_type, headers=headers)
     rows = sorted(published.select_results(table, query, principal), key=published.sort_key)
-    audit.note(request, rows=len(rows))
     if as_csv:
         body = published.to_csv(rows).encode()
     else:
         page = IndicatorResultPage(release=number, items=[IndicatorResultPublic(**r) for r in rows])
         body = page.model_dump_json().encode()
-    published.remember_answer(table, tag, published.Answer(body=body, rows=len(rows)))
-    return Response(body, media_type=media_type, headers=headers)
+    return published.Answer(body=body, rows=len(rows))
 
 
 @router.get(
