@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from schemas.forms import FORMS, Form
 from schemas.parsing import Normalised, normalise
 from validation.suites import (
+    CODE_SUFFIX,
     INVALID_SUFFIX,
     PRESENT_SUFFIX,
     VALUE_SUFFIX,
@@ -241,6 +242,9 @@ def _frame(raw: pa.Table, form: Form, checks: list[Check], normalised: Normalise
             # float32 column goes through a Python function per value).
             values = pc.cast(typed, pa.float64()).to_numpy()
             columns[name] = np.asarray(values, dtype=np.float64)
+        elif suffix == CODE_SUFFIX:
+            codes = pc.cast(pc.dictionary_encode(text).indices, pa.float64())
+            columns[name] = np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.float64)
         elif suffix == INVALID_SUFFIX:
             invalid = normalised.invalid[base].to_numpy(zero_copy_only=False)
             columns[name] = np.asarray(invalid, dtype=bool)
@@ -251,7 +255,7 @@ def _frame(raw: pa.Table, form: Form, checks: list[Check], normalised: Normalise
     return pd.DataFrame(columns, index=pd.RangeIndex(raw.num_rows), copy=False)
 
 
-_SUFFIX: Final = re.compile(f"({VALUE_SUFFIX}|{INVALID_SUFFIX}|{PRESENT_SUFFIX})$")
+_SUFFIX: Final = re.compile(f"({VALUE_SUFFIX}|{INVALID_SUFFIX}|{PRESENT_SUFFIX}|{CODE_SUFFIX})$")
 
 
 def _split(name: str) -> tuple[str, str]:

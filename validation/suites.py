@@ -15,7 +15,9 @@ the frame is kept narrow and numeric; the pseudonym never enters it):
   completeness);
 - `{column}__value`: integers and dates as float64 (dates as days since 1970-01-01), NaN where
   missing or unparseable (codes, ranges, future dates, referral before intake);
-- `{column}__invalid`: True where a value is present but not parseable (type).
+- `{column}__invalid`: True where a value is present but not parseable (type);
+- `{column}__code`: the text's dictionary code as float64 (uniqueness: the same equality as the
+  text, without pandas hashing a million strings: 0.45 s → 0.07 s).
 """
 
 import hashlib
@@ -50,6 +52,7 @@ NO_COMPLETENESS_CHECK: Final = frozenset({"clinical_study_id"})
 VALUE_SUFFIX: Final = "__value"
 PRESENT_SUFFIX: Final = "__present"
 INVALID_SUFFIX: Final = "__invalid"
+CODE_SUFFIX: Final = "__code"
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,7 @@ def _column_checks(
                 "fatal",
                 0.0,
                 "ExpectColumnValuesToBeUnique",
-                {"column": name},
+                {"column": name + CODE_SUFFIX},
                 "record_id occurs more than once in the file",
             )
         )
