@@ -50,6 +50,7 @@ MAX_LISTED_RECORD_IDS: Final = 100
 # The file-level check that the columns are the form's: not in the generator's table because the
 # reader refuses such files before validation; here for a raw table built by other means.
 COLUMNS_CHECK_ID: Final = "table.columns"
+_IDENTIFIER: Final = re.compile(r"[a-z][a-z0-9_]{0,40}")
 
 ROW_FAILURES_SCHEMA: Final = pa.schema(
     [
@@ -164,9 +165,12 @@ def run_checks(raw: pa.Table, form: Form, checks: list[Check]) -> ValidationResu
         if result.status == "error" or (result.severity == "fatal" and result.status == "failed")
     ]
     if unknown or missing:
+        # A file without a header row has values for column names: name only identifier-like ones.
+        named = [name for name in unknown if _IDENTIFIER.fullmatch(name)]
+        unnamed = [f"{len(unknown) - len(named)} unnamed"] if len(named) < len(unknown) else []
         reasons[0] = (
             f"{COLUMNS_CHECK_ID}: {len(unknown)} column(s) not part of form '{form.value}'"
-            f"{' (' + ', '.join(unknown) + ')' if unknown else ''}, "
+            f"{' (' + ', '.join(named + unnamed) + ')' if unknown else ''}, "
             f"{len(missing)} required column(s) missing"
             f"{' (' + ', '.join(missing) + ')' if missing else ''}"
         )

@@ -179,6 +179,16 @@ def test_unknown_and_missing_columns_reject_the_file() -> None:
     assert statuses["sex.codes"].status == "passed"
 
 
+def test_column_names_that_may_be_values_are_not_repeated() -> None:
+    # A file without a header row: its first row's values became the column names.
+    raw = raw_table(Form.BASIS, [{}]).append_column("01.02.1990 P-77", pa.array(["x"]))
+    result = validate_extract(raw, Form.BASIS, known_providers=KNOWN, today=TODAY)
+    assert result.rejection_reasons == [
+        "table.columns: 1 column(s) not part of form 'basis' (1 unnamed), "
+        "0 required column(s) missing"
+    ]
+
+
 def test_an_absent_optional_column_counts_as_empty() -> None:
     raw = raw_table(Form.BASIS, [{}, {}]).drop_columns(["dudit"])
     result = validate_extract(raw, Form.BASIS, known_providers=KNOWN, today=TODAY)
