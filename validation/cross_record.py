@@ -13,6 +13,11 @@ counts as an empty table):
   sex, treatment_type;
 - `existing[Form.DISCHARGE]`: record_id, episode_id, provider_orgnr, discharge_date.
 
+Overlapping inpatient episodes are checked when a basis record arrives: an episode without a
+discharge counts as ongoing (open-ended), so a later discharge can only end an overlap, never start
+one. Two intervals overlap when each starts before the other ends (a transfer on the day of
+discharge is not an overlap).
+
 Everything runs as DuckDB SQL over the Arrow tables, in one in-memory connection per call. The SQL
 text is assembled from this module's constants only (never from data), hence the `noqa: S608`.
 """
