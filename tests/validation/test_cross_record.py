@@ -1,11 +1,13 @@
 """Cross-record checks: each check fails on a tiny file that violates it and passes on one that
 does not, with the exact failing rows."""
 
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.forms import PATIENT_KEY_COLUMN, PSEUDONYM_COLUMN, Form, extract_schema
 from validation.cross_record import EXISTING_COLUMNS, check
@@ -220,3 +222,46 @@ def test_an_empty_warehouse_holds_every_follow_on_record() -> None:
         (0, "m1", "cross.no_intake", "error")
     ]
     assert check(incoming(Form.BASIS, []), Form.BASIS, {}).num_rows == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    episodes=st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=60),  # intake, days after 1 Jan 2024
+            st.one_of(st.none(), st.integers(min_value=0, max_value=60)),  # length of stay
+            st.sampled_from([1, 2, 3, 4, 5]),
+        ),
+        max_size=4,
+    ),
+    intake=st.integers(min_value=0, max_value=90),
+)
+def test_overlap_agrees_with_interval_arithmetic(
+    episodes: list[tuple[int, int | None, int]], intake: int
+) -> None:
+    start = date(2024, 1, 1)
+    stored_basis, stored_discharges = [], []
+    for i, (day, stay, treatment_type) in enumerate(episodes):
+        stored_basis.append(
+            {"record_id": f"b{i}", "episode_id": f"e{i}", "age": 40, "sex": 1,
+             "intake_date": start + timedelta(days=day), "treatment_type": treatment_type}
+        )  # fmt: skip
+        if stay is not None:
+            stored_discharges.append(
+                {"record_id": f"d{i}", "episode_id": f"e{i}",
+                 "discharge_date": start + timedelta(days=day + stay)}
+            )  # fmt: skip
+    existing = {
+        Form.BASIS: stored(Form.BASIS, stored_basis),
+        Form.DISCHARGE: stored(Form.DISCHARGE, stored_discharges),
+    }
+    rows = [{"record_id": "new", "episode_id": "new", "age": 40, "sex": 1,
+             "intake_date": start + timedelta(days=intake), "treatment_type": 2}]  # fmt: skip
+    # The new episode has no discharge: it runs from its intake on. A stored inpatient episode
+    # overlaps it unless it was discharged on or before the new intake.
+    overlaps = any(
+        treatment_type in (2, 3) and (stay is None or intake < day + stay)
+        for day, stay, treatment_type in episodes
+    )
+    expected = [(0, "new", "cross.overlapping_inpatient", "warning")] if overlaps else []
+    assert _failures(check(incoming(Form.BASIS, rows), Form.BASIS, existing)) == expected
