@@ -31,8 +31,13 @@ def quality_report(result: ValidationResult) -> dict[str, Any]:
 def render_html(report: dict[str, Any], *, failing_ids_url: str | None = None) -> str:
     """The report as one self-contained HTML page."""
     template = _ENVIRONMENT.get_template("report.html")
+    # A capped list links to `{failing_ids_url}?check={check_id}` (or `&check=` after a query).
+    separator = "&" if failing_ids_url and "?" in failing_ids_url else "?"
     return template.render(
-        report=report, failing_ids_url=failing_ids_url, max_listed=MAX_LISTED_RECORD_IDS
+        report=report,
+        failing_ids_url=failing_ids_url,
+        separator=separator,
+        max_listed=MAX_LISTED_RECORD_IDS,
     )
 
 

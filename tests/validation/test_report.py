@@ -103,6 +103,8 @@ def test_failing_ids_link_only_when_the_list_is_capped() -> None:
     assert html.count('href="/uploads/7/failing?check=') == 1
     assert 'href="/uploads/7/failing?check=severity.range">all 101</a>' in html
     assert "(first 100 of 101)" in render_html(quality_report(result))
+    with_query = render_html(quality_report(result), failing_ids_url="/failing?upload=7")
+    assert 'href="/failing?upload=7&amp;check=severity.range"' in with_query
 
 
 def test_html_escapes_what_it_shows() -> None:
