@@ -6,12 +6,13 @@ basis row, ~2 measurement points, 0.8 discharges and 0.3 follow-ups. Then times
 `indicators.engine.compute` (DuckDB) and a straightforward pandas implementation of three
 indicators (plan, mutual_end, waiting_days) and prints time (best of `--runs`), peak memory
 (ru_maxrss), the ratio and the load average (other jobs share the machine). `--per-indicator`
-also times each indicator alone (each rebuilding the episode tables it needs).
+also times each indicator alone (each rebuilding the episode tables it needs); `--steps` prints
+the time of each engine step (materialised tables, queries).
 Targets: ≤ 20 s and ≤ 4 GB. The release is built once per size and reused (under `bench/out/`,
 git-ignored).
 
     .venv/bin/python -m bench.indicators [--episodes 10000000] [--dir bench/out] [--runs 2]
-        [--per-indicator]
+        [--per-indicator] [--steps]
 
 (run as a module from the repository root: as a script its own name would shadow `indicators`)
 """
@@ -19,6 +20,7 @@ git-ignored).
 from __future__ import annotations
 
 import argparse
+import logging
 import resource
 import time
 from datetime import UTC, datetime
@@ -262,7 +264,11 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("bench/out"))
     parser.add_argument("--runs", type=int, default=2, help="timed runs; the best is reported")
     parser.add_argument("--per-indicator", action="store_true")
+    parser.add_argument("--steps", action="store_true", help="print each engine step's time")
     args = parser.parse_args()
+    if args.steps:
+        logging.basicConfig(format="    %(message)s")
+        logging.getLogger("indicators").setLevel(logging.DEBUG)
     manifest_path = args.dir / f"manifest-{args.episodes}.json"
     if manifest_path.exists():
         manifest = ReleaseManifest.read(manifest_path)

@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from indicators.catalogue import IndicatorDefinition, load_catalogue
-from indicators.episodes import EngineName, Release, all_of
+from indicators.episodes import EngineName, Release, all_of, timed
 from indicators.funnel import funnel_significance, normal_funnel_limits
 from indicators.levels import (
     AGGREGATE_SCHEMA,
@@ -270,18 +270,23 @@ def aggregates(
     result: dict[str, pa.Table] = {}
     try:
         for group in groups.values():
-            cells = _fetch(backend, engine, _cells(group.members, release))
+            expression = _cells(group.members, release)
+            with timed("cells " + ",".join(d.id for d in group.members)):
+                cells = _fetch(backend, engine, expression)
             for index, definition in enumerate(group.members):
                 rows = _member_cells(cells, index)
                 if definition.type == "coverage":
-                    npr = _fetch(backend, engine, _npr(release))
+                    with timed("npr"):
+                        npr = _fetch(backend, engine, _npr(release))
                     table = roll_up_coverage(rows, npr, definition, organisations)
                 else:
                     table = roll_up_sums(rows, definition, organisations)
                 result[definition.id] = table
         for definition in definitions:
             if definition.type == "median":
-                cells = _fetch(backend, engine, _median_cells(definition, release))
+                expression = _median_cells(definition, release)
+                with timed(f"median cells {definition.id}"):
+                    cells = _fetch(backend, engine, expression)
                 result[definition.id] = roll_up_medians(cells, definition, organisations)
             elif definition.unit == "patient":
                 expression = patient_levels(
@@ -290,7 +295,9 @@ def aggregates(
                     organisations.tables(),
                     release.materialise,
                 )
-                result[definition.id] = _fetch(backend, engine, expression).cast(AGGREGATE_SCHEMA)
+                with timed(f"patient levels {definition.id}"):
+                    fetched = _fetch(backend, engine, expression)
+                result[definition.id] = fetched.cast(AGGREGATE_SCHEMA)
     finally:
         release.release()
         if engine == "duckdb":

@@ -15,7 +15,11 @@ repeated subquery. Spark plans them into each job, as its optimiser prefers.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
@@ -31,6 +35,19 @@ EngineName = Literal["duckdb", "spark"]
 
 EPISODE_KEY: Final = ("provider_orgnr", "episode_id")
 
+# Per-step timing at DEBUG level (bench/indicators.py --steps shows it).
+log = logging.getLogger("indicators")
+
+
+@contextmanager
+def timed(step: str) -> Iterator[None]:
+    """Log a step's wall time at DEBUG level."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        log.debug("%-40s %6.1f s", step, time.perf_counter() - started)
+
 
 class Release:
     """The release's tables as Ibis tables, with the derived tables built once per run."""
@@ -45,14 +62,15 @@ class Release:
         self._tables: dict[str, ir.Table] = {}
         self._materialised: list[str] = []
 
-    def materialise(self, table: ir.Table) -> ir.Table:
+    def materialise(self, table: ir.Table, step: str = "table") -> ir.Table:
         """A table several queries read, computed once (DuckDB: a temporary table; Spark plans
         it into each job). Dropped by `release`."""
         if self.engine != "duckdb":
             return table
         name = f"kvarus_table_{len(self._materialised)}"
         # Not overwrite=True: with sqlglot 30 ibis renders that DROP without the table name.
-        self.backend.create_table(name, obj=table, temp=True)
+        with timed(f"materialise {step}"):
+            self.backend.create_table(name, obj=table, temp=True)
         self._materialised.append(name)
         return cast(ir.Table, self.backend.table(name))
 
@@ -95,8 +113,9 @@ class Release:
         """Per episode: the intake columns of its first basis row. Materialised."""
         key = "episodes"
         if key not in self._tables:
-            first = _first(self.raw("basis"), "intake_date")
-            self._tables[key] = self.materialise(first.select(*EPISODE_KEY, *EPISODE_COLUMNS))
+            columns = [*EPISODE_KEY, *EPISODE_COLUMNS]
+            first = _first(self.raw("basis"), "intake_date", columns)
+            self._tables[key] = self.materialise(first, "episodes")
         return self._tables[key]
 
     def first_per_episode(self, name: str, date_column: str) -> ir.Table:
@@ -113,7 +132,7 @@ class Release:
                 table = _first(self.enriched(name), date_column)
             else:
                 table = self._enrich(name, _first(self.raw(name), date_column))
-            self._tables[key] = self.materialise(table)
+            self._tables[key] = self.materialise(table, f"first {name}")
         return self._tables[key]
 
     def enriched(self, name: str) -> ir.Table:
@@ -165,14 +184,23 @@ class Release:
         return joined.drop(*[f"{c}_right" for c in EPISODE_KEY])
 
 
-def _first(table: ir.Table, date_column: str) -> ir.Table:
-    """The first row per episode by a date column, ties broken by record_id."""
-    window = ibis.window(
-        group_by=[table[c] for c in EPISODE_KEY],
-        order_by=[table[date_column], table.record_id],
+def _first(table: ir.Table, date_column: str, columns: list[str] | None = None) -> ir.Table:
+    """The first row per episode by a date column, ties broken by record_id (the columns named,
+    default all).
+
+    A group-by taking the minimum of a struct that starts with (date, record_id), not a window
+    ranking (about twice as fast, and no sort): record_id is unique within a form (the loader
+    refuses duplicates), so (date, record_id) is unique within an episode and the minimum struct
+    is exactly the row the ranking would pick; the fields after the key are never compared. The
+    date is required by every form, so no null dates reach the comparison.
+    """
+    kept = [c for c in (columns or table.columns) if c not in EPISODE_KEY]
+    fields = [date_column, "record_id", *[c for c in kept if c not in (date_column, "record_id")]]
+    first = table.group_by(*EPISODE_KEY).agg(
+        _first=ibis.struct({c: table[c] for c in fields}).min()
     )
-    ranked = table.mutate(_rank=ibis.row_number().over(window))
-    return ranked.filter(ranked._rank == 0).drop("_rank")
+    first = first.unpack("_first")
+    return first.select(*[c for c in (columns or table.columns) if c in first.columns])
 
 
 def _local(uri: str) -> str:
