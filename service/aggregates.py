@@ -30,11 +30,20 @@ Disclosure control, in two layers:
 Categories of a dimension are fixed by the code lists and the organisation hierarchy (and the
 release's years), not by the data, so the shape of an answer does not reveal that a rare
 category exists.
+
+Computation (not semantics): a release's episodes, with each patient's record key computed once,
+are kept in memory as an `EpisodeView` while the release's files stand (never on disk), and
+episode measures are summed per combination of the columns a query reads before the CUBE. The
+counts and key sums are the same as over the rows one by one.
 """
 
 import hashlib
 import hmac
 import itertools
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -120,7 +129,7 @@ def cell_key_salt(pseudonym_key: bytes) -> str:
 
 
 def record_key(salt: str, patient_key: str) -> int:
-    """A patient's record key in [0, 2^32): the Python twin of the SQL in `_episode_view`."""
+    """A patient's record key in [0, 2^32): the Python twin of the SQL in `_build_episode_view`."""
     return int(hashlib.sha256((salt + patient_key).encode()).hexdigest()[:8], 16)
 
 
@@ -152,45 +161,158 @@ def categories(dimension: str, *, hierarchy: Hierarchy, years: list[str]) -> lis
     raise RejectedInput(f"unknown dimension {dimension}")
 
 
-def _episode_sql(
-    manifest: ReleaseManifest, *, with_discharge: bool, hierarchy: Hierarchy
-) -> tuple[str, dict[str, object]]:
-    """The episode rows as SQL CTEs (`rhf_map`, `discharge_one`, `episode`) and parameters."""
+@dataclass
+class EpisodeView:
+    """A release's episode rows with their record keys, in an in-memory DuckDB database.
+
+    Built once per release (and salt and hierarchy) and queried by every aggregate over it:
+    the SHA-256 of every patient is the cost of an aggregate (10 million episodes: ~10 s as a
+    hash per row), the CUBE over integer columns in memory a fraction of a second. Each patient
+    is hashed once (not once per episode) and numbered: `patient` is a dense integer standing
+    for `patient_key`, so the view holds no pseudonym. The view is kept only in memory, never
+    written beside the release: an erasure retires a release and deletes its files, and a copy
+    on disk would outlive both.
+    """
+
+    connection: duckdb.DuckDBPyConnection
+    signature: tuple[tuple[str, int, int], ...]
+
+
+# Releases whose views are kept (the latest and the one before, typically): about 35 bytes per
+# episode in DuckDB's memory (10 million episodes: ~330 MiB).
+MAX_VIEWS: Final = 2
+_views: OrderedDict[tuple[object, ...], EpisodeView] = OrderedDict()
+_views_lock = threading.Lock()  # one build at a time: concurrent first queries share it
+
+
+def _signature(files: list[str]) -> tuple[tuple[str, int, int], ...] | None:
+    """Path, size and mtime of every file; None when one is gone (an erasure deleted it)."""
+    result: list[tuple[str, int, int]] = []
+    for file in files:
+        try:
+            stat = os.stat(file)
+        except FileNotFoundError:
+            return None
+        result.append((file, stat.st_size, stat.st_mtime_ns))
+    return tuple(result)
+
+
+def episode_view(manifest: ReleaseManifest, *, salt: str, hierarchy: Hierarchy) -> EpisodeView:
+    """The release's episode view: cached in memory while its files are unchanged."""
     basis = _files(manifest, "basis")
     if not basis:
         raise RejectedInput(f"release {manifest.release} has no episodes")
+    discharge = _files(manifest, "discharge") if "discharge" in manifest.tables else []
     providers = sorted(o.orgnr for o in hierarchy.providers)
-    parameters: dict[str, object] = {
-        "basis": basis,
-        "map_orgnr": providers,
-        "map_rhf": [hierarchy.rhf_of(p).orgnr for p in providers],
-    }
-    ctes = ["rhf_map AS (SELECT unnest($map_orgnr) AS map_orgnr, unnest($map_rhf) AS rhf_orgnr)"]
-    discharge_join = ""
-    discharge_columns = "NULL::INTEGER AS d_end_reason, NULL::INTEGER AS d_followup_arranged"
-    discharge = _files(manifest, "discharge") if with_discharge else []
-    if discharge:
-        parameters["discharge"] = discharge
-        # One discharge per episode (a duplicate is a validation error; take the latest).
-        ctes.append(
-            "discharge_one AS (SELECT patient_key, episode_id, "
-            "arg_max(end_reason, discharge_date) AS d_end_reason, "
-            "arg_max(followup_arranged, discharge_date) AS d_followup_arranged "
-            "FROM read_parquet($discharge, hive_partitioning = true) "
-            "GROUP BY patient_key, episode_id)"
+    rhfs = [hierarchy.rhf_of(p).orgnr for p in providers]
+    key = (manifest.release, tuple(basis), tuple(discharge), salt, tuple(providers), tuple(rhfs))
+    with _views_lock:
+        # Drop every view whose files changed or are gone, not just this release's: the data
+        # of an erased patient must not stay in memory until someone asks for that release.
+        for other, view in list(_views.items()):
+            if _signature([f for f, _, _ in view.signature]) != view.signature:
+                del _views[other]
+                view.connection.close()
+        cached = _views.get(key)
+        if cached is not None:
+            _views.move_to_end(key)
+            return cached
+        signature = _signature(basis + discharge)
+        view = EpisodeView(
+            _build_episode_view(basis, discharge, salt=salt, providers=providers, rhfs=rhfs),
+            signature or (),
         )
-        discharge_join = "LEFT JOIN discharge_one d USING (patient_key, episode_id)"
-        discharge_columns = "d.d_end_reason, d.d_followup_arranged"
-    ctes.append(
-        "episode AS (SELECT b.patient_key, b.episode_id, b.provider_orgnr, b.sex, b.age, "  # noqa: S608
-        "b.treatment_type, b.primary_substance, b.clinical_study_id, "
-        f"CAST(b.year AS INTEGER) AS year, m.rhf_orgnr, {discharge_columns}, "
-        # The record key: first 4 bytes of sha256(salt || patient_key), see `record_key`.
-        "CAST(('0x' || substr(sha256($salt || b.patient_key), 1, 8)) AS UBIGINT) AS rkey "
-        "FROM read_parquet($basis, hive_partitioning = true) b "
-        f"LEFT JOIN rhf_map m ON m.map_orgnr = b.provider_orgnr {discharge_join})"
-    )
-    return "WITH " + ", ".join(ctes), parameters
+        if signature is not None:  # files gone: DuckDB has raised above; kept out regardless
+            _views[key] = view
+            while len(_views) > MAX_VIEWS:
+                _, evicted = _views.popitem(last=False)
+                evicted.connection.close()
+        return view
+
+
+def _build_episode_view(
+    basis: list[str], discharge: list[str], *, salt: str, providers: list[str], rhfs: list[str]
+) -> duckdb.DuckDBPyConnection:
+    """The `episode` table: the basis rows, RHF, discharge columns and the record key `rkey`."""
+    # Row order is irrelevant to a CUBE: letting DuckDB insert in parallel, unordered, is faster
+    # and needs less memory.
+    connection = duckdb.connect(config={"preserve_insertion_order": False})
+    try:
+        # The record key: first 4 bytes of sha256(salt || patient_key), see `record_key`;
+        # computed once per distinct patient, whose row number then stands for the key.
+        connection.execute(
+            "CREATE TEMP TABLE patient AS SELECT patient_key, "
+            "CAST(('0x' || substr(sha256($salt || patient_key), 1, 8)) AS UBIGINT) AS rkey "
+            "FROM (SELECT DISTINCT patient_key FROM read_parquet($basis, hive_partitioning = true) "
+            "WHERE patient_key IS NOT NULL)",
+            {"salt": salt, "basis": basis},
+        )
+        parameters: dict[str, object] = {"basis": basis, "map_orgnr": providers, "map_rhf": rhfs}
+        ctes = [
+            "rhf_map AS (SELECT unnest($map_orgnr) AS map_orgnr, unnest($map_rhf) AS rhf_orgnr)"
+        ]
+        discharge_join = ""
+        discharge_columns = "NULL::INTEGER AS d_end_reason, NULL::INTEGER AS d_followup_arranged"
+        if discharge:
+            parameters["discharge"] = discharge
+            # One discharge per episode (a duplicate is a validation error; take the latest).
+            ctes.append(
+                "discharge_one AS (SELECT patient_key, episode_id, "
+                "arg_max(end_reason, discharge_date) AS d_end_reason, "
+                "arg_max(followup_arranged, discharge_date) AS d_followup_arranged "
+                "FROM read_parquet($discharge, hive_partitioning = true) "
+                "GROUP BY patient_key, episode_id)"
+            )
+            discharge_join = (
+                "LEFT JOIN discharge_one d "
+                "ON d.patient_key = b.patient_key AND d.episode_id = b.episode_id"
+            )
+            discharge_columns = "d.d_end_reason, d.d_followup_arranged"
+        connection.execute(
+            f"CREATE TABLE episode AS WITH {', '.join(ctes)} "  # noqa: S608
+            "SELECT p.rowid AS patient, p.rkey, b.provider_orgnr, b.sex, b.age, b.treatment_type, "
+            "b.primary_substance, b.clinical_study_id, CAST(b.year AS INTEGER) AS year, "
+            f"m.rhf_orgnr, {discharge_columns} "
+            "FROM read_parquet($basis, hive_partitioning = true) b "
+            "LEFT JOIN patient p ON p.patient_key = b.patient_key "
+            f"LEFT JOIN rhf_map m ON m.map_orgnr = b.provider_orgnr {discharge_join}",
+            parameters,
+        )
+        connection.execute("DROP TABLE patient")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+# The episode columns each dimension (and its filter) reads.
+DIMENSION_COLUMNS: Final[dict[str, str]] = {
+    "year": "year",
+    "rhf": "rhf_orgnr",
+    "provider": "provider_orgnr",
+    "sex": "sex",
+    "age_group": "age",
+    "treatment_type": "treatment_type",
+    "primary_substance": "primary_substance",
+    "end_reason": "d_end_reason",
+}
+
+
+def _episode_groups(dimensions: Iterable[str], filters: Iterable[str], measures: list[str]) -> str:
+    """Episode measures summed once per combination of the columns the query reads.
+
+    Counts and key sums add up, so the CUBE (one hash aggregation per grouping set) runs over
+    these few hundred groups instead of every episode: the same counts and the same sums.
+    Distinct-patient measures do not add up and take the episode rows themselves.
+    """
+    columns = sorted({DIMENSION_COLUMNS[d] for d in [*dimensions, *filters]})
+    sums = []
+    for i, name in enumerate(measures):
+        condition = MEASURES[name].condition
+        sums.append(f"count(*) FILTER (WHERE {condition}) AS n{i}")
+        sums.append(f"sum(rkey) FILTER (WHERE {condition}) AS k{i}")
+    grouping = f"GROUP BY {', '.join(columns)}" if columns else ""
+    return f"(SELECT {', '.join([*columns, *sums])} FROM episode {grouping})"  # noqa: S608
 
 
 @dataclass(frozen=True)
@@ -215,18 +337,17 @@ def compute_tables(
     measures: list[str] = list(dict.fromkeys(str(m) for m in request.measures))
     needs_discharge = "end_reason" in dimensions or "end_reason" in request.filters
     needs_discharge = needs_discharge or any(MEASURES[m].needs_discharge for m in measures)
-    with_sql, parameters = _episode_sql(
-        manifest, with_discharge=needs_discharge, hierarchy=hierarchy
-    )
-    parameters["salt"] = salt
-    connection = duckdb.connect()
+    if needs_discharge and "discharge" not in manifest.tables:
+        raise RejectedInput(f"release {manifest.release} has no discharge table")
+    view = episode_view(manifest, salt=salt, hierarchy=hierarchy)
+    parameters: dict[str, object] = {}
+    # A cursor per query: the view's connection is shared by concurrent requests.
+    connection = view.connection.cursor()
     try:
         years = [
             str(row[0])
             for row in connection.execute(
-                "SELECT DISTINCT CAST(year AS INTEGER) AS y "
-                "FROM read_parquet($basis, hive_partitioning = true) ORDER BY y",
-                {"basis": parameters["basis"]},
+                "SELECT DISTINCT year AS y FROM episode ORDER BY y"
             ).fetchall()
         ]
         axes: list[list[str]] = []
@@ -247,26 +368,33 @@ def compute_tables(
             where.append(f"{DIMENSION_SQL[dimension]} IN (SELECT unnest($filter{index}))")
             parameters[f"filter{index}"] = [str(v) for v in values]
         selects = [f"{DIMENSION_SQL[d]} AS dim{i}" for i, d in enumerate(dimensions)]
-        aggregates: list[str] = []
-        for i, name in enumerate(measures):
-            spec = MEASURES[name]
-            if spec.unit == "episode":
-                aggregates.append(f"count(*) FILTER (WHERE {spec.condition}) AS n{i}")
-                aggregates.append(f"sum(rkey) FILTER (WHERE {spec.condition}) AS k{i}")
-            else:
-                aggregates.append(
-                    f"count(DISTINCT patient_key) FILTER (WHERE {spec.condition}) AS n{i}"
-                )
-                # Distinct patients: each patient's key once (a key is a function of the patient).
-                aggregates.append(f"sum(DISTINCT rkey) FILTER (WHERE {spec.condition}) AS k{i}")
         group_columns = ", ".join(f"dim{i}" for i in range(len(dimensions)))
         filtered = f"WHERE {' AND '.join(where)}" if where else ""
+        if all(MEASURES[m].unit == "episode" for m in measures):
+            source = _episode_groups(dimensions, request.filters, measures)
+            aggregates = [f"sum(n{i}) AS n{i}, sum(k{i}) AS k{i}" for i in range(len(measures))]
+        else:
+            source = "episode"
+            aggregates = []
+            for i, name in enumerate(measures):
+                spec = MEASURES[name]
+                if spec.unit == "episode":
+                    aggregates.append(f"count(*) FILTER (WHERE {spec.condition}) AS n{i}")
+                    aggregates.append(f"sum(rkey) FILTER (WHERE {spec.condition}) AS k{i}")
+                else:
+                    # `patient` numbers the distinct patient keys: the same count.
+                    aggregates.append(
+                        f"count(DISTINCT patient) FILTER (WHERE {spec.condition}) AS n{i}"
+                    )
+                    # Distinct patients: each patient's key once (a key is a function of the
+                    # patient).
+                    aggregates.append(f"sum(DISTINCT rkey) FILTER (WHERE {spec.condition}) AS k{i}")
         # Only whitelisted fragments (DIMENSION_SQL, MEASURES) are interpolated; every value is a
         # bound parameter.
         sql = (
-            f"{with_sql} SELECT {group_columns}, GROUPING({group_columns}) AS grp, "  # noqa: S608
+            f"SELECT {group_columns}, GROUPING({group_columns}) AS grp, "  # noqa: S608
             f"{', '.join(aggregates)} "
-            f"FROM (SELECT *, {', '.join(selects)} FROM episode {filtered}) "
+            f"FROM (SELECT *, {', '.join(selects)} FROM {source} {filtered}) "
             f"GROUP BY CUBE ({group_columns})"
         )
         rows = connection.execute(sql, parameters).fetchall()

@@ -1,11 +1,14 @@
 """Researcher aggregates: true counts, cell-key perturbation, suppression, differencing attacks."""
 
 import itertools
+import os
 from datetime import date
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
@@ -16,7 +19,17 @@ from scipy.optimize import linprog
 from indicators.disclosure import CELL_KEY_MODULUS, perturb, with_margins
 from schemas.api import AggregateCreate
 from schemas.organisations import Hierarchy
-from service.aggregates import PTABLE, MeasureTable, cell_key_salt, protect, record_key
+from service import aggregates as aggregates_module
+from service.aggregates import (
+    PTABLE,
+    MeasureTable,
+    cell_key_salt,
+    compute_tables,
+    episode_view,
+    protect,
+    record_key,
+)
+from service.published import read_manifest
 from service.settings import Settings
 from tests.conftest import PROVIDER_A, PROVIDER_B
 from tests.service.conftest import Headers, ReleaseWriter
@@ -297,3 +310,55 @@ class TestProtect:
 def test_request_model_rejects_unknown_measure() -> None:
     with pytest.raises(ValueError, match="measures"):
         AggregateCreate.model_validate({"measures": ["names"], "dimensions": ["sex"]})
+
+
+def without_year(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as stored under `year=Y/` (the year is in the path)."""
+    return {k: v for k, v in row.items() if k != "year"}
+
+
+class TestEpisodeView:
+    """The in-memory view of a release: reused while its files stand, dropped when they change."""
+
+    def test_rewritten_files_are_read_again(
+        self, publish: ReleaseWriter, settings: Settings
+    ) -> None:
+        publish(1, basis=episodes(PROVIDER_A, 20, tag="a"))
+        manifest = read_manifest(settings, 1)
+        salt = cell_key_salt(settings.key_bytes())
+        request = AggregateCreate.model_validate({"measures": ["episodes"], "dimensions": ["sex"]})
+        hierarchy = Hierarchy.default()
+        _, before = compute_tables(manifest, request, salt=salt, hierarchy=hierarchy)
+        assert before["episodes"].counts[-1] == 20
+        assert episode_view(manifest, salt=salt, hierarchy=hierarchy) is episode_view(
+            manifest, salt=salt, hierarchy=hierarchy
+        )
+        # The same file rewritten with 7 more episodes (and a later mtime).
+        (path,) = manifest.files("basis")
+        path = path.removeprefix("file://")
+        rows = episodes(PROVIDER_A, 27, tag="a")
+        pq.write_table(pa.Table.from_pylist([without_year(r) for r in rows]), path)
+        stat = os.stat(path)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        _, after = compute_tables(manifest, request, salt=salt, hierarchy=hierarchy)
+        assert after["episodes"].counts[-1] == 27
+        keys = [r["patient_key"] for r in rows]
+        assert after["episodes"].keys[-1] == sum(record_key(salt, k) for k in keys) % (
+            CELL_KEY_MODULUS
+        )
+
+    def test_view_of_deleted_files_is_dropped(
+        self, publish: ReleaseWriter, settings: Settings
+    ) -> None:
+        publish(1, basis=episodes(PROVIDER_A, 6, tag="a"))
+        publish(2, basis=episodes(PROVIDER_B, 8, tag="b"))
+        salt = cell_key_salt(settings.key_bytes())
+        hierarchy = Hierarchy.default()
+        first = read_manifest(settings, 1)
+        view = episode_view(first, salt=salt, hierarchy=hierarchy)
+        # An erasure deletes the files of the release it retires: asking for any other release
+        # drops the view holding the erased rows.
+        for file in first.files("basis"):
+            os.unlink(file.removeprefix("file://"))
+        episode_view(read_manifest(settings, 2), salt=salt, hierarchy=hierarchy)
+        assert all(v is not view for v in aggregates_module._views.values())
