@@ -7,7 +7,6 @@ register keeps `patient_key`, the hex HMAC-SHA256 of the pseudonym under the reg
 """
 
 import hashlib
-import hmac
 import re
 from typing import Final
 
@@ -27,6 +26,10 @@ _K2_WEIGHTS: Final = (5, 4, 3, 2, 7, 6, 5, 4, 3, 2)
 _WHOLE_CELL: Final = r"^[0-9]{11}$"
 _RUN_INSIDE: Final = r"(^|[^0-9])[0-9]{11}([^0-9]|$)"
 _RUNS: Final = re.compile(r"(?<![0-9])[0-9]{11}(?![0-9])")
+# Any cell holding 11 digits in a row: a superset of both shapes above, so one pass over a column
+# finds every cell the exact checks need to see (the rest cannot hold an identity number).
+_ANY_RUN: Final = r"[0-9]{11}"
+_RUN_LENGTH: Final = 11
 
 
 def _check_digit(digits: str, weights: tuple[int, ...]) -> int:
@@ -85,6 +88,24 @@ def _count_runs_inside_text(values: pa.Array) -> int:
     return count
 
 
+def _candidates(values: pa.ChunkedArray) -> pa.Array | None:
+    """The cells of a column that hold a run of 11 digits, or None if no cell does.
+
+    Every value is looked at: first by its length in bytes (a cell shorter than 11 bytes cannot
+    hold 11 digits; dates, codes and short ids are skipped without a regex), then, if the
+    column has a long enough cell, by one regex pass over the whole column.
+    """
+    if values.type != pa.string():
+        values = pc.cast(values, pa.string())
+    longest = pc.max(pc.binary_length(values)).as_py()
+    if longest is None or longest < _RUN_LENGTH:
+        return None
+    hits = pc.match_substring_regex(values, pattern=_ANY_RUN)
+    if not pc.any(hits).as_py():
+        return None
+    return pc.filter(values, hits).combine_chunks()
+
+
 def find_identity_numbers(raw: pa.Table) -> dict[str, int]:
     """Column → number of cells holding something that passes as a national identity number.
 
@@ -92,10 +113,10 @@ def find_identity_numbers(raw: pa.Table) -> dict[str, int]:
     """
     found: dict[str, int] = {}
     for name in raw.column_names:
-        values = raw.column(name).combine_chunks()
-        if values.type != pa.string():
-            values = pc.cast(values, pa.string())
-        count = _count_whole_cells(values) + _count_runs_inside_text(values)
+        candidates = _candidates(raw.column(name))
+        if candidates is None:
+            continue
+        count = _count_whole_cells(candidates) + _count_runs_inside_text(candidates)
         if count:
             found[name] = count
     return found
@@ -118,15 +139,23 @@ def rekey(pseudonyms: pa.Array, key: bytes) -> pa.Array:
         raise ValueError("The pseudonym key must not be empty")
     if isinstance(pseudonyms, pa.ChunkedArray):
         pseudonyms = pseudonyms.combine_chunks()
-    # One keyed state, copied per value: skips re-deriving the padded key 1M times.
-    base = hmac.new(key, digestmod=hashlib.sha256)
+    # RFC 2104 spelled out on hashlib objects: HMAC(K, m) = H((K ^ opad) || H((K ^ ipad) || m)).
+    # The two keyed states are computed once and copied per value; this skips the `hmac.HMAC`
+    # wrapper's Python-level copy/update/digest per value (about 40% of the time for 500,000
+    # distinct pseudonyms). Tested against `hmac` and RFC 4231.
+    block = hashlib.sha256().block_size
+    padded = (hashlib.sha256(key).digest() if len(key) > block else key).ljust(block, b"\0")
+    inner_copy = hashlib.sha256(bytes(b ^ 0x36 for b in padded)).copy
+    outer_copy = hashlib.sha256(bytes(b ^ 0x5C for b in padded)).copy
     keys: list[str | None] = []
     append = keys.append
     for value in pseudonyms.to_pylist():
         if value is None:
             append(None)
             continue
-        mac = base.copy()
-        mac.update(value.encode("utf-8"))
-        append(mac.hexdigest())
+        inner = inner_copy()
+        inner.update(value.encode("utf-8"))
+        outer = outer_copy()
+        outer.update(inner.digest())
+        append(outer.hexdigest())
     return pa.array(keys, pa.string())
