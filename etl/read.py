@@ -146,6 +146,9 @@ def _decode(data: bytes) -> bytes:
             "Mixed or undecodable encoding: the file holds NUL bytes (UTF-16 or binary?); "
             "send UTF-8 or Windows-1252"
         )
+    if data.isascii():
+        # ASCII is UTF-8: skip building a str of the whole file (~50 ms and its size in memory).
+        return data
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as error:
