@@ -29,6 +29,9 @@ Rules (DOMAIN.md, and choices documented here):
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
@@ -38,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 
 from indicators.catalogue import IndicatorDefinition, load_catalogue
-from indicators.episodes import EngineName, Release, all_of, timed
+from indicators.episodes import ANY_FORMS, EngineName, Release, all_of, timed
 from indicators.funnel import funnel_significance, normal_funnel_limits
 from indicators.levels import (
     AGGREGATE_SCHEMA,
@@ -52,6 +55,7 @@ from indicators.levels import (
 )
 from indicators.results import RESULT_SCHEMA
 from indicators.statistics import proportion
+from indicators.vocabulary import EPISODE_COLUMNS, Condition
 from schemas.manifest import ReleaseManifest
 from schemas.organisations import Hierarchy
 
@@ -159,7 +163,65 @@ def _median_cells(definition: IndicatorDefinition, release: Release) -> ir.Table
     ).agg(n=table.count().cast("int64"))
 
 
+def _columns(conditions: list[Condition]) -> set[str]:
+    """The columns a list of conditions names (inside any_of too)."""
+    names: set[str] = set()
+    for rule in conditions:
+        if rule.column is not None:
+            names.add(rule.column)
+        if rule.any_of is not None:
+            names |= _columns(rule.any_of)
+    return names
+
+
+def _record_patient_rows(definition: IndicatorDefinition, release: Release) -> ir.Table | None:
+    """`_patient_rows` of an `any` indicator whose conditions and year date name only the
+    records' own columns, reduced before the episode join: each record is filtered and scored
+    on its own form, the union reduced to one row per (year, episode, patient, unit) (about
+    half the rows: an episode's records mostly fall in one year), and only those rows look up
+    the episode's home HF. None for other indicators (they take the general path)."""
+    population = definition.population
+    named = _columns(population.where)
+    if definition.numerator is not None:
+        named |= _columns(definition.numerator.where)
+    named.add(definition.year_column)
+    if population.table != "any" or population.first_per_episode is not None:
+        return None
+    if named & set(EPISODE_COLUMNS):
+        return None
+    parts = []
+    for form in ANY_FORMS:
+        table = _with_year(release.records(form), definition.year_column)
+        keep = all_of(table, population.where)
+        if keep is not None:
+            table = table.filter(keep)
+        numerator = (
+            all_of(table, definition.numerator.where) if definition.numerator is not None else None
+        )
+        parts.append(
+            table.select(
+                year=table._year,
+                provider_orgnr=table.provider_orgnr,
+                episode_id=table.episode_id,
+                unit_code=table.unit_code,
+                patient_key=table.patient_key,
+                num=numerator.cast("int64") if numerator is not None else ibis.literal(0, "int64"),
+            )
+        )
+    records = ibis.union(*parts, distinct=False)
+    reduced = records.group_by(
+        "year", "provider_orgnr", "episode_id", "unit_code", "patient_key"
+    ).agg(num=records.num.max())
+    table = release.with_episode(reduced)
+    return table.select(
+        "year", "provider_orgnr", "unit_code", "home_hf_orgnr", "patient_key", "num"
+    )
+
+
 def _patient_rows(definition: IndicatorDefinition, release: Release) -> ir.Table:
+    reduced = _record_patient_rows(definition, release)
+    if reduced is not None:
+        return reduced
     table = _with_year(_source(definition, release), definition.year_column)
     keep = all_of(table, definition.population.where)
     if keep is not None:
@@ -193,8 +255,11 @@ def case_mix_rows(
 ) -> pa.Table:
     """One row per population unit of an (episode) indicator: year, provider_orgnr, age, sex,
     treatment_type (the episode's intake) and outcome (0/1), for indirect standardisation."""
-    backend = _connect(engine, spark_session)
-    release = Release(manifest, backend, engine, spark_session)
+    with _connected(engine, spark_session) as backend:
+        return _case_mix_rows(Release(manifest, backend, engine, spark_session), definition)
+
+
+def _case_mix_rows(release: Release, definition: IndicatorDefinition) -> pa.Table:
     try:
         table = _source(definition, release)
         keep = all_of(table, definition.population.where)
@@ -211,11 +276,9 @@ def case_mix_rows(
             treatment_type=table.treatment_type.cast("int64"),
             outcome=outcome.cast("int64") if outcome is not None else ibis.literal(0, "int64"),
         )
-        return _fetch(backend, engine, expression)
+        return _fetch(release.backend, release.engine, expression)
     finally:
         release.release()
-        if engine == "duckdb":
-            backend.disconnect()
 
 
 def _fetch(backend: Any, engine: EngineName, expression: ir.Table) -> pa.Table:
@@ -231,17 +294,26 @@ def _fetch(backend: Any, engine: EngineName, expression: ir.Table) -> pa.Table:
     return cast(pa.Table, frame.toArrow())
 
 
-def _connect(engine: EngineName, spark_session: Any) -> Any:
-    if engine == "duckdb":
+@contextmanager
+def _connected(engine: EngineName, spark_session: Any) -> Iterator[Any]:
+    """An Ibis backend for one run. DuckDB spills to a temporary directory of its own, removed
+    after the run (its default `.tmp/` would land in whatever the working directory is)."""
+    if engine != "duckdb":
+        if spark_session is None:
+            raise ValueError("engine spark needs a spark_session")
+        yield ibis.pyspark.connect(spark_session)
+        return
+    with tempfile.TemporaryDirectory(prefix="kvarus-duckdb-") as spill:
         backend = ibis.duckdb.connect()
-        backend.raw_sql(
-            f"SET threads = {DUCKDB_THREADS}; SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'; "
-            "SET preserve_insertion_order = false"
-        )
-        return backend
-    if spark_session is None:
-        raise ValueError("engine spark needs a spark_session")
-    return ibis.pyspark.connect(spark_session)
+        quoted = spill.replace("'", "''")
+        try:
+            backend.raw_sql(
+                f"SET threads = {DUCKDB_THREADS}; SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'; "
+                f"SET preserve_insertion_order = false; SET temp_directory = '{quoted}'"
+            )
+            yield backend
+        finally:
+            backend.disconnect()
 
 
 def aggregates(
@@ -258,8 +330,16 @@ def aggregates(
     levels in Arrow; medians come from counts per value; patient indicators are grouped per
     level in the backend."""
     definitions = load_catalogue() if catalogue is None else catalogue
-    backend = _connect(engine, spark_session)
-    release = Release(manifest, backend, engine, spark_session)
+    with _connected(engine, spark_session) as backend:
+        return _aggregates(
+            Release(manifest, backend, engine, spark_session), definitions, hierarchy
+        )
+
+
+def _aggregates(
+    release: Release, definitions: list[IndicatorDefinition], hierarchy: Hierarchy
+) -> dict[str, pa.Table]:
+    backend, engine = release.backend, release.engine
     organisations = Organisations.of(hierarchy)
     groups: dict[tuple[str, str | None, str], _Group] = {}
     for definition in definitions:
@@ -289,19 +369,20 @@ def aggregates(
                     cells = _fetch(backend, engine, expression)
                 result[definition.id] = roll_up_medians(cells, definition, organisations)
             elif definition.unit == "patient":
-                expression = patient_levels(
+
+                def fetch(expression: ir.Table, step: str) -> pa.Table:
+                    with timed(step):
+                        return _fetch(backend, engine, expression)
+
+                result[definition.id] = patient_levels(
                     _patient_rows(definition, release),
                     definition,
-                    organisations.tables(),
+                    organisations,
                     release.materialise,
+                    fetch,
                 )
-                with timed(f"patient levels {definition.id}"):
-                    fetched = _fetch(backend, engine, expression)
-                result[definition.id] = fetched.cast(AGGREGATE_SCHEMA)
     finally:
         release.release()
-        if engine == "duckdb":
-            backend.disconnect()
     return {d.id: result[d.id].select(AGGREGATE_SCHEMA.names) for d in definitions}
 
 

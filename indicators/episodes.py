@@ -35,18 +35,23 @@ EngineName = Literal["duckdb", "spark"]
 
 EPISODE_KEY: Final = ("provider_orgnr", "episode_id")
 
+# The episode forms whose records make up the `any` table.
+ANY_FORMS: Final = ("basis", "measurement", "discharge", "followup")
+
 # Per-step timing at DEBUG level (bench/indicators.py --steps shows it).
 log = logging.getLogger("indicators")
 
 
 @contextmanager
 def timed(step: str) -> Iterator[None]:
-    """Log a step's wall time at DEBUG level."""
-    started = time.perf_counter()
+    """Log a step's wall time and the process's CPU time (all threads) at DEBUG level: on a
+    shared machine the CPU time is the steadier figure."""
+    started, cpu = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
-        log.debug("%-40s %6.1f s", step, time.perf_counter() - started)
+        wall, used = time.perf_counter() - started, time.process_time() - cpu
+        log.debug("%-40s %6.1f s wall %6.1f s cpu", step, wall, used)
 
 
 class Release:
@@ -144,30 +149,31 @@ class Release:
                 days = basis.intake_date.delta(basis.referral_date, unit="day")
                 table = basis.mutate(waiting_days=days.cast("int64"))
             elif name == "any":
-                parts = []
-                for form in ("basis", "measurement", "discharge", "followup"):
-                    raw = self.raw(form)
-                    study = (
-                        raw.clinical_study_id
-                        if "clinical_study_id" in raw.columns
-                        else ibis.null().cast("string")
-                    )
-                    parts.append(
-                        raw.select(
-                            *[c for c in ANY_COLUMNS if c != "clinical_study_id"],
-                            clinical_study_id=study,
-                            record_date=raw[YEAR_DATES[form]],
-                        )
-                    )
-                table = self._with_episode(ibis.union(*parts, distinct=False))
+                parts = [self.records(form) for form in ANY_FORMS]
+                table = self.with_episode(ibis.union(*parts, distinct=False))
             else:
                 table = self._enrich(name, self.raw(name))
             self._tables[key] = table
         return self._tables[key]
 
+    def records(self, form: str) -> ir.Table:
+        """A form's rows as rows of the `any` table, without the episode's columns:
+        ANY_COLUMNS (clinical_study_id null on forms without it) and record_date."""
+        raw = self.raw(form)
+        study = (
+            raw.clinical_study_id
+            if "clinical_study_id" in raw.columns
+            else ibis.null().cast("string")
+        )
+        return raw.select(
+            *[c for c in ANY_COLUMNS if c != "clinical_study_id"],
+            clinical_study_id=study,
+            record_date=raw[YEAR_DATES[form]],
+        )
+
     def _enrich(self, name: str, rows: ir.Table) -> ir.Table:
         """Rows of a form with the episode's intake columns and the form's derived variables."""
-        table = self._with_episode(rows)
+        table = self.with_episode(rows)
         if name == "followup":
             first = self.first_per_episode("measurement", "measure_date")
             baseline = first.select(*EPISODE_KEY, baseline_use_days_30=first.use_days_30)
@@ -179,7 +185,9 @@ class Release:
             )
         return table
 
-    def _with_episode(self, table: ir.Table) -> ir.Table:
+    def with_episode(self, table: ir.Table) -> ir.Table:
+        """Rows keyed by (provider_orgnr, episode_id) with the episode's intake columns (null
+        where the episode has no basis row)."""
         joined = table.left_join(self.episodes(), list(EPISODE_KEY))
         return joined.drop(*[f"{c}_right" for c in EPISODE_KEY])
 

@@ -300,16 +300,41 @@ def roll_up_coverage(
 def patient_levels(
     rows: ir.Table,
     definition: IndicatorDefinition,
-    organisations: tuple[ir.Table, ir.Table],
+    organisations: Organisations,
     materialise: Any,
-) -> ir.Table:
-    """Distinct patients per level, in the backend: rows (CELL, patient_key, num) reduced once to
-    one row per cell and patient (materialised), then grouped by level and patient."""
-    finest = rows.group_by([*CELL, "patient_key"]).agg(num=rows.num.max())
-    providers, homes = organisations
-    joined = finest.left_join(providers, finest.provider_orgnr == providers.provider_key)
+    fetch: Any,
+) -> pa.Table:
+    """Distinct patients per level: rows (CELL, patient_key, num) reduced once to one row per
+    cell and patient, then split by the patient's cells in the year.
+
+    A patient with a single cell in a year counts once at each level above that cell, so those
+    patients are counted per cell in the backend and rolled up in Arrow as sums (exact). Only the
+    patients with several cells in a year (a second provider, unit or home HF) need the distinct
+    count per level, grouped by level and patient in the backend. The two parts are disjoint
+    sets of (year, patient), so their counts add up."""
+    finest = materialise(rows.group_by([*CELL, "patient_key"]).agg(num=rows.num.max()), "patients")
+    patients = finest.group_by("year", "patient_key").agg(
+        cells=finest.count(),
+        num=finest.num.max(),
+        # The only cell of a single-cell patient (min over one row; nulls stay null).
+        provider_orgnr=finest.provider_orgnr.min(),
+        unit_code=finest.unit_code.min(),
+        home_hf_orgnr=finest.home_hf_orgnr.min(),
+    )
+    patients = materialise(patients, "patients per year")
+    single = patients.filter(patients.cells == 1)
+    single = single.group_by(*CELL).agg(
+        n=single.count().cast("int64"), num=single.num.sum().cast("int64")
+    )
+    single_cells = fetch(single, "patient cells (single cell)")
+    single_cells = single_cells.append_column("total", pa.nulls(single_cells.num_rows, pa.int64()))
+    counted = roll_up_sums(single_cells, definition, organisations)
+    several = patients.filter(patients.cells > 1).select("year", "patient_key")
+    multi = finest.semi_join(several, ["year", "patient_key"])
+    providers, homes = organisations.tables()
+    joined = multi.left_join(providers, multi.provider_orgnr == providers.provider_key)
     joined = joined.left_join(homes, joined.home_hf_orgnr == homes.home_key)
-    table: ir.Table = materialise(joined.drop("provider_key", "home_key"))
+    table: ir.Table = materialise(joined.drop("provider_key", "home_key"), "patients (several)")
     parts = []
     for context, level in levels_of(definition):
         orgnr, unit_code, keep = _backend_keys(table, context, level)
@@ -317,10 +342,10 @@ def patient_levels(
         orgnr, unit_code, _ = _backend_keys(scoped, context, level)
         scoped = scoped.mutate(_orgnr=orgnr, _unit=unit_code)
         keys = ["year", "_orgnr", "_unit"]
-        patients = scoped.group_by([*keys, "patient_key"]).agg(num=scoped.num.max())
-        grouped = patients.group_by(keys).agg(
-            numerator=patients.num.sum().cast("int64"),
-            denominator=patients.count().cast("int64"),
+        distinct = scoped.group_by([*keys, "patient_key"]).agg(num=scoped.num.max())
+        grouped = distinct.group_by(keys).agg(
+            numerator=distinct.num.sum().cast("int64"),
+            denominator=distinct.count().cast("int64"),
         )
         parts.append(
             grouped.select(
@@ -334,7 +359,20 @@ def patient_levels(
                 measure=ibis.null().cast("float64"),
             )
         )
-    return ibis.union(*parts, distinct=False)
+    several_levels = fetch(ibis.union(*parts, distinct=False), "patient levels (several cells)")
+    both = pa.concat_tables([counted, several_levels.cast(AGGREGATE_SCHEMA)])
+    keys = ["year", "context", "level", "orgnr", "unit_code"]
+    summed = both.group_by(keys, use_threads=False).aggregate(
+        [("numerator", "sum"), ("denominator", "sum")]
+    )
+    return pa.table(
+        {
+            **{k: summed[k] for k in keys},
+            "numerator": summed["numerator_sum"],
+            "denominator": summed["denominator_sum"],
+            "measure": pa.nulls(summed.num_rows, pa.float64()),
+        }
+    ).cast(AGGREGATE_SCHEMA)
 
 
 def _backend_keys(table: ir.Table, context: str, level: str) -> tuple[ir.Value, ir.Value, Any]:
