@@ -8,6 +8,7 @@ Targets: >= 200,000 rows/s, <= 3x the baseline, peak RSS <= 2 GB.
 """
 
 import argparse
+import os
 import resource
 import shutil
 import tempfile
@@ -109,6 +110,7 @@ def main() -> None:
         marks.append((step, time.perf_counter()))
 
     started = time.perf_counter()
+    cpu_started = time.process_time()
     with Session(engine, expire_on_commit=False) as session:
         upload = load_file(
             csv_path, Form.BASIS, warehouse=warehouse, session=session, key=KEY,
@@ -117,6 +119,7 @@ def main() -> None:
         )  # fmt: skip
         session.commit()
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"load: {upload.status}, accepted {upload.rows_accepted:,}, "
@@ -127,6 +130,9 @@ def main() -> None:
         print(f"  until {step:<10} {at - previous:6.2f} s")
         previous = at
     print(f"  ledger etc.      {started + elapsed - previous:6.2f} s")
+    # Wall time well above CPU time means the process waited (for cores, on a shared machine).
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"CPU time {cpu:.2f} s for {elapsed:.2f} s wall; load average {load}")
     print(f"rows/s: {args.rows / elapsed:,.0f} (target >= 200,000)")
     print(f"ratio to baseline: {elapsed / baseline:.1f}x (target <= 3x)")
     print(f"peak RSS: {peak_mb:,.0f} MB (target <= 2,048 MB)")
