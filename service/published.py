@@ -81,8 +81,17 @@ def served_release_in(engine: Engine, number: int | None) -> int:
 
 def get_release(session: Session, number: int | None) -> Release:
     """Release `number`, or the latest one not retired; retired releases are not served."""
-    release = session.get(Release, served_release(session.connection(), number))
-    if release is None:  # deleted between the two statements of this session
+    if number is None:
+        release = session.exec(
+            select(Release)
+            .where(col(Release.retired).is_(False))
+            .order_by(col(Release.number).desc())
+        ).first()
+        if release is None:
+            raise NotFound("no release has been published yet")
+        return release
+    release = session.get(Release, number)
+    if release is None or release.retired:
         raise NotFound(f"release {number} does not exist or is retired")
     return release
 

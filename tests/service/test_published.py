@@ -1,0 +1,66 @@
+"""Served releases and cached answers: a retired release stops being served at once."""
+
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from indicators.results import RESULT_SCHEMA
+from schemas.catalog import Release
+from service.settings import Settings
+from tests.service.conftest import ReleaseWriter, indicator_rows
+
+RESULTS = "/api/v1/indicators/results"
+
+
+def retire(app: FastAPI, number: int) -> None:
+    # As an erasure does, from its own session (another process, in production).
+    with Session(app.state.engine) as session:
+        release = session.get(Release, number)
+        assert release is not None
+        release.retired = True
+        session.add(release)
+        session.commit()
+
+
+class TestServedRelease:
+    def test_retired_release_is_not_served_from_the_answer_cache(
+        self, client: TestClient, app: FastAPI, publish: ReleaseWriter
+    ) -> None:
+        publish(1)
+        publish(2)
+        params = {"indicator": "plan", "level": "nation"}
+        latest = client.get(RESULTS, params=params)
+        assert latest.json()["release"] == 2
+        assert client.get(RESULTS, params=params).json()["release"] == 2  # now from the cache
+        retire(app, 2)
+        fallback = client.get(RESULTS, params=params)
+        assert fallback.json()["release"] == 1
+        assert [r["numerator"] for r in fallback.json()["items"]] == [60, 75]
+        assert fallback.headers["etag"] != latest.headers["etag"]
+        explicit = client.get(RESULTS, params={**params, "release": 2})
+        assert explicit.status_code == 404
+        assert explicit.headers["content-type"] == "application/problem+json"
+
+    def test_rewritten_results_are_read_again(
+        self, client: TestClient, publish: ReleaseWriter, settings: Settings
+    ) -> None:
+        publish(1)
+        params = {"indicator": "study", "level": "nation"}
+        assert [r["numerator"] for r in client.get(RESULTS, params=params).json()["items"]] == [3]
+        # The indicator job run again over release 1 rewrites its file: the new numbers are
+        # served, not the answer cached for the old file.
+        rows = [
+            r | {"numerator": 4, "value": 0.04}
+            if (r["indicator_id"], r["level"]) == ("study", "nation")
+            else r
+            for r in indicator_rows()
+        ]
+        path = settings.releases_dir / "1" / "indicators.parquet"
+        pq.write_table(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA), path)
+        stat = os.stat(path)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        assert [r["numerator"] for r in client.get(RESULTS, params=params).json()["items"]] == [4]
