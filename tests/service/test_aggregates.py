@@ -10,6 +10,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -29,6 +30,7 @@ from service.aggregates import (
     protect,
     record_key,
 )
+from service.app import warm_aggregates
 from service.published import read_manifest
 from service.settings import Settings
 from tests.conftest import PROVIDER_A, PROVIDER_B
@@ -362,3 +364,21 @@ class TestEpisodeView:
             os.unlink(file.removeprefix("file://"))
         episode_view(read_manifest(settings, 2), salt=salt, hierarchy=hierarchy)
         assert all(v is not view for v in aggregates_module._views.values())
+
+
+class TestWarmUp:
+    """The latest release's episode view is built at start-up, before any researcher asks."""
+
+    def test_start_up_builds_the_latest_releases_view(
+        self, app: FastAPI, publish: ReleaseWriter, settings: Settings
+    ) -> None:
+        publish(1, basis=episodes(PROVIDER_A, 6, tag="a"))
+        publish(2, basis=episodes(PROVIDER_B, 8, tag="b"))
+        aggregates_module._views.clear()
+        warm_aggregates(settings, app.state.engine)
+        assert [key[0] for key in aggregates_module._views] == [2]
+
+    def test_nothing_to_warm_without_a_release(self, app: FastAPI, settings: Settings) -> None:
+        aggregates_module._views.clear()
+        warm_aggregates(settings, app.state.engine)
+        assert not aggregates_module._views
