@@ -194,21 +194,23 @@ class Release:
 
 def _first(table: ir.Table, date_column: str, columns: list[str] | None = None) -> ir.Table:
     """The first row per episode by a date column, ties broken by record_id (the columns named,
-    default all).
+    default all; projected before ranking).
 
-    A group-by taking the minimum of a struct that starts with (date, record_id), not a window
-    ranking (about twice as fast, and no sort): record_id is unique within a form (the loader
-    refuses duplicates), so (date, record_id) is unique within an episode and the minimum struct
-    is exactly the row the ranking would pick; the fields after the key are never compared. The
-    date is required by every form, so no null dates reach the comparison.
+    A window ranking, measured against a group-by taking the minimum of a (date, record_id, ...)
+    struct (exact too: record_id is unique within a form, so (date, record_id) is unique within
+    an episode): on the 10M-episode bench's 20M measurements the struct minimum took 24.9 s CPU
+    (18.9 s with only the indicators' columns) and the ranking 17.6 s; at 2M the struct minimum
+    was 25 % cheaper, but its per-group state of whole rows does not scale as well as the sort.
     """
-    kept = [c for c in (columns or table.columns) if c not in EPISODE_KEY]
-    fields = [date_column, "record_id", *[c for c in kept if c not in (date_column, "record_id")]]
-    first = table.group_by(*EPISODE_KEY).agg(
-        _first=ibis.struct({c: table[c] for c in fields}).min()
+    if columns is not None:
+        table = table.select(*columns, *[c for c in (date_column, "record_id") if c not in columns])
+    window = ibis.window(
+        group_by=[table[c] for c in EPISODE_KEY],
+        order_by=[table[date_column], table.record_id],
     )
-    first = first.unpack("_first")
-    return first.select(*[c for c in (columns or table.columns) if c in first.columns])
+    ranked = table.mutate(_rank=ibis.row_number().over(window))
+    first = ranked.filter(ranked._rank == 0).drop("_rank")
+    return first if columns is None else first.select(*columns)
 
 
 def _local(uri: str) -> str:
