@@ -174,6 +174,23 @@ def _columns(conditions: list[Condition]) -> set[str]:
     return names
 
 
+def _named(definitions: list[IndicatorDefinition]) -> dict[str, frozenset[str]]:
+    """Per population table, every column the definitions name: conditions, measure, year date,
+    and the patient key of patient-unit indicators."""
+    names: dict[str, set[str]] = {}
+    for definition in definitions:
+        named = names.setdefault(definition.population.table, set())
+        named |= _columns(definition.population.where)
+        if definition.numerator is not None:
+            named |= _columns(definition.numerator.where)
+        named.add(definition.year_column)
+        if definition.measure is not None:
+            named.add(definition.measure)
+        if definition.unit == "patient":
+            named.add("patient_key")
+    return {table: frozenset(columns) for table, columns in names.items()}
+
+
 def _record_patient_rows(definition: IndicatorDefinition, release: Release) -> ir.Table | None:
     """`_patient_rows` of an `any` indicator whose conditions and year date name only the
     records' own columns, reduced before the episode join: each record is filtered and scored
@@ -256,7 +273,8 @@ def case_mix_rows(
     """One row per population unit of an (episode) indicator: year, provider_orgnr, age, sex,
     treatment_type (the episode's intake) and outcome (0/1), for indirect standardisation."""
     with _connected(engine, spark_session) as backend:
-        return _case_mix_rows(Release(manifest, backend, engine, spark_session), definition)
+        release = Release(manifest, backend, engine, spark_session, _named([definition]))
+        return _case_mix_rows(release, definition)
 
 
 def _case_mix_rows(release: Release, definition: IndicatorDefinition) -> pa.Table:
@@ -332,7 +350,9 @@ def aggregates(
     definitions = load_catalogue() if catalogue is None else catalogue
     with _connected(engine, spark_session) as backend:
         return _aggregates(
-            Release(manifest, backend, engine, spark_session), definitions, hierarchy
+            Release(manifest, backend, engine, spark_session, _named(definitions)),
+            definitions,
+            hierarchy,
         )
 
 

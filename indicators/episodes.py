@@ -35,6 +35,13 @@ EngineName = Literal["duckdb", "spark"]
 
 EPISODE_KEY: Final = ("provider_orgnr", "episode_id")
 
+# The form columns each derived variable (vocabulary.DERIVED) is computed from.
+DERIVED_FROM: Final[dict[str, tuple[str, ...]]] = {
+    "waiting_days": ("intake_date", "referral_date"),
+    "baseline_use_days_30": ("use_days_30",),
+    "use_days_change": ("use_days_30",),
+}
+
 # The episode forms whose records make up the `any` table.
 ANY_FORMS: Final = ("basis", "measurement", "discharge", "followup")
 
@@ -58,9 +65,18 @@ class Release:
     """The release's tables as Ibis tables, with the derived tables built once per run."""
 
     def __init__(
-        self, manifest: ReleaseManifest, backend: Any, engine: EngineName, spark_session: Any
+        self,
+        manifest: ReleaseManifest,
+        backend: Any,
+        engine: EngineName,
+        spark_session: Any,
+        columns: dict[str, frozenset[str]] | None = None,
     ) -> None:
+        """`columns`: per population table, the columns the run's definitions name (None: all);
+        the materialised first rows keep only those (and the episode key, the unit, the date
+        and what derived variables and the follow-up's baseline need)."""
         self.manifest = manifest
+        self.columns = columns
         self.backend = backend
         self.engine = engine
         self.spark_session = spark_session
@@ -136,7 +152,15 @@ class Release:
             if name in ("basis", "any"):
                 table = _first(self.enriched(name), date_column)
             else:
-                table = self._enrich(name, _first(self.raw(name), date_column))
+                raw = self.raw(name)
+                kept = None
+                if self.columns is not None:
+                    # The follow-up's baseline reads the first measurement's use_days_30.
+                    wanted = {*EPISODE_KEY, "unit_code", date_column, "use_days_30"}
+                    for column in self.columns.get(name, frozenset()):
+                        wanted |= {column, *DERIVED_FROM.get(column, ())}
+                    kept = [c for c in raw.columns if c in wanted]
+                table = self._enrich(name, _first(raw, date_column, kept))
             self._tables[key] = self.materialise(table, f"first {name}")
         return self._tables[key]
 
