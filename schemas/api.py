@@ -215,7 +215,10 @@ class AggregateCreate(BaseModel):
     measures: list[Measure] = Field(min_length=1, max_length=5)
     dimensions: list[Dimension] = Field(min_length=1, max_length=3)
     filters: dict[Dimension, list[str]] = Field(
-        default_factory=dict, description="Keep only these categories of a dimension"
+        default_factory=dict,
+        description="Show only the cells of these categories of a requested dimension. The "
+        "table is computed and protected over the release's full population: a filter never "
+        "changes what a cell or a margin counts, and margins stay the full-population margins.",
     )
 
 

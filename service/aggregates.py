@@ -18,14 +18,23 @@ Disclosure control, in two layers:
    the same set of records gets the same noise in every query of every release: repeating a
    query, or asking "all providers" and "all providers but one", cannot average the noise away,
    and the difference of two published cells is the small cell plus the difference of two
-   independent noises (exact only by chance, and the attacker cannot tell when). Filters only
-   select records; a cell's value depends on nothing but its records.
+   independent noises (exact only by chance, and the attacker cannot tell when).
 2. Suppression on the true table (`indicators.disclosure.suppress_table`): primary suppression of
    counts 1..4 (zeros are shown), secondary suppression until an LP audit shows that every
    primary cell's feasible range, given every published cell *exactly* and all margin equations,
    is at least 5 wide and no secondary cell is exactly recoverable. The audit assumes an attacker
    who knows the unperturbed published values, so it holds a fortiori for the perturbed ones.
    Suppressed cells are published as null with `suppressed: true`, never as zero.
+
+Filters select cells, never records. A filter may name only a requested dimension (else 422),
+and the table, every cell and every margin, is computed and protected over the release's full
+population; a filter then only leaves out the cells of the other categories, and the margins
+stay the full-population margins (not sums of the cells shown). So every answer is a part of one
+fixed table per (release, set of dimensions), computed in a canonical dimension order whatever
+order the query names them in: the same cell always has the same value and the same
+suppression, and "all providers but X" minus "all providers but X and the target" is not a
+question anyone can ask. (Before, a filter changed which records a cell counted, so each
+filtered population got its own noise: averaging the differences over many X cancelled it.)
 
 Categories of a dimension are fixed by the code lists and the organisation hierarchy (and the
 release's years), not by the data, so the shape of an answer does not reveal that a rare
@@ -45,7 +54,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, get_args
 
 import duckdb
 import numpy as np
@@ -60,7 +69,7 @@ from indicators.disclosure import (
     suppress_table,
 )
 from indicators.statistics import AGE_BANDS, AGE_GROUP_LABELS
-from schemas.api import AggregateCell, AggregateCreate, AggregatePublic
+from schemas.api import AggregateCell, AggregateCreate, AggregatePublic, Dimension
 from schemas.codes import END_REASON, PRIMARY_SUBSTANCE, SEX, TREATMENT_TYPE
 from schemas.errors import RejectedInput
 from schemas.manifest import ReleaseManifest
@@ -71,6 +80,8 @@ THRESHOLD: Final = DEFAULT_THRESHOLD
 # mostly small cells anyway: the researcher is asked to filter or drop a dimension.
 MAX_CELLS: Final = 2000
 NO_DISCHARGE: Final = "none"
+# The canonical order of dimensions in a computed table (the order of the API's list).
+DIMENSION_ORDER: Final[tuple[str, ...]] = get_args(Dimension)
 
 # No published value may fall in 1..threshold−1: counts below 5 are suppressed anyway (no noise
 # needed), 5 is published as is and 6 moves by at most 1; larger counts use the module's default
@@ -298,14 +309,14 @@ DIMENSION_COLUMNS: Final[dict[str, str]] = {
 }
 
 
-def _episode_groups(dimensions: Iterable[str], filters: Iterable[str], measures: list[str]) -> str:
+def _episode_groups(dimensions: Iterable[str], measures: list[str]) -> str:
     """Episode measures summed once per combination of the columns the query reads.
 
     Counts and key sums add up, so the CUBE (one hash aggregation per grouping set) runs over
     these few hundred groups instead of every episode: the same counts and the same sums.
     Distinct-patient measures do not add up and take the episode rows themselves.
     """
-    columns = sorted({DIMENSION_COLUMNS[d] for d in [*dimensions, *filters]})
+    columns = sorted({DIMENSION_COLUMNS[d] for d in dimensions})
     sums = []
     for i, name in enumerate(measures):
         condition = MEASURES[name].condition
@@ -323,6 +334,11 @@ class MeasureTable:
     keys: npt.NDArray[np.int64]
 
 
+def canonical_dimensions(dimensions: Iterable[str]) -> list[str]:
+    """The dimensions in the one order every table is computed and protected in."""
+    return sorted(dimensions, key=DIMENSION_ORDER.index)
+
+
 def compute_tables(
     manifest: ReleaseManifest,
     request: AggregateCreate,
@@ -330,17 +346,27 @@ def compute_tables(
     salt: str,
     hierarchy: Hierarchy,
 ) -> tuple[list[list[str]], dict[str, MeasureTable]]:
-    """The true counts and cell keys of every requested measure, over every cell and margin."""
-    dimensions: list[str] = [str(d) for d in request.dimensions]
-    if len(set(dimensions)) != len(dimensions):
+    """The true counts and cell keys of every requested measure, over every cell and margin.
+
+    Over the release's full population and every category, in the canonical dimension order
+    (`canonical_dimensions`): filters select cells of this table afterwards (`aggregate`), they
+    never change what it counts.
+    """
+    requested: list[str] = [str(d) for d in request.dimensions]
+    if len(set(requested)) != len(requested):
         raise RejectedInput("a dimension may appear only once")
+    for dimension in request.filters:
+        if dimension not in requested:
+            raise RejectedInput(
+                f"filters.{dimension}: a filter may only name one of the requested dimensions"
+            )
+    dimensions = canonical_dimensions(requested)
     measures: list[str] = list(dict.fromkeys(str(m) for m in request.measures))
-    needs_discharge = "end_reason" in dimensions or "end_reason" in request.filters
+    needs_discharge = "end_reason" in dimensions
     needs_discharge = needs_discharge or any(MEASURES[m].needs_discharge for m in measures)
     if needs_discharge and "discharge" not in manifest.tables:
         raise RejectedInput(f"release {manifest.release} has no discharge table")
     view = episode_view(manifest, salt=salt, hierarchy=hierarchy)
-    parameters: dict[str, object] = {}
     # A cursor per query: the view's connection is shared by concurrent requests.
     connection = view.connection.cursor()
     try:
@@ -350,28 +376,15 @@ def compute_tables(
                 "SELECT DISTINCT year AS y FROM episode ORDER BY y"
             ).fetchall()
         ]
-        axes: list[list[str]] = []
-        for dimension in dimensions:
-            labels = categories(dimension, hierarchy=hierarchy, years=years)
-            if dimension in request.filters:
-                wanted = set(request.filters[dimension])
-                labels = [c for c in labels if c in wanted]
-            if not labels:
-                raise RejectedInput(f"the filter on {dimension} leaves no category")
-            axes.append(labels)
+        axes = [categories(d, hierarchy=hierarchy, years=years) for d in dimensions]
         if int(np.prod([len(a) for a in axes])) > MAX_CELLS:
             raise RejectedInput(
-                f"the table would have more than {MAX_CELLS} cells: filter or drop a dimension"
+                f"the table would have more than {MAX_CELLS} cells: drop a dimension"
             )
-        where: list[str] = []
-        for index, (dimension, values) in enumerate(sorted(request.filters.items())):
-            where.append(f"{DIMENSION_SQL[dimension]} IN (SELECT unnest($filter{index}))")
-            parameters[f"filter{index}"] = [str(v) for v in values]
         selects = [f"{DIMENSION_SQL[d]} AS dim{i}" for i, d in enumerate(dimensions)]
         group_columns = ", ".join(f"dim{i}" for i in range(len(dimensions)))
-        filtered = f"WHERE {' AND '.join(where)}" if where else ""
         if all(MEASURES[m].unit == "episode" for m in measures):
-            source = _episode_groups(dimensions, request.filters, measures)
+            source = _episode_groups(dimensions, measures)
             aggregates = [f"sum(n{i}) AS n{i}, sum(k{i}) AS k{i}" for i in range(len(measures))]
         else:
             source = "episode"
@@ -389,15 +402,15 @@ def compute_tables(
                     # Distinct patients: each patient's key once (a key is a function of the
                     # patient).
                     aggregates.append(f"sum(DISTINCT rkey) FILTER (WHERE {spec.condition}) AS k{i}")
-        # Only whitelisted fragments (DIMENSION_SQL, MEASURES) are interpolated; every value is a
-        # bound parameter.
+        # Only whitelisted fragments (DIMENSION_SQL, MEASURES) are interpolated; no value of the
+        # request reaches the SQL at all.
         sql = (
             f"SELECT {group_columns}, GROUPING({group_columns}) AS grp, "  # noqa: S608
             f"{', '.join(aggregates)} "
-            f"FROM (SELECT *, {', '.join(selects)} FROM {source} {filtered}) "
+            f"FROM (SELECT *, {', '.join(selects)} FROM {source}) "
             f"GROUP BY CUBE ({group_columns})"
         )
-        rows = connection.execute(sql, parameters).fetchall()
+        rows = connection.execute(sql).fetchall()
     finally:
         connection.close()
     shape = tuple(len(a) + 1 for a in axes)
@@ -464,14 +477,34 @@ def aggregate(
     pseudonym_key: bytes,
     hierarchy: Hierarchy,
 ) -> AggregatePublic:
-    """The disclosure-controlled table of a researcher's query (see the module docstring)."""
+    """The disclosure-controlled table of a researcher's query (see the module docstring).
+
+    The full table of the query's dimensions is computed and protected; the filters then pick
+    the cells of their categories, and every margin shown is the full table's margin.
+    """
     axes, tables = compute_tables(
         manifest, request, salt=cell_key_salt(pseudonym_key), hierarchy=hierarchy
     )
-    protected = {name: protect(table) for name, table in tables.items()}
-    dimensions = list(request.dimensions)
+    dimensions = [str(d) for d in request.dimensions]
+    canonical = canonical_dimensions(dimensions)
+    # From the canonical order (in which the table was protected) to the order asked for.
+    order = [canonical.index(d) for d in dimensions]
+    axes = [axes[i] for i in order]
+    protected: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]] = {}
+    for name, table in tables.items():
+        values, mask = protect(table)
+        protected[name] = (np.transpose(values, order), np.transpose(mask, order))
+    selected: list[list[int]] = []
+    for dimension, labels in zip(dimensions, axes, strict=True):
+        kept = list(range(len(labels)))
+        if dimension in request.filters:
+            wanted = set(request.filters[dimension])
+            kept = [j for j, label in enumerate(labels) if label in wanted]
+            if not kept:
+                raise RejectedInput(f"the filter on {dimension} leaves no category")
+        selected.append([*kept, len(labels)])  # the full-population margin comes with them
     cells: list[AggregateCell] = []
-    for cell in itertools.product(*(range(len(a) + 1) for a in axes)):
+    for cell in itertools.product(*selected):
         cells.append(
             AggregateCell(
                 dimensions={

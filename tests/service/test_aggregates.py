@@ -134,7 +134,7 @@ class TestAggregateRoute:
         assert a_alone == a_margin
         assert abs(a_alone - 55) <= 2
 
-    def test_differencing_all_minus_one_provider_is_not_exact(
+    def test_differencing_through_filters_learns_nothing(
         self, client: TestClient, headers: dict[str, Headers], publish: ReleaseWriter
     ) -> None:
         providers = sorted(o.orgnr for o in Hierarchy.default().providers)
@@ -145,31 +145,95 @@ class TestAggregateRoute:
             basis += episodes(p, n, tag=f"s{p}")
         publish(1, basis=basis)
 
-        def grand_total(filters: dict[str, list[str]]) -> int:
-            body = client.post(
+        def ask(dimensions: list[str], filters: dict[str, list[str]]) -> Any:
+            return client.post(
                 URL,
-                json={"measures": ["episodes"], "dimensions": ["year"], "filters": filters},
+                json={"measures": ["episodes"], "dimensions": dimensions, "filters": filters},
                 headers=headers["researcher"],
-            ).json()
-            value = cells_by(body, "year")[None]["values"]["episodes"]
-            assert isinstance(value, int)
-            return value
+            )
 
-        everyone = grand_total({})
-        assert grand_total({}) == everyone  # repeating a query gives nothing new
-        exact = 0
+        def published_cells(dimensions: list[str], filters: dict[str, list[str]]) -> Any:
+            response = ask(dimensions, filters)
+            assert response.status_code == 200
+            return {
+                tuple(sorted(c["dimensions"].items(), key=lambda kv: kv[0])): c["values"][
+                    "episodes"
+                ]
+                for c in response.json()["cells"]
+            }
+
+        # "All but X" over the grand total: a filter on a dimension not asked for is refused.
+        for target in targets:
+            refused = ask(["year"], {"provider": [p for p in providers if p != target]})
+            assert refused.status_code == 422
+            assert "provider" in refused.json()["detail"]
+        # With provider as a dimension, every filtered answer is a part of the one full table.
+        full = published_cells(["provider"], {})
+        total = full[(("provider", None),)]
+        assert total == published_cells(["year"], {})[(("year", None),)]
+        estimates: dict[str, set[int]] = {t: set() for t in targets}
+        margin_differences: set[int] = set()
+        for excluded in [*providers[:12], None]:
+            base = [p for p in providers if p != excluded]
+            all_but_x = published_cells(["provider"], {"provider": base})
+            for target in targets:
+                keep = [p for p in base if p != target]
+                answer = published_cells(["provider"], {"provider": keep})
+                # Only the kept providers and the full-population margin, each as in `full`.
+                assert set(answer) == {(("provider", p),) for p in [*keep, None]}
+                assert all(full[cell] == value for cell, value in answer.items())
+                margin_differences.add(
+                    all_but_x[(("provider", None),)] - answer[(("provider", None),)]
+                )
+                # "All but X" minus "all but X and the target", cell by cell as published.
+                shown = sum(v or 0 for v in all_but_x.values()) - sum(
+                    v or 0 for v in answer.values()
+                )
+                estimates[target].add(shown)
+        # The margins never move: their difference is always 0, not the target.
+        assert margin_differences == {0}
+        # Whatever the filters, the attacker gets one and the same number per target (nothing
+        # to average), and it is not the small count: the target is suppressed in the one table.
         for target, true_count in small.items():
-            estimate = everyone - grand_total({"provider": [p for p in providers if p != target]})
-            exact += estimate == true_count
-        # Each estimate is the small cell plus the difference of two independent noises.
-        assert exact < len(small)
-        by_provider = client.post(
+            assert full[(("provider", target),)] is None
+            assert estimates[target] == {0}
+            assert true_count not in estimates[target]
+
+    def test_filter_selects_cells_and_keeps_full_margins(
+        self, client: TestClient, headers: dict[str, Headers], publish: ReleaseWriter
+    ) -> None:
+        basis = (
+            episodes(PROVIDER_A, 30, tag="a", sex=1)
+            + episodes(PROVIDER_A, 25, tag="c", sex=2)
+            + episodes(PROVIDER_B, 40, tag="b", sex=2)
+        )
+        publish(1, basis=basis)
+        body = {"measures": ["episodes"], "dimensions": ["provider", "sex"]}
+        full = client.post(URL, json=body, headers=headers["researcher"]).json()
+        filtered = client.post(
+            URL, json=body | {"filters": {"sex": ["1"]}}, headers=headers["researcher"]
+        ).json()
+
+        def by_key(answer: dict[str, Any]) -> dict[tuple[str | None, str | None], Any]:
+            return {
+                (c["dimensions"]["provider"], c["dimensions"]["sex"]): c["values"]["episodes"]
+                for c in answer["cells"]
+            }
+
+        everything, part = by_key(full), by_key(filtered)
+        assert {sex for _, sex in part} == {"1", None}
+        assert all(everything[cell] == value for cell, value in part.items())
+        # The provider margin counts both sexes (55 episodes at A), not the 30 shown.
+        assert part[(PROVIDER_A, None)] == everything[(PROVIDER_A, None)]
+        assert abs(part[(PROVIDER_A, None)] - 55) <= 2
+        assert abs(part[(None, None)] - 95) <= 2
+        # The order of the dimensions does not change the table either.
+        swapped = client.post(
             URL,
-            json={"measures": ["episodes"], "dimensions": ["provider"]},
+            json={"measures": ["episodes"], "dimensions": ["sex", "provider"]},
             headers=headers["researcher"],
         ).json()
-        cells = cells_by(by_provider, "provider")
-        assert all(cells[p]["suppressed"]["episodes"] for p in targets)
+        assert by_key(swapped) == everything
 
     def test_patients_and_discharge_measures(
         self, client: TestClient, headers: dict[str, Headers], publish: ReleaseWriter
