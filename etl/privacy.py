@@ -31,6 +31,16 @@ _RUNS: Final = re.compile(r"(?<![0-9])[0-9]{11}(?![0-9])")
 _ANY_RUN: Final = r"[0-9]{11}"
 _RUN_LENGTH: Final = 11
 
+# Field metadata that `etl.read.read_extract` puts on a raw column whose cells were numbers in the
+# source (an XLSX number cell, a Parquet integer or floating column). A number has no leading
+# zero: the identity number 01019000083 arrives as 1019000083. A fødselsnummer begins with the day
+# of birth (01-31), so about 29 % begin with one 0; never with two (days 01-09 have one zero, and a
+# D-number adds 4 to the first digit). So a numeric column's 10-digit cells are checked again with
+# one zero in front. Text cells (CSV) keep their zeros and are not padded: no false positives there.
+NUMERIC_SOURCE_KEY: Final = b"kvarus.numeric"
+NUMERIC_SOURCE: Final = {NUMERIC_SOURCE_KEY: b"1"}
+_TEN_DIGITS: Final = r"^[0-9]{10}$"
+
 
 def _check_digit(digits: str, weights: tuple[int, ...]) -> int:
     """The mod-11 check digit over `digits`, or -1 where the rule has none (remainder 1 → 10)."""
@@ -106,19 +116,44 @@ def _candidates(values: pa.ChunkedArray) -> pa.Array | None:
     return pc.filter(values, hits).combine_chunks()
 
 
+def _lost_leading_zero(values: pa.ChunkedArray) -> pa.Array | None:
+    """A numeric column's 10-digit cells with the leading zero the number lost, or None."""
+    if values.type != pa.string():
+        values = pc.cast(values, pa.string())
+    ten = pc.match_substring_regex(values, pattern=_TEN_DIGITS)
+    if not pc.any(ten).as_py():
+        return None
+    return pc.utf8_lpad(pc.filter(values, ten), width=_RUN_LENGTH, padding="0").combine_chunks()
+
+
+def is_numeric_source(field: pa.Field) -> bool:
+    """Whether a raw column's cells were numbers in the source (marked by the reader), or are
+    integers in the table itself."""
+    metadata = field.metadata or {}
+    return metadata.get(NUMERIC_SOURCE_KEY) == b"1" or pa.types.is_integer(field.type)
+
+
 def find_identity_numbers(raw: pa.Table) -> dict[str, int]:
     """Column → number of cells holding something that passes as a national identity number.
 
-    Only columns with at least one such cell appear. Non-text columns are inspected as text.
+    Only columns with at least one such cell appear. Non-text columns are inspected as text; in a
+    column whose cells were numbers (`is_numeric_source`), a 10-digit cell is also checked with
+    the leading zero a number cannot keep.
     """
     found: dict[str, int] = {}
-    for name in raw.column_names:
-        candidates = _candidates(raw.column(name))
-        if candidates is None:
-            continue
-        count = _count_whole_cells(candidates) + _count_runs_inside_text(candidates)
+    for index, field in enumerate(raw.schema):
+        name = field.name
+        count = 0
+        candidates = _candidates(raw.column(index))
+        if candidates is not None:
+            count += _count_whole_cells(candidates) + _count_runs_inside_text(candidates)
+        if is_numeric_source(field):
+            padded = _lost_leading_zero(raw.column(index))
+            if padded is not None:
+                # Disjoint from the above: a 10-digit cell holds no run of 11 digits.
+                count += _count_whole_cells(padded)
         if count:
-            found[name] = count
+            found[name] = found.get(name, 0) + count
     return found
 
 

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from etl.privacy import NUMERIC_SOURCE
 from schemas.errors import RejectedInput
 from schemas.forms import FORMS, Form
 
@@ -63,13 +64,13 @@ def read_extract(path: Path, form: Form, *, max_bytes: int = DEFAULT_MAX_BYTES) 
         raise RejectedInput(f"The extract file is {size} bytes, over the limit of {max_bytes}")
     kind = _file_kind(path)
     if kind == "xlsx":
-        names, columns = _read_xlsx(path)
+        names, columns, numeric = _read_xlsx(path)
     elif kind == "parquet":
-        names, columns = _read_parquet(path)
+        names, columns, numeric = _read_parquet(path)
     else:
         return _finish(*_read_csv(path, form), form)
     _check_header(names, form)
-    return _finish(names, columns, form)
+    return _finish(names, columns, form, numeric=numeric)
 
 
 def _file_kind(path: Path) -> str:
@@ -312,7 +313,12 @@ def _cell_text(value: object) -> str | None:
     return str(value)
 
 
-def _read_xlsx(path: Path) -> tuple[list[str], list[pa.Array]]:
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _read_xlsx(path: Path) -> tuple[list[str], list[pa.Array], set[int]]:
+    """Names, text columns and the positions (0-based) of columns with a number cell."""
     _check_zip(path)
     # Imported here: openpyxl is slow to import and only needed for workbooks.
     import openpyxl
@@ -339,8 +345,10 @@ def _read_xlsx(path: Path) -> tuple[list[str], list[pa.Array]]:
         names = [(_cell_text(cell) or "").strip().lower() for cell in header_cells]
         width = len(names)
         columns: list[list[str | None]] = [[] for _ in names]
+        numeric: set[int] = set()
         for line, row in enumerate(rows, start=2):
             cells = [_cell_text(cell) for cell in row]
+            numeric.update(i for i, cell in enumerate(row[:width]) if _is_number(cell))
             if any(cell is not None and cell.strip() for cell in cells[width:]):
                 raise RejectedInput(
                     f"Row {line} of the workbook has values beyond the header's {width} columns"
@@ -352,7 +360,7 @@ def _read_xlsx(path: Path) -> tuple[list[str], list[pa.Array]]:
         for rows_iterator in opened:
             rows_iterator.close()
         workbook.close()
-    return names, [pa.array(column, pa.string()) for column in columns]
+    return names, [pa.array(column, pa.string()) for column in columns], numeric
 
 
 # --- Parquet --------------------------------------------------------------------------------------
@@ -382,12 +390,14 @@ def _parquet_text(values: pa.Array) -> pa.Array:
     return pc.cast(values, pa.string())
 
 
-def _read_parquet(path: Path) -> tuple[list[str], list[pa.Array]]:
+def _read_parquet(path: Path) -> tuple[list[str], list[pa.Array], set[int]]:
+    """Names, text columns and the positions (0-based) of integer or floating columns."""
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError):
         raise RejectedInput("The .parquet file is not a readable Parquet file") from None
     names = [name.strip().lower() for name in table.column_names]
+    numeric = {i for i, field in enumerate(table.schema) if _numeric_type(field.type)}
     columns: list[pa.Array] = []
     for position, name in enumerate(names, start=1):
         try:
@@ -397,14 +407,28 @@ def _read_parquet(path: Path) -> tuple[list[str], list[pa.Array]]:
                 f"Column {_display(name, position)} of the Parquet file has a type that cannot be "
                 "read as text"
             ) from None
-    return names, columns
+    return names, columns, numeric
+
+
+def _numeric_type(kind: pa.DataType) -> bool:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return bool(
+        pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+    )
 
 
 # --- common ---------------------------------------------------------------------------------------
 
 
-def _finish(names: list[str], columns: list[pa.Array], form: Form) -> pa.Table:
-    """Strip values, empty → null, drop rows that are empty throughout, refuse an empty result."""
+def _finish(
+    names: list[str], columns: list[pa.Array], form: Form, *, numeric: set[int] | None = None
+) -> pa.Table:
+    """Strip values, empty → null, drop rows that are empty throughout, refuse an empty result.
+
+    The columns at the positions in `numeric` were numbers in the source: their fields carry
+    `etl.privacy.NUMERIC_SOURCE`, so the privacy guard restores the leading zero a number drops.
+    """
     cleaned: list[pa.Array] = []
     for values in columns:
         if isinstance(values, pa.ChunkedArray):
@@ -417,7 +441,14 @@ def _finish(names: list[str], columns: list[pa.Array], form: Form) -> pa.Table:
         if pc.any(empty).as_py():
             stripped = pc.if_else(empty, pa.scalar(None, pa.string()), stripped)
         cleaned.append(stripped)
-    table = pa.Table.from_arrays(cleaned, names=names)
+    marked = numeric or set()
+    schema = pa.schema(
+        [
+            pa.field(name, pa.string(), metadata=NUMERIC_SOURCE if i in marked else None)
+            for i, name in enumerate(names)
+        ]
+    )
+    table = pa.Table.from_arrays(cleaned, schema=schema)
     if table.num_rows:
         any_value = pc.is_valid(cleaned[0])
         for values in cleaned[1:]:

@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import etl.read
+from etl.privacy import guard, is_identity_number
 from etl.read import read_extract
-from schemas.errors import RejectedInput
+from schemas.errors import PrivacyViolation, RejectedInput
 from schemas.forms import FORMS, Form
 from schemas.parsing import normalise
 
@@ -433,3 +434,64 @@ def test_xlsx_without_header_does_not_echo_the_first_record(tmp_path: Path) -> N
     workbook.save(tmp_path / "n.xlsx")
     message = rejected(tmp_path / "n.xlsx", Form.NPR_COUNTS)
     assert "column 1 (name not shown" in message
+
+
+# --- numbers that lost their leading zero (privacy guard) ----------------------------------------
+
+# 010190000 + check digits 8, 3 (k1: 3*0+7*1+6*0+1*1+8*9+9*0+4*0+5*0+2*0 = 80, 80 mod 11 = 3,
+# 11-3 = 8; k2: 5*0+4*1+3*0+2*1+7*9+6*0+5*0+4*0+3*0+2*8 = 85, 85 mod 11 = 8, 11-8 = 3): a valid
+# identity number born 01.01.90 that a number cell renders as 1019000083.
+LEADING_ZERO_ID = "01019000083"
+
+
+def test_parquet_integer_column_holding_an_identity_number_is_refused(tmp_path: Path) -> None:
+    assert is_identity_number(LEADING_ZERO_ID)
+    table = pa.table(
+        {
+            "record_id": pa.array([int(LEADING_ZERO_ID), 7], pa.int64()),
+            "patient_pseudonym": ["p1", "p2"],
+            "provider_orgnr": ["983974880", "983974880"],
+            "optout_date": ["2023-05-17", "2023-05-17"],
+        }
+    )
+    pq.write_table(table, tmp_path / "o.parquet")
+    raw = read_extract(tmp_path / "o.parquet", Form.OPTOUT)
+    assert raw.column("record_id").to_pylist() == [LEADING_ZERO_ID[1:], "7"]
+    with pytest.raises(PrivacyViolation) as caught:
+        guard(raw)
+    assert "column 'record_id' (1)" in caught.value.detail
+    assert LEADING_ZERO_ID[1:] not in caught.value.detail
+    assert "patient_pseudonym" not in caught.value.detail
+
+
+def test_xlsx_number_cell_holding_an_identity_number_is_refused(tmp_path: Path) -> None:
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.append(["record_id", "patient_pseudonym", "provider_orgnr", "optout_date"])
+    sheet.append(["o1", int(LEADING_ZERO_ID), "983974880", datetime(2023, 5, 17)])
+    sheet.append(["o2", "p2", "983974880", datetime(2023, 5, 17)])
+    path = tmp_path / "optout.xlsx"
+    workbook.save(path)
+    raw = read_extract(path, Form.OPTOUT)
+    with pytest.raises(PrivacyViolation) as caught:
+        guard(raw)
+    assert "column 'patient_pseudonym' (1)" in caught.value.detail
+    assert LEADING_ZERO_ID[1:] not in caught.value.detail
+
+
+def test_ten_digit_text_is_not_padded(tmp_path: Path) -> None:
+    # Text keeps its zeros: 1019000083 in a CSV or a Parquet string column is ten digits, not an
+    # identity number (no false positives on text).
+    path = write(tmp_path, "b.csv", csv_text([basis_row(clinical_study_id=LEADING_ZERO_ID[1:])]))
+    guard(read_extract(path, Form.BASIS))
+    table = pa.table(
+        {
+            "record_id": [LEADING_ZERO_ID[1:]],
+            "patient_pseudonym": ["p1"],
+            "provider_orgnr": ["983974880"],
+            "optout_date": ["2023-05-17"],
+        }
+    )
+    pq.write_table(table, tmp_path / "o.parquet")
+    guard(read_extract(tmp_path / "o.parquet", Form.OPTOUT))
