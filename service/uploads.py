@@ -136,6 +136,57 @@ def visible_upload(session: Session, upload_id: int, principal: Principal) -> Up
     return upload
 
 
+# What a trust sees of a report on an upload that also holds other providers' rows: the file's
+# and each check's counts, never which records failed (their record ids are another provider's).
+SHARED_REPORT_KEYS: Final = (
+    "form",
+    "suite_version",
+    "rows",
+    "rejected",
+    "rejection_reasons",  # "{check_id}: {n} of {rows} rows failed (tolerated x %)"
+    "quarantined_rows",
+    "categories",
+)
+SHARED_CHECK_KEYS: Final = (
+    "check_id",
+    "column",
+    "category",
+    "severity",
+    "status",
+    "failing_count",
+    "failing_percent",
+    "tolerated_percent",
+    "failing_record_ids_total",
+)
+
+
+def counts_only(report: dict[str, object]) -> dict[str, object]:
+    """The report without any per-record detail: kept keys by whitelist, checks as counts."""
+    result: dict[str, object] = {k: report[k] for k in SHARED_REPORT_KEYS if k in report}
+    checks = report.get("checks")
+    if isinstance(checks, list):
+        result["checks"] = [
+            {
+                **{k: check[k] for k in SHARED_CHECK_KEYS if k in check},
+                "failing_record_ids": [],  # withheld (the HTML report expects the key)
+            }
+            for check in checks
+            if isinstance(check, dict)
+        ]
+    result["record_ids_withheld"] = True
+    return result
+
+
+def report_for(
+    upload: Upload, principal: Principal, report: dict[str, object]
+) -> dict[str, object]:
+    """The report as `principal` may see it: in full for the registry and for a trust whose
+    provider is the only one in the upload; counts only when other providers' rows are in it."""
+    if principal.role == "registry" or set(providers_of(upload)) <= {principal.provider}:
+        return report
+    return counts_only(report)
+
+
 def latest_report(session: Session, upload: Upload) -> dict[str, object] | None:
     target = upload.loaded_as if upload.loaded_as is not None else upload.id
     run = session.exec(

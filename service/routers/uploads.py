@@ -100,13 +100,18 @@ def list_uploads(
 def get_upload(
     request: Request, upload_id: UploadId, principal: StaffDep, session: SessionDep
 ) -> UploadDetail:
-    """An upload's status, row counts and quality report."""
+    """An upload's status, row counts and quality report.
+
+    A trust sees the report in full only when the upload holds no other provider's rows;
+    otherwise counts only (no failing record ids).
+    """
     upload = uploads.visible_upload(session, upload_id, principal)
+    report = uploads.latest_report(session, upload)
     audit.note(request, rows=1)
     return UploadDetail(
         **_public(upload).model_dump(),
         error=upload.error,
-        report=uploads.latest_report(session, upload),
+        report=None if report is None else uploads.report_for(upload, principal, report),
     )
 
 
@@ -124,4 +129,4 @@ def get_upload_report(
     if report is None:
         raise NotFound(f"upload {upload_id} has no quality report yet")
     audit.note(request, rows=1)
-    return HTMLResponse(uploads.render_report(report))
+    return HTMLResponse(uploads.render_report(uploads.report_for(upload, principal, report)))

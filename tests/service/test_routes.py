@@ -193,8 +193,95 @@ class TestUploads:
         assert [u["id"] for u in trust["items"]] == [3, 1]
         assert client.get(f"{API}/uploads/2", headers=headers["trust"]).status_code == 403
         report = client.get(f"{API}/uploads/3", headers=headers["trust"]).json()["report"]
-        assert report == {"rejected": True}
+        # Upload 3 holds B's rows too: the trust of A sees counts only.
+        assert report == {"rejected": True, "record_ids_withheld": True}
+        full = client.get(f"{API}/uploads/3", headers=registry).json()["report"]
+        assert full == {"rejected": True}
         assert client.get(f"{API}/uploads/99", headers=registry).status_code == 404
+
+
+def check_report(failing: list[str]) -> dict[str, object]:
+    """A quality report as `ValidationResult.to_report` writes it, with one failing check."""
+    return {
+        "form": "basis",
+        "suite_version": "1",
+        "rows": 10,
+        "rejected": False,
+        "rejection_reasons": [],
+        "quarantined_rows": len(failing),
+        "categories": {
+            "plausibility": {
+                "checks": 1,
+                "passed": 0,
+                "failed": 1,
+                "not_applicable": 0,
+                "error": 0,
+                "failing_rows": len(failing),
+            }
+        },
+        "checks": [
+            {
+                "check_id": "age.range",
+                "column": "age",
+                "category": "plausibility",
+                "severity": "error",
+                "status": "failed",
+                "failing_count": len(failing),
+                "failing_percent": 10.0 * len(failing),
+                "tolerated_percent": 100.0,
+                "failing_record_ids": failing,
+                "failing_record_ids_total": len(failing),
+            }
+        ],
+    }
+
+
+class TestUploadReportScope:
+    def test_trust_sees_other_providers_failing_ids_never(
+        self, client: TestClient, app: FastAPI, headers: dict[str, Headers]
+    ) -> None:
+        with Session(app.state.engine) as session:
+            for providers, failing in (
+                (PROVIDER_A, ["A-REC-1"]),
+                (f"{PROVIDER_A},{PROVIDER_B}", ["A-REC-2", "B-REC-9"]),
+            ):
+                upload = Upload(
+                    file_sha256="0" * 64,
+                    form="basis",
+                    filename="f.csv",
+                    providers=providers,
+                    status="loaded",
+                )
+                session.add(upload)
+                session.flush()
+                session.add(
+                    ValidationRun(
+                        upload_id=upload.id,
+                        form="basis",
+                        suite_version="1",
+                        passed=True,
+                        report=check_report(failing),
+                    )
+                )
+            session.commit()
+        trust, registry = headers["trust"], headers["registry"]
+        own = client.get(f"{API}/uploads/1", headers=trust).json()["report"]
+        assert own["checks"][0]["failing_record_ids"] == ["A-REC-1"]
+        shared = client.get(f"{API}/uploads/2", headers=trust)
+        assert shared.status_code == 200
+        report = shared.json()["report"]
+        assert "REC" not in shared.text
+        assert report["checks"][0]["failing_record_ids"] == []
+        assert report["checks"][0]["failing_count"] == 2
+        assert report["checks"][0]["failing_record_ids_total"] == 2
+        assert report["quarantined_rows"] == 2
+        assert report["categories"]["plausibility"]["failing_rows"] == 2
+        html = client.get(f"{API}/uploads/2/report.html", headers=trust)
+        assert html.status_code == 200
+        assert "REC" not in html.text
+        assert "age.range" in html.text
+        assert "B-REC-9" in client.get(f"{API}/uploads/2", headers=registry).text
+        assert "B-REC-9" in client.get(f"{API}/uploads/2/report.html", headers=registry).text
 
 
 class TestReleases:
