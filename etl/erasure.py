@@ -6,10 +6,12 @@ Steps, holding the warehouse's write locks:
    `merge(source=pa.table({"patient_key": keys}), "t.patient_key = s.patient_key")
    .when_matched_delete()`: a literal predicate would write the key into the Delta log;
 3. releases whose files hold one of the keys (looked up in the files, with DuckDB) are marked
-   `retired`, and a replacement release noted "rebuilt after erasure" is published from the
-   current state. We do not rewrite an old release in place: a release is immutable, and a
-   rewritten one would silently change its published numbers; retiring it is honest and leaves
-   its manifest (paths and counts, no record) as the record of what was published.
+   `retired` (their `indicators.parquet` deleted), and a replacement release noted "rebuilt after
+   erasure" is published from the current state (its indicators are computed at the edge:
+   `service.publishing.ensure_indicators`). We do not rewrite an old release in place: a release
+   is immutable, and a rewritten one would silently change its published numbers; retiring it is
+   honest and leaves its manifest (paths and counts, no record) as the record of what was
+   published.
 4. files no longer referenced (by the current table version or by a non-retired release) are
    deleted. Delta's `vacuum(retention_hours=0, enforce_retention_duration=False, full=True,
    dry_run=True)` lists them, and we delete its list minus the files of non-retired releases
@@ -38,6 +40,10 @@ from schemas.forms import PATIENT_KEY_COLUMN, Form
 from schemas.manifest import ReleaseManifest
 
 REBUILT_NOTE = "rebuilt after erasure"
+# A release's indicator results beside its manifest (`indicators.results.RESULTS_FILE`; etl does
+# not import indicators/). A retired release's results go with it: they were computed from the
+# erased patients' records. `service.publishing.ensure_indicators` computes the replacement's.
+INDICATORS_FILE = "indicators.parquet"
 
 
 class ErasureIncomplete(KvarusError):
@@ -102,6 +108,7 @@ def _erase(
             release.retired = True
             session.add(release)
             retired.append(release.number)
+            (releases_dir / str(release.number) / INDICATORS_FILE).unlink(missing_ok=True)
         else:
             keep |= files
     session.flush()

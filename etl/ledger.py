@@ -7,7 +7,7 @@ upload id in its commit metadata) and marks the row `failed`. See `etl.load` for
 """
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
@@ -19,6 +19,12 @@ from schemas.catalog import Upload
 _CHUNK: Final = 1 << 20
 
 INTERRUPTED: Final = "interrupted: the load did not finish; its table changes were undone"
+
+# Where the API streams an uploaded file before its load reads it (`service/uploads.py`).
+INCOMING_DIR: Final = "incoming"
+# An upload is read within seconds of being received; a file older than this was left behind by a
+# load or a process that died (a 512 MB file loads in well under a minute on the load benchmark).
+STALE_INCOMING: Final = timedelta(hours=1)
 
 
 def file_sha256(path: Path) -> str:
@@ -72,3 +78,30 @@ def repair(session: Session, warehouse: Warehouse) -> list[int]:
     """Take the write locks and repair interrupted loads (for a service or CLI at start-up)."""
     with warehouse.writing():
         return repair_interrupted(session, warehouse)
+
+
+def sweep_incoming(
+    data_dir: Path, *, older_than: timedelta | None = STALE_INCOMING, now: datetime | None = None
+) -> list[Path]:
+    """Delete upload files left in `data_dir/incoming` (raw extracts: pseudonyms, health data).
+
+    `older_than=None` deletes every file: for start-up, before any load can be running. Otherwise
+    only files not modified for `older_than`. Returns the deleted paths (for a count in a log:
+    the names are random, never a patient's).
+    """
+    incoming = data_dir / INCOMING_DIR
+    if not incoming.is_dir():
+        return []
+    moment = (now if now is not None else datetime.now(UTC)).timestamp()
+    deleted: list[Path] = []
+    for path in sorted(incoming.iterdir()):
+        if path.is_symlink() or not path.is_file():
+            continue
+        try:
+            age = moment - path.stat().st_mtime
+        except FileNotFoundError:  # its load finished and removed it meanwhile
+            continue
+        if older_than is None or age > older_than.total_seconds():
+            path.unlink(missing_ok=True)
+            deleted.append(path)
+    return deleted

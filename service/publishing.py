@@ -6,12 +6,12 @@ here, at the edge, for the CLI and the API alike.
 
 from pathlib import Path
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
-from etl.release import publish_release
+from etl.release import publish_release, read_manifest
 from etl.warehouse import Warehouse
-from indicators.results import compute_and_store, read
-from schemas.catalog import IndicatorRun
+from indicators.results import RESULTS_FILE, compute_and_store, read
+from schemas.catalog import IndicatorRun, Release
 from schemas.manifest import ReleaseManifest
 from service.settings import Settings
 
@@ -45,3 +45,21 @@ def store_indicators(
         )
     )
     return results_path
+
+
+def ensure_indicators(settings: Settings, session: Session) -> list[int]:
+    """Compute and store the indicators of every non-retired release that has none; returns their
+    numbers (oldest first).
+
+    `etl/` publishes a release by itself when an erasure retires one (the replacement "rebuilt
+    after erasure") but cannot compute indicators; call this after a load (an opt-out file erases)
+    and after an erasure. The catalog rows are added to `session`, not committed.
+    """
+    statement = select(Release).where(col(Release.retired).is_(False)).order_by(col(Release.number))
+    computed: list[int] = []
+    for release in session.exec(statement).all():
+        if (settings.releases_dir / str(release.number) / RESULTS_FILE).exists():
+            continue
+        store_indicators(read_manifest(settings.releases_dir, release.number), settings, session)
+        computed.append(release.number)
+    return computed

@@ -20,7 +20,7 @@ from schemas.forms import Form
 from schemas.organisations import Hierarchy
 from service.commands.common import console, reports_errors, settings
 from service.database import make_engine, session_scope
-from service.publishing import publish
+from service.publishing import ensure_indicators, publish
 
 # Loading order: reference counts first, then intakes before the forms that refer to them; opt-outs
 # last, so that the demo shows an erasure.
@@ -79,6 +79,13 @@ def demo(
             f"{upload.rows_superseded:,}",
         )
     console.print(summary)
+
+    # The opt-out file erases; when its patients were in a release, the erasure published a
+    # replacement without indicators (etl/ cannot compute them): compute them before judging below.
+    with session_scope(engine) as session:
+        computed = ensure_indicators(config, session)
+    if computed:
+        console.print(f"Indicators computed for release(s) {', '.join(map(str, computed))}")
 
     with session_scope(engine) as session:
         existing = latest_release(session)

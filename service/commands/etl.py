@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy import Engine
 
 from etl.erasure import erase_patients
 from etl.ledger import list_uploads
@@ -22,6 +23,8 @@ from schemas.forms import Form
 from schemas.organisations import Hierarchy
 from service.commands.common import console, reports_errors, settings
 from service.database import make_engine, session_scope
+from service.publishing import ensure_indicators
+from service.settings import Settings
 
 _STEPS = {"read": "Read", "validated": "Validated", "written": "Written"}
 
@@ -41,12 +44,13 @@ def register(app: typer.Typer) -> None:
         key = config.key_bytes()
         warehouse = Warehouse(config.warehouse_dir, config.releases_dir)
         known = frozenset(o.orgnr for o in Hierarchy.default().providers)
+        engine = make_engine(config)
         with (
             Progress(
                 SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                 console=console, transient=True,
             ) as bar,
-            session_scope(make_engine(config)) as session,
+            session_scope(engine) as session,
         ):  # fmt: skip
             task = bar.add_task(f"Loading {file.name} ({form.value})")
 
@@ -67,6 +71,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"[bold red]Rejected:[/] {error}", highlight=False)
             raise typer.Exit(1)
         typer.echo(summary)
+        # An opt-out file erases, and an erasure publishes a replacement release without results.
+        _ensure_indicators(engine, config)
 
     @app.command("release")
     @reports_errors
@@ -96,7 +102,8 @@ def register(app: typer.Typer) -> None:
         config = settings()
         warehouse = Warehouse(config.warehouse_dir, config.releases_dir)
         when = date.fromisoformat(optout_date) if optout_date else None
-        with session_scope(make_engine(config)) as session:
+        engine = make_engine(config)
+        with session_scope(engine) as session:
             erasure = erase_patients(
                 pseudonym, warehouse=warehouse, session=session, key=config.key_bytes(),
                 releases_dir=config.releases_dir, provider_orgnr=provider, optout_date=when,
@@ -106,6 +113,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"erased {rows} rows of {len(set(pseudonym))} patient(s)")
         if rebuilt:
             typer.echo(f"releases retired and rebuilt: {rebuilt}")
+        _ensure_indicators(engine, config)
 
     @app.command("uploads")
     @reports_errors
@@ -128,3 +136,11 @@ def register(app: typer.Typer) -> None:
                     u.started_at.strftime("%Y-%m-%d %H:%M"),
                 )  # fmt: skip
         console.print(table)
+
+
+def _ensure_indicators(engine: Engine, config: Settings) -> None:
+    """Compute the indicators of releases that lack them (a replacement after an erasure)."""
+    with session_scope(engine) as session:
+        computed = ensure_indicators(config, session)
+    if computed:
+        typer.echo(f"indicators computed for release(s) {', '.join(map(str, computed))}")

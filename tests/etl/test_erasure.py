@@ -9,10 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlmodel import Session, col, select
 
-from etl.erasure import REBUILT_NOTE, erase_patients
+from etl.erasure import INDICATORS_FILE, REBUILT_NOTE, erase_patients
 from etl.load import load_file
 from etl.release import latest_release, publish_release, read_manifest
 from etl.warehouse import QUARANTINE, Warehouse
+from indicators.results import RESULTS_FILE
 from schemas.catalog import Erasure, Release, Upload
 from schemas.forms import Form
 from schemas.organisations import Hierarchy
@@ -229,3 +230,27 @@ def test_an_erasure_interrupted_after_its_deletes_is_completed_by_running_it_aga
     assert again.releases_rebuilt == "1->2"  # but release 1 held the patient: retired
     session.close()
     _assert_no_trace(settings.data_dir, key)
+
+
+def test_a_retired_release_loses_its_indicator_results(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    assert INDICATORS_FILE == RESULTS_FILE  # etl/ cannot import indicators/: one name, twice
+    _load(write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-KEEP-1")]), Form.BASIS,
+          warehouse, session, key)  # fmt: skip
+    publish_release(warehouse, warehouse.releases_dir, session, note="one patient")
+    _load(write_extract(Form.BASIS, [episode_row(Form.BASIS, 2, ERASED)]), Form.BASIS,
+          warehouse, session, key)  # fmt: skip
+    publish_release(warehouse, warehouse.releases_dir, session, note="both")
+    session.commit()
+    results = {n: warehouse.releases_dir / str(n) / INDICATORS_FILE for n in (1, 2)}
+    for path in results.values():
+        path.write_bytes(b"results computed from the release's records")
+
+    erasure = erase_patients([ERASED], warehouse=warehouse, session=session, key=key,
+                             releases_dir=warehouse.releases_dir)  # fmt: skip
+    session.commit()
+    assert erasure.releases_rebuilt == "2->3"
+    assert results[1].exists()  # release 1 never held the patient: still served
+    assert not results[2].exists()
+    assert (warehouse.releases_dir / "2" / "manifest.json").exists()  # the record of what was
