@@ -192,10 +192,13 @@ class ResultQuery:
         )
 
 
-def etag(release: int, query: ResultQuery, principal: Principal) -> str:
-    """Entity tag of an answer: release, normalised query and the principal's scope."""
+def etag(release: int, query: ResultQuery, principal: Principal, results_mtime_ns: int) -> str:
+    """Entity tag of an answer: release, the results file's modification time (the indicator
+    job may rewrite a release's results: the old tag must then no longer match), normalised
+    query and the principal's scope."""
     scope = f"{principal.role}:{principal.provider or ''}"
-    digest = hashlib.sha256(f"{release}|{query.normalised()}|{scope}".encode()).hexdigest()
+    text = f"{release}|{results_mtime_ns}|{query.normalised()}|{scope}"
+    digest = hashlib.sha256(text.encode()).hexdigest()
     return f'"{digest[:32]}"'
 
 

@@ -85,15 +85,19 @@ async def list_results(
         indicator=indicator, years=tuple(year or ()), level=level, orgnr=orgnr, context=context
     )
     as_csv = format == "csv" or (format is None and "text/csv" in (accept or ""))
-    tag = published.etag(number, query, principal)
+    # Stat'ed before the tag is made: a rewritten results file changes the tag.
+    file = published.results_path(settings, number)
+    tag = published.etag(number, query, principal, file[1])
     tag = tag[:-1] + (';csv"' if as_csv else '"')
     audit.note(request, release=number)
+    # The answer depends on the key (scope) and on Accept (JSON or CSV): a shared cache must
+    # not serve a CSV to a JSON request.
+    vary = "Authorization, Accept"
     if if_none_match is not None and tag in {t.strip() for t in if_none_match.split(",")}:
         audit.note(request, rows=0)
-        return Response(status_code=304, headers={"ETag": tag})
-    headers = {"ETag": tag, "Cache-Control": "private, max-age=60", "Vary": "Authorization"}
+        return Response(status_code=304, headers={"ETag": tag, "Vary": vary})
+    headers = {"ETag": tag, "Cache-Control": "private, max-age=60", "Vary": vary}
     media_type = "text/csv" if as_csv else "application/json"
-    file = published.results_path(settings, number)
     answer = published.cached_answer(file, tag)
     if answer is None:
         answer = await run_in_threadpool(

@@ -2,9 +2,13 @@
 
 import csv
 import io
+import os
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -363,6 +367,47 @@ class TestIndicatorResults:
         )
         assert other_scope.status_code == 200
         assert other_scope.headers["etag"] != tag
+
+    def test_rewritten_results_change_the_etag(
+        self, client: TestClient, publish: ReleaseWriter, settings: Settings
+    ) -> None:
+        publish(1)
+        params = {"indicator": "plan", "level": "nation", "year": [2024]}
+        first = client.get(f"{API}/indicators/results", params=params)
+        tag = first.headers["etag"]
+        assert [r["numerator"] for r in first.json()["items"]] == [75]
+        # The indicator job rewrites release 1's results (new numbers, a later mtime).
+        path = settings.releases_dir / "1" / "indicators.parquet"
+        table = pq.read_table(path)
+        numerators = pc.if_else(
+            pc.equal(table["level"], "nation"), pa.scalar(80, pa.int64()), table["numerator"]
+        )
+        table = table.set_column(table.schema.get_field_index("numerator"), "numerator", numerators)
+        pq.write_table(table, path)
+        stat = os.stat(path)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        again = client.get(
+            f"{API}/indicators/results", params=params, headers={"If-None-Match": tag}
+        )
+        assert again.status_code == 200
+        assert again.headers["etag"] != tag
+        assert [r["numerator"] for r in again.json()["items"]] == [80]
+
+    def test_vary_names_authorization_and_accept(
+        self, client: TestClient, publish: ReleaseWriter
+    ) -> None:
+        publish(1)
+        for accept in ("application/json", "text/csv"):
+            response = client.get(f"{API}/indicators/results", headers={"Accept": accept})
+            assert response.status_code == 200
+            vary = {v.strip().lower() for v in response.headers["vary"].split(",")}
+            assert vary == {"authorization", "accept"}
+            unchanged = client.get(
+                f"{API}/indicators/results",
+                headers={"Accept": accept, "If-None-Match": response.headers["etag"]},
+            )
+            assert unchanged.status_code == 304
+            assert {v.strip().lower() for v in unchanged.headers["vary"].split(",")} == vary
 
     def test_csv(self, client: TestClient, publish: ReleaseWriter) -> None:
         publish(1)
