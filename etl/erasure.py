@@ -26,14 +26,13 @@ The erasure log row (`schemas.catalog.Erasure`) keeps the date, provider and row
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 from sqlmodel import Session, col, select
 
 from etl.ledger import repair_interrupted
 from etl.privacy import rekey
 from etl.release import publish_locked
-from etl.warehouse import TABLES, Warehouse
+from etl.warehouse import TABLES, Warehouse, duckdb_connection
 from schemas.catalog import Erasure, Release
 from schemas.errors import KvarusError, RejectedInput
 from schemas.forms import PATIENT_KEY_COLUMN, Form
@@ -143,8 +142,7 @@ def _holds_patients(manifest: ReleaseManifest, keys: pa.Array) -> bool:
     files = [f for snapshot in manifest.tables.values() for f in snapshot.files]
     if any(not Path(f).exists() for f in files):
         return True
-    connection = duckdb.connect()
-    try:
+    with duckdb_connection() as connection:
         connection.register("erased", pa.table({PATIENT_KEY_COLUMN: keys}))
         for snapshot in manifest.tables.values():
             if not snapshot.files or snapshot.name == Form.NPR_COUNTS.value:
@@ -157,8 +155,6 @@ def _holds_patients(manifest: ReleaseManifest, keys: pa.Array) -> bool:
             ).fetchall()
             if int(found[0][0]) > 0:
                 return True
-    finally:
-        connection.close()
     return False
 
 

@@ -25,6 +25,7 @@ SIGKILL, which the load protocol in `etl.load` relies on.
 
 import fcntl
 import json
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -92,6 +93,20 @@ _WRITER_PROPERTIES: Final = WriterProperties(
         name: ColumnProperties(statistics_enabled="NONE") for name in sorted(NO_STATISTICS)
     }
 )
+
+
+@contextmanager
+def duckdb_connection() -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB connection that spills to a temporary directory of its own, removed
+    afterwards. DuckDB's default `temp_directory` is `.tmp` in the working directory (duckdb 2.0):
+    a query over memory would leave spilled rows (patient keys, health data) wherever the CLI or
+    the API happens to run. Spilling stays possible: a 1M-row load may need it."""
+    with tempfile.TemporaryDirectory(prefix="kvarus-duckdb-") as spill:
+        connection = duckdb.connect(":memory:", config={"temp_directory": spill})
+        try:
+            yield connection
+        finally:
+            connection.close()
 
 
 def schema_of(table: str) -> pa.Schema:
@@ -191,14 +206,11 @@ class Warehouse:
         if not uris:
             return schema.empty_table()
         selected = ", ".join(f'"{name}"' for name in schema.names)
-        connection = duckdb.connect()
-        try:
+        with duckdb_connection() as connection:
             result = connection.sql(
                 f"SELECT {selected} FROM read_parquet($files, hive_partitioning=true)",  # noqa: S608
                 params={"files": uris},
             ).to_arrow_table()
-        finally:
-            connection.close()
         return result.cast(schema)
 
     def table(self, form: Form, columns: Sequence[str] | None = None) -> pa.Table:
@@ -210,13 +222,10 @@ class Warehouse:
         files = list(files) if files is not None else self.files(table)
         if not files:
             return 0
-        connection = duckdb.connect()
-        try:
+        with duckdb_connection() as connection:
             rows = connection.sql(
                 "SELECT count(*) FROM read_parquet($files)", params={"files": files}
             ).fetchall()
-        finally:
-            connection.close()
         return int(rows[0][0])
 
     # -- writing ----------------------------------------------------------------------------
@@ -267,16 +276,13 @@ class Warehouse:
         if not files:
             return False
         key_list = ", ".join(f'"{k}"' for k in keys)
-        connection = duckdb.connect()
-        try:
+        with duckdb_connection() as connection:
             connection.register("incoming", rows.select(list(keys)))
             found = connection.execute(
                 f"SELECT count(*) FROM read_parquet(?, hive_partitioning=true) AS t "  # noqa: S608
                 f"SEMI JOIN incoming AS s USING ({key_list})",
                 [files],
             ).fetchone()
-        finally:
-            connection.close()
         return found is not None and int(found[0]) > 0
 
     def append_quarantine(self, rows: pa.Table, *, upload_id: int | None) -> None:

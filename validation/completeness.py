@@ -16,10 +16,10 @@ Inputs:
 from collections.abc import Mapping
 from typing import Final
 
-import duckdb
 import pyarrow as pa
 
 from schemas.forms import COMMON_COLUMNS, EPISODE_FORMS, FORMS, Form
+from validation.cross_record import duckdb_connection
 
 # ruff: noqa: S608  (SQL text from the data dictionary's column names only, never from data)
 
@@ -72,8 +72,7 @@ def _quarantine_counts(quarantine: pa.Table | None) -> str:
 def completeness(tables: Mapping[Form, pa.Table], quarantine: pa.Table | None = None) -> pa.Table:
     """Filled share per provider, year, form and variable, with the quarantined share."""
     parts: list[str] = []
-    connection = duckdb.connect(":memory:")
-    try:
+    with duckdb_connection() as connection:
         for form in EPISODE_FORMS:
             table = tables.get(form)
             if table is None:
@@ -107,6 +106,4 @@ def completeness(tables: Mapping[Form, pa.Table], quarantine: pa.Table | None = 
              AND h.year IS NOT DISTINCT FROM f.year
             ORDER BY f.provider_orgnr, f.year, f.form, f.variable"""
         result = connection.sql(sql).to_arrow_table()
-    finally:
-        connection.close()
     return result.cast(COMPLETENESS_SCHEMA)

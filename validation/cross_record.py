@@ -24,7 +24,9 @@ text is assembled from this module's constants only (never from data), hence the
 
 # ruff: noqa: S608
 
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Final
 
 import duckdb
@@ -140,6 +142,20 @@ def _follow_on_checks(form: Form) -> list[str]:
     return checks
 
 
+@contextmanager
+def duckdb_connection() -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB connection that spills to a temporary directory of its own, removed
+    afterwards. DuckDB's default `temp_directory` is `.tmp` in the working directory (duckdb 2.0):
+    a query over memory would leave spilled rows (patient keys, health data) wherever the CLI or
+    the API happens to run. Spilling stays possible: a 1M-row load may need it."""
+    with tempfile.TemporaryDirectory(prefix="kvarus-duckdb-") as spill:
+        connection = duckdb.connect(":memory:", config={"temp_directory": spill})
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+
 def _stored(existing: Mapping[Form, pa.Table], form: Form) -> pa.Table:
     columns = EXISTING_COLUMNS[form]
     table = existing.get(form)
@@ -159,8 +175,7 @@ def check(incoming: pa.Table, form: Form, existing: Mapping[Form, pa.Table]) -> 
         return ROW_FAILURES_SCHEMA.empty_table()
 
     numbered = incoming.append_column("row_index", pa.array(range(incoming.num_rows), pa.int64()))
-    connection = duckdb.connect(":memory:")
-    try:
+    with duckdb_connection() as connection:
         connection.register("incoming", numbered)
         connection.register("stored_basis_all", _stored(existing, Form.BASIS))
         connection.register("stored_discharge_all", _stored(existing, Form.DISCHARGE))
@@ -203,6 +218,4 @@ def check(incoming: pa.Table, form: Form, existing: Mapping[Form, pa.Table]) -> 
             )
         sql = " UNION ALL ".join(queries) + ' ORDER BY row_index, "check"'
         result = connection.sql(sql).to_arrow_table()
-    finally:
-        connection.close()
     return result.cast(ROW_FAILURES_SCHEMA)

@@ -5,7 +5,9 @@ import hmac
 import json
 from datetime import date
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import pyarrow.compute as pc
 import pytest
 import typer
@@ -311,3 +313,41 @@ def test_cli_load_release_erase_and_uploads(
     assert "rejected" in result.output
     assert "loaded" in result.output
     assert "P-CLI" not in result.output
+
+
+def test_duckdb_never_spills_into_the_working_directory(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # DuckDB's default temp_directory is `.tmp` in the working directory, created only when a
+    # query spills: tiny data never spills, so each connection's setting is recorded as well.
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    connect = duckdb.connect
+    spill_dirs: list[str] = []
+
+    def recording(*args: Any, **kwargs: Any) -> duckdb.DuckDBPyConnection:
+        connection = connect(*args, **kwargs)
+        rows = connection.sql("SELECT current_setting('temp_directory')").fetchall()
+        spill_dirs.append(str(rows[0][0]))
+        return connection
+
+    monkeypatch.setattr(duckdb, "connect", recording)
+    basis = [episode_row(Form.BASIS, n, f"P{n}") for n in (1, 2)]
+    _load(write_extract(Form.BASIS, basis), Form.BASIS, warehouse, session, key)
+    resent = [episode_row(Form.BASIS, 1, "P1", age="40"), episode_row(Form.BASIS, 3, "P3")]
+    _load(write_extract(Form.BASIS, resent), Form.BASIS, warehouse, session, key)  # merge
+    measurement = [episode_row(Form.MEASUREMENT, 1, "P1")]
+    _load(write_extract(Form.MEASUREMENT, measurement), Form.MEASUREMENT, warehouse, session, key)
+    assert warehouse.count("basis") == 3
+    assert spill_dirs  # the loads did query through DuckDB
+    for spill in spill_dirs:
+        assert Path(spill).is_absolute()
+        assert not Path(spill).resolve().is_relative_to(cwd.resolve())
+        assert not Path(spill).exists()  # removed after the query
+    assert list(cwd.iterdir()) == []
