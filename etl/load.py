@@ -64,6 +64,12 @@ from validation import cross_record, validate_extract
 Progress = Callable[[str, int], None]
 
 NO_INTAKE = "cross.no_intake"
+# A re-sent record_id supersedes the stored record (EXTRACT_SPEC.md), but only the provider that
+# sent it may correct it: a record_id stored under another provider is quarantined instead.
+OTHER_PROVIDER = "record_id.other_provider"
+OTHER_PROVIDER_REASON = (
+    "record_id is stored under another provider; it cannot supersede that record"
+)
 
 FAILURE_SCHEMA = pa.schema(
     [
@@ -290,6 +296,12 @@ def _split(
     if form is not Form.NPR_COUNTS and candidates.num_rows > 0:
         cross = _cross_check(candidates, form, warehouse)
         cross = cross.filter(pc.equal(cross.column("severity"), "error"))
+        cross = pa.concat_tables(
+            [
+                cross.select(FAILURE_SCHEMA.names).cast(FAILURE_SCHEMA),
+                _other_provider(candidates, form, warehouse),
+            ]
+        )
         if cross.num_rows > 0:
             local = cross.column("row_index").to_numpy()
             original = candidates_index[local]
@@ -303,6 +315,23 @@ def _split(
     accepted = staged if not bad.any() else staged.filter(pa.array(~bad))
     quarantined = quarantine_rows(form, upload_id, staged, failed)
     return _Split(accepted, quarantined, int(bad.sum()))
+
+
+def _other_provider(incoming: pa.Table, form: Form, warehouse: Warehouse) -> pa.Table:
+    """`record_id.other_provider` failures (FAILURE_SCHEMA) of rows whose record_id is stored
+    under another provider."""
+    flags = warehouse.stored_under_other_provider(form, incoming)
+    index = pa.array(np.flatnonzero(flags.to_numpy(zero_copy_only=False)), pa.int64())
+    return pa.table(
+        {
+            "row_index": index,
+            "record_id": pc.take(incoming.column("record_id"), index),
+            "check": pa.array([OTHER_PROVIDER] * len(index), pa.string()),
+            "severity": pa.array(["error"] * len(index), pa.string()),
+            "reason": pa.array([OTHER_PROVIDER_REASON] * len(index), pa.string()),
+        },
+        schema=FAILURE_SCHEMA,
+    )
 
 
 def _cross_check(incoming: pa.Table, form: Form, warehouse: Warehouse) -> pa.Table:
@@ -373,6 +402,8 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
         failures = failures.filter(pc.equal(failures.column("severity"), "error"))
         bad = np.zeros(staged.num_rows, dtype=bool)
         bad[failures.column("row_index").to_numpy()] = True
+        # Still held (not superseding another provider's record) until the sender resends it.
+        bad |= warehouse.stored_under_other_provider(form, staged).to_numpy(zero_copy_only=False)
         passed = staged.filter(pa.array(~bad))
         if passed.num_rows == 0:
             continue

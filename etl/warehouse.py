@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import (
@@ -284,6 +285,34 @@ class Warehouse:
                 [files],
             ).fetchone()
         return found is not None and int(found[0]) > 0
+
+    def stored_under_other_provider(self, form: Form, rows: pa.Table) -> pa.Array:
+        """Per row of `rows` (`record_id`, `provider_orgnr`): whether its record_id is stored
+        under another provider. Such a row must not supersede the stored record (`write` merges
+        on record_id alone): a provider may only correct its own records."""
+        if "record_id" not in MERGE_KEYS[form] or rows.num_rows == 0:
+            return pa.array(np.zeros(rows.num_rows, dtype=bool))
+        files = self.files(form.value)
+        if not files:
+            return pa.array(np.zeros(rows.num_rows, dtype=bool))
+        incoming = pa.table(
+            {
+                "row_index": pa.array(np.arange(rows.num_rows, dtype=np.int64)),
+                "record_id": rows.column("record_id"),
+                "provider_orgnr": rows.column("provider_orgnr"),
+            }
+        )
+        with duckdb_connection() as connection:
+            connection.register("incoming", incoming)
+            found = connection.execute(
+                "SELECT DISTINCT s.row_index FROM incoming AS s "
+                "JOIN read_parquet(?, hive_partitioning=true) AS t ON t.record_id = s.record_id "
+                "WHERE t.provider_orgnr IS DISTINCT FROM s.provider_orgnr",
+                [files],
+            ).fetchall()
+        flags = np.zeros(rows.num_rows, dtype=bool)
+        flags[[int(row[0]) for row in found]] = True
+        return pa.array(flags)
 
     def append_quarantine(self, rows: pa.Table, *, upload_id: int | None) -> None:
         if rows.num_rows == 0:

@@ -351,3 +351,29 @@ def test_duckdb_never_spills_into_the_working_directory(
         assert not Path(spill).resolve().is_relative_to(cwd.resolve())
         assert not Path(spill).exists()  # removed after the query
     assert list(cwd.iterdir()) == []
+
+
+def test_a_record_id_of_another_provider_is_quarantined_not_superseded(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    first = [episode_row(Form.BASIS, n, f"P{n}") for n in (1, 2)]  # PROVIDER_A
+    _load(write_extract(Form.BASIS, first), Form.BASIS, warehouse, session, key)
+    other = [
+        episode_row(Form.BASIS, 1, "Q1", provider_orgnr=PROVIDER_B, age="70"),  # A's b1
+        episode_row(Form.BASIS, 3, "Q3", provider_orgnr=PROVIDER_B),
+    ]
+    upload = _load(write_extract(Form.BASIS, other), Form.BASIS, warehouse, session, key)
+    assert upload.status == "loaded"
+    assert (upload.rows_accepted, upload.rows_quarantined, upload.rows_superseded) == (1, 1, 0)
+    stored = warehouse.table(Form.BASIS).sort_by("record_id")
+    assert stored.column("record_id").to_pylist() == ["b1", "b2", "b3"]
+    assert stored.column("provider_orgnr").to_pylist() == [PROVIDER_A, PROVIDER_A, PROVIDER_B]
+    assert stored.column("age").to_pylist() == [34, 34, 34]
+    quarantine = warehouse.read(QUARANTINE)
+    assert quarantine.select(["record_id", "check", "severity"]).to_pylist() == [
+        {"record_id": "b1", "check": "record_id.other_provider", "severity": "error"}
+    ]
+    # The owner still corrects its own record.
+    own = [episode_row(Form.BASIS, 1, "P1", age="36")]
+    upload = _load(write_extract(Form.BASIS, own), Form.BASIS, warehouse, session, key)
+    assert (upload.rows_accepted, upload.rows_superseded) == (1, 1)
