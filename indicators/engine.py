@@ -24,6 +24,22 @@ Rules (DOMAIN.md, and choices documented here):
   and nation levels both sums run over the providers that have an NPR count. A provider with
   coverage under 60 % in a year gets its caregiver results that year (levels unit, provider, hf)
   suppressed with reason `low_coverage`; its rows still count in the RHF and the nation.
+- Complementary (secondary) suppression, per indicator × year × context: a parent's numerator is
+  the sum over all its children, suppressed ones included, so a single suppressed child would be
+  its parent minus the published siblings (DOMAIN.md: subtracting published numbers must reveal
+  nothing suppressed). Parents and children: nation → RHFs (both contexts), RHF → providers
+  (caregiver), provider → units (caregiver), RHF → HFs (resident). Top down, in each group:
+  when the parent is published and exactly one child is suppressed, or the parent is suppressed
+  and no child is, the published child with the smallest denominator (ties: the first in result
+  order) is suppressed too, with reason `complementary`; a child suppressed so becomes a
+  suppressed parent for the level below (its units). A caregiver `hf` row repeats its provider's
+  row (public HFs), so it takes the provider's complementary suppression. Only a disclosure
+  suppression (`min_denominator`, `complementary`) needs protecting: `low_coverage` hides a
+  result of enough observations for its quality, not for privacy, so a lone `low_coverage` child
+  (or parent) sets nothing off, though as an unknown in the sum it protects a sibling like any
+  suppressed child. The simple rule keeps at least two unknowns in every sum; it is not a proof
+  that a suppressed count cannot be narrowed down (researcher aggregates use
+  `indicators.disclosure` for that).
 """
 
 from __future__ import annotations
@@ -57,12 +73,13 @@ from indicators.results import RESULT_SCHEMA
 from indicators.statistics import proportion
 from indicators.vocabulary import EPISODE_COLUMNS, Condition
 from schemas.manifest import ReleaseManifest
-from schemas.organisations import Hierarchy
+from schemas.organisations import NATION_ORGNR, Hierarchy
 
 __all__ = ["AGGREGATE_SCHEMA", "LEVELS", "EngineName", "aggregates", "compute", "finish"]
 
 LOW_COVERAGE: Final = "low_coverage"
 MIN_DENOMINATOR: Final = "min_denominator"
+COMPLEMENTARY: Final = "complementary"
 
 # DuckDB settings for a run: the engine shares the machine with the service and other jobs, so
 # it takes a bounded share (DuckDB's default is 80 % of RAM) and may spill beyond; insertion
@@ -448,10 +465,11 @@ def finish(
     low_coverage: set[tuple[int, str]] = set()
     # Coverage first: its low values suppress other indicators' provider results.
     ordered = sorted(definitions, key=lambda d: d.type != "coverage")
+    organisations = Organisations.of(hierarchy)
     per_indicator: dict[str, list[dict[str, Any]]] = {}
     for definition in ordered:
         records = sorted(raw[definition.id].to_pylist(), key=_sort_key)
-        _statistics(definition, records, low_coverage)
+        _statistics(definition, records, low_coverage, organisations)
         per_indicator[definition.id] = records
     for definition in definitions:
         records = per_indicator[definition.id]
@@ -483,6 +501,7 @@ def _statistics(
     definition: IndicatorDefinition,
     records: list[dict[str, Any]],
     low_coverage: set[tuple[int, str]],
+    organisations: Organisations,
 ) -> None:
     """Fill value, intervals, suppression, target level and funnel signal, in place."""
     if not records:
@@ -547,16 +566,83 @@ def _statistics(
             funnel_signal=None,
         )
         if reason is not None:
-            record.update(
-                numerator=None,
-                value=None,
-                target_level=None,
-                **dict.fromkeys(("ci95_low", "ci95_high", "ci998_low", "ci998_high")),
-            )
+            _hide(record, reason)
         elif definition.type not in ("proportion", "count", "coverage"):
             record["numerator"] = None
+    _complementary(records, organisations)
     if definition.type == "proportion":
         _funnel(records)
+
+
+def _hide(record: dict[str, Any], reason: str) -> None:
+    """Suppress a result: it keeps its denominator, nothing else that came from its numerator."""
+    record.update(
+        suppressed=True,
+        suppression_reason=reason,
+        numerator=None,
+        value=None,
+        target_level=None,
+        funnel_signal=None,
+        **dict.fromkeys(("ci95_low", "ci95_high", "ci998_low", "ci998_high")),
+    )
+
+
+# Suppressions for privacy, which subtraction must not undo (low_coverage is for quality).
+_DISCLOSURE: Final = frozenset({MIN_DENOMINATOR, COMPLEMENTARY})
+
+# (context, child level, parent level), top down: a child suppressed here is a parent below.
+_PARENTS: Final = (
+    ("caregiver", "rhf", "nation"),
+    ("caregiver", "provider", "rhf"),
+    ("caregiver", "unit", "provider"),
+    ("resident", "rhf", "nation"),
+    ("resident", "hf", "rhf"),
+)
+
+
+def _complementary(records: list[dict[str, Any]], organisations: Organisations) -> None:
+    """Complementary suppression within each parent group (the engine's docstring has the
+    rule), in place on one indicator's sorted results."""
+    by_key = {(r["year"], r["context"], r["level"], r["orgnr"], r["unit_code"]): r for r in records}
+
+    def parent_orgnr(record: dict[str, Any], level: str) -> str | None:
+        if level == "nation":
+            return NATION_ORGNR
+        if level == "provider":
+            return cast(str, record["orgnr"])
+        lookup = (
+            organisations.providers if record["context"] == "caregiver" else organisations.homes
+        )
+        return lookup.get(record["orgnr"], (None, None))[1]
+
+    for context, child_level, parent_level in _PARENTS:
+        groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        for record in records:
+            if (record["context"], record["level"]) != (context, child_level):
+                continue
+            orgnr = parent_orgnr(record, parent_level)
+            if orgnr is not None:
+                groups.setdefault((record["year"], orgnr), []).append(record)
+        for (year, orgnr), children in groups.items():
+            parent = by_key.get((year, context, parent_level, orgnr, None))
+            if parent is None:
+                continue
+            hidden = [child for child in children if child["suppressed"]]
+            shown = [child for child in children if not child["suppressed"]]
+            exposed = (
+                parent["suppression_reason"] in _DISCLOSURE and not hidden
+                if parent["suppressed"]
+                else len(hidden) == 1 and hidden[0]["suppression_reason"] in _DISCLOSURE
+            )
+            if shown and exposed:
+                # min() keeps the first of equal denominators: the result order.
+                smallest = min(shown, key=lambda child: cast(int, child["denominator"]))
+                _hide(smallest, COMPLEMENTARY)
+                if child_level == "provider":
+                    # The caregiver hf row of a public HF repeats its provider row.
+                    twin = by_key.get((year, context, "hf", smallest["orgnr"], None))
+                    if twin is not None and not twin["suppressed"]:
+                        _hide(twin, COMPLEMENTARY)
 
 
 def _funnel(records: list[dict[str, Any]]) -> None:

@@ -1,8 +1,10 @@
 """The indicator result table: its schema, Parquet I/O, and compute-and-store for a release.
 
 One row per release × indicator × year × context × level × organisation (× unit at level unit).
-Suppressed rows (denominator under the indicator's minimum, or a provider under 60 % coverage)
-keep their denominator but carry no numerator, value, interval, target level or funnel signal.
+Suppressed rows (denominator under the indicator's minimum, a provider under 60 % coverage, or
+complementary: a sibling hidden so that a suppressed result cannot be recovered by subtracting
+published ones from their parent; rules in `indicators.engine`) keep their denominator but carry
+no numerator, value, interval, target level or funnel signal.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ RESULT_SCHEMA: Final = pa.schema(
         pa.field("ci998_high", pa.float64()),
         pa.field("target_level", pa.string()),  # high | moderate | low | null
         pa.field("suppressed", pa.bool_(), nullable=False),
-        pa.field("suppression_reason", pa.string()),  # min_denominator | low_coverage | null
+        # min_denominator | low_coverage | complementary | null
+        pa.field("suppression_reason", pa.string()),
         pa.field("funnel_signal", pa.string()),  # high_0.001 | ... | not_significant | null
         pa.field("previous_value", pa.float64()),  # same org/context/level, previous year
     ]

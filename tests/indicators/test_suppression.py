@@ -1,0 +1,99 @@
+"""Complementary suppression: no suppressed result is its parent minus the published siblings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tests.indicators.conftest import (
+    BERGEN,
+    HELSE_VEST,
+    NATION,
+    STAVANGER,
+    VESTLY,
+    TinyRelease,
+)
+from tests.indicators.test_engine import counts, pick, run
+
+Factory = Callable[[], TinyRelease]
+FORDE = "983974732"  # HELSE FØRDE HF, Helse Vest
+
+
+def reason(row: dict[str, Any]) -> tuple[str | None, int | None, float | None]:
+    return row["suppression_reason"], row["numerator"], row["value"]
+
+
+def intakes(
+    release: TinyRelease, provider: str, unit: str, screened: int, total: int, **values: Any
+) -> None:
+    """`total` screening intakes at a provider's unit, the first `screened` with an AUDIT score."""
+    for i in range(total):
+        episode = f"{provider}-{unit}-{i}"
+        release.basis(episode, provider, unit=unit, audit=5 if i < screened else None, **values)
+
+
+def test_provider_hidden_beside_a_small_provider_of_the_same_rhf(tiny: Factory) -> None:
+    """Helse Vest 2022, screening, minimum 5: Vestly 3/3 (its patients live in Førde's area),
+    Stavanger 5/8, Bergen 10/12; the RHF 18/23.
+
+    Vestly (3) is under the minimum. Published alone, it would be 18 − 5 − 10 = 3 of 3, so
+    Stavanger, the smallest published sibling (8), is hidden too: the RHF minus Bergen leaves
+    8 of Vestly and Stavanger together. Stavanger's hf row and its only unit repeat it and are
+    hidden with it. Resident: Førde 3, Stavanger 8, Bergen 12 under Helse Vest: the same."""
+    release = tiny()
+    intakes(release, VESTLY, "U1", 3, 3, home_hf_orgnr=FORDE)
+    intakes(release, STAVANGER, "U1", 5, 8)
+    intakes(release, BERGEN, "U1", 10, 12)
+    rows = run(release, "screening", min_denominator=5)
+
+    def row(level: str, orgnr: str, **keys: Any) -> dict[str, Any]:
+        return pick(rows, "screening", 2022, level, orgnr, **keys)
+
+    assert reason(row("provider", VESTLY)) == ("min_denominator", None, None)
+    assert reason(row("unit", VESTLY, unit_code="U1")) == ("min_denominator", None, None)
+    for level, unit in (("provider", None), ("hf", None), ("unit", "U1")):
+        hidden = row(level, STAVANGER, unit_code=unit)
+        assert (hidden["suppressed"], reason(hidden)) == (True, ("complementary", None, None))
+        assert hidden["denominator"] == 8
+        assert [hidden[k] for k in ("ci95_low", "ci998_high", "target_level")] == [None] * 3
+        assert hidden["funnel_signal"] is None
+    for level, unit in (("provider", None), ("hf", None), ("unit", "U1")):
+        shown = row(level, BERGEN, unit_code=unit)
+        assert (shown["suppressed"], counts(shown)) == (False, (10, 12))
+    assert row("provider", BERGEN)["funnel_signal"] is not None
+    assert counts(row("rhf", HELSE_VEST)) == (18, 23)
+    assert counts(row("nation", NATION)) == (18, 23)
+    # Resident Helse Vest: Førde 3 (under the minimum), Stavanger 8 hidden, Bergen 12 shown.
+    assert reason(row("hf", FORDE, context="resident")) == ("min_denominator", None, None)
+    assert reason(row("hf", STAVANGER, context="resident")) == ("complementary", None, None)
+    assert counts(row("hf", BERGEN, context="resident")) == (10, 12)
+    assert counts(row("rhf", HELSE_VEST, context="resident")) == (18, 23)
+
+
+def test_unit_hidden_beside_a_small_unit_of_the_same_provider(tiny: Factory) -> None:
+    """Screening 2022, minimum 5. Bergen 11/16: U1 3/3, U2 4/6, U3 4/7. U1 alone hidden would be
+    11 − 4 − 4 = 3, so U2 (6 < 7) is hidden too. Stavanger 9/15: U1 2/2 and U2 3/4 are both
+    under the minimum; two unknowns in the sum: U3 7/9 stays shown."""
+    release = tiny()
+    intakes(release, BERGEN, "U1", 3, 3)
+    intakes(release, BERGEN, "U2", 4, 6)
+    intakes(release, BERGEN, "U3", 4, 7)
+    intakes(release, STAVANGER, "U1", 2, 2)
+    intakes(release, STAVANGER, "U2", 3, 4)
+    intakes(release, STAVANGER, "U3", 4, 9)
+    rows = run(release, "screening", min_denominator=5)
+
+    def unit(orgnr: str, code: str) -> dict[str, Any]:
+        return pick(rows, "screening", 2022, "unit", orgnr, unit_code=code)
+
+    assert reason(unit(BERGEN, "U1")) == ("min_denominator", None, None)
+    assert reason(unit(BERGEN, "U2")) == ("complementary", None, None)
+    assert unit(BERGEN, "U2")["denominator"] == 6
+    assert counts(unit(BERGEN, "U3")) == (4, 7)
+    assert counts(pick(rows, "screening", 2022, "provider", BERGEN)) == (11, 16)
+    assert reason(unit(STAVANGER, "U1")) == ("min_denominator", None, None)
+    assert reason(unit(STAVANGER, "U2")) == ("min_denominator", None, None)
+    assert counts(unit(STAVANGER, "U3")) == (4, 9)
+    assert counts(pick(rows, "screening", 2022, "provider", STAVANGER)) == (9, 15)
+    # No provider, RHF or nation result is hidden.
+    assert not [r for r in rows if r["level"] != "unit" and r["suppressed"]]
