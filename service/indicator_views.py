@@ -11,7 +11,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from indicators.funnel import normal_funnel_limits
+from indicators.funnel import funnel_significance, normal_funnel_limits
 from indicators.variation import coefficient_of_variation, extremal_quotients
 from schemas.api import (
     FunnelPoint,
@@ -25,7 +25,11 @@ from schemas.api import (
 from schemas.errors import NotFound
 from schemas.organisations import Hierarchy
 
-PROVIDER_LEVELS: Final = frozenset({"hf", "provider"})
+# The level a context compares providers at (`indicators.levels.LEVELS`): in the caregiver
+# context the provider that treated the patient (the engine also writes an `hf` row for each
+# HF, which sums the providers under it: taking both counted an HF twice); in the resident
+# context the HF of the patient's home (the only provider-like level there).
+PROVIDER_LEVEL: Final[dict[str, str]] = {"caregiver": "provider", "resident": "hf"}
 # The national action plan for clinical trials: 5 % of specialist-care patients in clinical
 # studies by 2025 (DOMAIN.md).
 STUDY_TARGET: Final = 0.05
@@ -47,7 +51,7 @@ def provider_profile(
     rhf = hierarchy.rhf_of(orgnr)
     grouped: dict[str, dict[str, list[Row]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        if row["orgnr"] == orgnr and row["level"] in PROVIDER_LEVELS:
+        if row["orgnr"] == orgnr and row["level"] == PROVIDER_LEVEL.get(row["context"]):
             grouped[row["indicator_id"]]["provider"].append(row)
         elif row["level"] == "rhf" and row["orgnr"] == rhf.orgnr:
             grouped[row["indicator_id"]]["rhf"].append(row)
@@ -94,24 +98,20 @@ def variation(
     providers = [
         r
         for r in selected
-        if r["level"] in PROVIDER_LEVELS and not r["suppressed"] and _proportion(r) is not None
+        if r["level"] == PROVIDER_LEVEL[context]
+        and not r["suppressed"]
+        and _proportion(r) is not None
     ]
     rates = np.array([_proportion(r) for r in providers], dtype=np.float64)
     points: list[FunnelPoint] = []
     if theta is not None and providers:
         denominators = np.array([float(r["denominator"]) for r in providers])
         limits = normal_funnel_limits(theta, denominators)
+        # The engine's labels (high_0.001 ... not_significant), by the engine's own function.
+        signals = funnel_significance([float(r["numerator"]) for r in providers], limits)
         for i, row in enumerate(providers):
             value = float(rates[i])
-            signal = "none"
-            if value > limits.upper_0_001[i]:
-                signal = "high_0_001"
-            elif value > limits.upper_0_025[i]:
-                signal = "high_0_025"
-            elif value < limits.lower_0_001[i]:
-                signal = "low_0_001"
-            elif value < limits.lower_0_025[i]:
-                signal = "low_0_025"
+            signal = signals[i]
             points.append(
                 FunnelPoint(
                     orgnr=row["orgnr"],
@@ -144,7 +144,7 @@ def research_participation(rows: Sequence[Row], *, release: int) -> list[Partici
     grouped: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
     for row in rows:
         if row["indicator_id"] == STUDY_INDICATOR and (
-            row["level"] in PROVIDER_LEVELS or row["level"] == "nation"
+            row["level"] == PROVIDER_LEVEL.get(row["context"]) or row["level"] == "nation"
         ):
             grouped[(row["orgnr"], row["name"] or row["orgnr"], row["level"])].append(row)
     items: list[ParticipationProvider] = []

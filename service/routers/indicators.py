@@ -171,7 +171,15 @@ def indicator_variation(
     release: ReleaseQuery = None,
     context: ContextQuery = "caregiver",
 ) -> VariationPublic:
-    """Variation between providers in one year: statistics, funnel points and limits."""
+    """Variation between providers in one year: statistics, funnel points and limits.
+
+    Providers are the `provider` rows in the caregiver context and the `hf` rows in the
+    resident context; signals use the engine's labels (`high_0.001`, `high_0.025`, `low_0.025`,
+    `low_0.001`, `not_significant`). Limitation: the rates are the published crude rates,
+    also for outcome indicators; the indirectly standardised rates of
+    `indicators.variation_report.variation_report` (which recomputes expected counts over the
+    release's records) are not served here.
+    """
     number = published.get_release(session, release).number
     rows = published.select_results(
         published.results_table(settings, number),

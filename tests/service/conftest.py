@@ -73,21 +73,35 @@ def result_row(**values: Any) -> dict[str, Any]:
 
 
 def indicator_rows() -> list[dict[str, Any]]:
-    """`plan` in 2023-2024 and `study` in 2024 at nation, RHF, two HFs and one unit."""
+    """`plan` in 2023-2024 and `study` in 2024, at the levels the engine writes.
+
+    As `indicators.levels.LEVELS`: caregiver rows at unit, provider, HF, RHF and nation (an HF's
+    caregiver row sums the providers under it: HF A's holds a private provider too, so its
+    numbers differ from provider A's), resident rows at HF and nation (2024).
+    """
     rows: list[dict[str, Any]] = []
     plan = {
-        # (level, orgnr, name): {year: (numerator, denominator)}
-        ("nation", "1", "Norge"): {2023: (60, 100), 2024: (75, 100)},
-        ("rhf", RHF_NORD, "Helse Nord"): {2023: (30, 50), 2024: (40, 50)},
-        ("hf", PROVIDER_A, "Finnmarkssykehuset"): {2023: (10, 20), 2024: (18, 20)},
-        ("hf", PROVIDER_B, "UNN"): {2023: (20, 30), 2024: (22, 30)},
+        # (context, level, orgnr, name): {year: (numerator, denominator)}
+        ("caregiver", "nation", "1", "Norge"): {2023: (60, 100), 2024: (75, 100)},
+        ("caregiver", "rhf", RHF_NORD, "Helse Nord"): {2023: (30, 50), 2024: (40, 50)},
+        ("caregiver", "provider", PROVIDER_A, "Finnmarkssykehuset"): {
+            2023: (10, 20),
+            2024: (18, 20),
+        },
+        ("caregiver", "provider", PROVIDER_B, "UNN"): {2023: (20, 30), 2024: (22, 30)},
+        ("caregiver", "hf", PROVIDER_A, "Finnmarkssykehuset"): {2023: (14, 26), 2024: (23, 26)},
+        ("caregiver", "hf", PROVIDER_B, "UNN"): {2023: (20, 30), 2024: (22, 30)},
+        ("resident", "nation", "1", "Norge"): {2024: (74, 100)},
+        ("resident", "hf", PROVIDER_A, "Finnmarkssykehuset"): {2024: (19, 22)},
+        ("resident", "hf", PROVIDER_B, "UNN"): {2024: (21, 28)},
     }
-    for (level, orgnr, name), years in plan.items():
+    for (context, level, orgnr, name), years in plan.items():
         for year, (numerator, denominator) in years.items():
             rows.append(
                 result_row(
                     indicator_id="plan",
                     year=year,
+                    context=context,
                     level=level,
                     orgnr=orgnr,
                     name=name,
@@ -111,8 +125,10 @@ def indicator_rows() -> list[dict[str, Any]]:
     )
     study: dict[tuple[str, str, str], tuple[int | None, int]] = {
         ("nation", "1", "Norge"): (3, 100),
-        ("hf", PROVIDER_A, "Finnmarkssykehuset"): (2, 20),
+        ("provider", PROVIDER_A, "Finnmarkssykehuset"): (2, 20),
+        ("hf", PROVIDER_A, "Finnmarkssykehuset"): (2, 26),
         # Denominator under the minimum: suppressed, the numerator withheld by the engine.
+        ("provider", PROVIDER_B, "UNN"): (None, 3),
         ("hf", PROVIDER_B, "UNN"): (None, 3),
     }
     for (level, orgnr, name), (enrolled, treated) in study.items():

@@ -90,4 +90,6 @@ class TestAuditWriter:
             ("/api/v1/uploads", 401, None),
         ]
         assert events[0].query == "indicator=plan"
-        assert events[0].rows == 8  # plan: 4 organisations × 2 years; the unit row is hidden
+        # plan: 6 caregiver rows (nation, RHF, 2 providers, 2 HFs) × 2 years + 3 resident rows
+        # in 2024; the unit row is hidden.
+        assert events[0].rows == 15

@@ -32,7 +32,7 @@ class TestServedRelease:
     ) -> None:
         publish(1)
         publish(2)
-        params = {"indicator": "plan", "level": "nation"}
+        params = {"indicator": "plan", "level": "nation", "context": "caregiver"}
         latest = client.get(RESULTS, params=params)
         assert latest.json()["release"] == 2
         assert client.get(RESULTS, params=params).json()["release"] == 2  # now from the cache

@@ -18,6 +18,7 @@ from sqlmodel import Session, select
 from schemas.catalog import AuditEvent, Upload, ValidationRun
 from schemas.errors import ConfigurationError
 from schemas.forms import Form
+from service import indicator_views
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import PROVIDER_A, PROVIDER_B, ExtractWriter, episode_row
@@ -322,11 +323,16 @@ class TestIndicatorResults:
             f"{API}/indicators/results", params={"indicator": "plan", "year": [2024]}
         ).json()
         assert anonymous["release"] == 1
-        assert {(r["level"], r["orgnr"]) for r in anonymous["items"]} == {
-            ("nation", "1"),
-            ("rhf", RHF_NORD),
-            ("hf", PROVIDER_A),
-            ("hf", PROVIDER_B),
+        assert {(r["context"], r["level"], r["orgnr"]) for r in anonymous["items"]} == {
+            ("caregiver", "nation", "1"),
+            ("caregiver", "rhf", RHF_NORD),
+            ("caregiver", "provider", PROVIDER_A),
+            ("caregiver", "provider", PROVIDER_B),
+            ("caregiver", "hf", PROVIDER_A),
+            ("caregiver", "hf", PROVIDER_B),
+            ("resident", "nation", "1"),
+            ("resident", "hf", PROVIDER_A),
+            ("resident", "hf", PROVIDER_B),
         }
         units = client.get(
             f"{API}/indicators/results", params={"level": "unit"}, headers=headers["trust"]
@@ -372,7 +378,7 @@ class TestIndicatorResults:
         self, client: TestClient, publish: ReleaseWriter, settings: Settings
     ) -> None:
         publish(1)
-        params = {"indicator": "plan", "level": "nation", "year": [2024]}
+        params = {"indicator": "plan", "level": "nation", "context": "caregiver", "year": [2024]}
         first = client.get(f"{API}/indicators/results", params=params)
         tag = first.headers["etag"]
         assert [r["numerator"] for r in first.json()["items"]] == [75]
@@ -413,7 +419,7 @@ class TestIndicatorResults:
         publish(1)
         response = client.get(
             f"{API}/indicators/results",
-            params={"indicator": "plan", "level": "nation"},
+            params={"indicator": "plan", "level": "nation", "context": "caregiver"},
             headers={"Accept": "text/csv"},
         )
         assert response.headers["content-type"].startswith("text/csv")
@@ -458,10 +464,23 @@ class TestVariation:
         body = client.get(f"{API}/indicators/plan/variation", params={"year": 2024}).json()
         assert body["national_value"] == pytest.approx(0.75)
         assert body["extremal_quotient"] == pytest.approx(0.9 / (22 / 30))
+        # One point per provider: the caregiver context compares `provider` rows, not the
+        # `hf` rows the engine also writes for the same organisations.
+        assert sorted(p["orgnr"] for p in body["points"]) == sorted([PROVIDER_A, PROVIDER_B])
+        assert body["providers"] == 2
         a = next(p for p in body["points"] if p["orgnr"] == PROVIDER_A)
+        assert (a["numerator"], a["denominator"]) == (18, 20)
         # 0.75 ± 1.959964·√(0.75·0.25/20)
         assert a["upper95"] == pytest.approx(0.75 + 1.959964 * (0.75 * 0.25 / 20) ** 0.5)
-        assert a["signal"] == "none"
+        assert a["signal"] == "not_significant"  # the engine's label
+        resident = client.get(
+            f"{API}/indicators/plan/variation", params={"year": 2024, "context": "resident"}
+        ).json()
+        assert resident["national_value"] == pytest.approx(0.74)
+        assert {p["orgnr"]: (p["numerator"], p["denominator"]) for p in resident["points"]} == {
+            PROVIDER_A: (19, 22),
+            PROVIDER_B: (21, 28),
+        }
         missing = client.get(f"{API}/indicators/plan/variation", params={"year": 1999})
         assert missing.status_code == 404
 
@@ -475,6 +494,37 @@ class TestResearchParticipation:
         assert by_org["1"]["reaches_target"] is False
         assert by_org[PROVIDER_A]["reaches_target"] is True
         assert by_org[PROVIDER_B]["reaches_target"] is None
+        # One item per organisation: its provider row, not the HF row beside it.
+        assert sorted((i["orgnr"], i["level"]) for i in body["items"]) == sorted(
+            [("1", "nation"), (PROVIDER_A, "provider"), (PROVIDER_B, "provider")]
+        )
+        assert by_org[PROVIDER_A]["trend"][0]["denominator"] == 20
+
+
+class TestFunnelSignals:
+    def test_engine_labels(self) -> None:
+        rows = [
+            {"indicator_id": "plan", "year": 2024, "context": "caregiver", "level": level,
+             "orgnr": orgnr, "name": orgnr, "numerator": x, "denominator": n, "suppressed": False}
+            for level, orgnr, x, n in (
+                ("nation", "1", 500, 1000),
+                ("provider", "A", 100, 100),  # far above 0.5 at n = 100
+                ("provider", "B", 61, 100),  # z = 2.2: outside 95 %, inside 99.8 %
+                ("provider", "C", 50, 100),
+                ("provider", "D", 39, 100),
+                ("provider", "E", 0, 100),
+            )
+        ]  # fmt: skip
+        result = indicator_views.variation(
+            rows, release=1, indicator="plan", year=2024, context="caregiver"
+        )
+        assert {p.orgnr: p.signal for p in result.points} == {
+            "A": "high_0.001",
+            "B": "high_0.025",
+            "C": "not_significant",
+            "D": "low_0.025",
+            "E": "low_0.001",
+        }
 
 
 class TestAudit:
@@ -495,7 +545,8 @@ class TestAudit:
         client.get("/health")
         rows = audit_rows(app)
         assert [(r.route, r.status, r.rows, r.release, r.role) for r in rows] == [
-            ("/api/v1/indicators/results", 200, 4, 1, "researcher"),
+            # plan at level hf: caregiver A and B in 2023 and 2024, resident A and B in 2024.
+            ("/api/v1/indicators/results", 200, 6, 1, "researcher"),
             ("/api/v1/uploads", 401, None, None, "anonymous"),
         ]
         assert rows[0].query == "indicator=plan&level=hf"
