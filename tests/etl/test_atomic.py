@@ -26,8 +26,10 @@ TODAY = date(2025, 11, 1)
 ROWS = 200_000
 INVALID_EVERY = 1000  # every 1000th row has age "x": 200 quarantined rows
 
-# The loading process. `pause` makes it stop after its Delta writes, before the ledger says
-# `loaded` (it touches `signal_file` and sleeps): the test kills it there.
+# The loading process. `pause` names the progress step at which it stops (it touches
+# `signal_file` and sleeps) for the test to kill it there: `written` comes after its Delta writes,
+# before the ledger says `loaded`; `staged` comes after the ledger row is committed as `running`,
+# before the first Delta write. A hook, not polling: the moment of the kill is deterministic.
 CHILD = """
 import sys, time
 from datetime import date
@@ -41,7 +43,7 @@ url, search_path, root, path, key, signal_file, pause = sys.argv[1:8]
 args = {"options": f"-csearch_path={search_path}"} if search_path else {}
 engine = create_engine(url, connect_args=args)
 def progress(step: str, rows: int) -> None:
-    if step == "written" and pause == "1":
+    if step == pause:
         Path(signal_file).touch()
         time.sleep(120)
 with Session(engine, expire_on_commit=False) as session:
@@ -69,6 +71,9 @@ def _big_basis(path: Path) -> None:
 
 def _counts(warehouse: Warehouse) -> dict[str, int]:
     return {"basis": warehouse.count("basis"), QUARANTINE: warehouse.count(QUARANTINE)}
+
+
+PAUSE_AT = {"after_writes": "written", "when_running": "staged"}
 
 
 @pytest.mark.slow
@@ -103,21 +108,16 @@ def test_killed_load_is_undone_and_the_file_then_loads_exactly(
     url = catalog_engine.url.render_as_string(hide_password=False)
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, url, search_path, str(warehouse.root), str(big),
-         key.decode(), str(signal_file), "1" if moment == "after_writes" else "0", PROVIDER_A],
+         key.decode(), str(signal_file), PAUSE_AT[moment], PROVIDER_A],
         cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            if moment == "after_writes" and signal_file.exists():
+            if signal_file.exists():
                 break
-            if moment == "when_running":
-                with Session(catalog_engine) as probe:
-                    running = probe.exec(select(Upload).where(Upload.status == "running")).all()
-                if running:
-                    break
             assert child.poll() is None, "the loading process ended before it could be killed"
-            time.sleep(0.01)
+            time.sleep(0.05)
         else:
             pytest.fail("the load never reached the moment to kill it")
         os.kill(child.pid, signal.SIGKILL)
@@ -132,6 +132,9 @@ def test_killed_load_is_undone_and_the_file_then_loads_exactly(
         # The kill came after the Delta commits: the tables did change.
         assert warehouse.version("basis") > versions_before["basis"]
         assert warehouse.count("basis") == 1 + ROWS - ROWS // INVALID_EVERY
+    else:
+        # The kill came while the ledger row was `running`, before any Delta commit.
+        assert warehouse.versions() == versions_before
 
     repaired = repair(session, warehouse)
     assert repaired == [stuck[0].id]
