@@ -3,14 +3,11 @@
 import json
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from schemas.forms import FORMS, Form
 from service.cli import app
 from tests.validation.conftest import CLEAN
-
-pytest.importorskip("etl.read", reason="etl.read (the reader) not there yet")
 
 
 def _write_basis(path: Path, rows: list[dict[str, str | None]]) -> Path:

@@ -7,12 +7,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from etl import generate, read
 from schemas.forms import EPISODE_FORMS, Form
 from schemas.organisations import Hierarchy
 from validation import ValidationResult, validate_extract
-
-generate = pytest.importorskip("etl.generate", reason="etl.generate (the generator) not there yet")
-read = pytest.importorskip("etl.read", reason="etl.read (the reader) not there yet")
 
 pytestmark = pytest.mark.slow
 
