@@ -10,7 +10,10 @@ signals, target levels, suppression, previous year) run in numpy over the small 
 
 Rules (DOMAIN.md, and choices documented here):
 - An episode is (provider_orgnr, episode_id). Its intake columns (home HF, age, sex, treatment
-  type) are those of its first basis row (intake_date, then record_id).
+  type) are those of its first basis row (intake_date, then record_id). Intake-based
+  indicators (population table basis) count each episode once, on that first basis row (its
+  unit, home HF, intake year and values); a definition's own `first_per_episode` overrides the
+  date.
 - A row's year is the calendar year of the definition's year date (default: the table's own date:
   intake, first measurement, discharge, follow-up; `any` rows: their own form's date).
 - Caregiver context: unit, provider, hf (providers that are HFs), rhf (a private provider rolls
@@ -98,6 +101,10 @@ def _source(definition: IndicatorDefinition, release: Release) -> ir.Table:
     population = definition.population
     if population.first_per_episode is not None:
         return release.first_per_episode(population.table, population.first_per_episode)
+    if population.table == "basis":
+        # An intake is the episode's: counted once, on its first basis row (a re-sent intake
+        # under a new record_id is a second row of the same episode).
+        return release.first_per_episode("basis", "intake_date")
     return release.enriched(population.table)
 
 

@@ -2,7 +2,9 @@
 
 An episode is (provider_orgnr, episode_id). Its intake columns (home HF, age, sex, treatment
 type) are those of its first basis row (intake_date, then record_id). The engine reads:
-- `episodes`: one row per episode with its intake columns;
+- `episodes`: one row per episode with its intake columns, taken from the first basis rows
+  (`first_per_episode("basis", "intake_date")`), which are also the rows of the intake
+  indicators (a re-sent intake under a new record_id is not a second episode);
 - `first_per_episode(table, date)`: the episode's first row of a table (ties: record_id) with the
   intake columns (measurement: the first measurement point, also the follow-up's baseline);
 - `enriched(table)`: every row of a table with its derived variables and the intake columns;
@@ -131,12 +133,13 @@ class Release:
         return table
 
     def episodes(self) -> ir.Table:
-        """Per episode: the intake columns of its first basis row. Materialised."""
+        """Per episode: the intake columns of its first basis row (of the materialised
+        `first_per_episode("basis", "intake_date")`)."""
         key = "episodes"
         if key not in self._tables:
-            columns = [*EPISODE_KEY, *EPISODE_COLUMNS]
-            first = _first(self.raw("basis"), "intake_date", columns)
-            self._tables[key] = self.materialise(first, "episodes")
+            # The first basis rows, ranked once: the intake indicators count them too.
+            first = self.first_per_episode("basis", "intake_date")
+            self._tables[key] = first.select(*EPISODE_KEY, *EPISODE_COLUMNS)
         return self._tables[key]
 
     def first_per_episode(self, name: str, date_column: str) -> ir.Table:
@@ -149,7 +152,16 @@ class Release:
         """
         key = f"first:{name}:{date_column}"
         if key not in self._tables:
-            if name in ("basis", "any"):
+            if name == "basis":
+                enriched = self.enriched(name)
+                kept = None
+                if self.columns is not None:
+                    # The episode's intake columns (`episodes` is read from these rows).
+                    wanted = {*EPISODE_KEY, *EPISODE_COLUMNS, "unit_code", date_column}
+                    wanted |= self.columns.get(name, frozenset())
+                    kept = [c for c in enriched.columns if c in wanted]
+                table = _first(enriched, date_column, kept)
+            elif name == "any":
                 table = _first(self.enriched(name), date_column)
             else:
                 raw = self.raw(name)

@@ -195,6 +195,34 @@ def test_screening_consent_and_waiting_days(tiny: Factory) -> None:
     assert not [r for r in rows if r["year"] == 2021]
 
 
+def test_an_episode_with_two_basis_rows_counts_once(tiny: Factory) -> None:
+    """A re-sent intake under a new record_id is a second basis row of the same episode: the
+    intake indicators count the episode once, on its first row (intake_date, then record_id)."""
+    release = tiny()
+    b = release.basis
+    b("e1", referral="2022-02-19", audit=4, research_consent=0)  # r1: first of e1, 10 days
+    b("e1", referral="2022-02-01", research_consent=1)  # r2: same intake date, a later record
+    b("e2", referral="2022-02-27")  # 2 days, not screened
+    b("s1", STAVANGER, intake="2022-04-01", referral="2022-03-01")  # r4: not the first of s1
+    b("s1", STAVANGER, intake="2022-03-15", referral="2022-03-05", dudit=3)  # r5: first, 10 days
+    release.npr(BERGEN, 2022, 2).npr(STAVANGER, 2022, 1)
+    rows = run(release, "screening", "research_consent", "waiting_days", "coverage")
+    # Bergen: episodes e1 (screened, no consent: its first row) and e2 → screening 1/2, consent
+    # 0/2; waiting 10 and 2 → 6; coverage 2 registered / 2 NPR. Stavanger: s1 once, screened.
+    assert counts(pick(rows, "screening", 2022, "provider", BERGEN)) == (1, 2)
+    assert counts(pick(rows, "research_consent", 2022, "provider", BERGEN)) == (0, 2)
+    waiting = pick(rows, "waiting_days", 2022, "provider", BERGEN)
+    assert (waiting["value"], waiting["denominator"]) == (6.0, 2)
+    assert counts(pick(rows, "coverage", 2022, "provider", BERGEN)) == (2, 2)
+    assert counts(pick(rows, "screening", 2022, "provider", STAVANGER)) == (1, 1)
+    assert pick(rows, "waiting_days", 2022, "provider", STAVANGER)["value"] == 10.0
+    assert counts(pick(rows, "coverage", 2022, "provider", STAVANGER)) == (1, 1)
+    # Nation: 3 episodes, 2 screened; Bergen's resident HF counts e1 once too.
+    assert counts(pick(rows, "screening", 2022, "nation", NATION)) == (2, 3)
+    assert counts(pick(rows, "screening", 2022, "hf", BERGEN, context="resident")) == (1, 2)
+    assert counts(pick(rows, "coverage", 2022, "nation", NATION)) == (3, 3)
+
+
 def test_reduced_use_and_stable_housing(tiny: Factory) -> None:
     release = tiny()
     m, f = release.measurement, release.followup
