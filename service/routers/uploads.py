@@ -54,17 +54,25 @@ async def create_upload(
 ) -> UploadAccepted:
     """Receive an extract and load it in the background; answers with the upload id."""
     path, sha256 = await uploads.receive(file, settings)
-    upload = uploads.create_request(
-        session,
-        form=form,
-        filename=file.filename or "upload",
-        sha256=sha256,
-        uploaded_by=principal.subject,
-    )
-    assert upload.id is not None
-    # The job must see the committed row: commit before the response is sent.
-    session.commit()
-    background.add_task(uploads.run_load, request.app.state.engine, settings, upload.id, path, form)
+    try:
+        upload = uploads.create_request(
+            session,
+            form=form,
+            filename=file.filename or "upload",
+            sha256=sha256,
+            uploaded_by=principal.subject,
+        )
+        assert upload.id is not None
+        # The job must see the committed row: commit before the response is sent.
+        session.commit()
+        background.add_task(
+            uploads.run_load, request.app.state.engine, settings, upload.id, path, form
+        )
+    except BaseException:
+        # No job will own the file: it must not stay under incoming/ (run_load deletes it
+        # once the job runs; a process that dies before is `sweep_incoming`'s at start-up).
+        path.unlink(missing_ok=True)
+        raise
     audit.note(request, rows=1)
     return UploadAccepted(id=upload.id, status=upload.status)
 

@@ -19,6 +19,7 @@ from schemas.catalog import AuditEvent, Upload, ValidationRun
 from schemas.errors import ConfigurationError
 from schemas.forms import Form
 from service import indicator_views
+from service import uploads as uploads_module
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import PROVIDER_A, PROVIDER_B, ExtractWriter, episode_row
@@ -153,6 +154,31 @@ class TestUploads:
             )
         assert response.status_code == 413
         assert response.headers["content-type"] == PROBLEM
+        assert not any((settings.data_dir / "incoming").iterdir())
+
+    @pytest.mark.parametrize("failing", ["create_request", "commit"])
+    def test_failed_request_leaves_no_file(
+        self,
+        client: TestClient,
+        headers: dict[str, Headers],
+        settings: Settings,
+        monkeypatch: pytest.MonkeyPatch,
+        failing: str,
+    ) -> None:
+        def fail(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("catalog down")
+
+        if failing == "create_request":
+            monkeypatch.setattr(uploads_module, "create_request", fail)
+        else:
+            monkeypatch.setattr(Session, "commit", fail)
+        response = client.post(
+            f"{API}/uploads",
+            files={"file": ("basis.csv", b"record_id;x\n1;2\n", "text/csv")},
+            data={"form": "basis"},
+            headers=headers["registry"],
+        )
+        assert response.status_code == 500
         assert not any((settings.data_dir / "incoming").iterdir())
 
     def test_list_filters_and_trust_scope(
