@@ -6,8 +6,8 @@ empty cells as null, columns in the file's order and rows that are entirely empt
 
 A file the register cannot read exactly is refused whole with `RejectedInput`. The messages name the
 column, the line number or the count, never a value from the file: a value may be a pseudonym or an
-identity number, and a header cell that does not look like a column name may be a record (a file
-without its header row), so such names are not echoed either.
+identity number, and a header cell that is not a column of some form in the data dictionary may be
+a record (a file without its header row), so such names are not echoed either.
 """
 
 import csv
@@ -48,8 +48,9 @@ _UTF8_MULTIBYTE: Final = re.compile(
     rb"|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]"
     rb"|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2}"
 )
-# A header cell is echoed in a message only when it looks like a column name, not like data.
-_PRINTABLE_NAME: Final = re.compile(r"^[a-z][a-z_]{0,63}$")
+# A header cell is echoed in a message only when it is a column of some form in the data dictionary:
+# in a file without its header row the first record's values stand in the header, and a letters-only
+# pseudonym or name looks just like a column name.
 _ALL_COLUMNS: Final = frozenset(name for spec in FORMS.values() for name in spec.column_names)
 
 
@@ -89,10 +90,11 @@ def _file_kind(path: Path) -> str:
 
 
 def _display(name: str, position: int) -> str:
-    """How a header cell is named in a message: its name if it looks like one, else its position."""
-    if _PRINTABLE_NAME.match(name):
+    """How a header cell is named in a message: its name if it is a column of some form, else its
+    position."""
+    if name in _ALL_COLUMNS:
         return f"'{name}'"
-    return f"column {position} (name not shown: it does not look like a column name)"
+    return f"column {position} (name not shown)"
 
 
 def _check_header(names: Sequence[str], form: Form) -> None:

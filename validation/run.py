@@ -50,7 +50,9 @@ MAX_LISTED_RECORD_IDS: Final = 100
 # The file-level check that the columns are the form's: not in the generator's table because the
 # reader refuses such files before validation; here for a raw table built by other means.
 COLUMNS_CHECK_ID: Final = "table.columns"
-_IDENTIFIER: Final = re.compile(r"[a-z][a-z0-9_]{0,40}")
+# A column name is repeated in a message only when it is a column of some form: in a file without a
+# header row the "names" are a record's values, and a letters-only pseudonym looks like any name.
+_DICTIONARY_NAMES: Final = frozenset(name for spec in FORMS.values() for name in spec.column_names)
 
 ROW_FAILURES_SCHEMA: Final = pa.schema(
     [
@@ -165,12 +167,16 @@ def run_checks(raw: pa.Table, form: Form, checks: list[Check]) -> ValidationResu
         if result.status == "error" or (result.severity == "fatal" and result.status == "failed")
     ]
     if unknown or missing:
-        # A file without a header row has values for column names: name only identifier-like ones.
-        named = [name for name in unknown if _IDENTIFIER.fullmatch(name)]
-        unnamed = [f"{len(unknown) - len(named)} unnamed"] if len(named) < len(unknown) else []
+        # A file without a header row has values for column names: name only dictionary ones.
+        shown = [
+            name
+            if name in _DICTIONARY_NAMES
+            else f"column {raw.column_names.index(name) + 1} (name not shown)"
+            for name in unknown
+        ]
         reasons[0] = (
             f"{COLUMNS_CHECK_ID}: {len(unknown)} column(s) not part of form '{form.value}'"
-            f"{' (' + ', '.join(named + unnamed) + ')' if unknown else ''}, "
+            f"{' (' + ', '.join(shown) + ')' if unknown else ''}, "
             f"{len(missing)} required column(s) missing"
             f"{' (' + ', '.join(missing) + ')' if missing else ''}"
         )

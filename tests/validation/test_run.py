@@ -168,7 +168,7 @@ def test_unknown_and_missing_columns_reject_the_file() -> None:
     result = validate_extract(raw, Form.BASIS, known_providers=KNOWN, today=TODAY)
     assert result.rejected
     assert result.rejection_reasons[0] == (
-        "table.columns: 1 column(s) not part of form 'basis' (name), "
+        "table.columns: 1 column(s) not part of form 'basis' (column 21 (name not shown)), "
         "1 required column(s) missing (age)"
     )
     statuses = _by_id(result)
@@ -184,8 +184,19 @@ def test_column_names_that_may_be_values_are_not_repeated() -> None:
     raw = raw_table(Form.BASIS, [{}]).append_column("01.02.1990 P-77", pa.array(["x"]))
     result = validate_extract(raw, Form.BASIS, known_providers=KNOWN, today=TODAY)
     assert result.rejection_reasons == [
-        "table.columns: 1 column(s) not part of form 'basis' (1 unnamed), "
+        "table.columns: 1 column(s) not part of form 'basis' (column 22 (name not shown)), "
         "0 required column(s) missing"
+    ]
+
+
+def test_a_letters_only_column_name_outside_the_dictionary_is_not_repeated() -> None:
+    # A file without a header row whose first record holds a letters-only pseudonym.
+    raw = raw_table(Form.BASIS, [{}]).append_column("olanordmann", pa.array(["x"]))
+    raw = raw.append_column("discharge_date", pa.array(["x"]))
+    result = validate_extract(raw, Form.BASIS, known_providers=KNOWN, today=TODAY)
+    assert result.rejection_reasons == [
+        "table.columns: 2 column(s) not part of form 'basis' "
+        "(discharge_date, column 22 (name not shown)), 0 required column(s) missing"
     ]
 
 
