@@ -8,14 +8,18 @@ with its traceback (the traceback names code, not data).
 
 import logging
 import traceback
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Any, Final, get_args
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from schemas.api import Problem
+from schemas import api as api_models
+from schemas.api import Dimension, Measure, Problem
 from schemas.errors import Forbidden, KvarusError, NotFound, RejectedInput, Unauthorised
 
 logger = logging.getLogger("kvarus.api")
@@ -61,11 +65,61 @@ async def _kvarus_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# Where a location part names no field of ours, it came from the client (a dict key, an extra
+# field's name): it is replaced, so no value of the request is echoed in a 422.
+UNKNOWN_FIELD: Final = "<field>"
+_LOCATION_MARKERS: Final = frozenset({"body", "query", "path", "header", "cookie", "[key]"})
+
+
+def _schema_names() -> frozenset[str]:
+    """Field names of the API's models and the categories of its whitelisted dimensions."""
+    names: set[str] = set(get_args(Dimension)) | set(get_args(Measure))
+    for value in vars(api_models).values():
+        if isinstance(value, type) and issubclass(value, BaseModel):
+            for name, info in value.model_fields.items():
+                names.add(name)
+                if info.alias:
+                    names.add(info.alias)
+    return frozenset(names)
+
+
+def _known_names(app: Any) -> frozenset[str]:
+    """Every name a location may hold: route parameters (and aliases), models' fields."""
+    known: frozenset[str] | None = getattr(app.state, "error_location_names", None)
+    if known is None:
+        names = set(_LOCATION_MARKERS) | _schema_names()
+        dependants = [r.dependant for r in app.routes if isinstance(r, APIRoute)]
+        while dependants:
+            dependant = dependants.pop()
+            dependants.extend(dependant.dependencies)
+            for param in (
+                *dependant.body_params,
+                *dependant.query_params,
+                *dependant.path_params,
+                *dependant.header_params,
+                *dependant.cookie_params,
+            ):
+                names.update({param.name, param.alias})
+        known = frozenset(names)
+        app.state.error_location_names = known
+    return known
+
+
+def safe_location(location: Sequence[object], known: frozenset[str]) -> str:
+    """A 422 location with every part that is not one of our names replaced."""
+    parts = [
+        str(part) if isinstance(part, int) or part in known else UNKNOWN_FIELD for part in location
+    ]
+    return ".".join(parts)
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    # Locations and messages only: pydantic's `input` may be a record value.
+    # Locations and messages only: pydantic's `input` may be a record value, and a location may
+    # hold a key the client chose (a filter's key, an extra field): those are replaced.
+    known = _known_names(request.app)
     parts = [
-        f"{'.'.join(str(p) for p in error.get('loc', ()))}: {error.get('msg', 'invalid')}"
+        f"{safe_location(error.get('loc', ()), known)}: {error.get('msg', 'invalid')}"
         for error in exc.errors()
     ]
     return problem_response(

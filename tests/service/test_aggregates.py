@@ -446,3 +446,35 @@ class TestWarmUp:
         aggregates_module._views.clear()
         warm_aggregates(settings, app.state.engine)
         assert not aggregates_module._views
+
+
+class TestValidationErrorsEchoNothing:
+    """A 422's locations name our fields only: a key the client chose is never echoed."""
+
+    def test_unknown_filter_key_and_extra_field_are_not_echoed(
+        self, client: TestClient, headers: dict[str, Headers], publish: ReleaseWriter
+    ) -> None:
+        publish(1, basis=episodes(PROVIDER_A, 6, tag="a"))
+        for body in (
+            {"measures": ["episodes"], "dimensions": ["sex"], "filters": {"pat-8831": ["1"]}},
+            {"measures": ["episodes"], "dimensions": ["sex"], "pat-8831": 1},
+            {"measures": ["episodes"], "dimensions": ["sex"], "filters": {"sex": {"pat-8831": 1}}},
+        ):
+            response = client.post(URL, json=body, headers=headers["researcher"])
+            assert response.status_code == 422
+            assert "pat-8831" not in response.text
+            assert "<field>" in response.json()["detail"] or "filters.sex" in response.text
+        # Whitelisted names are kept: the client learns which field was wrong.
+        wrong = client.post(
+            URL,
+            json={"measures": ["episodes"], "dimensions": ["sex"], "filters": {"sex": "1"}},
+            headers=headers["researcher"],
+        )
+        assert wrong.status_code == 422
+        assert "body.filters.sex" in wrong.json()["detail"]
+        unknown = client.post(
+            URL,
+            json={"measures": ["episodes"], "dimensions": ["sex"], "filters": {"pat-8831": []}},
+            headers=headers["researcher"],
+        )
+        assert "body.filters.<field>" in unknown.json()["detail"]
