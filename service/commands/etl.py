@@ -1,10 +1,12 @@
 """CLI: load files, publish releases, erase opted-out patients, list the upload ledger.
 
-`kvarus load FILE --form F`, `kvarus release [--note TEXT]`, `kvarus erase --pseudonym X`,
+`kvarus load FILE --form F`, `kvarus release [--note TEXT]`, `kvarus erase --pseudonyms-file PATH`
+(or `--stdin`, or `--pseudonym X`),
 `kvarus uploads`. Exit 0 when done, 1 when the file (or request) is rejected. Nothing printed here
 holds a pseudonym, a patient key or a record value: counts, statuses and check names only.
 """
 
+import sys
 from datetime import date
 from pathlib import Path
 from typing import Annotated
@@ -91,14 +93,47 @@ def register(app: typer.Typer) -> None:
     @reports_errors
     def erase(
         pseudonym: Annotated[
-            list[str], typer.Option("--pseudonym", help="Source pseudonym (repeatable)")
-        ],
+            list[str] | None,
+            typer.Option(
+                "--pseudonym",
+                help="Source pseudonym (repeatable). It lands in shell history and in the "
+                "process list: prefer --pseudonyms-file or --stdin",
+            ),
+        ] = None,
+        pseudonyms_file: Annotated[
+            Path | None,
+            typer.Option(
+                "--pseudonyms-file",
+                help="File with one source pseudonym per line; keeps them out of shell history "
+                "and the process list",
+                exists=True,
+                dir_okay=False,
+                readable=True,
+            ),
+        ] = None,
+        stdin: Annotated[
+            bool,
+            typer.Option(
+                "--stdin",
+                help="Read source pseudonyms from standard input, one per line; keeps them out "
+                "of shell history and the process list",
+            ),
+        ] = False,
         provider: Annotated[str | None, typer.Option(help="Provider that reported")] = None,
         optout_date: Annotated[
             str | None, typer.Option(help="Date of the opt-out, yyyy-mm-dd")
         ] = None,
     ) -> None:
-        """Erase every record of the patients physically; logs counts, never the pseudonym."""
+        """Erase every record of the patients physically; logs counts, never the pseudonym.
+
+        Give the pseudonyms with --pseudonyms-file or --stdin: unlike --pseudonym, these keep
+        them out of shell history and /proc/*/cmdline.
+        """
+        pseudonym = list(pseudonym or [])
+        if pseudonyms_file is not None:
+            pseudonym += _lines(pseudonyms_file.read_text(encoding="utf-8-sig"))
+        if stdin:
+            pseudonym += _lines(sys.stdin.read())
         config = settings()
         warehouse = Warehouse(config.warehouse_dir, config.releases_dir)
         when = date.fromisoformat(optout_date) if optout_date else None
@@ -136,6 +171,11 @@ def register(app: typer.Typer) -> None:
                     u.started_at.strftime("%Y-%m-%d %H:%M"),
                 )  # fmt: skip
         console.print(table)
+
+
+def _lines(text: str) -> list[str]:
+    """One pseudonym per line, surrounding spaces stripped, blank lines skipped."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _ensure_indicators(engine: Engine, config: Settings) -> None:

@@ -43,3 +43,27 @@ def test_the_release_rebuilt_after_an_erasure_has_indicators(
     assert (releases / "2" / "indicators.parquet").exists()
     assert not (releases / "1" / "indicators.parquet").exists()  # retired with its results
     assert ERASED not in output
+
+
+def test_erase_reads_pseudonyms_from_a_file_or_stdin(
+    write_extract: ExtractWriter, env: dict[str, str], tmp_path: Path
+) -> None:
+    rows = [episode_row(Form.BASIS, n, f"P-CLI-{n}") for n in (1, 2, 3)]
+    _invoke(["load", str(write_extract(Form.BASIS, rows)), "--form", "basis"], env)
+    listing = tmp_path / "optouts.txt"
+    listing.write_text("P-CLI-1\n\n  P-CLI-2  \n", encoding="utf-8")
+    output = _invoke(["erase", "--pseudonyms-file", str(listing)], env)
+    assert "erased 2 rows of 2 patient(s)" in output
+    output = _invoke(["erase", "--stdin"], env, stdin="P-CLI-3\n")
+    assert "erased 1 rows of 1 patient(s)" in output
+    assert "P-CLI" not in output
+    result = CliRunner().invoke(app, ["erase"], env=env)
+    assert result.exit_code == 1  # nothing to erase
+
+
+def test_erase_help_says_the_file_and_stdin_forms_keep_pseudonyms_out_of_history() -> None:
+    result = CliRunner().invoke(app, ["erase", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "--pseudonyms-file" in result.output
+    assert "--stdin" in result.output
+    assert "shell history" in " ".join(result.output.split())
