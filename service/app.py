@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from etl.ledger import sweep_incoming
 from schemas.errors import KvarusError
 from schemas.organisations import Hierarchy
 from service import aggregates, errors, published
@@ -59,6 +60,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Upload files a dead process left behind. Only stale ones (an hour, the default): another
+        # worker of this service may be loading a fresh one right now.
+        swept = sweep_incoming(settings.data_dir)
+        if swept:
+            logger.info("removed %d stale upload file(s) from incoming/", len(swept))
         threading.Thread(
             target=warm_aggregates, args=(settings, engine), name="kvarus-warm", daemon=True
         ).start()

@@ -21,7 +21,7 @@ def publish(
 ) -> tuple[ReleaseManifest, Path]:
     """Publish the next release and store its indicator results (manifest, results path)."""
     manifest = publish_release(
-        Warehouse(settings.warehouse_dir),
+        Warehouse(settings.warehouse_dir, settings.releases_dir),
         settings.releases_dir,
         session,
         note=note,

@@ -19,13 +19,12 @@ from sqlalchemy import Engine
 from etl.erasure import erase_patients
 from etl.ledger import list_uploads
 from etl.load import load_file
-from etl.release import publish_release
 from etl.warehouse import Warehouse
 from schemas.forms import Form
 from schemas.organisations import Hierarchy
 from service.commands.common import console, reports_errors, settings
 from service.database import make_engine, session_scope
-from service.publishing import ensure_indicators
+from service.publishing import ensure_indicators, publish
 from service.settings import Settings
 
 _STEPS = {"read": "Read", "validated": "Validated", "written": "Written"}
@@ -81,13 +80,12 @@ def register(app: typer.Typer) -> None:
     def release(
         note: Annotated[str | None, typer.Option(help="A note kept with the release")] = None,
     ) -> None:
-        """Publish the warehouse's current state as the next numbered release."""
+        """Publish the warehouse's current state as the next numbered release, with indicators."""
         config = settings()
-        warehouse = Warehouse(config.warehouse_dir, config.releases_dir)
         with session_scope(make_engine(config)) as session:
-            manifest = publish_release(warehouse, config.releases_dir, session, note=note)
+            manifest, results = publish(config, session, note=note)
         counts = ", ".join(f"{name} {t.row_count}" for name, t in manifest.tables.items())
-        typer.echo(f"release {manifest.release}: {counts}")
+        typer.echo(f"release {manifest.release}: {counts}; indicators in {results}")
 
     @app.command("erase")
     @reports_errors

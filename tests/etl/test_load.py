@@ -304,6 +304,10 @@ def test_cli_load_release_erase_and_uploads(
     result = runner.invoke(app, ["release", "--note", "cli"])
     assert result.exit_code == 0, result.output
     assert "release 1: basis 1, measurement 0" in result.output
+    # Publishing computes the release's indicators (service.publishing.publish).
+    results = Path(result.output.rsplit("indicators in ", 1)[1].split()[0])
+    assert results.name == "indicators.parquet"
+    assert results.is_file()
     result = runner.invoke(app, ["erase", "--pseudonym", "P-CLI-1"])
     assert result.exit_code == 0, result.output
     assert "erased 1 rows of 1 patient(s)" in result.output

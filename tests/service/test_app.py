@@ -1,0 +1,22 @@
+"""The application's start-up: what it cleans and prepares before the first request."""
+
+import os
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from service.settings import Settings
+
+
+def test_start_up_sweeps_stale_upload_files(app: FastAPI, settings: Settings) -> None:
+    incoming = settings.data_dir / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    stale, fresh = incoming / "stale.csv", incoming / "fresh.csv"
+    stale.write_text("x")
+    fresh.write_text("x")
+    two_hours_ago = stale.stat().st_mtime - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    with TestClient(app):
+        pass
+    assert not stale.exists()
+    assert fresh.exists()  # another worker may be loading it right now
