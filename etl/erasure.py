@@ -32,11 +32,12 @@ from sqlmodel import Session, col, select
 from etl.ledger import repair_interrupted
 from etl.privacy import rekey
 from etl.release import publish_locked
-from etl.warehouse import TABLES, Warehouse, duckdb_connection
+from etl.warehouse import TABLES, Warehouse
 from schemas.catalog import Erasure, Release
 from schemas.errors import KvarusError, RejectedInput
 from schemas.forms import PATIENT_KEY_COLUMN, Form
 from schemas.manifest import ReleaseManifest
+from schemas.scratch import duckdb_connection
 
 REBUILT_NOTE = "rebuilt after erasure"
 # A release's indicator results beside its manifest (`indicators.results.RESULTS_FILE`; etl does

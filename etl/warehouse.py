@@ -25,7 +25,6 @@ SIGKILL, which the load protocol in `etl.load` relies on.
 
 import fcntl
 import json
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Final
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -46,6 +44,7 @@ from deltalake import (
 )
 
 from schemas.forms import PATIENT_KEY_COLUMN, Form, warehouse_schema
+from schemas.scratch import duckdb_connection
 
 # The stored forms, in a fixed order (also the order of a release manifest).
 STORED_FORMS: Final = (
@@ -94,20 +93,6 @@ _WRITER_PROPERTIES: Final = WriterProperties(
         name: ColumnProperties(statistics_enabled="NONE") for name in sorted(NO_STATISTICS)
     }
 )
-
-
-@contextmanager
-def duckdb_connection() -> Iterator[duckdb.DuckDBPyConnection]:
-    """An in-memory DuckDB connection that spills to a temporary directory of its own, removed
-    afterwards. DuckDB's default `temp_directory` is `.tmp` in the working directory (duckdb 2.0):
-    a query over memory would leave spilled rows (patient keys, health data) wherever the CLI or
-    the API happens to run. Spilling stays possible: a 1M-row load may need it."""
-    with tempfile.TemporaryDirectory(prefix="kvarus-duckdb-") as spill:
-        connection = duckdb.connect(":memory:", config={"temp_directory": spill})
-        try:
-            yield connection
-        finally:
-            connection.close()
 
 
 def schema_of(table: str) -> pa.Schema:

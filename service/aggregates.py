@@ -246,8 +246,10 @@ def _build_episode_view(
 ) -> duckdb.DuckDBPyConnection:
     """The `episode` table: the basis rows, RHF, discharge columns and the record key `rkey`."""
     # Row order is irrelevant to a CUBE: letting DuckDB insert in parallel, unordered, is faster
-    # and needs less memory.
-    connection = duckdb.connect(config={"preserve_insertion_order": False})
+    # and needs less memory. No spilling (`temp_directory` empty): the view lives in memory for as
+    # long as it is cached, and DuckDB's default `.tmp` in the working directory would put patient
+    # keys on disk where no erasure looks.
+    connection = duckdb.connect(config={"preserve_insertion_order": False, "temp_directory": ""})
     try:
         # The record key: first 4 bytes of sha256(salt || patient_key), see `record_key`;
         # computed once per distinct patient, whose row number then stands for the key.

@@ -19,7 +19,7 @@ from typing import Final
 import pyarrow as pa
 
 from schemas.forms import COMMON_COLUMNS, EPISODE_FORMS, FORMS, Form
-from validation.cross_record import duckdb_connection
+from schemas.scratch import duckdb_connection
 
 # ruff: noqa: S608  (SQL text from the data dictionary's column names only, never from data)
 

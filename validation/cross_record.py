@@ -24,16 +24,14 @@ text is assembled from this module's constants only (never from data), hence the
 
 # ruff: noqa: S608
 
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Final
 
-import duckdb
 import pyarrow as pa
 
 from schemas.codes import INPATIENT_TREATMENT_TYPES
 from schemas.forms import Form, warehouse_schema
+from schemas.scratch import duckdb_connection
 from validation.run import ROW_FAILURES_SCHEMA
 
 EXISTING_COLUMNS: Final[dict[Form, tuple[str, ...]]] = {
@@ -140,20 +138,6 @@ def _follow_on_checks(form: Form) -> list[str]:
             )
         )
     return checks
-
-
-@contextmanager
-def duckdb_connection() -> Iterator[duckdb.DuckDBPyConnection]:
-    """An in-memory DuckDB connection that spills to a temporary directory of its own, removed
-    afterwards. DuckDB's default `temp_directory` is `.tmp` in the working directory (duckdb 2.0):
-    a query over memory would leave spilled rows (patient keys, health data) wherever the CLI or
-    the API happens to run. Spilling stays possible: a 1M-row load may need it."""
-    with tempfile.TemporaryDirectory(prefix="kvarus-duckdb-") as spill:
-        connection = duckdb.connect(":memory:", config={"temp_directory": spill})
-        try:
-            yield connection
-        finally:
-            connection.close()
 
 
 def _stored(existing: Mapping[Form, pa.Table], form: Form) -> pa.Table:
