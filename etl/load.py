@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 from sqlmodel import Session
 
 from etl.ledger import file_sha256, loaded_upload, repair_interrupted
-from etl.privacy import guard, rekey
+from etl.privacy import guard, rekey, safe_filename
 from etl.read import read_extract
 from etl.warehouse import (
     QUARANTINE,
@@ -115,7 +115,10 @@ def load_file(
     today = today if today is not None else date.today()
     sha256 = file_sha256(path)
     upload = Upload(
-        file_sha256=sha256, form=form.value, filename=path.name, uploaded_by=uploaded_by
+        file_sha256=sha256,
+        form=form.value,
+        filename=safe_filename(path.name),
+        uploaded_by=uploaded_by,
     )
     if loaded_upload(session, sha256, form.value) is not None:
         return _duplicate(session, upload)

@@ -126,6 +126,14 @@ def _lost_leading_zero(values: pa.ChunkedArray) -> pa.Array | None:
     return pc.utf8_lpad(pc.filter(values, ten), width=_RUN_LENGTH, padding="0").combine_chunks()
 
 
+def safe_filename(name: str) -> str:
+    """A file name fit for the ledger: withheld when it holds an identity-number-like run (names are
+    chosen by whoever exports the file, and shown to every user who may see the upload)."""
+    if any(is_identity_number(run) for run in _RUNS.findall(name)):
+        return "(name withheld: it looks like it holds an identity number)"
+    return name
+
+
 def is_numeric_source(field: pa.Field) -> bool:
     """Whether a raw column's cells were numbers in the source (marked by the reader), or are
     integers in the table itself."""

@@ -15,6 +15,7 @@ from fastapi import UploadFile
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
+from etl.privacy import safe_filename
 from schemas.catalog import Upload, ValidationRun
 from schemas.errors import Forbidden, KvarusError, NotFound
 from schemas.forms import Form
@@ -69,7 +70,10 @@ def create_request(
     session: Session, *, form: Form, filename: str, sha256: str, uploaded_by: str
 ) -> Upload:
     upload = Upload(
-        file_sha256=sha256, form=form.value, filename=filename[:255], uploaded_by=uploaded_by
+        file_sha256=sha256,
+        form=form.value,
+        filename=safe_filename(filename)[:255],
+        uploaded_by=uploaded_by,
     )
     session.add(upload)
     session.flush()

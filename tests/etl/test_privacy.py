@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from etl import privacy
 from etl.privacy import NUMERIC_SOURCE, find_identity_numbers, guard, is_identity_number, rekey
 from schemas.errors import PrivacyViolation, RejectedInput
 
@@ -185,3 +186,11 @@ def test_numeric_columns_get_back_the_leading_zero() -> None:
     assert find_identity_numbers(table) == {"record_id": 1}
     # An integer column is numeric by its type.
     assert find_identity_numbers(pa.table({"n": pa.array([1019000083, 5], pa.int64())})) == {"n": 1}
+
+
+def test_a_file_name_holding_an_identity_number_is_withheld() -> None:
+    # 01010750160 is the hand-worked valid number of this module's first test.
+    assert "01010750160" not in privacy.safe_filename("pasient_01010750160.csv")
+    assert privacy.safe_filename("basis_2024-10.csv") == "basis_2024-10.csv"
+    # Eleven digits that fail the check digits are an ordinary name.
+    assert privacy.safe_filename("basis_01010750161.csv") == "basis_01010750161.csv"

@@ -141,6 +141,24 @@ class TestUploads:
         assert html.status_code == 200
         assert html.headers["content-type"].startswith("text/html")
 
+    def test_a_file_name_holding_an_identity_number_is_not_kept(
+        self, client: TestClient, app: FastAPI, headers: dict[str, Headers]
+    ) -> None:
+        # 01010750160: a valid identity number (check digits worked in tests/etl/test_privacy.py).
+        response = client.post(
+            f"{API}/uploads",
+            files={"file": ("pasient_01010750160.csv", b"record_id;x\n1;2\n", "text/csv")},
+            data={"form": "basis"},
+            headers=headers["registry"],
+        )
+        assert response.status_code == 202
+        listed = client.get(f"{API}/uploads", headers=headers["registry"])
+        assert "01010750160" not in listed.text
+        with Session(app.state.engine) as session:
+            names = [upload.filename for upload in session.exec(select(Upload)).all()]
+        assert not any("01010750160" in name for name in names)
+        assert any("name withheld" in name for name in names)
+
     def test_too_large_is_413(
         self, settings: Settings, headers: dict[str, Headers], app: FastAPI
     ) -> None:
