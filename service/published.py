@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import Connection, Engine, bindparam
 from sqlmodel import Session, col, select
 
+from etl import release as etl_release
 from indicators.results import RESULT_SCHEMA, RESULTS_FILE
 from schemas.catalog import Release
 from schemas.errors import NotFound
@@ -81,26 +82,13 @@ def served_release_in(engine: Engine, number: int | None) -> int:
 
 def get_release(session: Session, number: int | None) -> Release:
     """Release `number`, or the latest one not retired; retired releases are not served."""
-    if number is None:
-        release = session.exec(
-            select(Release)
-            .where(col(Release.retired).is_(False))
-            .order_by(col(Release.number).desc())
-        ).first()
-        if release is None:
-            raise NotFound("no release has been published yet")
-        return release
-    release = session.get(Release, number)
-    if release is None or release.retired:
-        raise NotFound(f"release {number} does not exist or is retired")
+    release = session.get(Release, served_release(session.connection(), number))
+    assert release is not None  # served_release found it in this transaction
     return release
 
 
 def read_manifest(settings: Settings, number: int) -> ReleaseManifest:
-    path = settings.releases_dir / str(number) / "manifest.json"
-    if not path.is_file():
-        raise NotFound(f"release {number} has no manifest")
-    return ReleaseManifest.read(path)
+    return etl_release.read_manifest(settings.releases_dir, number)
 
 
 def results_path(settings: Settings, number: int) -> tuple[str, int]:
