@@ -2,8 +2,9 @@
 
 Builds the release directly as warehouse-shaped Parquet (numpy-generated columns per
 `schemas.forms.warehouse_schema`, hive `year=YYYY/` directories, written in chunks): per episode one
-basis row, ~2 measurement points, 0.8 discharges and 0.3 follow-ups. Then times
-`indicators.engine.compute` (DuckDB) and a straightforward pandas implementation of three
+basis row, ~2 measurement points, 0.8 discharges and 0.3 follow-ups; identifiers shaped as in
+production (episode and record ids a letter and ten digits, patient_key 64 hex characters).
+Then times `indicators.engine.compute` (DuckDB) and a straightforward pandas implementation of three
 indicators (plan, mutual_end, waiting_days) and prints time (best of `--runs`), peak memory
 (ru_maxrss), the ratio and the load average (other jobs share the machine). `--per-indicator`
 also times each indicator alone (each rebuilding the episode tables it needs); `--steps` prints
@@ -33,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from etl.generate.columns import ID_PREFIX, fixed_width_strings, format_ids
 from indicators.catalogue import load_catalogue
 from indicators.engine import aggregates, compute
 from schemas.forms import Form, warehouse_schema
@@ -41,6 +43,7 @@ from schemas.organisations import Hierarchy
 
 CHUNK = 1_000_000
 EPOCH = np.datetime64("2021-01-01")
+HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
 def _peak_gb() -> float:
@@ -49,6 +52,23 @@ def _peak_gb() -> float:
 
 def _strings(prefix: str, numbers: np.ndarray[Any, Any]) -> pa.Array:
     return pc.binary_join_element_wise(prefix, pa.array(numbers).cast(pa.string()), "")
+
+
+def _patient_keys(patients: np.ndarray[Any, Any]) -> pa.Array:
+    """64 hex characters per patient, the shape of production's patient_key (the hex HMAC-SHA256
+    of the pseudonym, `etl.privacy.rekey`): four splitmix64 words of the patient number, a
+    bijection, so distinct patients get distinct keys. Long keys cost the engine more than short
+    ones (DuckDB inlines strings of up to 12 bytes), so the bench measures production's."""
+    words = []
+    with np.errstate(over="ignore"):
+        for salt in range(1, 5):
+            z = patients.astype(np.uint64) + np.uint64(salt) * np.uint64(0x9E3779B97F4A7C15)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            words.append(z ^ (z >> np.uint64(31)))
+    shifts = np.arange(60, -4, -4, dtype=np.uint64)
+    nibbles = np.hstack([(w[:, None] >> shifts) & np.uint64(0xF) for w in words])
+    return fixed_width_strings(HEX[nibbles.astype(np.uint8)])
 
 
 def _dates(days: np.ndarray[Any, Any]) -> pa.Array:
@@ -87,8 +107,8 @@ def build(root: Path, episodes: int, seed: int = 5) -> ReleaseManifest:
         ids = np.arange(start, start + n)
         provider = providers[rng.integers(0, len(providers), n)]
         unit = _strings("U", rng.integers(1, 6, n))
-        patient = _strings("p", rng.integers(0, episodes * 7 // 10, n))
-        episode = _strings("e", ids)
+        patient = _patient_keys(rng.integers(0, episodes * 7 // 10, n))
+        episode = format_ids(ID_PREFIX["episode_id"], ids)
         intake = rng.integers(0, 3 * 365, n)
         common = {
             "episode_id": episode,
@@ -98,15 +118,16 @@ def build(root: Path, episodes: int, seed: int = 5) -> ReleaseManifest:
             "upload_id": np.ones(n, dtype=np.int64),
         }
 
-        def rec(k: int) -> pa.Array:
+        def rec(k: int, form: str) -> pa.Array:
+            # Production's shape: the form's letter and ten digits (etl.generate).
             nonlocal record
             record += k
-            return _strings("r", np.arange(record - k, record))
+            return format_ids(ID_PREFIX[form], np.arange(record - k, record))
 
         wait = rng.integers(0, 120, n)
         has_referral = rng.random(n) > 0.1
         basis = common | {
-            "record_id": rec(n),
+            "record_id": rec(n, "basis"),
             "intake_date": _dates(intake),
             "referral_date": pa.array(_dates(intake - wait), mask=~has_referral),
             "age": rng.integers(13, 90, n).astype(np.int32),
@@ -134,7 +155,7 @@ def build(root: Path, episodes: int, seed: int = 5) -> ReleaseManifest:
             k: (v.take(pa.array(take)) if isinstance(v, pa.Array) else v[take])
             for k, v in common.items()
         } | {
-            "record_id": rec(m),
+            "record_id": rec(m, "measurement"),
             "measure_date": _dates(measured),
             "status": rng.choice([1, 2, 3, 4], m, p=[0.85, 0.05, 0.05, 0.05]).astype(np.int32),
             "treatment_plan": rng.choice([1, 2, 3], m, p=[0.2, 0.75, 0.05]).astype(np.int32),
@@ -155,7 +176,7 @@ def build(root: Path, episodes: int, seed: int = 5) -> ReleaseManifest:
             k: (v.take(pa.array(discharged)) if isinstance(v, pa.Array) else v[discharged])
             for k, v in common.items()
         } | {
-            "record_id": rec(d),
+            "record_id": rec(d, "discharge"),
             "discharge_date": _dates(out),
             "end_reason": rng.choice([1, 2, 3, 4, 9], d, p=[0.6, 0.2, 0.1, 0.02, 0.08]).astype(
                 np.int32
@@ -177,7 +198,7 @@ def build(root: Path, episodes: int, seed: int = 5) -> ReleaseManifest:
             k: (v.take(pa.array(followed)) if isinstance(v, pa.Array) else v[followed])
             for k, v in common.items()
         } | {
-            "record_id": rec(f),
+            "record_id": rec(f, "followup"),
             "followup_date": _dates(when),
             "followup_status": rng.choice([1, 2, 3], f, p=[0.7, 0.2, 0.1]).astype(np.int32),
             "use_days_30": rng.integers(0, 31, f).astype(np.int32),
