@@ -18,6 +18,7 @@ from schemas.organisations import Hierarchy
 from service import aggregates, errors, published
 from service.audit import AuditMiddleware, AuditWriter
 from service.auth import OidcVerifier
+from service.catalog_cache import CatalogCache
 from service.database import make_engine
 from service.routers import aggregates as aggregates_routes
 from service.routers import audit, health, indicators, releases, uploads
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = make_engine(settings)
     audit_writer = AuditWriter(engine)
     catalog_threads = ThreadPoolExecutor(CATALOG_THREADS, thread_name_prefix="kvarus-catalog")
+    catalog_cache = CatalogCache.of(engine)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -77,6 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         gc.unfreeze()
         audit_writer.close()  # every queued audit row is committed before the process ends
+        if catalog_cache is not None:
+            catalog_cache.close()
         catalog_threads.shutdown(wait=False)
 
     app = FastAPI(
@@ -90,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.audit = audit_writer
     app.state.catalog_threads = catalog_threads
+    app.state.catalog_cache = catalog_cache
     app.state.oidc = OidcVerifier(settings)
     errors.install(app)
     app.add_middleware(AuditMiddleware)

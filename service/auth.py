@@ -96,7 +96,8 @@ _ACTIVE_CLIENTS: Final = select(
 ).where(col(ApiClient.key_prefix) == bindparam("prefix"), col(ApiClient.revoked_at).is_(None))
 
 
-def _principal_from_key(connection: Connection, key: str) -> Principal:
+def principal_from_key(connection: Connection, key: str) -> Principal:
+    """The principal of an API key (`kvk_…`) that is known and not revoked."""
     parts = key[len(KEY_MARK) :].split("_", 1)
     if len(parts) != 2 or len(parts[0]) != 8:
         raise Unauthorised("malformed API key")
@@ -167,19 +168,25 @@ def _principal_from_claims(claims: dict[str, Any]) -> Principal:
     )
 
 
+def bearer_token(authorization: str) -> str:
+    """The token of an `Authorization: Bearer <token>` header; 401 for any other form."""
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorised("use Authorization: Bearer <API key or token>")
+    return token
+
+
 def authenticate(
     authorization: str | None, catalog: Session | Connection, oidc: OidcVerifier
 ) -> Principal:
     """The principal behind an `Authorization` header; anonymous without one."""
     if authorization is None or not authorization.strip():
         return ANONYMOUS
-    scheme, _, token = authorization.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorised("use Authorization: Bearer <API key or token>")
+    token = bearer_token(authorization)
     if token.startswith(KEY_MARK):
         connection = catalog.connection() if isinstance(catalog, Session) else catalog
-        return _principal_from_key(connection, token)
+        return principal_from_key(connection, token)
     return oidc.principal(token)
 
 

@@ -9,7 +9,16 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPBearer
 from sqlmodel import Session
 
-from service.auth import ANONYMOUS, Principal, authenticate_in, require
+from service import published
+from service.auth import (
+    ANONYMOUS,
+    KEY_MARK,
+    Principal,
+    authenticate_in,
+    bearer_token,
+    require,
+)
+from service.catalog_cache import CatalogCache
 from service.database import session_scope
 from service.settings import Settings
 
@@ -43,6 +52,16 @@ async def on_catalog_threads(
     )
 
 
+async def served_release(request: Request, number: int | None) -> int:
+    """`published.served_release`: from the catalog cache, else asked on a catalog thread."""
+    catalog: CatalogCache | None = request.app.state.catalog_cache
+    if catalog is not None:
+        return catalog.served_release(number)
+    return await on_catalog_threads(
+        request, published.served_release_in, request.app.state.engine, number
+    )
+
+
 def get_session(request: Request) -> Iterator[Session]:
     """A unit of work per request: commits on success, rolls back on error."""
     with session_scope(request.app.state.engine) as session:
@@ -56,13 +75,18 @@ SessionDep = Annotated[Session, Depends(get_session)]
 async def get_principal(
     request: Request, _: Annotated[object, Security(bearer_scheme)] = None
 ) -> Principal:
-    """Anonymous without credentials (no I/O); a key or token is checked in the threadpool."""
+    """Anonymous without credentials (no I/O); a key or token is checked on every request."""
     authorization = request.headers.get("authorization")
+    catalog: CatalogCache | None = request.app.state.catalog_cache
     if authorization is None or not authorization.strip():
         principal = ANONYMOUS
+    elif catalog is not None and (token := bearer_token(authorization)).startswith(KEY_MARK):
+        # Asked of the catalog cache, on the event loop: a revoked key is refused from the
+        # next request on, also when another process revoked it.
+        principal = catalog.principal(token)
     else:
-        # Every keyed request asks the catalog, so a revoked key is refused at once, also when
-        # another process revoked it.
+        # OIDC tokens (their issuer's keys may be fetched over the network) and API keys on
+        # databases without a catalog cache: asked on a catalog thread.
         principal = await on_catalog_threads(
             request,
             authenticate_in,

@@ -19,7 +19,7 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from sqlalchemy import Connection, Engine, bindparam
+from sqlalchemy import Connection, Engine
 from sqlmodel import Session, col, select
 
 from etl import release as etl_release
@@ -49,29 +49,35 @@ def list_releases(session: Session) -> list[Release]:
     return list(session.exec(select(Release).order_by(col(Release.number).desc())))
 
 
-# Core statements, built once: the indicator routes ask on every request (a release may be
-# retired at any moment by an erasure in another process), so the question must be cheap.
-_LATEST_RELEASE: Final = (
+# Built once: the indicator routes ask on every request (a release may be retired at any moment
+# by an erasure in another process), so the question must be cheap. Releases are few (one a
+# quarter or so): all served numbers are read at once.
+_SERVED_RELEASES: Final = (
     select(Release.number)
     .where(col(Release.retired).is_(False))
     .order_by(col(Release.number).desc())
-    .limit(1)
 )
-_SERVED_RELEASE: Final = select(Release.number).where(
-    col(Release.number) == bindparam("number"), col(Release.retired).is_(False)
-)
+
+
+def served_releases(connection: Connection) -> list[int]:
+    """The numbers of the releases that are served (not retired), latest first."""
+    return [int(number) for number in connection.execute(_SERVED_RELEASES).scalars()]
+
+
+def pick_release(served: Sequence[int], number: int | None) -> int:
+    """Release `number`, or the latest one, if it is among the `served` (latest first)."""
+    if number is None:
+        if not served:
+            raise NotFound("no release has been published yet")
+        return served[0]
+    if number not in served:
+        raise NotFound(f"release {number} does not exist or is retired")
+    return number
 
 
 def served_release(connection: Connection, number: int | None) -> int:
     """The number of release `number`, or of the latest one, if it is served (not retired)."""
-    if number is None:
-        latest = connection.execute(_LATEST_RELEASE).scalar()
-        if latest is None:
-            raise NotFound("no release has been published yet")
-        return int(latest)
-    if connection.execute(_SERVED_RELEASE, {"number": number}).scalar() is None:
-        raise NotFound(f"release {number} does not exist or is retired")
-    return number
+    return pick_release(served_releases(connection), number)
 
 
 def served_release_in(engine: Engine, number: int | None) -> int:

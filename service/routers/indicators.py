@@ -19,7 +19,7 @@ from schemas.api import (
 from schemas.organisations import Hierarchy
 from service import audit, indicator_views, published
 from service.auth import Principal
-from service.deps import PrincipalDep, SessionDep, SettingsDep, on_catalog_threads
+from service.deps import PrincipalDep, SessionDep, SettingsDep, served_release
 from service.errors import problem_responses
 from service.settings import Settings
 
@@ -78,9 +78,7 @@ async def list_results(
     # The catalog is asked on every request (a release retired by an erasure is not served);
     # a rendered answer is then served from memory on the event loop, a new one is rendered
     # in the threadpool.
-    number = await on_catalog_threads(
-        request, published.served_release_in, request.app.state.engine, release
-    )
+    number = await served_release(request, release)
     query = published.ResultQuery(
         indicator=indicator, years=tuple(year or ()), level=level, orgnr=orgnr, context=context
     )
