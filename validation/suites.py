@@ -4,11 +4,12 @@ A suite is a list of `Check`s. Each check is one Great Expectations (GX Core 1.x
 the *validation frame* (see `validation.run`), plus what the register needs around it: the check id
 shared with the generator and the reports (docs/interfaces.md), the Kahn category (conformance,
 completeness, plausibility; Kahn et al., eGEMs 2016), the severity and the tolerated failure
-percentage. GX decides which rows fail; we decide pass/fail from counts over *all* rows.
+percentage. GX decides which values fail; we decide pass/fail from counts over *all* rows.
 
-Validation frame columns (one pandas DataFrame built once per job, with only the columns the
-checks read: GX copies the whole frame for every column expectation that skips missing values, so
-the frame is kept narrow and numeric; the pseudonym never enters it):
+Validation frame columns (pandas DataFrames built per job over the distinct values of what the
+checks read, see `validation.run`; only the columns the checks read: GX copies the whole frame
+for every column expectation that skips missing values, so the frame is kept narrow and numeric;
+the pseudonym never enters it):
 - `{column}`: the raw text as received, only where text is checked (pattern, uniqueness, known
   provider);
 - `{column}__present`: float32, 1 where a value was sent, NaN where the cell was empty (required,

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.forms import FORMS, Form
+from schemas.parsing import normalise
 from tests.validation.conftest import CLEAN, KNOWN, TODAY, raw_table
 from validation import CheckResult, ValidationResult, validate_extract
 from validation.run import run_checks
@@ -340,3 +341,36 @@ def test_age_checks_agree_with_a_plain_reading_of_the_spec(ages: list[str | None
     assert checks["age.type"].failing_record_ids == not_integer
     assert checks["age.range"].failing_record_ids == out_of_range
     assert checks["age.range"].failing_percent == pytest.approx(100 * len(out_of_range) / len(ages))
+
+
+# Rows that each break something (or nothing), several sharing a value, as one file.
+MIXED_ROWS: list[dict[str, Any]] = [
+    {},
+    {"age": "111", "sex": "7", "intake_date": "31.02.2024"},
+    {"age": "+40", "audit": "0041", "referral_date": "2024-02-02"},
+    {"age": "111", "icd10": "F20", "dudit": None},
+    {"provider_orgnr": "97463140", "age": "forty", "housing": "4"},
+    {"intake_date": "2024-02-01", "referral_date": "01.02.2024", "severity": "00000000000003"},
+    {"referral_date": "2024-02-02", "home_hf_orgnr": None, "severity": "6"},
+    {"sex": None, "treatment_type": "1.0", "injecting_6m": "1"},
+    {"record_id": "r1", "age": "111"},
+]
+
+
+def test_a_rows_verdicts_do_not_depend_on_the_other_rows() -> None:
+    # GX judges each distinct value once and the verdict is spread over the rows that hold it:
+    # the same failing rows as validating each row on its own (uniqueness aside, which relates
+    # rows), and the same typed table as `normalise` over every row.
+    raw = raw_table(Form.BASIS, MIXED_ROWS)
+    whole = _validate(Form.BASIS, MIXED_ROWS)
+    alone: dict[str, list[str]] = {}
+    for index, row in enumerate(MIXED_ROWS):
+        for check in _validate(Form.BASIS, [row]).checks:
+            if check.failing_count:
+                alone.setdefault(check.check_id, []).append(row.get("record_id", f"r{index + 1}"))
+    failing = {c.check_id: c.failing_record_ids for c in whole.checks if c.failing_count}
+    assert failing.pop("record_id.unique") == ["r1", "r1"]
+    assert failing == alone
+    assert failing["age.range"] == ["r2", "r4", "r1"]
+    assert whole.typed is not None
+    assert whole.typed.equals(normalise(raw, Form.BASIS).table)
