@@ -84,24 +84,31 @@ class Release:
         self.spark_session = spark_session
         self._tables: dict[str, ir.Table] = {}
         self._materialised: list[str] = []
+        self._created = 0
 
     def materialise(self, table: ir.Table, step: str = "table") -> ir.Table:
         """A table several queries read, computed once (DuckDB: a temporary table; Spark plans
         it into each job). Dropped by `release`."""
         if self.engine != "duckdb":
             return table
-        name = f"kvarus_table_{len(self._materialised)}"
+        name = f"kvarus_table_{self._created}"
+        self._created += 1
         # Not overwrite=True: with sqlglot 30 ibis renders that DROP without the table name.
         with timed(f"materialise {step}"):
             self.backend.create_table(name, obj=table, temp=True)
         self._materialised.append(name)
         return cast(ir.Table, self.backend.table(name))
 
-    def release(self) -> None:
-        """Drop the materialised tables."""
-        for name in self._materialised:
+    def materialised(self) -> int:
+        """The number of tables materialised so far (a mark for `release`)."""
+        return len(self._materialised)
+
+    def release(self, keep: int = 0) -> None:
+        """Drop the materialised tables, all but the first `keep` (a mark from
+        `materialised`: the tables a step materialised for itself alone)."""
+        for name in self._materialised[keep:]:
             self.backend.raw_sql(f"DROP TABLE IF EXISTS {name}")
-        self._materialised.clear()
+        del self._materialised[keep:]
 
     def raw(self, name: str) -> ir.Table:
         if name in self._tables:
