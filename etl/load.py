@@ -298,7 +298,6 @@ def _split(
     candidates = staged if failed.num_rows == 0 else staged.take(pa.array(candidates_index))
     if form is not Form.NPR_COUNTS and candidates.num_rows > 0:
         cross = _cross_check(candidates, form, warehouse)
-        cross = cross.filter(pc.equal(cross.column("severity"), "error"))
         cross = pa.concat_tables(
             [
                 cross.select(FAILURE_SCHEMA.names).cast(FAILURE_SCHEMA),
@@ -338,12 +337,13 @@ def _other_provider(incoming: pa.Table, form: Form, warehouse: Warehouse) -> pa.
 
 
 def _cross_check(incoming: pa.Table, form: Form, warehouse: Warehouse) -> pa.Table:
-    """`validation.cross_record.check` against the stored tables (only the columns it reads)."""
+    """The errors of `validation.cross_record.check` against the stored tables (only the columns
+    it reads): warnings quarantine nothing."""
     existing = {
         stored: warehouse.table(stored, columns)
         for stored, columns in cross_record.EXISTING_COLUMNS.items()
     }
-    return cross_record.check(incoming, form, existing)
+    return cross_record.check(incoming, form, existing, warnings=False)
 
 
 def _store(
@@ -402,7 +402,6 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
             continue
         staged = values_table(rows.column("values").to_pylist(), staged_schema(form))
         failures = _cross_check(staged, form, warehouse)
-        failures = failures.filter(pc.equal(failures.column("severity"), "error"))
         bad = np.zeros(staged.num_rows, dtype=bool)
         bad[failures.column("row_index").to_numpy()] = True
         # Still held (not superseding another provider's record) until the sender resends it.

@@ -25,8 +25,10 @@ text is assembled from this module's constants only (never from data), hence the
 # ruff: noqa: S608
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Final
 
+import numpy as np
 import pyarrow as pa
 
 from schemas.codes import INPATIENT_TREATMENT_TYPES
@@ -53,20 +55,29 @@ _EVENT_DATE: Final = {Form.MEASUREMENT: "measure_date", Form.DISCHARGE: "dischar
 _INPATIENT: Final = ", ".join(str(code) for code in sorted(INPATIENT_TREATMENT_TYPES))
 
 
-def _failure(check_id: str, severity: str, reason: str, where: str) -> str:
+@dataclass(frozen=True)
+class _Query:
+    severity: str
+    sql: str
+
+
+def _failure(check_id: str, severity: str, reason: str, where: str) -> _Query:
     """A SELECT of the incoming rows (alias `i`) that fail a check, in row_failures columns."""
-    return f"""
+    return _Query(
+        severity,
+        f"""
         SELECT i.row_index, i.record_id, '{check_id}' AS "check", '{severity}' AS severity,
                '{reason}' AS reason
         FROM incoming AS i
-        WHERE {where}"""
+        WHERE {where}""",
+    )
 
 
 def _same_episode(alias: str) -> str:
     return f"{alias}.provider_orgnr = i.provider_orgnr AND {alias}.episode_id = i.episode_id"
 
 
-def _basis_checks() -> list[str]:
+def _basis_checks() -> list[_Query]:
     # All basis records: the stored ones not superseded by this file, and this file's.
     return [
         _failure(
@@ -74,7 +85,7 @@ def _basis_checks() -> list[str]:
             "error",
             "age or sex differs from another basis record of the episode",
             f"""EXISTS (
-                SELECT 1 FROM all_basis AS b
+                SELECT 1 FROM shared_basis AS b
                 WHERE {_same_episode("b")} AND b.record_id IS DISTINCT FROM i.record_id
                   AND (b.age IS DISTINCT FROM i.age OR b.sex IS DISTINCT FROM i.sex))""",
         ),
@@ -97,7 +108,7 @@ def _basis_checks() -> list[str]:
     ]
 
 
-def _follow_on_checks(form: Form) -> list[str]:
+def _follow_on_checks(form: Form) -> list[_Query]:
     checks = [
         _failure(
             "cross.no_intake",
@@ -149,16 +160,26 @@ def _stored(existing: Mapping[Form, pa.Table], form: Form) -> pa.Table:
     return table.select(list(columns))
 
 
-def check(incoming: pa.Table, form: Form, existing: Mapping[Form, pa.Table]) -> pa.Table:
-    """Failing rows of `incoming` (typed, with `patient_key`) against the `existing` tables."""
+def check(
+    incoming: pa.Table, form: Form, existing: Mapping[Form, pa.Table], *, warnings: bool = True
+) -> pa.Table:
+    """Failing rows of `incoming` (typed, with `patient_key`) against the `existing` tables.
+
+    `warnings=False` leaves out the checks of severity `warning`: the loader quarantines errors
+    only, and `cross.overlapping_inpatient` took 1.1 s of a 1M-row basis load for nothing.
+    """
     if form is Form.BASIS:
         queries = _basis_checks()
     elif form in (Form.MEASUREMENT, Form.DISCHARGE, Form.FOLLOWUP):
         queries = _follow_on_checks(form)
     else:
+        queries = []
+    queries = [query for query in queries if warnings or query.severity != "warning"]
+    if not queries:
         return ROW_FAILURES_SCHEMA.empty_table()
 
-    numbered = incoming.append_column("row_index", pa.array(range(incoming.num_rows), pa.int64()))
+    row_index = pa.array(np.arange(incoming.num_rows, dtype=np.int64))
+    numbered = incoming.append_column("row_index", row_index)
     with duckdb_connection() as connection:
         connection.register("incoming", numbered)
         connection.register("stored_basis_all", _stored(existing, Form.BASIS))
@@ -177,6 +198,16 @@ def check(incoming: pa.Table, form: Form, existing: Mapping[Form, pa.Table]) -> 
                 UNION ALL
                 SELECT record_id, episode_id, provider_orgnr, patient_key, intake_date, age, sex,
                        treatment_type FROM incoming"""
+            )
+            # The basis records of episodes with more than one: only their rows can differ from
+            # another record of the episode (a 1M-row file with one record per episode: the
+            # demographics check 0.68 s → 0.1 s).
+            connection.execute(
+                """CREATE TEMP VIEW shared_basis AS
+                SELECT b.* FROM all_basis AS b SEMI JOIN (
+                    SELECT provider_orgnr, episode_id FROM all_basis
+                    GROUP BY provider_orgnr, episode_id HAVING count(*) > 1
+                ) AS s USING (provider_orgnr, episode_id)"""
             )
         else:
             connection.execute("CREATE TEMP VIEW stored_basis AS SELECT * FROM stored_basis_all")
@@ -200,6 +231,6 @@ def check(incoming: pa.Table, form: Form, existing: Mapping[Form, pa.Table]) -> 
                 FROM all_basis AS b
                 WHERE b.treatment_type IN ({_INPATIENT}) AND b.intake_date IS NOT NULL"""
             )
-        sql = " UNION ALL ".join(queries) + ' ORDER BY row_index, "check"'
+        sql = " UNION ALL ".join(query.sql for query in queries) + ' ORDER BY row_index, "check"'
         result = connection.sql(sql).to_arrow_table()
     return result.cast(ROW_FAILURES_SCHEMA)

@@ -201,6 +201,36 @@ def test_overlapping_inpatient_episodes(intake: date, treatment_type: int, overl
     assert _failures(check(incoming(Form.BASIS, rows), Form.BASIS, _existing())) == expected
 
 
+def test_without_warnings_only_the_errors_are_checked() -> None:
+    # b8 disagrees with the stored b1's sex (an error); b9 overlaps e1 (a warning).
+    rows = [
+        {
+            "record_id": "b8",
+            "episode_id": "e1",
+            "intake_date": date(2024, 2, 15),
+            "age": 40,
+            "sex": 2,
+            "treatment_type": 1,
+        },
+        {
+            "record_id": "b9",
+            "episode_id": "e9",
+            "intake_date": date(2024, 2, 15),
+            "age": 40,
+            "sex": 2,
+            "treatment_type": 3,
+        },
+    ]
+    table = incoming(Form.BASIS, rows)
+    assert _failures(check(table, Form.BASIS, _existing())) == [
+        (0, "b8", "cross.inconsistent_demographics", "error"),
+        (1, "b9", "cross.overlapping_inpatient", "warning"),
+    ]
+    assert _failures(check(table, Form.BASIS, _existing(), warnings=False)) == [
+        (0, "b8", "cross.inconsistent_demographics", "error")
+    ]
+
+
 def test_another_patient_never_overlaps() -> None:
     rows = [
         {
