@@ -39,6 +39,8 @@ _ZIP_MAGIC: Final = b"PK\x03\x04"
 _PARQUET_MAGIC: Final = b"PAR1"
 _UTF8_BOM: Final = b"\xef\xbb\xbf"
 _DELIMITERS: Final = (";", ",")
+# A byte that `bytes.strip()` keeps: searched for instead of stripping a copy of the whole file.
+_NOT_WHITESPACE: Final = re.compile(rb"[^ \t\n\r\x0b\x0c]")
 # Bytes that Windows-1252 leaves undefined: a file with them is not cp1252 (nor UTF-8).
 _CP1252_UNDEFINED: Final = re.compile(rb"[\x81\x8d\x8f\x90\x9d]")
 # A well-formed UTF-8 multibyte sequence (RFC 3629, table 3-7 of the Unicode standard). In a file
@@ -221,7 +223,7 @@ def _file_line(data: bytes, row_number: int) -> int:
     return row_number
 
 
-def _read_csv(path: Path, form: Form) -> tuple[list[str], list[pa.Array]]:
+def _read_csv(path: Path, form: Form) -> tuple[list[str], list[pa.ChunkedArray]]:
     data = _decode(path.read_bytes())
     # The header ends at the first line break of any convention (\n, \r\n, or a lone \r).
     breaks = [index for index in (data.find(b"\n"), data.find(b"\r")) if index >= 0]
@@ -229,7 +231,7 @@ def _read_csv(path: Path, form: Form) -> tuple[list[str], list[pa.Array]]:
     header = (data if end < 0 else data[:end]).decode("utf-8")
     delimiter, names = _detect_delimiter(header)
     _check_header(names, form)
-    if end < 0 or not data[end + 1 :].strip():
+    if end < 0 or _NOT_WHITESPACE.search(data, end + 1) is None:
         raise RejectedInput("The extract file has a header but no data rows")
 
     def parse(use_threads: bool) -> tuple[pa.Table, _RaggedRows]:
@@ -273,7 +275,7 @@ def _read_csv(path: Path, form: Form) -> tuple[list[str], list[pa.Array]]:
             f"{ragged.count} row(s) with the wrong number of fields (truncated or ragged; "
             f"the header has {len(names)}){where}"
         )
-    return names, [table.column(i).combine_chunks() for i in range(table.num_columns)]
+    return names, table.columns
 
 
 # --- XLSX -----------------------------------------------------------------------------------------
@@ -424,17 +426,20 @@ def _numeric_type(kind: pa.DataType) -> bool:
 
 
 def _finish(
-    names: list[str], columns: list[pa.Array], form: Form, *, numeric: set[int] | None = None
+    names: list[str],
+    columns: Sequence[pa.Array | pa.ChunkedArray],
+    form: Form,
+    *,
+    numeric: set[int] | None = None,
 ) -> pa.Table:
     """Strip values, empty → null, drop rows that are empty throughout, refuse an empty result.
 
     The columns at the positions in `numeric` were numbers in the source: their fields carry
     `etl.privacy.NUMERIC_SOURCE`, so the privacy guard restores the leading zero a number drops.
     """
-    cleaned: list[pa.Array] = []
+    # Chunks as the CSV reader made them: combining them copied the file's text (0.3 s for 1M rows).
+    cleaned: list[pa.Array | pa.ChunkedArray] = []
     for values in columns:
-        if isinstance(values, pa.ChunkedArray):
-            values = values.combine_chunks()
         if values.type != pa.string():
             values = pc.cast(values, pa.string())
         stripped = pc.utf8_trim_whitespace(values)

@@ -88,9 +88,18 @@ QUARANTINE_SCHEMA: Final = pa.schema(
 # and the quarantine's JSON of a row's values (it holds the patient key too).
 NO_STATISTICS: Final = frozenset({PATIENT_KEY_COLUMN, "values"})
 
+# Columns with about one value per row: the Parquet writer tries a dictionary, finds it as large
+# as the column and falls back to plain encoding. Not trying saved 0.15 s of the 0.6 s that writing
+# 1M basis rows took.
+NO_DICTIONARY: Final = frozenset({"record_id", "episode_id", PATIENT_KEY_COLUMN, "values"})
+
 _WRITER_PROPERTIES: Final = WriterProperties(
     column_properties={
-        name: ColumnProperties(statistics_enabled="NONE") for name in sorted(NO_STATISTICS)
+        name: ColumnProperties(
+            dictionary_enabled=False if name in NO_DICTIONARY else None,
+            statistics_enabled="NONE" if name in NO_STATISTICS else None,
+        )
+        for name in sorted(NO_STATISTICS | NO_DICTIONARY)
     }
 )
 
