@@ -318,7 +318,10 @@ def patient_levels(
     # grouping per (year, patient) and semi-joining the rows back (10.8 s CPU against 14.2 +
     # 5.8 s on the 10M-episode bench's 18.6M rows).
     in_year = ibis.window(group_by=[rows.year, *[rows[c] for c in patient]])
-    rows = materialise(rows.mutate(rows=rows.count().over(in_year)), "patients")
+    rows = materialise(
+        rows.mutate(rows=rows.count().over(in_year), patient_num=rows.num.max().over(in_year)),
+        "patients",
+    )
     single = rows.filter(rows.rows == 1)
     single = single.group_by(*CELL).agg(
         n=single.count().cast("int64"), num=single.num.sum().cast("int64")
@@ -326,13 +329,28 @@ def patient_levels(
     single_cells = fetch(single, "patient cells (single row)")
     single_cells = single_cells.append_column("total", pa.nulls(single_cells.num_rows, pa.int64()))
     counted = roll_up_sums(single_cells, definition, organisations)
-    multi = rows.filter(rows.rows > 1).drop("rows")
+    multi = rows.filter(rows.rows > 1)
+    levels = levels_of(definition)
+    parts = []
+    if ("caregiver", "nation") in levels:
+        # Every row of a several-row patient is here, so a patient-year is `rows` rows with the
+        # same `rows` and `patient_num`: the nation's count is the sum of count / rows (exact in
+        # integers), from counts per year, `rows` and `patient_num` instead of a distinct.
+        counts = fetch(
+            multi.group_by("year", "rows", "patient_num").agg(n=multi.count().cast("int64")),
+            "patient nation (several rows)",
+        )
+        parts.append(_nation_of_several(counts))
     providers, homes = organisations.tables()
     joined = multi.left_join(providers, multi.provider_orgnr == providers.provider_key)
     joined = joined.left_join(homes, joined.home_hf_orgnr == homes.home_key)
-    table: ir.Table = materialise(joined.drop("provider_key", "home_key"), "patients (several)")
-    parts = []
-    for context, level in levels_of(definition):
+    table: ir.Table = materialise(
+        joined.drop("provider_key", "home_key", "rows", "patient_num"), "patients (several)"
+    )
+    grouped_levels = []
+    for context, level in levels:
+        if context == "caregiver" and level in ("hf", "nation"):
+            continue  # hf: the provider rows of public HFs (below); nation: above
         orgnr, unit_code, keep = _backend_keys(table, context, level)
         scoped = table if keep is None else table.filter(keep)
         orgnr, unit_code, _ = _backend_keys(scoped, context, level)
@@ -343,7 +361,7 @@ def patient_levels(
             numerator=distinct.num.sum().cast("int64"),
             denominator=distinct.count().cast("int64"),
         )
-        parts.append(
+        grouped_levels.append(
             grouped.select(
                 year=grouped.year.cast("int32"),
                 context=ibis.literal(context),
@@ -355,8 +373,13 @@ def patient_levels(
                 measure=ibis.null().cast("float64"),
             )
         )
-    several_levels = fetch(ibis.union(*parts, distinct=False), "patient levels (several rows)")
-    both = pa.concat_tables([counted, several_levels.cast(AGGREGATE_SCHEMA)])
+    if grouped_levels:
+        union = ibis.union(*grouped_levels, distinct=False)
+        parts.append(fetch(union, "patient levels (several rows)").cast(AGGREGATE_SCHEMA))
+        if ("caregiver", "hf") in levels:
+            parts.append(_public_hfs(parts[-1], organisations))
+    several_levels = _concat(parts)
+    both = pa.concat_tables([counted, several_levels])
     keys = ["year", "context", "level", "orgnr", "unit_code"]
     summed = both.group_by(keys, use_threads=False).aggregate(
         [("numerator", "sum"), ("denominator", "sum")]
@@ -369,6 +392,46 @@ def patient_levels(
             "measure": pa.nulls(summed.num_rows, pa.float64()),
         }
     ).cast(AGGREGATE_SCHEMA)
+
+
+def _nation_of_several(counts: pa.Table) -> pa.Table:
+    """The caregiver nation's distinct patients from counts (year, rows, patient_num, n) of
+    several-row patients' rows: per year, sum(n / rows) patients, of them those with
+    patient_num 1 in the numerator."""
+    year = counts["year"].to_numpy(zero_copy_only=False)
+    rows = counts["rows"].to_numpy(zero_copy_only=False).astype(np.int64)
+    n = counts["n"].to_numpy(zero_copy_only=False).astype(np.int64)
+    num = counts["patient_num"].to_numpy(zero_copy_only=False).astype(np.int64)
+    patients = n // rows  # n is a multiple of rows: each patient-year brings `rows` rows
+    years = np.unique(year)
+    count = len(years)
+    return pa.table(
+        {
+            "year": pa.array(years, pa.int32()),
+            "context": pa.array(["caregiver"] * count, pa.string()),
+            "level": pa.array(["nation"] * count, pa.string()),
+            "orgnr": pa.array([NATION_ORGNR] * count, pa.string()),
+            "unit_code": pa.nulls(count, pa.string()),
+            "numerator": pa.array(
+                [int(patients[(year == y) & (num > 0)].sum()) for y in years], pa.int64()
+            ),
+            "denominator": pa.array([int(patients[year == y].sum()) for y in years], pa.int64()),
+            "measure": pa.nulls(count, pa.float64()),
+        }
+    ).cast(AGGREGATE_SCHEMA)
+
+
+def _public_hfs(grouped: pa.Table, organisations: Organisations) -> pa.Table:
+    """The caregiver hf rows: the provider rows of providers that are HFs (the same patients)."""
+    hfs = pa.array([p for p, (hf, _) in organisations.providers.items() if hf == p], pa.string())
+    keep = pc.and_(
+        pc.and_(pc.equal(grouped["context"], "caregiver"), pc.equal(grouped["level"], "provider")),
+        pc.is_in(grouped["orgnr"], value_set=hfs),
+    )
+    rows = grouped.filter(keep)
+    return rows.set_column(
+        rows.schema.get_field_index("level"), "level", pa.array(["hf"] * rows.num_rows, pa.string())
+    )
 
 
 def _backend_keys(table: ir.Table, context: str, level: str) -> tuple[ir.Value, ir.Value, Any]:
