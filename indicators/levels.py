@@ -4,7 +4,8 @@ The engine aggregates each indicator once at the finest cell (year, provider, un
 and rolls the small result up here: counts and sums add up exactly, so the caregiver and resident
 levels are sums over cells (medians from counts per value). Distinct patients do not add up (a
 patient treated by two providers of one HF counts once there): those levels are grouped in the
-backend, from one materialised table of distinct patients per cell.
+backend, from one materialised table of the patients' rows per cell, each with the patient's
+number of rows in the year (`patient_levels`).
 
 Levels (engine.py documents the rules): caregiver unit, provider, hf (providers that are HFs), rhf
 (a private provider rolls up to its RHF), nation; resident: the episode's home HF, its RHF and the
