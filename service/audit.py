@@ -9,6 +9,7 @@ or an upload's content stay out of the log, and so do pseudonyms and record valu
 import logging
 import queue
 import threading
+import time
 from collections import OrderedDict
 from typing import Any, Final
 
@@ -54,6 +55,10 @@ class AuditWriter:
 
     # Rows per transaction: one commit (one fsync on SQLite) per batch instead of per request.
     BATCH: Final = 500
+    # How long a batch waits for more rows. A commit costs ~470 µs of CPU (and the GIL) besides
+    # ~8 µs per row: taking only what was queued, 2,000 requests/s made batches of a few rows,
+    # ~80 µs per request. Each commit also makes the catalog cache read the catalog again.
+    LINGER: Final = 0.05
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -93,23 +98,21 @@ class AuditWriter:
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            batch: list[AuditRow] = []
             item = self.queue.get()
             taken = 1
-            if item is None:
-                stopping = True
-            else:
+            batch: list[AuditRow] = []
+            deadline = time.monotonic() + self.LINGER
+            while item is not None:
                 batch.append(item)
-            while not stopping and len(batch) < self.BATCH:
+                remaining = deadline - time.monotonic()
+                if len(batch) >= self.BATCH or remaining <= 0:
+                    break
                 try:
-                    item = self.queue.get_nowait()
+                    item = self.queue.get(timeout=remaining)
                 except queue.Empty:
                     break
                 taken += 1
-                if item is None:
-                    stopping = True
-                else:
-                    batch.append(item)
+            stopping = item is None
             try:
                 if batch:
                     self._write(batch)

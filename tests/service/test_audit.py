@@ -70,6 +70,27 @@ class TestAuditWriter:
         assert stored(app)[-1].route == "/late"
         writer.close()  # a second close is harmless
 
+    def test_rows_arriving_together_are_one_transaction(
+        self, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A batch waits (here: a minute) for more rows; closing ends the wait at once.
+        monkeypatch.setattr(AuditWriter, "LINGER", 60.0)
+        writer = AuditWriter(app.state.engine)
+        batches: list[int] = []
+        original: Callable[[list[AuditRow]], None] = writer._write
+
+        def counted(batch: list[AuditRow]) -> None:
+            batches.append(len(batch))
+            original(batch)
+
+        monkeypatch.setattr(writer, "_write", counted)
+        for n in range(3):
+            writer.submit(row(f"/together/{n}"))
+        writer.close()
+        assert not writer.thread.is_alive()
+        assert batches == [3]
+        assert [e.route for e in stored(app)] == [f"/together/{n}" for n in range(3)]
+
     def test_app_shutdown_flushes_the_log(
         self, app: FastAPI, publish: ReleaseWriter, monkeypatch: pytest.MonkeyPatch
     ) -> None:
