@@ -276,7 +276,7 @@ def _record_patient_rows(definition: IndicatorDefinition, release: Release) -> i
                 episode_id=table.episode_id,
                 unit_code=table.unit_code,
                 **patient_columns(table, release.engine),
-                num=numerator.cast("int64") if numerator is not None else ibis.literal(0, "int64"),
+                num=numerator.cast("int8") if numerator is not None else ibis.literal(0, "int8"),
             )
         )
     records = ibis.union(*parts, distinct=False)
@@ -306,7 +306,7 @@ def _patient_rows(definition: IndicatorDefinition, release: Release) -> ir.Table
         unit_code=table.unit_code,
         home_hf_orgnr=table.home_hf_orgnr,
         **patient_columns(table, release.engine),
-        num=numerator.cast("int64") if numerator is not None else ibis.literal(0, "int64"),
+        num=numerator.cast("int8") if numerator is not None else ibis.literal(0, "int8"),
     )
 
 
@@ -436,7 +436,7 @@ def _aggregates(
                 rows = _patient_rows(definition, release)
                 mark = release.materialised()
                 result[definition.id] = patient_levels(
-                    rows, definition, organisations, release.materialise, fetch
+                    rows, definition, organisations, release.materialise, release.drop, fetch
                 )
                 release.release(keep=mark)
         for group in groups.values():

@@ -99,6 +99,14 @@ class Release:
         self._materialised.append(name)
         return cast(ir.Table, self.backend.table(name))
 
+    def drop(self, table: ir.Table) -> None:
+        """Drop a materialised table before `release`: its memory is for the next queries."""
+        if self.engine != "duckdb":
+            return
+        name = table.get_name()
+        self.backend.raw_sql(f"DROP TABLE IF EXISTS {name}")
+        self._materialised.remove(name)
+
     def materialised(self) -> int:
         """The number of tables materialised so far (a mark for `release`)."""
         return len(self._materialised)

@@ -303,6 +303,7 @@ def patient_levels(
     definition: IndicatorDefinition,
     organisations: Organisations,
     materialise: Any,
+    drop: Any,
     fetch: Any,
 ) -> pa.Table:
     """Distinct patients per level: rows (CELL, the patient's columns, num), one or more per
@@ -320,7 +321,10 @@ def patient_levels(
     # 5.8 s on the 10M-episode bench's 18.6M rows).
     in_year = ibis.window(group_by=[rows.year, *[rows[c] for c in patient]])
     rows = materialise(
-        rows.mutate(rows=rows.count().over(in_year), patient_num=rows.num.max().over(in_year)),
+        rows.mutate(
+            rows=rows.count().over(in_year).cast("int32"),
+            patient_num=rows.num.max().over(in_year),
+        ),
         "patients",
     )
     single = rows.filter(rows.rows == 1)
@@ -348,6 +352,7 @@ def patient_levels(
     table: ir.Table = materialise(
         joined.drop("provider_key", "home_key", "rows", "patient_num"), "patients (several)"
     )
+    drop(rows)  # its memory is the levels' (DuckDB keeps temporary tables within its limit)
     grouped_levels = []
     for context, level in levels:
         if context == "caregiver" and level in ("hf", "nation"):
