@@ -544,6 +544,12 @@ def test_study_with_one_and_several_cells_per_patient(tiny: Factory) -> None:
     # Helse Vest and the nation: E, F, G, H, J once each; E, G, H in a study → 3/5.
     assert counts(pick(rows, "study", 2023, "rhf", HELSE_VEST)) == (3, 5)
     assert counts(pick(rows, "study", 2023, "nation", NATION)) == (3, 5)
+    # Caregiver hf rows repeat the provider rows of public HFs; Vestly is private: none.
+    assert counts(pick(rows, "study", 2023, "hf", BERGEN)) == (1, 3)
+    assert counts(pick(rows, "study", 2023, "hf", STAVANGER)) == (2, 2)
+    levels = {(r["context"], r["level"], r["orgnr"]) for r in rows}
+    assert ("caregiver", "provider", VESTLY) in levels
+    assert ("caregiver", "hf", VESTLY) not in levels
     # Resident Bergen: E, F, J (G's Bergen episode lives in Stavanger's area) → 1/3; resident
     # Stavanger: G (both episodes: g1 by home, g2 by its provider) → 1/1; H has no home HF.
     assert counts(pick(rows, "study", 2023, "hf", BERGEN, context="resident")) == (1, 3)
