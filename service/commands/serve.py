@@ -1,4 +1,12 @@
-"""CLI: `kvarus serve` runs the API under uvicorn."""
+"""CLI: `kvarus serve` runs the API under uvicorn, in one process or several.
+
+Several workers (`--workers N`) share the port; each builds the app from the environment and
+writes its own audit rows (SQLite: a writer that finds the catalog locked waits up to the
+engine's 30 s busy timeout; WAL readers never wait). Read benchmark on two cores shared with
+its client (50 clients): two workers answered 3,000-3,700 req/s against one's 2,250-2,480, with
+a lower median (15 against 21 ms) but a longer tail (p99 34-66 against 25-40 ms): three
+processes on two cores. One worker is the default; more pay where the cores are the server's.
+"""
 
 from typing import Annotated
 
@@ -8,14 +16,34 @@ from service.commands.common import reports_errors, settings
 from service.settings import Settings
 
 
-def run_server(config: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Build the app (refusing a missing or demo pseudonym key first) and serve it."""
+def run_server(
+    config: Settings, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1
+) -> None:
+    """Build the app (refusing a missing or demo pseudonym key first) and serve it.
+
+    With several workers each process builds its app from the environment, which `config`
+    was read from (`kvarus serve`); the key is refused and the catalog's tables created here,
+    once, before any worker starts.
+    """
     import uvicorn
 
     from service.app import create_app
+    from service.database import make_engine
 
-    application = create_app(config)  # raises ConfigurationError before binding
-    uvicorn.run(application, host=host, port=port, log_level="info")
+    if workers == 1:
+        application = create_app(config)  # raises ConfigurationError before binding
+        uvicorn.run(application, host=host, port=port, log_level="info")
+        return
+    config.key_bytes()
+    make_engine(config).dispose()
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +54,7 @@ def register(app: typer.Typer) -> None:
     def serve(
         host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
         port: Annotated[int, typer.Option(help="Port", min=1, max=65535)] = 8000,
+        workers: Annotated[int, typer.Option(help="Worker processes", min=1, max=64)] = 1,
     ) -> None:
         """Serve the HTTP API (refuses to start without a proper pseudonym key)."""
-        run_server(settings(), host=host, port=port)
+        run_server(settings(), host=host, port=port, workers=workers)

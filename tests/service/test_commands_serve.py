@@ -1,0 +1,74 @@
+"""`kvarus serve`: several worker processes, every request still audited."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlmodel import Session, col, func, select
+from typer.testing import CliRunner
+
+from schemas.catalog import AuditEvent
+from service.cli import app as cli
+from service.settings import Settings
+from tests.conftest import TEST_KEY
+from tests.service.conftest import ReleaseWriter
+
+REQUESTS = 40
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_workers_refuse_a_missing_key_before_starting(settings: Settings) -> None:
+    result = CliRunner().invoke(
+        cli, ["serve", "--workers", "2"], env={"KVARUS_DATA_DIR": str(settings.data_dir)}
+    )
+    assert result.exit_code == 2  # a configuration error
+    assert "KVARUS_PSEUDONYM_KEY is not set" in result.output
+    assert not (settings.data_dir / "catalog.sqlite3").exists()  # refused before anything
+
+
+@pytest.mark.slow
+def test_two_workers_audit_every_request(
+    app: FastAPI, publish: ReleaseWriter, settings: Settings
+) -> None:
+    publish(1)
+    port = free_port()
+    env = os.environ | {"KVARUS_DATA_DIR": str(settings.data_dir), "KVARUS_PSEUDONYM_KEY": TEST_KEY}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.1)
+        # A connection each: the kernel hands them to either worker.
+        for _ in range(REQUESTS):
+            answer = httpx.get(f"{base}/api/v1/indicators/results", params={"indicator": "plan"})
+            assert answer.status_code == 200
+    finally:
+        server.send_signal(signal.SIGTERM)  # each worker's shutdown commits its queued rows
+        server.wait(timeout=60)
+    with Session(app.state.engine) as session:
+        audited = session.exec(
+            select(func.count()).where(col(AuditEvent.route) == "/api/v1/indicators/results")
+        ).one()
+    assert audited == REQUESTS
