@@ -84,10 +84,14 @@ def _basis_checks() -> list[_Query]:
             "cross.inconsistent_demographics",
             "error",
             "age or sex differs from another basis record of the episode",
-            f"""EXISTS (
-                SELECT 1 FROM shared_basis AS b
-                WHERE {_same_episode("b")} AND b.record_id IS DISTINCT FROM i.record_id
-                  AND (b.age IS DISTINCT FROM i.age OR b.sex IS DISTINCT FROM i.sex))""",
+            # A join in an uncorrelated IN, not a correlated EXISTS: DuckDB decorrelates EXISTS by
+            # grouping the incoming rows on every column it compares (0.53 s of the 0.7 s this
+            # check took on 1M rows; the join takes 0.15 s).
+            """i.row_index IN (
+                SELECT n.row_index FROM incoming AS n JOIN all_basis AS b
+                  ON b.provider_orgnr = n.provider_orgnr AND b.episode_id = n.episode_id
+                WHERE b.record_id IS DISTINCT FROM n.record_id
+                  AND (b.age IS DISTINCT FROM n.age OR b.sex IS DISTINCT FROM n.sex))""",
         ),
         _failure(
             "cross.overlapping_inpatient",
@@ -198,16 +202,6 @@ def check(
                 UNION ALL
                 SELECT record_id, episode_id, provider_orgnr, patient_key, intake_date, age, sex,
                        treatment_type FROM incoming"""
-            )
-            # The basis records of episodes with more than one: only their rows can differ from
-            # another record of the episode (a 1M-row file with one record per episode: the
-            # demographics check 0.68 s → 0.1 s).
-            connection.execute(
-                """CREATE TEMP VIEW shared_basis AS
-                SELECT b.* FROM all_basis AS b SEMI JOIN (
-                    SELECT provider_orgnr, episode_id FROM all_basis
-                    GROUP BY provider_orgnr, episode_id HAVING count(*) > 1
-                ) AS s USING (provider_orgnr, episode_id)"""
             )
         else:
             connection.execute("CREATE TEMP VIEW stored_basis AS SELECT * FROM stored_basis_all")
