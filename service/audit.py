@@ -9,7 +9,6 @@ or an upload's content stay out of the log, and so do pseudonyms and record valu
 import logging
 import queue
 import threading
-import time
 from collections import OrderedDict
 from typing import Any, Final
 
@@ -64,6 +63,7 @@ class AuditWriter:
         self.engine = engine
         self.queue: queue.Queue[AuditRow | None] = queue.Queue()
         self.closed = False
+        self.closing = threading.Event()
         self.thread = threading.Thread(target=self._run, name="kvarus-audit", daemon=True)
         self.thread.start()
 
@@ -81,6 +81,7 @@ class AuditWriter:
         if self.closed:
             return
         self.closed = True
+        self.closing.set()
         self.queue.put(None)
         # Bounded: a catalog that hangs must not hang the shutdown; the alarm names the count.
         self.thread.join(timeout=30)
@@ -98,21 +99,26 @@ class AuditWriter:
     def _run(self) -> None:
         stopping = False
         while not stopping:
+            batch: list[AuditRow] = []
             item = self.queue.get()
             taken = 1
-            batch: list[AuditRow] = []
-            deadline = time.monotonic() + self.LINGER
-            while item is not None:
+            if item is None:
+                stopping = True
+            else:
                 batch.append(item)
-                remaining = deadline - time.monotonic()
-                if len(batch) >= self.BATCH or remaining <= 0:
-                    break
+                # More rows queue up meanwhile; `close()` ends the wait. Not a get with a
+                # timeout per row: that woke this thread (and took the GIL) on every request.
+                self.closing.wait(self.LINGER)
+            while not stopping and len(batch) < self.BATCH:
                 try:
-                    item = self.queue.get(timeout=remaining)
+                    item = self.queue.get_nowait()
                 except queue.Empty:
                     break
                 taken += 1
-            stopping = item is None
+                if item is None:
+                    stopping = True
+                else:
+                    batch.append(item)
             try:
                 if batch:
                     self._write(batch)
