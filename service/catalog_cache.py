@@ -10,7 +10,8 @@ value changes whenever any other connection, of this process or another, commits
 (https://www.sqlite.org/pragma.html#pragma_data_version). The check reads the WAL index in
 shared memory (microseconds, on the event loop); any change drops everything remembered, and the
 next question is asked again. The audit writer's commits count as changes too: under load the
-answers are read again a few times a second, still a small fraction of the requests. The version
+answers are read again after each of its batches (one per 50 ms at most), a small fraction of
+the requests. The version
 is read before the answers, so an answer is never older than the version it is kept under.
 Other databases (PostgreSQL) have no such check: there the questions stay per request, on the
 catalog threads (`service.deps`).
