@@ -25,8 +25,9 @@ from service.routers import audit, health, indicators, releases, uploads
 from service.settings import Settings
 
 API_PREFIX = "/api/v1"
-# Threads for the per-request catalog look-ups (API key, served release): fewer than the
-# engine's pool (SQLAlchemy's default: 5 connections), so each reuses a pooled connection.
+# Threads for the per-request catalog look-ups the catalog cache does not answer (OIDC tokens;
+# API keys and served releases on PostgreSQL): fewer than the engine's pool (SQLAlchemy's
+# default: 5 connections), so each reuses a pooled connection.
 CATALOG_THREADS: Final = 4
 
 logger = logging.getLogger("kvarus.api")
