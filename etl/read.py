@@ -11,10 +11,12 @@ a record (a file without its header row), so such names are not echoed either.
 """
 
 import csv
+import os
 import re
 import zipfile
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, Final
@@ -425,6 +427,22 @@ def _numeric_type(kind: pa.DataType) -> bool:
 # --- common ---------------------------------------------------------------------------------------
 
 
+def _clean(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A column as stripped text, an empty value as null.
+
+    Chunks stay as the CSV reader made them: combining them copied the file's text (0.3 s for 1M
+    rows).
+    """
+    if values.type != pa.string():
+        values = pc.cast(values, pa.string())
+    stripped = pc.utf8_trim_whitespace(values)
+    empty = pc.equal(stripped, "")
+    # if_else copies the whole column: only pay for it where a blank cell exists.
+    if pc.any(empty).as_py():
+        stripped = pc.if_else(empty, pa.scalar(None, pa.string()), stripped)
+    return stripped
+
+
 def _finish(
     names: list[str],
     columns: Sequence[pa.Array | pa.ChunkedArray],
@@ -437,17 +455,10 @@ def _finish(
     The columns at the positions in `numeric` were numbers in the source: their fields carry
     `etl.privacy.NUMERIC_SOURCE`, so the privacy guard restores the leading zero a number drops.
     """
-    # Chunks as the CSV reader made them: combining them copied the file's text (0.3 s for 1M rows).
-    cleaned: list[pa.Array | pa.ChunkedArray] = []
-    for values in columns:
-        if values.type != pa.string():
-            values = pc.cast(values, pa.string())
-        stripped = pc.utf8_trim_whitespace(values)
-        empty = pc.equal(stripped, "")
-        # if_else copies the whole column: only pay for it where a blank cell exists.
-        if pc.any(empty).as_py():
-            stripped = pc.if_else(empty, pa.scalar(None, pa.string()), stripped)
-        cleaned.append(stripped)
+    # Arrow's kernels release the GIL: the columns are cleaned on every core (1M basis rows:
+    # 0.24 s → 0.13 s on 2 cores).
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        cleaned = list(pool.map(_clean, columns))
     marked = numeric or set()
     schema = pa.schema(
         [

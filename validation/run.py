@@ -546,7 +546,7 @@ def _failing_rows(
     frame_rows: int,
 ) -> np.ndarray[Any, np.dtype[np.int64]]:
     """The file's rows whose frame row failed (ascending)."""
-    if rows_of is None:
+    if rows_of is None or len(failing) == 0:
         return failing
     hit = np.zeros(frame_rows, dtype=bool)
     hit[failing] = True
