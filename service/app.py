@@ -51,13 +51,26 @@ def warm_aggregates(settings: Settings, engine: Engine) -> None:
         logger.info("aggregate warm-up skipped: %s", error.title)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API over one data directory; refuses to start without a proper pseudonym key."""
-    settings = settings or Settings()
+def start_up_checks(settings: Settings) -> tuple[Engine, OidcVerifier]:
+    """Every check a start-up makes, each raising `ConfigurationError`: the pseudonym key, the
+    OIDC settings, the catalog (its engine, tables created). The catalog's engine and the OIDC
+    verifier are returned for the app.
+
+    `create_app` runs them, and so does `kvarus serve --workers N` before any worker starts: a
+    worker failing them would exit, and uvicorn's supervisor restart it, forever.
+    """
     # Raises ConfigurationError outside demo mode without a proper key: uploads re-key pseudonyms
     # and aggregates derive their cell keys from it, so the service is useless (and unsafe) without.
+    # First: nothing is created (not even the catalog) for a service that may not start.
     settings.key_bytes()
-    engine = make_engine(settings)
+    oidc = OidcVerifier(settings)  # an issuer without a JWKS URL is refused (no network here)
+    return make_engine(settings), oidc
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API over one data directory; refuses to start on any failed `start_up_checks`."""
+    settings = settings or Settings()
+    engine, oidc = start_up_checks(settings)
     audit_writer = AuditWriter(engine)
     catalog_threads = ThreadPoolExecutor(CATALOG_THREADS, thread_name_prefix="kvarus-catalog")
     catalog_cache = CatalogCache.of(engine)
@@ -96,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.audit = audit_writer
     app.state.catalog_threads = catalog_threads
     app.state.catalog_cache = catalog_cache
-    app.state.oidc = OidcVerifier(settings)
+    app.state.oidc = oidc
     errors.install(app)
     app.add_middleware(AuditMiddleware)
     app.include_router(health.router)

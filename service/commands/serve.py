@@ -22,20 +22,20 @@ def run_server(
     """Build the app (refusing a missing or demo pseudonym key first) and serve it.
 
     With several workers each process builds its app from the environment, which `config`
-    was read from (`kvarus serve`); the key is refused and the catalog's tables created here,
-    once, before any worker starts.
+    was read from (`kvarus serve`). Every start-up check (`start_up_checks`: key, OIDC settings,
+    catalog) runs here first, once, before any worker starts: a worker that fails to build its
+    app exits, and uvicorn's supervisor would start it again, forever.
     """
     import uvicorn
 
-    from service.app import create_app
-    from service.database import make_engine
+    from service.app import create_app, start_up_checks
 
     if workers == 1:
         application = create_app(config)  # raises ConfigurationError before binding
         uvicorn.run(application, host=host, port=port, log_level="info")
         return
-    config.key_bytes()
-    make_engine(config).dispose()
+    engine, _ = start_up_checks(config)  # raises ConfigurationError before any worker starts
+    engine.dispose()
     uvicorn.run(
         "service.app:create_app",
         factory=True,

@@ -37,6 +37,31 @@ def test_workers_refuse_a_missing_key_before_starting(settings: Settings) -> Non
     assert not (settings.data_dir / "catalog.sqlite3").exists()  # refused before anything
 
 
+def test_workers_refuse_bad_oidc_settings_before_starting(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Had a worker found it, uvicorn's supervisor would restart the failing worker forever.
+    import uvicorn
+
+    def started(*_: object, **__: object) -> None:
+        raise AssertionError("uvicorn started")
+
+    monkeypatch.setattr(uvicorn, "run", started)
+    env: dict[str, str | None] = {
+        "KVARUS_DATA_DIR": str(settings.data_dir),
+        "KVARUS_PSEUDONYM_KEY": TEST_KEY,
+        "KVARUS_OIDC_ISSUER": "https://login.example",
+        "KVARUS_OIDC_AUDIENCE": "kvarus",
+        "KVARUS_OIDC_JWKS_URL": None,  # unset
+    }
+    result = CliRunner().invoke(cli, ["serve", "--workers", "2"], env=env)
+    assert result.exit_code == 2  # a configuration error
+    assert result.output == (
+        "Configuration error: KVARUS_OIDC_JWKS_URL is required with an OIDC issuer\n"
+    )
+    assert not (settings.data_dir / "catalog.sqlite3").exists()  # refused before the catalog
+
+
 @pytest.mark.slow
 def test_two_workers_audit_every_request(
     app: FastAPI, publish: ReleaseWriter, settings: Settings
