@@ -29,10 +29,9 @@ Atomicity protocol (a load commits fully or leaves no trace, even under SIGKILL)
 
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -124,9 +123,10 @@ def load_file(
     if loaded_upload(session, sha256, form.value) is not None:
         return _duplicate(session, upload)
 
-    # 1. Read and validate: no side effects. Meanwhile another core re-keys the pseudonyms: the
-    # HMAC loop holds the GIL, but the suite's Arrow kernels do not (1M basis rows: validation and
-    # re-keying 1.5 s one after the other, 1.1 s side by side).
+    # 1. Read and validate: no side effects. Meanwhile another core re-keys the pseudonyms, until
+    # the cross-record checks are done: the HMAC loop holds the GIL, but the suite's Arrow kernels
+    # and DuckDB do not (1M basis rows: validation and re-keying 1.5 s one after the other, 1.1 s
+    # side by side).
     validation: _Validation | None = None
     keys: Future[pa.Array] | None = None
     with ThreadPoolExecutor(max_workers=1) as rekeying:
@@ -159,46 +159,47 @@ def load_file(
             session.commit()
             raise LoadFailed(detail) from None
 
-    # 2-5. Write, under the locks.
-    with warehouse.writing():
-        repair_interrupted(session, warehouse)
-        if loaded_upload(session, sha256, form.value) is not None:
-            # The same file finished loading while this one waited for the locks.
-            return _duplicate(session, upload)
-        upload.status = "running"
-        upload.started_at = datetime.now(UTC)
-        session.add(upload)
-        session.commit()  # step 4: the running row must outlive this process
-        assert upload.id is not None
-        try:
-            if form is Form.OPTOUT:
-                _optout(typed, warehouse=warehouse, session=session, key=key, upload=upload)
-            else:
-                _store(
-                    typed, validation, form, warehouse=warehouse,
-                    patient_key=None if keys is None else keys.result(), upload=upload,
-                    report=report,
-                )  # fmt: skip
-            report("written", upload.rows_accepted)
-            upload.status = "loaded"
-            upload.finished_at = datetime.now(UTC)
-            session.add(upload)
-            session.add(_validation_run(upload, validation))
-            session.commit()
-        except BaseException as error:
-            # Undo at once what a kill would leave for the next writer: ours is the only
-            # `running` row while we hold the locks.
-            session.rollback()
+        # 2-5. Write, under the locks.
+        with warehouse.writing():
             repair_interrupted(session, warehouse)
-            if isinstance(error, KvarusError) or not isinstance(error, Exception):
-                raise
-            # A storage engine's message may quote a record value: keep only the error's type.
-            detail = f"The load failed while writing ({type(error).__name__}); nothing was stored"
-            upload.error = detail
+            if loaded_upload(session, sha256, form.value) is not None:
+                # The same file finished loading while this one waited for the locks.
+                return _duplicate(session, upload)
+            upload.status = "running"
+            upload.started_at = datetime.now(UTC)
             session.add(upload)
-            session.commit()
-            raise LoadFailed(detail) from None
-    return upload
+            session.commit()  # step 4: the running row must outlive this process
+            assert upload.id is not None
+            try:
+                if form is Form.OPTOUT:
+                    _optout(typed, warehouse=warehouse, session=session, key=key, upload=upload)
+                else:
+                    _store(
+                        typed, validation, form, warehouse=warehouse, keys=keys, upload=upload,
+                        report=report,
+                    )  # fmt: skip
+                report("written", upload.rows_accepted)
+                upload.status = "loaded"
+                upload.finished_at = datetime.now(UTC)
+                session.add(upload)
+                session.add(_validation_run(upload, validation))
+                session.commit()
+            except BaseException as error:
+                # Undo at once what a kill would leave for the next writer: ours is the only
+                # `running` row while we hold the locks.
+                session.rollback()
+                repair_interrupted(session, warehouse)
+                if isinstance(error, KvarusError) or not isinstance(error, Exception):
+                    raise
+                # A storage engine's message may quote a record value: keep only the error's type.
+                detail = (
+                    f"The load failed while writing ({type(error).__name__}); nothing was stored"
+                )
+                upload.error = detail
+                session.add(upload)
+                session.commit()
+                raise LoadFailed(detail) from None
+        return upload
 
 
 class LoadFailed(KvarusError):
@@ -295,44 +296,40 @@ def stage(typed: pa.Table, form: Form, *, patient_key: pa.Array | None, upload_i
     return pa.table({name: columns[name] for name in schema.names}).cast(schema)
 
 
-@dataclass(frozen=True)
-class _Split:
-    accepted: pa.Table
-    quarantined: pa.Table  # quarantine rows (one per row × check)
-    rows_quarantined: int
+def _failures(
+    typed: pa.Table, form: Form, row_failures: pa.Table, warehouse: Warehouse
+) -> tuple[pa.Table, np.ndarray[Any, np.dtype[np.bool_]]]:
+    """The row-level errors (FAILURE_SCHEMA) of the suite and of the cross-record checks, and
+    which rows have one.
 
-
-def _split(
-    staged: pa.Table, form: Form, row_failures: pa.Table, warehouse: Warehouse, upload_id: int
-) -> _Split:
-    """Separate accepted rows from rows with a row-level error (suite or cross-record)."""
+    The cross-record errors read no `patient_key`, so they are checked on the typed rows while
+    the keys are still being computed; without the pseudonym, which never reaches DuckDB (a
+    query may spill to disk).
+    """
     failed = row_failures.filter(pc.equal(row_failures.column("severity"), "error"))
     failed = failed.select(FAILURE_SCHEMA.names).cast(FAILURE_SCHEMA)
-    bad = np.zeros(staged.num_rows, dtype=bool)
+    bad = np.zeros(typed.num_rows, dtype=bool)
     bad[failed.column("row_index").to_numpy()] = True
+    if form is Form.NPR_COUNTS or bad.all():
+        return failed, bad
     candidates_index = np.flatnonzero(~bad)
-    candidates = staged if failed.num_rows == 0 else staged.take(pa.array(candidates_index))
-    if form is not Form.NPR_COUNTS and candidates.num_rows > 0:
-        cross = _cross_check(candidates, form, warehouse)
-        cross = pa.concat_tables(
-            [
-                cross.select(FAILURE_SCHEMA.names).cast(FAILURE_SCHEMA),
-                _other_provider(candidates, form, warehouse),
-            ]
+    incoming = typed.drop_columns([n for n in typed.column_names if n == PSEUDONYM_COLUMN])
+    candidates = incoming if failed.num_rows == 0 else incoming.take(pa.array(candidates_index))
+    cross = _cross_check(candidates, form, warehouse)
+    cross = pa.concat_tables(
+        [
+            cross.select(FAILURE_SCHEMA.names).cast(FAILURE_SCHEMA),
+            _other_provider(candidates, form, warehouse),
+        ]
+    )
+    if cross.num_rows > 0:
+        original = candidates_index[cross.column("row_index").to_numpy()]
+        cross = cross.set_column(
+            cross.schema.get_field_index("row_index"), "row_index", pa.array(original)
         )
-        if cross.num_rows > 0:
-            local = cross.column("row_index").to_numpy()
-            original = candidates_index[local]
-            cross = cross.set_column(
-                cross.schema.get_field_index("row_index"), "row_index", pa.array(original)
-            )
-            failed = pa.concat_tables(
-                [failed, cross.select(FAILURE_SCHEMA.names).cast(FAILURE_SCHEMA)]
-            )
-            bad[original] = True
-    accepted = staged if not bad.any() else staged.filter(pa.array(~bad))
-    quarantined = quarantine_rows(form, upload_id, staged, failed)
-    return _Split(accepted, quarantined, int(bad.sum()))
+        failed = pa.concat_tables([failed, cross.select(FAILURE_SCHEMA.names).cast(FAILURE_SCHEMA)])
+        bad[original] = True
+    return failed, bad
 
 
 def _other_provider(incoming: pa.Table, form: Form, warehouse: Warehouse) -> pa.Table:
@@ -368,22 +365,25 @@ def _store(
     form: Form,
     *,
     warehouse: Warehouse,
-    patient_key: pa.Array | None,
+    keys: Future[pa.Array] | None,
     upload: Upload,
     report: Progress,
 ) -> None:
     assert upload.id is not None
+    failed, bad = _failures(typed, form, validation.row_failures, warehouse)
+    report("checked", int((~bad).sum()))
+    patient_key = None if keys is None else keys.result()
     staged = stage(typed, form, patient_key=patient_key, upload_id=upload.id)
     report("staged", staged.num_rows)
-    split = _split(staged, form, validation.row_failures, warehouse, upload.id)
-    report("checked", split.accepted.num_rows)
-    counts = warehouse.write(form, split.accepted, upload_id=upload.id)
-    warehouse.append_quarantine(split.quarantined, upload_id=upload.id)
-    report("stored", split.accepted.num_rows)
-    upload.rows_accepted = split.accepted.num_rows
-    upload.rows_quarantined = split.rows_quarantined
+    accepted = staged if not bad.any() else staged.filter(pa.array(~bad))
+    quarantined = quarantine_rows(form, upload.id, staged, failed)
+    counts = warehouse.write(form, accepted, upload_id=upload.id)
+    warehouse.append_quarantine(quarantined, upload_id=upload.id)
+    report("stored", accepted.num_rows)
+    upload.rows_accepted = accepted.num_rows
+    upload.rows_quarantined = int(bad.sum())
     upload.rows_superseded = counts.superseded
-    if form is Form.BASIS and split.accepted.num_rows > 0:
+    if form is Form.BASIS and accepted.num_rows > 0:
         _release_held(warehouse, upload.id)
 
 
