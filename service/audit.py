@@ -9,6 +9,8 @@ or an upload's content stay out of the log, and so do pseudonyms and record valu
 import logging
 import queue
 import threading
+import time
+import traceback
 from collections import OrderedDict
 from typing import Any, Final
 
@@ -47,9 +49,23 @@ class AuditWriter:
     connection per in-flight request and exhausted the pool under 50 concurrent clients (the
     benchmark found it). Rows are plain dicts inserted with one executemany per batch: building
     ORM objects and flushing them through the unit of work cost more CPU (and GIL) than the
-    requests themselves. `flush()` waits until every queued row is committed; the audit route
-    calls it, so the registry always reads a complete log. `close()` (at app shutdown) commits
-    everything queued before it returns; a row submitted after that is written synchronously.
+    requests themselves.
+
+    What is guaranteed:
+    - `flush()` returns once every row this writer was given before the call is committed (or,
+      after a failed retry, dropped with an alarm in the log); rows submitted meanwhile do not
+      delay it. It is this process's writer only: with `kvarus serve --workers N` each worker
+      has its own, so a read of the log (the audit route flushes first) holds every request this
+      worker answered before, while another worker's rows may still be up to `LINGER` plus a
+      commit behind.
+    - `close()` (at app shutdown) commits everything queued before it returns; a row submitted
+      after that is written synchronously.
+    - A batch whose write fails is tried once more after `RETRY_AFTER`; failing again, it is
+      dropped and the alarm logged (counts and the error's class, never a row).
+    - Crash window: a row waits in memory up to `LINGER` and its batch's commit before it is in
+      the catalog (longer while the catalog is slow, or a failed batch awaits its retry). A
+      process killed outright (SIGKILL, the OOM killer, power loss) loses the rows it held;
+      SIGTERM and SIGINT run the shutdown, which commits them.
     """
 
     # Rows per transaction: one commit (one fsync on SQLite) per batch instead of per request.
@@ -58,63 +74,113 @@ class AuditWriter:
     # ~8 µs per row: taking only what was queued, 2,000 requests/s made batches of a few rows,
     # ~80 µs per request. Each commit also makes the catalog cache read the catalog again.
     LINGER: Final = 0.05
+    # A failed batch is tried again after this back-off (SQLite: the engine already waited 30 s
+    # on a lock; a second attempt outlives a passing I/O error or a restarted database server).
+    RETRY_AFTER: Final = 1.0
+    # The longest `flush()` waits: a catalog that hangs must not hang the audit route forever.
+    FLUSH_TIMEOUT: Final = 30.0
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.queue: queue.Queue[AuditRow | None] = queue.Queue()
         self.closed = False
-        self.closing = threading.Event()
+        # Rows are numbered as they are queued (1, 2, ...) and committed in that order, so one
+        # number says how far the log is: `committed` rows are written (or dropped, alarmed).
+        # `flush()` waits for the number it took; `wanted` is the highest number a flush awaits.
+        self.progress = threading.Condition(threading.Lock())
+        self.submitted = 0
+        self.committed = 0
+        self.wanted = 0
+        # Cuts a batch's linger short: set by `close()`, and by `flush()` until it is served.
+        self.hurry = threading.Event()
         self.thread = threading.Thread(target=self._run, name="kvarus-audit", daemon=True)
         self.thread.start()
 
     def submit(self, row: AuditRow) -> None:
-        if self.closed:
-            self._write([row])
-        else:
-            self.queue.put(row)
+        # Numbered and queued under one lock: the queue's order is the numbers' order.
+        with self.progress:
+            if not self.closed:
+                self.submitted += 1
+                self.queue.put(row)
+                return
+        self._write([row])
 
     def flush(self) -> None:
-        self.queue.join()
+        """Wait until every row submitted before this call is committed (or dropped)."""
+        with self.progress:
+            target = self.submitted
+            if self.committed >= target or self.closed:
+                return  # after close() the rows were committed, later ones written at once
+            self.wanted = max(self.wanted, target)
+            self.hurry.set()
+            done = self.progress.wait_for(
+                lambda: self.committed >= target, timeout=self.FLUSH_TIMEOUT
+            )
+            behind = target - self.committed
+        if not done:
+            logger.error(
+                "audit flush gave up after %.0f s: %d rows behind", self.FLUSH_TIMEOUT, behind
+            )
 
     def close(self) -> None:
         """Commit every queued row and stop the writer (idempotent)."""
-        if self.closed:
-            return
-        self.closed = True
-        self.closing.set()
-        self.queue.put(None)
+        with self.progress:
+            if self.closed:
+                return
+            self.closed = True
+            self.queue.put(None)
+        self.hurry.set()
         # Bounded: a catalog that hangs must not hang the shutdown; the alarm names the count.
         self.thread.join(timeout=30)
         if self.thread.is_alive():
             logger.error("%d audit rows were not written before shutdown", self.queue.qsize())
 
+    def _insert(self, batch: list[AuditRow]) -> None:
+        with session_scope(self.engine) as session:
+            session.connection().execute(insert(AuditEvent), batch)
+
     def _write(self, batch: list[AuditRow]) -> None:
+        """Insert `batch` in one transaction, tried twice; never raises."""
+        # Errors are logged by class and frames: a driver's message can quote the parameters.
         try:
-            with session_scope(self.engine) as session:
-                session.connection().execute(insert(AuditEvent), batch)
-        except Exception:
-            # An audit row that cannot be written is an operational alarm; the writer goes on.
-            logger.exception("%d audit rows could not be written", len(batch))
+            self._insert(batch)
+            return
+        except Exception as error:
+            logger.warning(
+                "%d audit rows could not be written (%s); retrying in %.0f s\n%s",
+                len(batch),
+                type(error).__name__,
+                self.RETRY_AFTER,
+                "".join(traceback.format_tb(error.__traceback__)),
+            )
+        time.sleep(self.RETRY_AFTER)
+        try:
+            self._insert(batch)
+        except Exception as error:
+            # An operational alarm; the writer goes on with the next batch.
+            logger.error(
+                "%d audit rows could not be written (%s); dropped",
+                len(batch),
+                type(error).__name__,
+            )
 
     def _run(self) -> None:
         stopping = False
         while not stopping:
             batch: list[AuditRow] = []
             item = self.queue.get()
-            taken = 1
             if item is None:
                 stopping = True
             else:
                 batch.append(item)
-                # More rows queue up meanwhile; `close()` ends the wait. Not a get with a
-                # timeout per row: that woke this thread (and took the GIL) on every request.
-                self.closing.wait(self.LINGER)
+                # More rows queue up meanwhile; `flush()` and `close()` end the wait. Not a get
+                # with a timeout per row: that woke this thread (and took the GIL) every request.
+                self.hurry.wait(self.LINGER)
             while not stopping and len(batch) < self.BATCH:
                 try:
                     item = self.queue.get_nowait()
                 except queue.Empty:
                     break
-                taken += 1
                 if item is None:
                     stopping = True
                 else:
@@ -123,8 +189,12 @@ class AuditWriter:
                 if batch:
                     self._write(batch)
             finally:
-                for _ in range(taken):
-                    self.queue.task_done()
+                # Written or dropped (alarmed), the rows are done: a flush must not wait forever.
+                with self.progress:
+                    self.committed += len(batch)
+                    if self.committed >= self.wanted and not self.closed:
+                        self.hurry.clear()
+                    self.progress.notify_all()
 
 
 class AuditMiddleware:

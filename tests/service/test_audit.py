@@ -1,6 +1,8 @@
 """The audit writer: nothing queued is lost at shutdown, and the middleware's rows."""
 
+import logging
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -90,6 +92,93 @@ class TestAuditWriter:
         assert not writer.thread.is_alive()
         assert batches == [3]
         assert [e.route for e in stored(app)] == [f"/together/{n}" for n in range(3)]
+
+    def test_flush_under_steady_load_returns_with_every_earlier_row(
+        self, app: FastAPI, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # A linger of a minute: only flush() cutting it short can write the rows in time.
+        monkeypatch.setattr(AuditWriter, "LINGER", 60.0)
+        writer = AuditWriter(app.state.engine)
+        submitted = 0
+        stop = threading.Event()
+
+        def feed() -> None:
+            # The queue is never empty: waiting for an empty queue would wait until `stop`.
+            nonlocal submitted
+            while not stop.is_set():
+                writer.submit(row(f"/steady/{submitted}"))
+                submitted += 1
+                time.sleep(0.0005)
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        try:
+            while submitted < 50:
+                time.sleep(0.001)
+            before = submitted  # rows /steady/0 .. before-1 were submitted before the flush
+            flusher = threading.Thread(target=writer.flush)
+            flusher.start()
+            flusher.join(timeout=20)  # a bound, not a speed: flush() itself gives up after 30 s
+            assert not flusher.is_alive(), "flush() waited for an empty queue"
+            routes = {e.route for e in stored(app)}
+            assert {f"/steady/{n}" for n in range(before)} <= routes
+        finally:
+            stop.set()
+            feeder.join()
+            writer.close()
+        assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+        assert len(stored(app)) == submitted  # and close() committed the rest
+
+    def test_failed_write_is_retried_once(
+        self, app: FastAPI, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        monkeypatch.setattr(AuditWriter, "RETRY_AFTER", 0.0)
+        writer = AuditWriter(app.state.engine)
+        attempts: list[int] = []
+        original: Callable[[list[AuditRow]], None] = writer._insert
+
+        def fails_once(batch: list[AuditRow]) -> None:
+            attempts.append(len(batch))
+            if len(attempts) == 1:
+                raise RuntimeError("database is locked")
+            original(batch)
+
+        monkeypatch.setattr(writer, "_insert", fails_once)
+        writer.submit(row("/retried"))
+        writer.flush()
+        assert attempts == [1, 1]
+        assert [e.route for e in stored(app)] == ["/retried"]
+        assert [r.levelno for r in caplog.records if r.name == "kvarus.audit"] == [logging.WARNING]
+        writer.close()
+
+    def test_batch_failing_twice_is_dropped_and_flush_still_returns(
+        self, app: FastAPI, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        monkeypatch.setattr(AuditWriter, "RETRY_AFTER", 0.0)
+        writer = AuditWriter(app.state.engine)
+        attempts: list[int] = []
+
+        def fails(batch: list[AuditRow]) -> None:
+            attempts.append(len(batch))
+            raise RuntimeError("disk I/O error")
+
+        original = writer._insert
+        monkeypatch.setattr(writer, "_insert", fails)
+        writer.submit(row("/lost"))
+        flusher = threading.Thread(target=writer.flush)
+        flusher.start()
+        flusher.join(timeout=20)
+        assert not flusher.is_alive(), "a failed batch left flush() waiting"
+        assert attempts == [1, 1]
+        assert stored(app) == []
+        alarms = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert alarms == ["1 audit rows could not be written (RuntimeError); dropped"]
+        # The writer goes on: the next row is written.
+        monkeypatch.setattr(writer, "_insert", original)
+        writer.submit(row("/next"))
+        writer.flush()
+        assert [e.route for e in stored(app)] == ["/next"]
+        writer.close()
 
     def test_app_shutdown_flushes_the_log(
         self, app: FastAPI, publish: ReleaseWriter, monkeypatch: pytest.MonkeyPatch
