@@ -23,7 +23,13 @@ def list_audit_events(
     route: Annotated[str | None, Query(max_length=200)] = None,
     status: Annotated[int | None, Query(ge=100, le=599)] = None,
 ) -> AuditPage:
-    """Who asked for what, newest first."""
+    """Who asked for what, newest first.
+
+    Every request this server process answered before this one is in the page. With several
+    worker processes (`kvarus serve --workers N`) another worker's latest requests (its last
+    ~50 ms, the audit writer's linger, plus a commit) may not be in it yet.
+    """
+    # This process's writer only: each worker has its own (see `service.audit.AuditWriter`).
     request.app.state.audit.flush()
     events, total = audit.query_events(
         session, limit=limit, offset=offset, subject=subject, route=route, status=status
