@@ -2,10 +2,14 @@
 
 Several workers (`--workers N`) share the port; each builds the app from the environment and
 writes its own audit rows (SQLite: a writer that finds the catalog locked waits up to the
-engine's 30 s busy timeout; WAL readers never wait). Read benchmark on two cores shared with
-its client (50 clients, 30 s): two workers answered 4,100-4,400 req/s against one's 2,330-2,530,
-median 11 against 20 ms, p99 27-34 against 24-26 ms. One worker stays the default: it meets
-the p99 target alone, and more pay only where the cores are the server's.
+engine's 30 s busy timeout; WAL readers rarely wait, the catalog cache's connection at most
+1 s, after which the request is answered 503). The audit route flushes only its own worker's
+rows: another worker's last ~50 ms of requests may not be in its answer yet.
+
+Read benchmark on two cores shared with its client (50 clients, 30 s): two workers answered
+4,100-4,400 req/s against one's 2,330-2,530, median 11 against 20 ms, p99 27-34 against
+24-26 ms. One worker stays the default: it meets the p99 target alone, and more pay only where
+the cores are the server's.
 """
 
 from typing import Annotated

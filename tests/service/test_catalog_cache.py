@@ -5,19 +5,23 @@ Changes are made as another process makes them: from a connection of their own, 
 running beside the API would).
 """
 
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from schemas.catalog import Release
 from schemas.errors import NotFound, Unauthorised
+from service import app as service_app
 from service import auth, catalog_cache, published
 from service.catalog_cache import CatalogCache
 from service.database import make_engine
@@ -170,6 +174,73 @@ class TestKeys:
         engine.dispose()
         with pytest.raises(Unauthorised, match="unknown or revoked API key"):
             cache.principal(key)
+
+
+class TestBusyCatalog:
+    """A catalog still locked after the cache's 1 s busy timeout: 503, and the next request
+    asks again on a new connection."""
+
+    # A record value in the failing statement's parameters: it must not reach the answer.
+    PSEUDONYM = "P0001234"
+
+    def assert_unavailable(self, answer: Any) -> None:
+        assert answer.status_code == 503
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.json() == {
+            "type": "https://kvarus.example/problems/unavailable",
+            "title": "Service unavailable",
+            "status": 503,
+            "detail": "the catalog is busy; try again",
+            "instance": RESULTS,
+        }
+        assert self.PSEUDONYM not in answer.text
+
+    def test_locked_query(
+        self, app: FastAPI, publish: ReleaseWriter, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        publish(1)
+        cache: CatalogCache = app.state.catalog_cache
+        original = published.served_releases
+
+        def locked(*_: Any) -> list[int]:
+            raise OperationalError(
+                "SELECT number FROM release WHERE pseudonym = ?",
+                (self.PSEUDONYM,),
+                sqlite3.OperationalError("database is locked"),
+            )
+
+        monkeypatch.setattr(published, "served_releases", locked)
+        monkeypatch.setattr(service_app, "warm_aggregates", lambda *_: None)  # asks it too
+        with TestClient(app, raise_server_exceptions=False) as client:
+            self.assert_unavailable(client.get(RESULTS))
+            assert cache._connection is None  # dropped: the next request connects again
+            monkeypatch.setattr(published, "served_releases", original)
+            answer = client.get(RESULTS, params={"indicator": "plan"})
+            assert answer.status_code == 200
+            assert answer.json()["release"] == 1
+
+    def test_locked_version_check(self, app: FastAPI, publish: ReleaseWriter) -> None:
+        publish(1)
+        cache: CatalogCache = app.state.catalog_cache
+        closed: list[bool] = []
+
+        def locked_cursor() -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+        with TestClient(app, raise_server_exceptions=False) as client:
+            assert client.get(RESULTS, params={"indicator": "plan"}).status_code == 200
+            cache.close()
+            # The cache's connection fails on `PRAGMA data_version` as a locked database would.
+            cache._connection = SimpleNamespace(  # type: ignore[assignment]
+                connection=SimpleNamespace(dbapi_connection=SimpleNamespace(cursor=locked_cursor)),
+                close=lambda: closed.append(True),
+            )
+            self.assert_unavailable(client.get(RESULTS))
+            assert closed == [True]
+            assert cache._connection is None
+            answer = client.get(RESULTS, params={"indicator": "plan"})
+            assert answer.status_code == 200
+            assert answer.json()["release"] == 1
 
 
 def test_other_databases_have_no_cache() -> None:
