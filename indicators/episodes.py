@@ -88,7 +88,8 @@ class Release:
 
     def materialise(self, table: ir.Table, step: str = "table") -> ir.Table:
         """A table several queries read, computed once (DuckDB: a temporary table; Spark plans
-        it into each job). Dropped by `release`."""
+        it into each job). Dropped by `drop` (early, its memory wanted by later queries) or
+        else by `release`."""
         if self.engine != "duckdb":
             return table
         name = f"kvarus_table_{self._created}"

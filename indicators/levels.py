@@ -310,11 +310,21 @@ def patient_levels(
     cell and patient (a patient's two episodes in one cell are two rows), split by the
     patient's rows in the year.
 
+    Each row is first given its patient's number of rows in the year (`rows`) and largest `num`
+    (`patient_num`), in the backend (a window), and the result materialised.
+
     A patient with a single row in a year counts once at each level above that row's cell, so
     those patients are counted per cell in the backend and rolled up in Arrow as sums (exact).
-    The patients with several rows in a year (a second provider, unit, home HF or episode) need
-    the distinct count per level, grouped by level and patient in the backend. The two parts
-    are disjoint sets of (year, patient), so their counts add up."""
+    The patients with several rows in a year (a second provider, unit, home HF or episode):
+    - caregiver nation: the backend counts their rows per (year, rows, patient_num); in Arrow a
+      year's patients are the sum of count / rows, its numerator that of the counts with
+      patient_num above 0 (`_nation_of_several`);
+    - caregiver hf: in Arrow, the caregiver provider rows of the providers that are themselves
+      HFs (`_public_hfs`: an HF's caregiver patients are its own provider's);
+    - every other level: joined to the organisations, materialised (the first materialised table
+      dropped), then the distinct count per level grouped by level and patient in the backend.
+    The two parts are disjoint sets of (year, patient): their counts are summed per (year,
+    context, level, orgnr, unit_code) in Arrow."""
     patient = [c for c in rows.columns if c not in (*CELL, "num")]
     # Each row with its patient's number of rows in the year: a window count, measured against
     # grouping per (year, patient) and semi-joining the rows back (10.8 s CPU against 14.2 +
