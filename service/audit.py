@@ -57,7 +57,7 @@ class AuditWriter:
       delay it. It is this process's writer only: with `kvarus serve --workers N` each worker
       has its own, so a read of the log (the audit route flushes first) holds every request this
       worker answered before, while another worker's rows may still be up to `LINGER` plus a
-      commit behind.
+      commit behind (longer while its writes are slow or a failed batch awaits its retry).
     - `close()` (at app shutdown) commits everything queued before it returns; a row submitted
       after that is written synchronously.
     - A batch whose write fails is tried once more after `RETRY_AFTER`; failing again, it is
@@ -119,7 +119,7 @@ class AuditWriter:
             behind = target - self.committed
         if not done:
             logger.error(
-                "audit flush gave up after %.0f s: %d rows behind", self.FLUSH_TIMEOUT, behind
+                "audit flush gave up after %g s: %d rows behind", self.FLUSH_TIMEOUT, behind
             )
 
     def close(self) -> None:

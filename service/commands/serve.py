@@ -4,7 +4,8 @@ Several workers (`--workers N`) share the port; each builds the app from the env
 writes its own audit rows (SQLite: a writer that finds the catalog locked waits up to the
 engine's 30 s busy timeout; WAL readers rarely wait, the catalog cache's connection at most
 1 s, after which the request is answered 503). The audit route flushes only its own worker's
-rows: another worker's last ~50 ms of requests may not be in its answer yet.
+rows: another worker's last ~50 ms of requests (more while its writes are slow or retried) may
+not be in its answer yet.
 
 Read benchmark on two cores shared with its client (50 clients, 30 s): two workers answered
 4,100-4,400 req/s against one's 2,330-2,530, median 11 against 20 ms, p99 27-34 against

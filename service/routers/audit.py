@@ -27,7 +27,8 @@ def list_audit_events(
 
     Every request this server process answered before this one is in the page. With several
     worker processes (`kvarus serve --workers N`) another worker's latest requests (its last
-    ~50 ms, the audit writer's linger, plus a commit) may not be in it yet.
+    ~50 ms, the audit writer's linger, plus a commit; longer while its writes are slow or
+    retried) may not be in it yet.
     """
     # This process's writer only: each worker has its own (see `service.audit.AuditWriter`).
     request.app.state.audit.flush()

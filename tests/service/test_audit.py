@@ -180,6 +180,22 @@ class TestAuditWriter:
         assert [e.route for e in stored(app)] == ["/next"]
         writer.close()
 
+    def test_flush_gives_up_on_a_hung_catalog(
+        self, app: FastAPI, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        monkeypatch.setattr(AuditWriter, "FLUSH_TIMEOUT", 0.1)
+        writer = AuditWriter(app.state.engine)
+        started, release = held_writes(writer, monkeypatch)
+        writer.submit(row("/held"))
+        writer.submit(row("/held"))
+        assert started.wait(timeout=30)
+        writer.flush()  # returns, though the batch is still held
+        alarms = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert alarms == ["audit flush gave up after 0.1 s: 2 rows behind"]
+        release.set()
+        writer.close()
+        assert [e.route for e in stored(app)] == ["/held", "/held"]
+
     def test_app_shutdown_flushes_the_log(
         self, app: FastAPI, publish: ReleaseWriter, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -242,6 +242,29 @@ class TestBusyCatalog:
             assert answer.status_code == 200
             assert answer.json()["release"] == 1
 
+    def test_locked_key_look_up(
+        self, app: FastAPI, headers: dict[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        cache: CatalogCache = app.state.catalog_cache
+
+        def locked(*_: Any) -> auth.Principal:
+            raise OperationalError(
+                "SELECT id FROM apiclient WHERE key_prefix = ?",
+                (self.PSEUDONYM,),
+                sqlite3.OperationalError("database is locked"),
+            )
+
+        original = catalog_cache.principal_from_key
+        monkeypatch.setattr(catalog_cache, "principal_from_key", locked)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            self.assert_unavailable(client.get(RESULTS, headers=headers["registry"]))
+            assert cache._connection is None
+            monkeypatch.setattr(catalog_cache, "principal_from_key", original)
+            # Asked again on a new connection: the key is known (no release yet: 404).
+            answer = client.get(RESULTS, headers=headers["registry"])
+            assert answer.status_code == 404
+            assert answer.json()["detail"] == "no release has been published yet"
+
 
 def test_other_databases_have_no_cache() -> None:
     assert CatalogCache.of(create_engine(POSTGRES_URL)) is None
