@@ -53,11 +53,12 @@ class AuditWriter:
 
     What is guaranteed:
     - `flush()` returns once every row this writer was given before the call is committed (or,
-      after a failed retry, dropped with an alarm in the log); rows submitted meanwhile do not
-      delay it. It is this process's writer only: with `kvarus serve --workers N` each worker
-      has its own, so a read of the log (the audit route flushes first) holds every request this
-      worker answered before, while another worker's rows may still be up to `LINGER` plus a
-      commit behind (longer while its writes are slow or a failed batch awaits its retry).
+      after a failed retry, dropped with an alarm in the log), or after `FLUSH_TIMEOUT` with
+      an error logged (a hung catalog); rows submitted meanwhile do not delay it. It is this
+      process's writer only: with `kvarus serve --workers N` each worker has its own, so a read
+      of the log (the audit route flushes first) holds every request this worker answered
+      before, while another worker's rows may still be up to `LINGER` plus a commit behind
+      (longer while its writes are slow or a failed batch awaits its retry).
     - `close()` (at app shutdown) commits everything queued before it returns; a row submitted
       after that is written synchronously.
     - A batch whose write fails is tried once more after `RETRY_AFTER`; failing again, it is
@@ -65,7 +66,7 @@ class AuditWriter:
     - Crash window: a row waits in memory up to `LINGER` and its batch's commit before it is in
       the catalog (longer while the catalog is slow, or a failed batch awaits its retry). A
       process killed outright (SIGKILL, the OOM killer, power loss) loses the rows it held;
-      SIGTERM and SIGINT run the shutdown, which commits them.
+      SIGTERM and SIGINT run the shutdown, which commits them (waiting 30 s at most).
     """
 
     # Rows per transaction: one commit (one fsync on SQLite) per batch instead of per request.
