@@ -129,7 +129,8 @@ def load_file(
     # side by side).
     validation: _Validation | None = None
     keys: Future[pa.Array] | None = None
-    with ThreadPoolExecutor(max_workers=1) as rekeying:
+    rekeying = ThreadPoolExecutor(max_workers=1)
+    try:  # not `with`: an early answer (rejected, duplicate) need not wait for the keys
         try:
             raw = read_extract(path, form)
             upload.rows_read = raw.num_rows
@@ -200,6 +201,8 @@ def load_file(
                 session.commit()
                 raise LoadFailed(detail) from None
         return upload
+    finally:
+        rekeying.shutdown(wait=False, cancel_futures=True)
 
 
 class LoadFailed(KvarusError):

@@ -167,7 +167,8 @@ def _stored(existing: Mapping[Form, pa.Table], form: Form) -> pa.Table:
 def check(
     incoming: pa.Table, form: Form, existing: Mapping[Form, pa.Table], *, warnings: bool = True
 ) -> pa.Table:
-    """Failing rows of `incoming` (typed, with `patient_key`) against the `existing` tables.
+    """Failing rows of `incoming` (typed; with `patient_key` unless `warnings=False`) against the
+    `existing` tables.
 
     `warnings=False` leaves out the checks of severity `warning`: the loader quarantines errors
     only, and `cross.overlapping_inpatient` took 1.1 s of a 1M-row basis load for nothing. Only

@@ -3,6 +3,7 @@
 import hashlib
 import hmac
 import json
+import threading
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 from etl.generate.register import generate_register
-from etl.load import LoadFailed, load_file
+from etl.load import LoadFailed, load_file, patient_keys
 from etl.privacy import is_identity_number
 from etl.read import read_extract
 from etl.warehouse import QUARANTINE, Warehouse
@@ -169,6 +170,33 @@ def test_fatal_check_rejects_the_file_and_writes_nothing_but_the_ledger(
     assert not (warehouse.root / "basis").exists()
     statuses = session.exec(select(Upload.status)).all()
     assert list(statuses) == ["rejected"]
+
+
+def test_a_rejected_file_is_answered_without_waiting_for_its_keys(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The re-keying thread is still at work when the suite rejects the file: the answer must
+    # not wait for keys it will not use.
+    release = threading.Event()
+    finished: list[bool] = []
+
+    def slow_keys(pseudonyms: Any, key: bytes) -> Any:
+        release.wait(timeout=30)
+        finished.append(True)
+        return patient_keys(pseudonyms, key)
+
+    monkeypatch.setattr("etl.load.patient_keys", slow_keys)
+    rows = [episode_row(Form.BASIS, 1, "P-SECRET"), episode_row(Form.BASIS, 1, "P-SECRET")]
+    try:
+        upload = _load(write_extract(Form.BASIS, rows), Form.BASIS, warehouse, session, key)
+        assert upload.status == "rejected"
+        assert finished == []
+    finally:
+        release.set()
 
 
 @pytest.mark.parametrize("column", ["unit_code", "provider_orgnr"])

@@ -229,6 +229,11 @@ def test_without_warnings_only_the_errors_are_checked() -> None:
     assert _failures(check(table, Form.BASIS, _existing(), warnings=False)) == [
         (0, "b8", "cross.inconsistent_demographics", "error")
     ]
+    # The loader checks before the keys exist: without warnings no patient_key is needed.
+    keyless = table.drop_columns(["patient_key"])
+    assert _failures(check(keyless, Form.BASIS, _existing(), warnings=False)) == [
+        (0, "b8", "cross.inconsistent_demographics", "error")
+    ]
 
 
 def test_another_patient_never_overlaps() -> None:
