@@ -47,7 +47,7 @@ class Principal:
 ANONYMOUS: Final = Principal(subject="anonymous", role="anonymous")
 
 
-def _hash_key(key: str) -> str:
+def hash_key(key: str) -> str:
     # SHA-256 without salt or stretching is enough here: the key is 32 random bytes
     # (token_urlsafe(32), 256 bits), so neither a dictionary nor brute force over the hash is
     # feasible; slow password hashes exist for low-entropy, human-chosen secrets.
@@ -68,7 +68,7 @@ def create_key(
     prefix = secrets.token_hex(4)
     key = f"{KEY_MARK}{prefix}_{secrets.token_urlsafe(32)}"
     client = ApiClient(
-        name=name, key_prefix=prefix, key_hash=_hash_key(key), role=role, provider_orgnr=provider
+        name=name, key_prefix=prefix, key_hash=hash_key(key), role=role, provider_orgnr=provider
     )
     session.add(client)
     session.flush()
@@ -102,7 +102,7 @@ def principal_from_key(connection: Connection, key: str) -> Principal:
     if len(parts) != 2 or len(parts[0]) != 8:
         raise Unauthorised("malformed API key")
     candidates = connection.execute(_ACTIVE_CLIENTS, {"prefix": parts[0]}).all()
-    digest = _hash_key(key)
+    digest = hash_key(key)
     for client_id, key_hash, role, provider in candidates:
         if hmac.compare_digest(key_hash, digest):
             return Principal(subject=f"key:{client_id}", role=role, provider=provider)

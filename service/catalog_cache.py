@@ -21,7 +21,6 @@ A catalog still busy or locked after `BUSY_TIMEOUT_SECONDS` is a 503 (`ServiceUn
 connection and everything remembered are dropped, and the next request asks again.
 """
 
-import hashlib
 import logging
 import sqlite3
 import threading
@@ -32,7 +31,7 @@ from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.pool import StaticPool
 
 from service import published
-from service.auth import Principal, principal_from_key
+from service.auth import Principal, hash_key, principal_from_key
 from service.errors import ServiceUnavailable
 
 logger = logging.getLogger("kvarus.api")
@@ -91,7 +90,7 @@ class CatalogCache:
 
         Unknown and revoked keys are not remembered: a flood of wrong keys cannot fill memory.
         """
-        digest = hashlib.sha256(key.encode()).hexdigest()
+        digest = hash_key(key)  # the form the catalog stores: no plain key in memory
         with self._lock:
             try:
                 connection = self._checked()
