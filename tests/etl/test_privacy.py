@@ -3,10 +3,11 @@
 import hashlib
 import hmac
 import re
+from typing import Any
 
 import pyarrow as pa
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etl import privacy
@@ -194,3 +195,55 @@ def test_a_file_name_holding_an_identity_number_is_withheld() -> None:
     assert privacy.safe_filename("basis_2024-10.csv") == "basis_2024-10.csv"
     # Eleven digits that fail the check digits are an ordinary name.
     assert privacy.safe_filename("basis_01010750161.csv") == "basis_01010750161.csv"
+
+
+@pytest.mark.parametrize("child_process", [False, True])
+def test_rekey_in_a_child_process_or_not_gives_the_stdlib_keys(child_process: bool) -> None:
+    # Chunked and sliced input (Arrow offsets that do not start at 0), nulls, empty and long values.
+    values = ["P-0001", None, "Pasient Øst", "", "x" * 300, "P-0001"]
+    array = pa.chunked_array([["skipped", *values[:2]], values[2:]]).combine_chunks().slice(1)
+    keys = rekey(array, b"k" * 32, child_process=child_process)
+    expected = [
+        None if v is None else hmac.new(b"k" * 32, v.encode(), hashlib.sha256).hexdigest()
+        for v in values
+    ]
+    assert keys.type == pa.string()
+    assert keys.to_pylist() == expected
+    assert rekey(pa.array([], pa.string()), b"k", child_process=child_process).to_pylist() == []
+
+
+def test_a_failed_rekeying_child_is_an_error_that_names_no_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(privacy.sys, "executable", "/bin/false")
+    with pytest.raises(RuntimeError) as caught:
+        rekey(pa.array(["P-secret-0001"]), b"k" * 32, child_process=True)
+    assert str(caught.value) == "The re-keying process failed (exit status 1)"
+
+
+def test_rekey_uses_the_child_process_from_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = privacy._child_digests
+
+    def counting(key: bytes, offsets: Any, data: memoryview, count: int) -> bytes:
+        calls.append(count)
+        return real(key, offsets, data, count)
+
+    monkeypatch.setattr(privacy, "_child_digests", counting)
+    monkeypatch.setattr(privacy, "CHILD_PROCESS_FROM", 3)
+    rekey(pa.array(["a", "b"]), b"k")
+    assert calls == []
+    keys = rekey(pa.array(["a", "b", "c"]), b"k")
+    assert calls == [3]
+    assert keys[2].as_py() == hmac.new(b"k", b"c", hashlib.sha256).hexdigest()
+
+
+@settings(max_examples=15, deadline=None)  # a child process per example
+@given(st.binary(min_size=1, max_size=200), st.lists(st.one_of(st.none(), st.text(max_size=20))))
+def test_rekey_in_a_child_process_agrees_with_stdlib_hmac(
+    key: bytes, values: list[str | None]
+) -> None:
+    expected = [
+        None if v is None else hmac.new(key, v.encode(), hashlib.sha256).hexdigest() for v in values
+    ]
+    assert rekey(pa.array(values, pa.string()), key, child_process=True).to_pylist() == expected
