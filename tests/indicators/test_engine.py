@@ -587,3 +587,18 @@ def test_duckdb_spills_to_a_temporary_directory_removed_after_the_run() -> None:
         assert spill.is_dir()
         assert not spill.resolve().is_relative_to(Path.cwd().resolve())
     assert not spill.exists()
+
+
+def test_study_year_by_year_at_the_turn_of_the_year(tiny: Factory) -> None:
+    """DuckDB counts patients one year at a time, selected by a date range: the records of 31
+    December and 1 January fall in their own years, each counted once."""
+    release = tiny()
+    release.basis("k1", intake="2022-12-31", patient="K", clinical_study_id="S1")
+    release.measurement("k1", on="2023-01-01", patient="K")
+    release.discharge("k1", on="2023-12-31", patient="K")
+    release.basis("l1", intake="2023-01-01", patient="L")
+    rows = run(release, "study")
+    assert counts(pick(rows, "study", 2022, "provider", BERGEN)) == (1, 1)
+    assert counts(pick(rows, "study", 2023, "provider", BERGEN)) == (0, 2)
+    assert counts(pick(rows, "study", 2023, "nation", NATION)) == (0, 2)
+    assert {r["year"] for r in rows if r["indicator_id"] == "study"} == {2022, 2023}
