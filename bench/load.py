@@ -150,7 +150,7 @@ def main() -> None:
     print(f"generated {args.rows:,} rows, {size / 1e6:.0f} MB in {took:.1f} s")
 
     baselines = []
-    for run in range(args.runs):
+    for _ in range(args.runs):
         started = time.perf_counter()
         baseline_table = pacsv.read_csv(csv_path, parse_options=pacsv.ParseOptions(delimiter=";"))
         pq.write_table(baseline_table, work / "baseline.parquet")
@@ -169,7 +169,8 @@ def main() -> None:
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     print(f"load average {load}")
     print(
-        f"rows/s: {args.rows / best:,.0f} best, {args.rows / typical:,.0f} median (target >= 200,000)"
+        f"rows/s: {args.rows / best:,.0f} best, {args.rows / typical:,.0f} median "
+        "(target >= 200,000)"
     )
     print(
         f"ratio to baseline: {best / min(baselines):.2f}x best to best, "
