@@ -246,6 +246,7 @@ def _child_digests(
         input=job,
         capture_output=True,
         check=False,
+        env={},  # not this process's environment, which may hold KVARUS_PSEUDONYM_KEY
     )
     if worker.returncode != 0 or len(worker.stdout) != 32 * count:
         raise RuntimeError(f"The re-keying process failed (exit status {worker.returncode})")
