@@ -392,8 +392,11 @@ def _store(
 
 
 def _release_held(warehouse: Warehouse, upload_id: int) -> int:
-    """Rows held for `cross.no_intake` whose intake has now arrived are re-checked and stored."""
-    quarantine = warehouse.read(QUARANTINE)
+    """Rows held for `cross.no_intake` whose intake has now arrived are re-checked and stored.
+
+    The quarantine is read without its `values` (each row's JSON, most of its bytes); only the
+    rows to release are read whole."""
+    quarantine = warehouse.read(QUARANTINE, columns=["form", "record_id", "episode_id", "check"])
     if quarantine.num_rows == 0:
         return 0
     held = quarantine.filter(pc.equal(quarantine.column("check"), NO_INTAKE))
@@ -404,7 +407,9 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
     blocked = set(
         zip(other.column("form").to_pylist(), other.column("record_id").to_pylist(), strict=False)
     )
-    basis_episodes = pc.unique(warehouse.table(Form.BASIS, ["episode_id"]).column("episode_id"))
+    basis_episodes = warehouse.stored_values(
+        Form.BASIS, "episode_id", held.column("episode_id")
+    ).combine_chunks()
     released = 0
     for form in (Form.MEASUREMENT, Form.DISCHARGE, Form.FOLLOWUP):
         rows = held.filter(
@@ -420,7 +425,8 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
         rows = rows.filter(pa.array(keep, pa.bool_()))
         if rows.num_rows == 0:
             continue
-        staged = values_table(rows.column("values").to_pylist(), staged_schema(form))
+        values = warehouse.quarantined_values(form, NO_INTAKE, rows.column("record_id"))
+        staged = values_table(values.to_pylist(), staged_schema(form))
         failures = _cross_check(staged, form, warehouse)
         bad = np.zeros(staged.num_rows, dtype=bool)
         bad[failures.column("row_index").to_numpy()] = True

@@ -319,6 +319,44 @@ class Warehouse:
             commit_properties=_commit(upload_id),
         )
 
+    def stored_values(
+        self, form: Form, column: str, values: pa.Array | pa.ChunkedArray
+    ) -> pa.ChunkedArray:
+        """Those of `values` that a stored form's `column` holds (distinct), without reading the
+        whole column into memory."""
+        if column not in schema_of(form.value).names:
+            raise ValueError(f"{column!r} is not a column of {form.value}")
+        files = self.files(form.value)
+        if not files or len(values) == 0:
+            return pa.chunked_array([], schema_of(form.value).field(column).type)
+        with duckdb_connection() as connection:
+            connection.register("wanted", pa.table({"value": values}))
+            result = connection.sql(
+                f'SELECT DISTINCT t."{column}" AS value '  # noqa: S608 (a schema column name)
+                "FROM read_parquet($files, hive_partitioning=true) AS t "
+                f'WHERE t."{column}" IN (SELECT value FROM wanted)',
+                params={"files": files},
+            ).to_arrow_table()
+        return result.column("value").cast(schema_of(form.value).field(column).type)
+
+    def quarantined_values(
+        self, form: Form, check: str, record_ids: pa.Array | pa.ChunkedArray
+    ) -> pa.ChunkedArray:
+        """The `values` (JSON) of the quarantine rows of `form` held by `check` with these
+        record ids, in quarantine order."""
+        files = self.files(QUARANTINE)
+        if not files or len(record_ids) == 0:
+            return pa.chunked_array([], pa.string())
+        with duckdb_connection() as connection:
+            connection.register("wanted", pa.table({"record_id": record_ids}))
+            result = connection.sql(
+                'SELECT q."values" FROM read_parquet($files, hive_partitioning=true) AS q '
+                'WHERE q.form = $form AND q."check" = $check '
+                "AND q.record_id IN (SELECT record_id FROM wanted)",
+                params={"files": files, "form": form.value, "check": check},
+            ).to_arrow_table()
+        return result.column("values").cast(pa.string())
+
     def release_quarantined(
         self, form: Form, record_ids: Iterable[str], *, upload_id: int | None
     ) -> int:

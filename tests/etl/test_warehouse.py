@@ -158,3 +158,37 @@ def test_writes_keep_the_last_value_of_every_record(
     stored = warehouse.table(Form.BASIS).sort_by("record_id")
     assert stored.column("record_id").to_pylist() == sorted(model)
     assert stored.column("age").to_pylist() == [model[i] for i in sorted(model)]
+
+
+def test_quarantined_values_are_those_of_the_form_check_and_record_ids_asked(
+    tmp_path: Path,
+) -> None:
+    warehouse = Warehouse(tmp_path / "warehouse")
+    warehouse.ensure()
+    assert warehouse.quarantined_values(Form.BASIS, "age.range", pa.array(["1"])).to_pylist() == []
+    rows = _rows(["1", "2", "3"], [30, 40, 50], 1)
+    failures = pa.table(
+        {
+            "row_index": pa.array([0, 1, 2], pa.int64()),
+            "check": ["age.range", "age.range", "sex.code"],
+            "reason": ["r", "r", "r"],
+            "severity": ["error"] * 3,
+        }
+    )
+    warehouse.append_quarantine(quarantine_rows(Form.BASIS, 1, rows, failures), upload_id=1)
+    found = warehouse.quarantined_values(Form.BASIS, "age.range", pa.array(["2", "3", "9"]))
+    assert [json.loads(v)["age"] for v in found.to_pylist()] == [40]  # "3" is held by sex.code
+    other_form = warehouse.quarantined_values(Form.MEASUREMENT, "age.range", pa.array(["2"]))
+    assert other_form.to_pylist() == []
+
+
+def test_stored_values_are_the_asked_values_a_column_holds(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "warehouse")
+    warehouse.ensure()
+    asked = pa.array(["e-1", "e-3", "e-3", "e-9"])
+    assert warehouse.stored_values(Form.BASIS, "episode_id", asked).to_pylist() == []
+    warehouse.write(Form.BASIS, _rows(["1", "2", "3"], [30, 40, 50], 1), upload_id=1)
+    found = warehouse.stored_values(Form.BASIS, "episode_id", asked)
+    assert sorted(found.to_pylist()) == ["e-1", "e-3"]
+    with pytest.raises(ValueError, match="not a column"):
+        warehouse.stored_values(Form.BASIS, 'episode_id" OR 1=1 --', asked)
