@@ -7,7 +7,7 @@ by the finest cell (year, provider, unit, home HF), and medians one query of cou
 the levels are rolled up from those small results in Arrow (`indicators.levels`). Distinct-patient
 indicators are grouped per level in the backend, first in the run (their large temporary tables
 are dropped before the episode indicators materialise theirs; on DuckDB one year at a time,
-`_patients`), with patients identified on
+`_patients`, over integer codes of the cells), with patients identified on
 DuckDB by two 64-bit hashes of patient_key (`patient_columns`). The final statistics (Wilson
 intervals, funnel signals, target levels, suppression, previous year) run in numpy over the small
 aggregate.
@@ -71,6 +71,7 @@ from indicators.levels import (
     CELL,
     LEVELS,
     Organisations,
+    coded_patient_levels,
     patient_levels,
     roll_up_coverage,
     roll_up_medians,
@@ -324,17 +325,21 @@ def _patient_rows(
 
 
 def _patient_years(definition: IndicatorDefinition, release: Release) -> ir.Table:
-    """The years of a patient indicator's rows (before its conditions: a year of no population
-    rows gives no result rows)."""
+    """The (year, provider_orgnr, unit_code) of a patient indicator's rows, before its
+    conditions (a year of no population rows gives no result rows; the pairs are those
+    `coded_patient_levels` codes)."""
     if _record_patient_rows(definition, release) is not None:
+        columns = ["_year", "provider_orgnr", "unit_code"]
         parts = [
-            _with_year(release.records(form), definition.year_column).select("_year")
+            _with_year(release.records(form), definition.year_column).select(*columns)
             for form in ANY_FORMS
         ]
         table = ibis.union(*parts, distinct=False)
     else:
         table = _with_year(_source(definition, release), definition.year_column)
-    return table.select(year=table._year).distinct()
+    return table.select(
+        year=table._year, provider_orgnr=table.provider_orgnr, unit_code=table.unit_code
+    ).distinct()
 
 
 def _npr(release: Release) -> ir.Table:
@@ -491,20 +496,24 @@ def _patients(
     `patient_levels` has the year, so the years' results are disjoint and concatenated): on the
     10M-episode bench the study indicator's 18.65M rows did not fit the memory limit at once and
     spilled 2.5 GB; year by year (the largest 6.2M rows) the run took 38.8 s instead of 59.6 s
-    (the study steps about 21 s instead of 42 s). Spark takes every year in one plan."""
-    years: list[int | None] = [None]
-    if release.engine == "duckdb":
-        found = fetch(_patient_years(definition, release), f"years {definition.id}")
-        years = sorted(found["year"].to_pylist())
+    (the study steps about 21 s instead of 42 s). Spark takes every year in one plan, and
+    `patient_levels` (DuckDB `coded_patient_levels`, with the (provider, unit) pairs of the
+    years' query)."""
+    steps = (release.materialise, release.drop, fetch)
+    if release.engine != "duckdb":
+        rows = _patient_rows(definition, release)
+        return patient_levels(rows, definition, organisations, *steps)
+    found = fetch(_patient_years(definition, release), f"years {definition.id}")
+    pairs = (
+        found.select(["provider_orgnr", "unit_code"])
+        .group_by(["provider_orgnr", "unit_code"], use_threads=False)
+        .aggregate([])
+    )
     parts = []
-    for year in years:
+    for year in sorted(set(found["year"].to_pylist())):
         rows = _patient_rows(definition, release, year)
         mark = release.materialised()
-        parts.append(
-            patient_levels(
-                rows, definition, organisations, release.materialise, release.drop, fetch
-            )
-        )
+        parts.append(coded_patient_levels(rows, pairs, definition, organisations, *steps))
         release.release(keep=mark)
     return pa.concat_tables(parts) if parts else AGGREGATE_SCHEMA.empty_table()
 

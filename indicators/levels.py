@@ -3,9 +3,10 @@
 The engine aggregates each indicator once at the finest cell (year, provider, unit, home HF)
 and rolls the small result up here: counts and sums add up exactly, so the caregiver and resident
 levels are sums over cells (medians from counts per value). Distinct patients do not add up (a
-patient treated by two providers of one HF counts once there): those levels are grouped in the
-backend, from one materialised table of the patients' rows per cell, each with the patient's
-number of rows in the year (`patient_levels`).
+patient treated by two providers of one HF counts once there): the patients whose rows lie in one
+cell are counted per cell and rolled up as sums, the other patients' levels are grouped in the
+backend (`coded_patient_levels` on DuckDB, over integer cell codes; `patient_levels` on Spark,
+splitting by the patient's number of rows in the year).
 
 Levels (engine.py documents the rules): caregiver unit, provider, hf (providers that are HFs), rhf
 (a private provider rolls up to its RHF), nation; resident: the episode's home HF, its RHF and the
@@ -306,9 +307,9 @@ def patient_levels(
     drop: Any,
     fetch: Any,
 ) -> pa.Table:
-    """Distinct patients per level: rows (CELL, the patient's columns, num), one or more per
-    cell and patient (a patient's two episodes in one cell are two rows), split by the
-    patient's rows in the year.
+    """Distinct patients per level (the Spark path; DuckDB takes `coded_patient_levels`): rows
+    (CELL, the patient's columns, num), one or more per cell and patient (a patient's two
+    episodes in one cell are two rows), split by the patient's rows in the year.
 
     Each row is first given its patient's number of rows in the year (`rows`) and largest `num`
     (`patient_num`), in the backend (a window), and the result materialised.
@@ -394,7 +395,12 @@ def patient_levels(
         parts.append(fetch(union, "patient levels (several rows)").cast(AGGREGATE_SCHEMA))
         if ("caregiver", "hf") in levels:
             parts.append(_public_hfs(parts[-1], organisations))
-    several_levels = _concat(parts)
+    return _summed(counted, _concat(parts))
+
+
+def _summed(counted: pa.Table, several_levels: pa.Table) -> pa.Table:
+    """The counts of one-cell (or one-row) patients and those of the others, summed per (year,
+    context, level, orgnr, unit_code): disjoint sets of patients."""
     both = pa.concat_tables([counted, several_levels])
     keys = ["year", "context", "level", "orgnr", "unit_code"]
     summed = both.group_by(keys, use_threads=False).aggregate(
@@ -477,3 +483,254 @@ def _backend_keys(table: ir.Table, context: str, level: str) -> tuple[ir.Value, 
 
 def _concat(parts: list[pa.Table]) -> pa.Table:
     return pa.concat_tables(parts) if parts else AGGREGATE_SCHEMA.empty_table()
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """Integer codes of the finest cells of distinct-patient rows: cell = pair × (H + 1) +
+    home + 1, where pair is the index of (provider_orgnr, unit_code) in `pairs` and home the
+    index of the home HF among the hierarchy's HFs (H of them), or -1 for a missing home HF or
+    one that is not an HF of the hierarchy (such rows are in no resident level, so one code for
+    all of them counts exactly). `orgnrs` are the organisations the level keys index."""
+
+    pairs: pa.Table
+    homes: list[str]
+    orgnrs: list[str]
+
+    @classmethod
+    def of(cls, pairs: pa.Table, organisations: Organisations) -> _Cells:
+        homes = list(organisations.homes)
+        orgnrs: set[str] = {NATION_ORGNR, *homes}
+        for provider in pairs["provider_orgnr"].to_pylist():
+            if provider is not None:
+                orgnrs.add(provider)
+                orgnrs.update(o for o in organisations.providers.get(provider, ()) if o)
+        for hf, rhf in organisations.homes.values():
+            orgnrs.update(o for o in (hf, rhf) if o)
+        return cls(pairs, homes, sorted(orgnrs))
+
+    @property
+    def width(self) -> int:
+        return len(self.homes) + 1
+
+    def coded(self, rows: ir.Table, patient: list[str]) -> ir.Table:
+        """Rows (CELL, patient, num) as (year, patient, cell, num): joined to two small look-ups
+        (every pair of the rows is in `pairs`)."""
+        pairs = ibis.memtable(
+            pa.table(
+                {
+                    "pair_provider": self.pairs["provider_orgnr"],
+                    "pair_unit": self.pairs["unit_code"],
+                    "pair": pa.array(range(self.pairs.num_rows), pa.int64()),
+                }
+            )
+        )
+        homes = ibis.memtable(
+            pa.table(
+                {
+                    "home_key": pa.array(self.homes, pa.string()),
+                    "home": pa.array(range(len(self.homes)), pa.int64()),
+                }
+            )
+        )
+        joined = rows.inner_join(
+            pairs,
+            [
+                rows.provider_orgnr.identical_to(pairs.pair_provider),
+                rows.unit_code.identical_to(pairs.pair_unit),
+            ],
+        )
+        joined = joined.left_join(homes, joined.home_hf_orgnr == homes.home_key)
+        cell = joined.pair * self.width + joined.home.fill_null(-1) + 1
+        return joined.select("year", *patient, cell=cell, num=joined.num)
+
+    def decoded(self, cells: pa.Table) -> pa.Table:
+        """Cells (year, cell, n, num) as (CELL, n, num, total)."""
+        cell = cells["cell"].to_numpy(zero_copy_only=False).astype(np.int64)
+        pair = pa.array(cell // self.width)
+        home = cell % self.width - 1
+        homes = pa.array(self.homes, pa.string()).take(pa.array(np.maximum(home, 0)))
+        return pa.table(
+            {
+                "year": cells["year"],
+                "provider_orgnr": self.pairs["provider_orgnr"].take(pair),
+                "unit_code": self.pairs["unit_code"].take(pair),
+                "home_hf_orgnr": pc.if_else(
+                    pa.array(home >= 0), homes, pa.scalar(None, pa.string())
+                ),
+                "n": cells["n"],
+                "num": cells["num"],
+                "total": pa.nulls(cells.num_rows, pa.int64()),
+            }
+        )
+
+    def level_keys(self, levels: list[tuple[str, str]], organisations: Organisations) -> pa.Table:
+        """Per cell code, its key at each level (`_LEVEL_KEY`; null where the cell is not in the
+        level): the pair index at the caregiver unit level, else the index in `orgnrs`."""
+        index = {orgnr: position for position, orgnr in enumerate(self.orgnrs)}
+        providers = self.pairs["provider_orgnr"].to_pylist()
+        cells = np.arange(self.pairs.num_rows * self.width, dtype=np.int64)
+        pair = cells // self.width
+        home = cells % self.width - 1
+        caregiver = [
+            organisations.providers.get(p, (None, None)) if p else (None, None) for p in providers
+        ]
+        resident = [organisations.homes[h] for h in self.homes]
+
+        def keys(context: str, level: str) -> list[int | None]:
+            if context == "caregiver":
+                if level == "unit":
+                    return [int(p) for p in pair]
+                if level == "provider":
+                    return [index.get(providers[p]) if providers[p] else None for p in pair]
+                if level == "rhf":
+                    return [index.get(caregiver[p][1] or "") for p in pair]
+                raise ValueError(level)
+            if level == "hf":
+                return [index[resident[h][0] or ""] if h >= 0 else None for h in home]
+            if level == "rhf":
+                return [index.get(resident[h][1] or "") if h >= 0 else None for h in home]
+            return [index[NATION_ORGNR] if h >= 0 else None for h in home]
+
+        columns = {"key_cell": pa.array(cells)}
+        for context, level in levels:
+            columns[_LEVEL_KEY[(context, level)]] = pa.array(keys(context, level), pa.int64())
+        return pa.table(columns)
+
+    def level_rows(self, grouped: pa.Table, levels: list[tuple[str, str]]) -> pa.Table:
+        """Grouped level keys (level, year, key, numerator, denominator) as aggregate rows."""
+        parts = []
+        orgnrs = pa.array(self.orgnrs, pa.string())
+        for position, (context, level) in enumerate(levels):
+            rows = grouped.filter(pc.equal(grouped["level"], position))
+            key = rows["key"]
+            if (context, level) == ("caregiver", "unit"):
+                orgnr = self.pairs["provider_orgnr"].take(key)
+                unit_code = self.pairs["unit_code"].take(key)
+            else:
+                orgnr = orgnrs.take(key)
+                unit_code = pa.nulls(rows.num_rows, pa.string())
+            parts.append(
+                _labelled(
+                    pa.table(
+                        {
+                            "year": rows["year"],
+                            "orgnr": orgnr,
+                            "unit_code": unit_code,
+                            "numerator": rows["numerator"],
+                            "denominator": rows["denominator"],
+                            "measure": pa.nulls(rows.num_rows, pa.float64()),
+                        }
+                    ),
+                    context,
+                    level,
+                )
+            )
+        return _concat(parts)
+
+
+# The level key columns of `_Cells.level_keys`, per level the backend groups.
+_LEVEL_KEY: Final = {
+    ("caregiver", "unit"): "key_unit",
+    ("caregiver", "provider"): "key_provider",
+    ("caregiver", "rhf"): "key_caregiver_rhf",
+    ("resident", "hf"): "key_resident_hf",
+    ("resident", "rhf"): "key_resident_rhf",
+    ("resident", "nation"): "key_resident_nation",
+}
+
+
+def coded_patient_levels(
+    rows: ir.Table,
+    pairs: pa.Table,
+    definition: IndicatorDefinition,
+    organisations: Organisations,
+    materialise: Any,
+    drop: Any,
+    fetch: Any,
+) -> pa.Table:
+    """`patient_levels` on integer cell codes (DuckDB), the same counts: rows (CELL, the
+    patient's columns, num) with `pairs` holding every (provider_orgnr, unit_code) of the rows.
+
+    Each row's cell is coded as one integer (`_Cells`) and the narrow rows materialised; then
+    per (year, patient) the largest num and the smallest and largest cell code. A patient whose
+    rows all lie in one cell (smallest = largest) counts once at each level above that cell:
+    those are counted per cell and rolled up in Arrow as sums. The others (several cells): their
+    distinct (cell, num) rows are materialised, the caregiver nation counted from the per-patient
+    rows and every other backend level grouped by level key and patient (the caregiver hf level:
+    the provider rows of public HFs). The two parts are disjoint sets of (year, patient) and
+    summed per (year, context, level, orgnr, unit_code).
+
+    On the 10M-episode bench, one year at a time, the study indicator's steps took 18 s instead
+    of 21.6 s with `patient_levels` (run 38.8 s -> 34.3 s): the reduced rows are 27 bytes wide
+    instead of three strings, a group-by replaces the window over (year, patient) and the
+    several-cell patients' rows are narrow."""
+    patient = [c for c in rows.columns if c not in (*CELL, "num")]
+    cells = _Cells.of(pairs, organisations)
+    coded = materialise(cells.coded(rows, patient), "patients (coded)")
+    per_patient = materialise(
+        coded.group_by("year", *patient).agg(
+            patient_num=coded.num.max(), first=coded.cell.min(), last=coded.cell.max()
+        ),
+        "patients (per patient)",
+    )
+    single = per_patient.filter(per_patient.first == per_patient.last)
+    single = single.group_by("year", cell=single.first).agg(
+        n=single.count().cast("int64"), num=single.patient_num.cast("int64").sum()
+    )
+    single_cells = cells.decoded(fetch(single, "patient cells (one cell)"))
+    counted = roll_up_sums(single_cells, definition, organisations)
+    several = per_patient.filter(per_patient.first != per_patient.last)
+    levels = levels_of(definition)
+    parts = []
+    if ("caregiver", "nation") in levels:
+        nation = several.group_by("year").agg(
+            n=several.count().cast("int64"), num=several.patient_num.cast("int64").sum()
+        )
+        nation = fetch(nation, "patient nation (several cells)")
+        count = nation.num_rows
+        parts.append(
+            _labelled(
+                pa.table(
+                    {
+                        "year": nation["year"],
+                        "orgnr": pa.array([NATION_ORGNR] * count, pa.string()),
+                        "unit_code": pa.nulls(count, pa.string()),
+                        "numerator": nation["num"],
+                        "denominator": nation["n"],
+                        "measure": pa.nulls(count, pa.float64()),
+                    }
+                ),
+                "caregiver",
+                "nation",
+            )
+        )
+    multi = coded.semi_join(several, ["year", *patient])
+    multi = materialise(
+        multi.group_by("year", *patient, "cell").agg(num=multi.num.max()),
+        "patients (several cells)",
+    )
+    drop(per_patient)
+    drop(coded)
+    grouped_levels = [pair for pair in levels if pair in _LEVEL_KEY]
+    if grouped_levels:
+        keys = ibis.memtable(cells.level_keys(grouped_levels, organisations))
+        table = multi.inner_join(keys, multi.cell == keys.key_cell)
+        union = []
+        for position, pair in enumerate(grouped_levels):
+            key = table[_LEVEL_KEY[pair]]
+            scoped = table.filter(key.notnull()).mutate(key=key)
+            distinct = scoped.group_by("year", "key", *patient).agg(num=scoped.num.max())
+            union.append(
+                distinct.group_by("year", "key")
+                .agg(
+                    numerator=distinct.num.cast("int64").sum(),
+                    denominator=distinct.count().cast("int64"),
+                )
+                .mutate(level=ibis.literal(position, "int8"))
+            )
+        grouped = fetch(ibis.union(*union, distinct=False), "patient levels (several cells)")
+        parts.append(cells.level_rows(grouped, grouped_levels))
+        if ("caregiver", "hf") in levels:
+            parts.append(_public_hfs(parts[-1], organisations))
+    return _summed(counted, _concat(parts))

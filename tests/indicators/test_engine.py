@@ -602,3 +602,26 @@ def test_study_year_by_year_at_the_turn_of_the_year(tiny: Factory) -> None:
     assert counts(pick(rows, "study", 2023, "provider", BERGEN)) == (0, 2)
     assert counts(pick(rows, "study", 2023, "nation", NATION)) == (0, 2)
     assert {r["year"] for r in rows if r["indicator_id"] == "study"} == {2022, 2023}
+
+
+def test_study_with_several_home_hfs_in_one_unit(tiny: Factory) -> None:
+    """Cells differ by home HF too: K's two Bergen U1 episodes (homes Bergen and Stavanger)
+    count once for the caregiver and once in each home HF; L's homes (not an HF, missing) put
+    no row in the resident context, and L counts once for the caregiver."""
+    release = tiny()
+    release.basis("k1", intake="2024-02-01", patient="K", clinical_study_id="S1")
+    release.basis("k2", intake="2024-06-01", patient="K", home_hf_orgnr=STAVANGER)
+    release.basis("l1", intake="2024-02-01", patient="L", home_hf_orgnr="999999999")
+    release.basis("l2", intake="2024-03-01", patient="L", home_hf_orgnr=None)
+    release.measurement("l2", on="2024-04-01", patient="L", clinical_study_id="S2")
+    rows = run(release, "study")
+    assert counts(pick(rows, "study", 2024, "unit", BERGEN, unit_code="U1")) == (2, 2)
+    assert counts(pick(rows, "study", 2024, "provider", BERGEN)) == (2, 2)
+    assert counts(pick(rows, "study", 2024, "rhf", HELSE_VEST)) == (2, 2)
+    assert counts(pick(rows, "study", 2024, "nation", NATION)) == (2, 2)
+    assert counts(pick(rows, "study", 2024, "hf", BERGEN, context="resident")) == (1, 1)
+    assert counts(pick(rows, "study", 2024, "hf", STAVANGER, context="resident")) == (0, 1)
+    assert counts(pick(rows, "study", 2024, "rhf", HELSE_VEST, context="resident")) == (1, 1)
+    assert counts(pick(rows, "study", 2024, "nation", NATION, context="resident")) == (1, 1)
+    resident = {r["orgnr"] for r in rows if r["context"] == "resident"}
+    assert resident == {BERGEN, STAVANGER, HELSE_VEST, NATION}
