@@ -394,8 +394,12 @@ def _store(
 def _release_held(warehouse: Warehouse, upload_id: int) -> int:
     """Rows held for `cross.no_intake` whose intake has now arrived are re-checked and stored.
 
-    The quarantine is read without its `values` (each row's JSON, most of its bytes); only the
-    rows to release are read whole."""
+    A record held more than once (re-sent while its intake was still missing) is released in its
+    latest version only (the highest upload id, per record_id and provider: a re-sent record
+    supersedes the earlier one), and never over a newer version already stored; the versions so
+    superseded leave the quarantine with it. The quarantine is read without its `values` (each
+    row's JSON, most of its bytes); only the held versions of the records concerned are read
+    whole."""
     quarantine = warehouse.read(QUARANTINE, columns=["form", "record_id", "episode_id", "check"])
     if quarantine.num_rows == 0:
         return 0
@@ -407,9 +411,11 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
     blocked = set(
         zip(other.column("form").to_pylist(), other.column("record_id").to_pylist(), strict=False)
     )
-    basis_episodes = warehouse.stored_values(
-        Form.BASIS, "episode_id", held.column("episode_id")
-    ).combine_chunks()
+    basis_episodes = pc.unique(
+        warehouse.select_in(
+            Form.BASIS.value, ["episode_id"], "episode_id", held.column("episode_id")
+        ).column("episode_id")
+    )
     released = 0
     for form in (Form.MEASUREMENT, Form.DISCHARGE, Form.FOLLOWUP):
         rows = held.filter(
@@ -418,29 +424,88 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
                 pc.is_in(held.column("episode_id"), value_set=basis_episodes),
             )
         )
-        keep = [
-            (form.value, record_id) not in blocked
-            for record_id in rows.column("record_id").to_pylist()
+        ids = [
+            record_id
+            for record_id in pc.unique(rows.column("record_id").drop_null()).to_pylist()
+            if (form.value, record_id) not in blocked
         ]
-        rows = rows.filter(pa.array(keep, pa.bool_()))
-        if rows.num_rows == 0:
+        if not ids:
             continue
-        values = warehouse.quarantined_values(form, NO_INTAKE, rows.column("record_id"))
-        staged = values_table(values.to_pylist(), staged_schema(form))
-        failures = _cross_check(staged, form, warehouse)
-        bad = np.zeros(staged.num_rows, dtype=bool)
+        record_ids = pa.array(ids, pa.string())
+        versions = warehouse.select_in(
+            QUARANTINE, ["upload_id", "values"], "record_id", record_ids,
+            where={"form": form.value, "check": NO_INTAKE},
+        )  # fmt: skip
+        staged = values_table(versions.column("values").to_pylist(), staged_schema(form))
+        stored = warehouse.select_in(
+            form.value, ["record_id", "provider_orgnr", "upload_id"], "record_id", record_ids
+        )
+        latest, superseded = _latest_versions(staged, versions.column("upload_id"), stored)
+        candidates = staged.filter(pa.array(latest))
+        failures = _cross_check(candidates, form, warehouse)
+        bad = np.zeros(candidates.num_rows, dtype=bool)
         bad[failures.column("row_index").to_numpy()] = True
         # Still held (not superseding another provider's record) until the sender resends it.
-        bad |= warehouse.stored_under_other_provider(form, staged).to_numpy(zero_copy_only=False)
-        passed = staged.filter(pa.array(~bad))
-        if passed.num_rows == 0:
-            continue
-        warehouse.write(form, passed, upload_id=upload_id)
-        warehouse.release_quarantined(
-            form, passed.column("record_id").to_pylist(), upload_id=upload_id
+        bad |= warehouse.stored_under_other_provider(form, candidates).to_numpy(
+            zero_copy_only=False
         )
+        passed = candidates.filter(pa.array(~bad))
+        if passed.num_rows > 0:
+            warehouse.write(form, passed, upload_id=upload_id)
+        gone = {
+            (record_id, provider)
+            for record_id, provider in zip(
+                passed.column("record_id").to_pylist(),
+                passed.column("provider_orgnr").to_pylist(),
+                strict=True,
+            )
+        }
+        done = [
+            (record_id, upload)
+            for record_id, provider, upload, old in zip(
+                staged.column("record_id").to_pylist(),
+                staged.column("provider_orgnr").to_pylist(),
+                versions.column("upload_id").to_pylist(),
+                superseded,
+                strict=True,
+            )
+            if old or (record_id, provider) in gone
+        ]
+        warehouse.release_quarantined(form, done, upload_id=upload_id)
         released += passed.num_rows
     return released
+
+
+def _latest_versions(
+    staged: pa.Table, uploads: pa.ChunkedArray, stored: pa.Table
+) -> tuple[list[bool], list[bool]]:
+    """Per held version (rows of `staged`, from the uploads `uploads`): whether it is its
+    record's latest version (per record_id and provider, against the other held versions and the
+    stored one), and whether a newer version is already stored (superseded for good)."""
+    stored_upload: dict[tuple[str, str], int] = {}
+    for record_id, provider, upload in zip(
+        stored.column("record_id").to_pylist(),
+        stored.column("provider_orgnr").to_pylist(),
+        stored.column("upload_id").to_pylist(),
+        strict=True,
+    ):
+        stored_upload[(record_id, provider)] = upload
+    keys = list(
+        zip(
+            staged.column("record_id").to_pylist(),
+            staged.column("provider_orgnr").to_pylist(),
+            strict=True,
+        )
+    )
+    newest_held: dict[tuple[str, str], int] = {}
+    for key, upload in zip(keys, uploads.to_pylist(), strict=True):
+        newest_held[key] = max(upload, newest_held.get(key, upload))
+    latest, superseded = [], []
+    for key, upload in zip(keys, uploads.to_pylist(), strict=True):
+        newer_stored = stored_upload.get(key, -1) > upload
+        superseded.append(newer_stored)
+        latest.append(upload == newest_held[key] and not newer_stored)
+    return latest, superseded
 
 
 def _optout(

@@ -25,7 +25,7 @@ SIGKILL, which the load protocol in `etl.load` relies on.
 
 import fcntl
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import date
@@ -319,59 +319,58 @@ class Warehouse:
             commit_properties=_commit(upload_id),
         )
 
-    def stored_values(
-        self, form: Form, column: str, values: pa.Array | pa.ChunkedArray
-    ) -> pa.ChunkedArray:
-        """Those of `values` that a stored form's `column` holds (distinct), without reading the
-        whole column into memory."""
-        if column not in schema_of(form.value).names:
-            raise ValueError(f"{column!r} is not a column of {form.value}")
-        files = self.files(form.value)
+    def select_in(
+        self,
+        table: str,
+        columns: Sequence[str],
+        column: str,
+        values: pa.Array | pa.ChunkedArray,
+        where: Mapping[str, str] | None = None,
+    ) -> pa.Table:
+        """The rows of a table's current files whose `column` is one of `values` (and whose
+        `where` columns equal the given texts), only `columns` of them: a look-up that does not
+        read the whole table into memory. Column names must be the table's; values are query
+        parameters."""
+        schema = schema_of(table)
+        where = dict(where or {})
+        for name in (*columns, column, *where):
+            if name not in schema.names:
+                raise ValueError(f"{name!r} is not a column of {table}")
+        result_schema = pa.schema([schema.field(name) for name in columns])
+        files = self.files(table)
         if not files or len(values) == 0:
-            return pa.chunked_array([], schema_of(form.value).field(column).type)
+            return result_schema.empty_table()
+        selected = ", ".join(f't."{name}"' for name in columns)
+        conditions = "".join(f' AND t."{name}" = ${name}' for name in where)
         with duckdb_connection() as connection:
             connection.register("wanted", pa.table({"value": values}))
             result = connection.sql(
-                f'SELECT DISTINCT t."{column}" AS value '  # noqa: S608 (a schema column name)
-                "FROM read_parquet($files, hive_partitioning=true) AS t "
-                f'WHERE t."{column}" IN (SELECT value FROM wanted)',
-                params={"files": files},
+                f"SELECT {selected} FROM read_parquet($files, hive_partitioning=true) AS t "  # noqa: S608 (names checked above)
+                f'WHERE t."{column}" IN (SELECT value FROM wanted){conditions}',
+                params={"files": files, **where},
             ).to_arrow_table()
-        return result.column("value").cast(schema_of(form.value).field(column).type)
-
-    def quarantined_values(
-        self, form: Form, check: str, record_ids: pa.Array | pa.ChunkedArray
-    ) -> pa.ChunkedArray:
-        """The `values` (JSON) of the quarantine rows of `form` held by `check` with these
-        record ids, in quarantine order."""
-        files = self.files(QUARANTINE)
-        if not files or len(record_ids) == 0:
-            return pa.chunked_array([], pa.string())
-        with duckdb_connection() as connection:
-            connection.register("wanted", pa.table({"record_id": record_ids}))
-            result = connection.sql(
-                'SELECT q."values" FROM read_parquet($files, hive_partitioning=true) AS q '
-                'WHERE q.form = $form AND q."check" = $check '
-                "AND q.record_id IN (SELECT record_id FROM wanted)",
-                params={"files": files, "form": form.value, "check": check},
-            ).to_arrow_table()
-        return result.column("values").cast(pa.string())
+        return result.cast(result_schema)
 
     def release_quarantined(
-        self, form: Form, record_ids: Iterable[str], *, upload_id: int | None
+        self, form: Form, versions: Iterable[tuple[str, int]], *, upload_id: int | None
     ) -> int:
-        """Delete the quarantine rows of `form` with these record ids (they were stored)."""
-        ids = sorted(set(record_ids))
-        if not ids:
+        """Delete the quarantine rows of `form` of these (record_id, upload_id) versions (they
+        were stored, or superseded)."""
+        pairs = sorted(set(versions))
+        if not pairs:
             return 0
         source = pa.table(
-            {"form": pa.array([form.value] * len(ids)), "record_id": pa.array(ids, pa.string())}
+            {
+                "form": pa.array([form.value] * len(pairs)),
+                "record_id": pa.array([record_id for record_id, _ in pairs], pa.string()),
+                "upload_id": pa.array([upload for _, upload in pairs], pa.int64()),
+            }
         )
         metrics = (
             self.delta(QUARANTINE)
             .merge(
                 source,
-                "t.form = s.form AND t.record_id = s.record_id",
+                "t.form = s.form AND t.record_id = s.record_id AND t.upload_id = s.upload_id",
                 source_alias="s",
                 target_alias="t",
                 writer_properties=_WRITER_PROPERTIES,

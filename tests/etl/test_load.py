@@ -157,6 +157,110 @@ def test_row_held_for_missing_intake_is_released_when_the_intake_arrives(
     assert warehouse.read(QUARANTINE).num_rows == 0
 
 
+def _held_then_intakes(
+    steps: list[tuple[Form, list[dict[str, str]]]],
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+) -> tuple[list[tuple[str, str, str, int | None]], list[tuple[str, str]]]:
+    """Load basis e1, then the steps; the stored measurements and discharges (record_id,
+    provider, episode_id, use_days_30 or end_reason) and the quarantine (record_id, episode_id)."""
+    steps = [(Form.BASIS, [episode_row(Form.BASIS, 1, "P1")]), *steps]
+    for form, rows in steps:
+        upload = _load(write_extract(form, rows), form, warehouse, session, key)
+        assert upload.status == "loaded"
+    records = warehouse.read(Form.MEASUREMENT.value).to_pylist()
+    records += warehouse.read(Form.DISCHARGE.value).to_pylist()
+    stored = [
+        (
+            r["record_id"],
+            r["provider_orgnr"],
+            r["episode_id"],
+            r.get("use_days_30", r.get("end_reason")),
+        )
+        for r in records
+    ]
+    held = [(r["record_id"], r["episode_id"]) for r in warehouse.read(QUARANTINE).to_pylist()]
+    return sorted(stored), sorted(held)
+
+
+def test_a_record_held_twice_is_released_once_in_its_latest_version(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    m, b = Form.MEASUREMENT, Form.BASIS
+    steps = [
+        (m, [episode_row(m, 2, "P2", use_days_30=3)]),
+        (m, [episode_row(m, 2, "P2", use_days_30=7)]),  # re-sent, intake still missing
+        (b, [episode_row(b, 2, "P2")]),
+    ]
+    stored, held = _held_then_intakes(steps, write_extract, warehouse, session, key)
+    assert stored == [("m2", PROVIDER_A, "e2", 7)]
+    assert held == []
+
+
+def test_an_older_held_version_never_replaces_the_latest(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    m, b = Form.MEASUREMENT, Form.BASIS
+    steps = [
+        (m, [episode_row(m, 7, "P7", use_days_30=1)]),  # m7 under e7: held
+        (m, [episode_row(m, 7, "P7", episode_id="e8", use_days_30=2)]),  # re-sent under e8: held
+        (b, [episode_row(b, 7, "P7")]),  # e7's intake: m7's latest version still waits for e8
+    ]
+    stored, held = _held_then_intakes(steps, write_extract, warehouse, session, key)
+    assert stored == []
+    assert held == [("m7", "e7"), ("m7", "e8")]
+    _load(write_extract(b, [episode_row(b, 8, "P7")]), b, warehouse, session, key)
+    assert [
+        (r["record_id"], r["episode_id"], r["use_days_30"])
+        for r in warehouse.read(m.value).to_pylist()
+    ] == [("m7", "e8", 2)]
+    assert warehouse.read(QUARANTINE).num_rows == 0
+
+
+def test_a_held_version_older_than_the_stored_record_is_dropped_not_released(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    m, b = Form.MEASUREMENT, Form.BASIS
+    steps = [
+        (m, [episode_row(m, 7, "P7", use_days_30=1)]),  # m7 under e7: held
+        (m, [episode_row(m, 7, "P1", episode_id="e1", use_days_30=2)]),  # re-sent under e1: stored
+        (b, [episode_row(b, 7, "P7")]),
+    ]
+    stored, held = _held_then_intakes(steps, write_extract, warehouse, session, key)
+    assert stored == [("m7", PROVIDER_A, "e1", 2)]
+    assert held == []
+
+
+def test_releasing_one_providers_record_keeps_another_providers_held_record_of_that_id(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    m, b = Form.MEASUREMENT, Form.BASIS
+    steps = [
+        (m, [episode_row(m, 5, "P5")]),  # provider A's m5 under e5: held
+        (m, [episode_row(m, 5, "Q5", provider_orgnr=PROVIDER_B, episode_id="e6")]),  # B's m5
+        (b, [episode_row(b, 5, "P5")]),  # A's e5 arrives
+    ]
+    stored, held = _held_then_intakes(steps, write_extract, warehouse, session, key)
+    assert stored == [("m5", PROVIDER_A, "e5", 3)]
+    assert held == [("m5", "e6")]
+
+
+def test_of_two_held_discharge_versions_the_latest_is_stored_when_both_intakes_arrive(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    d, b = Form.DISCHARGE, Form.BASIS
+    steps = [
+        (d, [episode_row(d, 3, "P3", end_reason=1)]),
+        (d, [episode_row(d, 3, "P4", episode_id="e4", end_reason=2)]),
+        (b, [episode_row(b, 3, "P3"), episode_row(b, 4, "P4")]),
+    ]
+    stored, held = _held_then_intakes(steps, write_extract, warehouse, session, key)
+    assert stored == [("d3", PROVIDER_A, "e4", 2)]
+    assert held == []
+
+
 def test_fatal_check_rejects_the_file_and_writes_nothing_but_the_ledger(
     write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
 ) -> None:

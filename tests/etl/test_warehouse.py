@@ -160,13 +160,29 @@ def test_writes_keep_the_last_value_of_every_record(
     assert stored.column("age").to_pylist() == [model[i] for i in sorted(model)]
 
 
-def test_quarantined_values_are_those_of_the_form_check_and_record_ids_asked(
-    tmp_path: Path,
-) -> None:
+def test_select_in_reads_the_rows_of_the_values_asked_only(tmp_path: Path) -> None:
     warehouse = Warehouse(tmp_path / "warehouse")
     warehouse.ensure()
-    assert warehouse.quarantined_values(Form.BASIS, "age.range", pa.array(["1"])).to_pylist() == []
-    rows = _rows(["1", "2", "3"], [30, 40, 50], 1)
+    asked = pa.array(["e-1", "e-3", "e-3", "e-9"])
+    empty = warehouse.select_in("basis", ["episode_id", "age"], "episode_id", asked)
+    assert empty.num_rows == 0
+    assert empty.schema.names == ["episode_id", "age"]
+    warehouse.write(Form.BASIS, _rows(["1", "2", "3"], [30, 40, 50], 1), upload_id=1)
+    found = warehouse.select_in("basis", ["episode_id", "age"], "episode_id", asked)
+    assert sorted(found.to_pylist(), key=str) == [
+        {"episode_id": "e-1", "age": 30},
+        {"episode_id": "e-3", "age": 50},
+    ]
+    for bad in ('episode_id" OR 1=1 --', "pseudonym"):
+        with pytest.raises(ValueError, match="not a column"):
+            warehouse.select_in("basis", ["age"], bad, asked)
+        with pytest.raises(ValueError, match="not a column"):
+            warehouse.select_in("basis", ["age"], "episode_id", asked, where={bad: "x"})
+
+
+def test_select_in_with_where_and_release_by_version(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "warehouse")
+    warehouse.ensure()
     failures = pa.table(
         {
             "row_index": pa.array([0, 1, 2], pa.int64()),
@@ -175,20 +191,24 @@ def test_quarantined_values_are_those_of_the_form_check_and_record_ids_asked(
             "severity": ["error"] * 3,
         }
     )
-    warehouse.append_quarantine(quarantine_rows(Form.BASIS, 1, rows, failures), upload_id=1)
-    found = warehouse.quarantined_values(Form.BASIS, "age.range", pa.array(["2", "3", "9"]))
-    assert [json.loads(v)["age"] for v in found.to_pylist()] == [40]  # "3" is held by sex.code
-    other_form = warehouse.quarantined_values(Form.MEASUREMENT, "age.range", pa.array(["2"]))
-    assert other_form.to_pylist() == []
-
-
-def test_stored_values_are_the_asked_values_a_column_holds(tmp_path: Path) -> None:
-    warehouse = Warehouse(tmp_path / "warehouse")
-    warehouse.ensure()
-    asked = pa.array(["e-1", "e-3", "e-3", "e-9"])
-    assert warehouse.stored_values(Form.BASIS, "episode_id", asked).to_pylist() == []
-    warehouse.write(Form.BASIS, _rows(["1", "2", "3"], [30, 40, 50], 1), upload_id=1)
-    found = warehouse.stored_values(Form.BASIS, "episode_id", asked)
-    assert sorted(found.to_pylist()) == ["e-1", "e-3"]
-    with pytest.raises(ValueError, match="not a column"):
-        warehouse.stored_values(Form.BASIS, 'episode_id" OR 1=1 --', asked)
+    for upload in (1, 2):  # record "2" quarantined in two uploads (two versions)
+        rows = _rows(["1", "2", "3"], [30 + upload, 40 + upload, 50], upload)
+        quarantined = quarantine_rows(Form.BASIS, upload, rows, failures)
+        warehouse.append_quarantine(quarantined, upload_id=upload)
+    found = warehouse.select_in(
+        QUARANTINE, ["upload_id", "values"], "record_id", pa.array(["2", "3", "9"]),
+        where={"form": "basis", "check": "age.range"},
+    )  # fmt: skip
+    assert sorted((r["upload_id"], json.loads(r["values"])["age"]) for r in found.to_pylist()) == [
+        (1, 41),
+        (2, 42),
+    ]  # "3" is held by sex.code
+    other_form = warehouse.select_in(
+        QUARANTINE, ["values"], "record_id", pa.array(["2"]), where={"form": "measurement"}
+    )
+    assert other_form.num_rows == 0
+    assert warehouse.release_quarantined(Form.BASIS, [("2", 1)], upload_id=3) == 1
+    left = warehouse.read(QUARANTINE).to_pylist()
+    assert sorted((r["record_id"], r["upload_id"]) for r in left) == [
+        ("1", 1), ("1", 2), ("2", 2), ("3", 1), ("3", 2),
+    ]  # fmt: skip
