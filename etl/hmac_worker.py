@@ -3,12 +3,14 @@ or as a child process of its own (`python -I -S hmac_worker.py`).
 
 The loop holds the GIL (about 0.35 s for 500,000 pseudonyms), while the loader validates the same
 file beside it, Python-heavy work that wants the GIL too. As a child process the loop runs on the
-other core instead. The child imports nothing but `hashlib` and `sys` (it starts in ~20 ms) and
-talks over its standard streams only: the key never appears in its arguments or environment.
+other core instead. The child imports only the standard library's `hashlib`, `sys` and
+`collections.abc` (it starts in ~20 ms), is started with an empty environment and talks over its
+standard streams only: the key never appears in its arguments or environment.
 
-Protocol, integers little-endian: on stdin the key's length (4 bytes), the key, the number of
-values n (8 bytes), n + 1 offsets (8 bytes each, the first 0) and the values' bytes; on stdout
-n × 32 digest bytes, and exit status 0.
+Protocol, integers in the machine's byte order (parent and child run on the same machine): on
+stdin the key's length (4 bytes), the key, the number of values n (8 bytes), n + 1 offsets
+(8 bytes each, the first 0) and the values' bytes; on stdout n × 32 digest bytes, and exit
+status 0.
 """
 
 import hashlib
@@ -52,8 +54,8 @@ def _main() -> int:
             raise SystemExit(2)
         return chunk
 
-    key = exactly(int.from_bytes(exactly(4), "little"))
-    count = int.from_bytes(exactly(8), "little")
+    key = exactly(int.from_bytes(exactly(4), sys.byteorder))
+    count = int.from_bytes(exactly(8), sys.byteorder)
     offsets = memoryview(exactly(8 * (count + 1))).cast("q")
     data = exactly(offsets[count])
     sys.stdout.buffer.write(digests(key, offsets, data))

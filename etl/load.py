@@ -126,8 +126,8 @@ def load_file(
     # 1. Read and validate: no side effects. Meanwhile another core re-keys the pseudonyms, until
     # the cross-record checks are done; a large file's HMAC loop runs in a child process
     # (`etl.privacy.rekey`), as in a thread it would hold the GIL that the suite wants too (1M
-    # basis rows: validation and re-keying 1.5 s one after the other, 1.1 s side by side in
-    # threads, 0.64 s with the loop in the child).
+    # basis rows: validation and re-keying 1.5 s one after the other; validation 1.1 s beside
+    # the re-keying thread, 0.64 s beside the child).
     validation: _Validation | None = None
     keys: Future[pa.Array] | None = None
     rekeying = ThreadPoolExecutor(max_workers=1)

@@ -183,6 +183,7 @@ def guard(raw: pa.Table) -> None:
 # below it the child's start (~20 ms) costs more than the GIL time it frees.
 CHILD_PROCESS_FROM: Final = 100_000
 _HEX: Final = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+MAX_VALUES: Final = (2**31 - 1) // 64
 
 
 def rekey(
@@ -192,8 +193,8 @@ def rekey(
 
     `child_process`: run the HMAC loop in a child process (`etl.hmac_worker`), so that it does
     not hold this process's GIL; None (default): from `CHILD_PROCESS_FROM` values on. On 1M basis
-    rows (432,000 distinct pseudonyms) the loader's validation beside the re-keying took 0.74 s
-    with the loop in a thread, 0.47 s with it in the child."""
+    rows (432,000 distinct pseudonyms) the loader's validation beside the re-keying took 1.12 s
+    with the loop in a thread, 0.64 s with it in the child."""
     if not key:
         raise ValueError("The pseudonym key must not be empty")
     if isinstance(pseudonyms, pa.ChunkedArray):
@@ -201,10 +202,14 @@ def rekey(
     count = len(pseudonyms)
     if count == 0:
         return pa.array([], pa.string())
+    if count > MAX_VALUES:
+        # 64 hex characters each must fit one Arrow string array (2 GiB); a file this size is
+        # over read_extract's limit in CSV, but a Parquet file could hold it.
+        raise ValueError(f"Over {MAX_VALUES} distinct pseudonyms at once: split the file")
     # As bytes straight from Arrow's buffers (a null is an empty value, masked again at the end).
     values = pseudonyms.cast(pa.large_binary())
     buffers = values.buffers()
-    offsets = np.frombuffer(buffers[1], dtype="<i8")[values.offset : values.offset + count + 1]
+    offsets = np.frombuffer(buffers[1], dtype=np.int64)[values.offset : values.offset + count + 1]
     first = int(offsets[0])
     data = memoryview(buffers[2] or b"")[first : int(offsets[-1])]
     offsets = offsets - first
@@ -230,24 +235,40 @@ def rekey(
 def _child_digests(
     key: bytes, offsets: np.ndarray[Any, np.dtype[np.int64]], data: memoryview, count: int
 ) -> bytes:
-    """`hmac_worker.digests` in a child process (the worker's protocol). Its failure is an
-    error naming nothing of the input."""
+    """`hmac_worker.digests` in a child process (the worker's protocol). Its failure, or no
+    answer within `_child_timeout`, is an error naming nothing of the input."""
+    order = sys.byteorder
     job = b"".join(
         [
-            len(key).to_bytes(4, "little"),
+            len(key).to_bytes(4, order),
             key,
-            count.to_bytes(8, "little"),
-            offsets.astype("<i8").tobytes(),
+            count.to_bytes(8, order),
+            offsets.astype(np.int64).tobytes(),
             data,
         ]
     )
-    worker = subprocess.run(  # noqa: S603 (this interpreter and this package's own script)
-        [sys.executable, "-I", "-S", hmac_worker.__file__],
-        input=job,
-        capture_output=True,
-        check=False,
-        env={},  # not this process's environment, which may hold KVARUS_PSEUDONYM_KEY
-    )
+    timeout = _child_timeout(count)
+    try:
+        worker = subprocess.run(  # noqa: S603 (this interpreter and this package's own script)
+            [sys.executable, "-I", "-S", hmac_worker.__file__],
+            input=job,
+            capture_output=True,
+            check=False,
+            env={},  # not this process's environment, which may hold KVARUS_PSEUDONYM_KEY
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        # The loader waits for the keys holding the warehouse's write locks: never forever.
+        raise RuntimeError(f"The re-keying process did not finish in {timeout:.0f} s") from None
     if worker.returncode != 0 or len(worker.stdout) != 32 * count:
-        raise RuntimeError(f"The re-keying process failed (exit status {worker.returncode})")
+        raise RuntimeError(
+            f"The re-keying process failed (exit status {worker.returncode}, "
+            f"{len(worker.stdout)} of {32 * count} bytes)"
+        )
     return worker.stdout
+
+
+def _child_timeout(count: int) -> float:
+    """Seconds the child may take: a minute, plus 20 µs per value (it re-keys about 1.3 million
+    values a second, so 25 times its time on this machine)."""
+    return 60.0 + count * 20e-6

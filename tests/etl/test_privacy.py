@@ -218,7 +218,7 @@ def test_a_failed_rekeying_child_is_an_error_that_names_no_value(
     monkeypatch.setattr(privacy.sys, "executable", "/bin/false")
     with pytest.raises(RuntimeError) as caught:
         rekey(pa.array(["P-secret-0001"]), b"k" * 32, child_process=True)
-    assert str(caught.value) == "The re-keying process failed (exit status 1)"
+    assert str(caught.value) == "The re-keying process failed (exit status 1, 0 of 32 bytes)"
 
 
 def test_rekey_uses_the_child_process_from_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -247,3 +247,46 @@ def test_rekey_in_a_child_process_agrees_with_stdlib_hmac(
         None if v is None else hmac.new(key, v.encode(), hashlib.sha256).hexdigest() for v in values
     ]
     assert rekey(pa.array(values, pa.string()), key, child_process=True).to_pylist() == expected
+
+
+def test_the_rekeying_child_gets_the_key_on_stdin_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[Any, dict[str, Any]]] = []
+    real = privacy.subprocess.run
+
+    def spy(args: Any, **kwargs: Any) -> Any:
+        seen.append((args, kwargs))
+        return real(args, **kwargs)
+
+    monkeypatch.setattr(privacy.subprocess, "run", spy)
+    monkeypatch.setenv("KVARUS_PSEUDONYM_KEY", "k" * 32)
+    rekey(pa.array(["P-secret-0001"]), b"k" * 32, child_process=True)
+    ((args, kwargs),) = seen
+    assert kwargs["env"] == {}
+    assert not any("k" * 32 in str(arg) or "P-secret" in str(arg) for arg in args)
+    assert b"k" * 32 in kwargs["input"]
+    assert b"P-secret-0001" in kwargs["input"]
+
+
+def test_a_rekeying_child_that_answers_short_or_late_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(privacy.sys, "executable", "/bin/true")  # exit 0, no answer
+    with pytest.raises(RuntimeError) as short:
+        rekey(pa.array(["P-secret-0001", "b"]), b"k" * 32, child_process=True)
+    assert str(short.value) == "The re-keying process failed (exit status 0, 0 of 64 bytes)"
+    monkeypatch.undo()
+    monkeypatch.setattr(privacy, "_child_timeout", lambda count: 0.001)
+    with pytest.raises(RuntimeError, match=r"did not finish in 0 s") as late:
+        rekey(pa.array(["P-secret-0001"]), b"k" * 32, child_process=True)
+    assert "P-secret" not in str(late.value)
+
+
+def test_too_many_values_at_once_are_refused_before_any_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(privacy, "MAX_VALUES", 2)
+    with pytest.raises(ValueError, match="Over 2 distinct pseudonyms at once: split the file"):
+        rekey(pa.array(["a", "b", "c"]), b"k")
+    assert rekey(pa.array(["a", "b"]), b"k").to_pylist() == [
+        hmac.new(b"k", v, hashlib.sha256).hexdigest() for v in (b"a", b"b")
+    ]
