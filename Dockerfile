@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# Kvarus Analytics API. Build: docker build -t kvarus .  Run: docker run -p 8000:8000 \
+# Kvarus Analytics API. Build: docker build -t kvarus .  Run: docker run --init -p 8000:8000 \
 #   -e KVARUS_PSEUDONYM_KEY=<secret of 32+ characters> -v kvarus-data:/data kvarus
+# (--init: an init as PID 1 reaps the short-lived re-keying process of a worker that was killed)
 
 # --- build stage: resolve and install into a virtual environment --------------------------------
 FROM python:3.11-slim-bookworm AS build
