@@ -625,3 +625,31 @@ def test_study_with_several_home_hfs_in_one_unit(tiny: Factory) -> None:
     assert counts(pick(rows, "study", 2024, "nation", NATION, context="resident")) == (1, 1)
     resident = {r["orgnr"] for r in rows if r["context"] == "resident"}
     assert resident == {BERGEN, STAVANGER, HELSE_VEST, NATION}
+
+
+def test_study_with_three_rows_per_patient(tiny: Factory) -> None:
+    """Patients with three rows: M in three cells (study only at Stavanger), N in two (two
+    Bergen U1 episodes, study at the first, and OUS)."""
+    release = tiny()
+    release.basis("m1", intake="2024-02-01", patient="M")
+    release.basis("m2", intake="2024-03-01", patient="M", unit="U2")
+    release.basis("m3", STAVANGER, intake="2024-04-01", patient="M", clinical_study_id="S1")
+    release.basis("n1", intake="2024-02-01", patient="N", clinical_study_id="S2")
+    release.basis("n2", intake="2024-05-01", patient="N")
+    release.basis("n3", OUS, intake="2024-06-01", patient="N")
+    rows = run(release, "study")
+    assert counts(pick(rows, "study", 2024, "unit", BERGEN, unit_code="U1")) == (1, 2)
+    assert counts(pick(rows, "study", 2024, "unit", BERGEN, unit_code="U2")) == (0, 1)
+    assert counts(pick(rows, "study", 2024, "provider", BERGEN)) == (1, 2)
+    assert counts(pick(rows, "study", 2024, "hf", BERGEN)) == (1, 2)
+    assert counts(pick(rows, "study", 2024, "provider", STAVANGER)) == (1, 1)
+    assert counts(pick(rows, "study", 2024, "provider", OUS)) == (0, 1)
+    assert counts(pick(rows, "study", 2024, "rhf", HELSE_VEST)) == (2, 2)
+    assert counts(pick(rows, "study", 2024, "rhf", HELSE_SOR_OST)) == (0, 1)
+    assert counts(pick(rows, "study", 2024, "nation", NATION)) == (2, 2)
+    assert counts(pick(rows, "study", 2024, "hf", BERGEN, context="resident")) == (1, 2)
+    assert counts(pick(rows, "study", 2024, "hf", STAVANGER, context="resident")) == (1, 1)
+    assert counts(pick(rows, "study", 2024, "hf", OUS, context="resident")) == (0, 1)
+    assert counts(pick(rows, "study", 2024, "rhf", HELSE_VEST, context="resident")) == (2, 2)
+    assert counts(pick(rows, "study", 2024, "rhf", HELSE_SOR_OST, context="resident")) == (0, 1)
+    assert counts(pick(rows, "study", 2024, "nation", NATION, context="resident")) == (2, 2)
