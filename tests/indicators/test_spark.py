@@ -60,6 +60,22 @@ def mixed_release(release: TinyRelease) -> TinyRelease:
         release.followup(
             episode, provider, on="2024-02-01", use_days_30=3 * i, housing=(1, 3, 2, 9, 1, 4, 2)[i]
         )
+    # Distinct patients in one cell, in two cells (two rows) and in three (DuckDB counts those
+    # three ways), with homes that are not an HF of the hierarchy or missing.
+    release.basis("p1", intake="2023-02-01", patient="P", clinical_study_id="S1")
+    release.basis("p2", STAVANGER, intake="2023-03-01", patient="P", home_hf_orgnr=BERGEN)
+    release.basis("p3", OUS, intake="2023-04-01", patient="P", unit="U2")
+    release.basis("r1", intake="2023-02-01", patient="R", home_hf_orgnr="999999999")
+    release.basis(
+        "r2", intake="2023-05-01", patient="R", home_hf_orgnr=None, clinical_study_id="S2"
+    )
+    release.basis("t1", VESTLY, intake="2023-02-01", patient="T", unit="U2")
+    release.measurement(
+        "t1", VESTLY, on="2023-06-01", patient="T", unit="U3", clinical_study_id="S3"
+    )
+    release.basis("t2", intake="2023-07-01", patient="T")
+    release.basis("w1", intake="2023-03-01", patient="W")
+    release.basis("w2", intake="2023-08-01", patient="W", unit="U2", clinical_study_id="S4")
     for year in (2021, 2022):
         release.npr(BERGEN, year, 6).npr(STAVANGER, year, 5).npr(OUS, year, 1)
     return release
