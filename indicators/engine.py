@@ -121,8 +121,10 @@ def _source(definition: IndicatorDefinition, release: Release) -> ir.Table:
 
 def _with_year(table: ir.Table, year_column: str, year: int | None = None) -> ir.Table:
     """The rows with a year date, with their year as `_year`; only those of `year` if given,
-    filtered as a date range (which DuckDB checks against the Parquet row groups' statistics
-    and skips the other years' files; year(date) = year would read every row)."""
+    filtered as a date range: on a form's own Parquet files (the record path of `any`
+    indicators) DuckDB checks it against the row groups' statistics and skips the other years'
+    files, where year(date) = year would read every row; on a materialised table it is an
+    ordinary filter."""
     if year is not None:
         date = table[year_column]
         table = table.filter((date >= ibis.date(year, 1, 1)) & (date < ibis.date(year + 1, 1, 1)))
@@ -499,9 +501,9 @@ def _patients(
     `patient_levels` has the year, so the years' results are disjoint and concatenated): on the
     10M-episode bench the study indicator's 18.65M rows did not fit the memory limit at once and
     spilled 2.5 GB; year by year (the largest 6.2M rows) the run took 38.8 s instead of 59.6 s
-    (the study steps about 21 s instead of 42 s). Spark takes every year in one plan, and
-    `patient_levels` (DuckDB `coded_patient_levels`, with the (provider, unit) pairs of the
-    years' query).
+    (the study steps about 21 s instead of 42 s). On DuckDB each year goes through
+    `coded_patient_levels`, with the (provider, unit) pairs found by the years' query; Spark
+    takes every year in one plan through `patient_levels`.
 
     Each year's query reads all 10M episodes for its join (about 0.45 s CPU even for a year of
     4K rows); taking consecutive small years together (batches no larger than the largest year:

@@ -653,3 +653,75 @@ def test_study_with_three_rows_per_patient(tiny: Factory) -> None:
     assert counts(pick(rows, "study", 2024, "rhf", HELSE_VEST, context="resident")) == (2, 2)
     assert counts(pick(rows, "study", 2024, "rhf", HELSE_SOR_OST, context="resident")) == (0, 1)
     assert counts(pick(rows, "study", 2024, "nation", NATION, context="resident")) == (2, 2)
+
+
+def test_study_patient_in_two_cells_one_without_a_home_hf(tiny: Factory) -> None:
+    """K's two Bergen U1 episodes: k1 without a home HF (the lower cell code), k2 at home in
+    Bergen. The caregiver levels count K once; the resident levels count K through k2 alone
+    (a row without a home HF is left out of the resident context)."""
+    release = tiny()
+    release.basis("k1", intake="2024-02-01", patient="K", home_hf_orgnr=None)
+    release.basis("k2", intake="2024-06-01", patient="K", clinical_study_id="S1")
+    rows = run(release, "study")
+    assert counts(pick(rows, "study", 2024, "unit", BERGEN, unit_code="U1")) == (1, 1)
+    assert counts(pick(rows, "study", 2024, "nation", NATION)) == (1, 1)
+    for level, orgnr in (("hf", BERGEN), ("rhf", HELSE_VEST), ("nation", NATION)):
+        assert counts(pick(rows, "study", 2024, level, orgnr, context="resident")) == (1, 1)
+
+
+def test_study_patient_at_an_unknown_provider_and_bergen(tiny: Factory) -> None:
+    """An unknown provider has no RHF: K, treated there and at Bergen, counts once in Helse Vest
+    and the nation, and once at each provider."""
+    release = tiny()
+    release.basis("k1", "999999999", intake="2024-02-01", patient="K", home_hf_orgnr=BERGEN)
+    release.basis("k2", intake="2024-06-01", patient="K", clinical_study_id="S1")
+    rows = run(release, "study")
+    assert counts(pick(rows, "study", 2024, "provider", "999999999")) == (0, 1)
+    assert counts(pick(rows, "study", 2024, "provider", BERGEN)) == (1, 1)
+    assert counts(pick(rows, "study", 2024, "rhf", HELSE_VEST)) == (1, 1)
+    assert counts(pick(rows, "study", 2024, "nation", NATION)) == (1, 1)
+    assert counts(pick(rows, "study", 2024, "hf", BERGEN, context="resident")) == (1, 1)
+
+
+def test_study_on_the_general_path_year_by_year(tiny: Factory) -> None:
+    """The general path (a condition on an intake column) is counted one year at a time too:
+    31 December and 1 January in their own years, each result once."""
+    release = tiny()
+    release.basis("k1", intake="2022-12-31", patient="K", clinical_study_id="S1")
+    release.measurement("k1", on="2023-01-01", patient="K")
+    release.discharge("k1", on="2023-12-31", patient="K")
+    release.basis("l1", intake="2023-01-01", patient="L")
+    adults = CATALOGUE["study"].model_copy(
+        update={
+            "min_denominator": 1,
+            "population": CATALOGUE["study"].population.model_copy(
+                update={"where": [Condition(column="age", op="ge", value=18)]}
+            ),
+        }
+    )
+    table = compute(release.manifest(), hierarchy=Hierarchy.default(), catalogue=[adults])
+    rows: list[dict[str, Any]] = table.to_pylist()
+    assert counts(pick(rows, "study", 2022, "provider", BERGEN)) == (1, 1)
+    assert counts(pick(rows, "study", 2023, "provider", BERGEN)) == (0, 2)
+    assert counts(pick(rows, "study", 2023, "nation", NATION, context="resident")) == (0, 2)
+    keys = [(r["year"], r["context"], r["level"], r["orgnr"], r["unit_code"]) for r in rows]
+    assert len(keys) == len(set(keys))
+    assert {r["year"] for r in rows} == {2022, 2023}
+
+
+def test_study_with_a_hierarchy_without_hfs(tiny: Factory) -> None:
+    """No HF in the hierarchy: every home is outside it, so there is no resident result, and
+    the caregiver results are those of the patients' providers (here one private provider)."""
+    without_hfs = Hierarchy([o for o in Hierarchy.default().by_orgnr.values() if o.level != "hf"])
+    release = tiny()
+    release.basis("a", VESTLY, intake="2022-03-01", patient="A")
+    release.basis("b", VESTLY, intake="2022-03-01", patient="B", unit="U2")
+    release.basis("b2", VESTLY, intake="2022-04-01", patient="B", clinical_study_id="S1")
+    study = CATALOGUE["study"].model_copy(update={"min_denominator": 1})
+    table = compute(release.manifest(), hierarchy=without_hfs, catalogue=[study])
+    rows: list[dict[str, Any]] = table.to_pylist()
+    assert counts(pick(rows, "study", 2022, "provider", VESTLY)) == (1, 2)
+    assert counts(pick(rows, "study", 2022, "unit", VESTLY, unit_code="U1")) == (1, 2)
+    assert counts(pick(rows, "study", 2022, "unit", VESTLY, unit_code="U2")) == (0, 1)
+    assert counts(pick(rows, "study", 2022, "nation", NATION)) == (1, 2)
+    assert not [r for r in rows if r["context"] == "resident"]
