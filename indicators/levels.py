@@ -657,16 +657,18 @@ def _two_cells(two: ir.Table, keys: ir.Table, levels: list[tuple[str, str]]) -> 
                 "year", key=other, num=table.last_num
             ),
         ]
-        rows = ibis.union(*counted, distinct=False)
-        union.append(
-            rows.group_by("year", "key")
-            .agg(
-                numerator=rows.num.cast("int64").sum(),
-                denominator=rows.count().cast("int64"),
-            )
-            .mutate(level=ibis.literal(position, "int8"))
-        )
+        union.append(_level_counts(ibis.union(*counted, distinct=False), position))
     return union
+
+
+def _level_counts(rows: ir.Table, position: int) -> ir.Table:
+    """Rows (year, key, num), one per patient at a level's key: per (year, key) the patients
+    with num 1 and all patients, marked with the level's position."""
+    return (
+        rows.group_by("year", "key")
+        .agg(numerator=rows.num.cast("int64").sum(), denominator=rows.count().cast("int64"))
+        .mutate(level=ibis.literal(position, "int8"))
+    )
 
 
 # The level key columns of `_Cells.level_keys`, per level the backend groups.
@@ -777,14 +779,7 @@ def coded_patient_levels(
             key = table[_LEVEL_KEY[pair]]
             scoped = table.filter(key.notnull()).mutate(key=key)
             distinct = scoped.group_by("year", "key", *patient).agg(num=scoped.num.max())
-            union.append(
-                distinct.group_by("year", "key")
-                .agg(
-                    numerator=distinct.num.cast("int64").sum(),
-                    denominator=distinct.count().cast("int64"),
-                )
-                .mutate(level=ibis.literal(position, "int8"))
-            )
+            union.append(_level_counts(distinct, position))
         grouped = fetch(ibis.union(*union, distinct=False), "patient levels (several cells)")
         parts.append(cells.level_rows(grouped, grouped_levels))
         if ("caregiver", "hf") in levels:
