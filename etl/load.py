@@ -482,29 +482,26 @@ def _latest_versions(
     """Per held version (rows of `staged`, from the uploads `uploads`): whether it is its
     record's latest version (per record_id and provider, against the other held versions and the
     stored one), and whether a newer version is already stored (superseded for good)."""
-    stored_upload: dict[tuple[str, str], int] = {}
-    for record_id, provider, upload in zip(
-        stored.column("record_id").to_pylist(),
-        stored.column("provider_orgnr").to_pylist(),
-        stored.column("upload_id").to_pylist(),
-        strict=True,
-    ):
-        stored_upload[(record_id, provider)] = upload
-    keys = list(
-        zip(
-            staged.column("record_id").to_pylist(),
-            staged.column("provider_orgnr").to_pylist(),
-            strict=True,
+
+    def keys(table: pa.Table) -> list[tuple[str, str]]:
+        return list(
+            zip(
+                table.column("record_id").to_pylist(),
+                table.column("provider_orgnr").to_pylist(),
+                strict=True,
+            )
         )
-    )
+
+    stored_upload = dict(zip(keys(stored), stored.column("upload_id").to_pylist(), strict=True))
+    held = list(zip(keys(staged), uploads.to_pylist(), strict=True))
     newest_held: dict[tuple[str, str], int] = {}
-    for key, upload in zip(keys, uploads.to_pylist(), strict=True):
+    for key, upload in held:
         newest_held[key] = max(upload, newest_held.get(key, upload))
-    latest, superseded = [], []
-    for key, upload in zip(keys, uploads.to_pylist(), strict=True):
-        newer_stored = stored_upload.get(key, -1) > upload
-        superseded.append(newer_stored)
-        latest.append(upload == newest_held[key] and not newer_stored)
+    superseded = [stored_upload.get(key, -1) > upload for key, upload in held]
+    latest = [
+        upload == newest_held[key] and not old
+        for (key, upload), old in zip(held, superseded, strict=True)
+    ]
     return latest, superseded
 
 
