@@ -182,7 +182,6 @@ def guard(raw: pa.Table) -> None:
 # At or above this many values `rekey` runs the HMAC loop in a child process (`etl.hmac_worker`):
 # below it the child's start (~20 ms) costs more than the GIL time it frees.
 CHILD_PROCESS_FROM: Final = 100_000
-_HEX: Final = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 MAX_VALUES: Final = (2**31 - 1) // 64
 
 
@@ -219,11 +218,8 @@ def rekey(
         digest = _child_digests(key, offsets, data, count)
     else:
         digest = hmac_worker.digests(key, offsets.tolist(), data)
-    # Hex, two characters per byte, as one fixed-width string buffer.
-    raw = np.frombuffer(digest, dtype=np.uint8).reshape(count, 32)
-    hexed = np.empty((count, 64), dtype=np.uint8)
-    hexed[:, 0::2] = _HEX[raw >> 4]
-    hexed[:, 1::2] = _HEX[raw & 0x0F]
+    # The digests in hex as one buffer of fixed-width (64-character) strings.
+    hexed = digest.hex().encode("ascii")
     bounds = np.arange(0, 64 * (count + 1), 64, dtype=np.int64)
     keys = pa.LargeStringArray.from_buffers(count, pa.py_buffer(bounds), pa.py_buffer(hexed))
     keys = keys.cast(pa.string())
@@ -243,7 +239,7 @@ def _child_digests(
             len(key).to_bytes(4, order),
             key,
             count.to_bytes(8, order),
-            offsets.astype(np.int64).tobytes(),
+            offsets.tobytes(),
             data,
         ]
     )

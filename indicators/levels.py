@@ -611,23 +611,29 @@ class _Cells:
             else:
                 orgnr = orgnrs.take(key)
                 unit_code = pa.nulls(rows.num_rows, pa.string())
-            parts.append(
-                _labelled(
-                    pa.table(
-                        {
-                            "year": rows["year"],
-                            "orgnr": orgnr,
-                            "unit_code": unit_code,
-                            "numerator": rows["numerator"],
-                            "denominator": rows["denominator"],
-                            "measure": pa.nulls(rows.num_rows, pa.float64()),
-                        }
-                    ),
-                    context,
-                    level,
-                )
-            )
+            counts = _counts(rows["year"], orgnr, unit_code, rows["numerator"], rows["denominator"])
+            parts.append(_labelled(counts, context, level))
         return _concat(parts)
+
+
+def _counts(
+    year: pa.ChunkedArray,
+    orgnr: pa.Array | pa.ChunkedArray,
+    unit_code: pa.Array | pa.ChunkedArray,
+    numerator: pa.ChunkedArray,
+    denominator: pa.ChunkedArray,
+) -> pa.Table:
+    """Distinct-patient counts as the columns `_labelled` takes (no measure)."""
+    return pa.table(
+        {
+            "year": year,
+            "orgnr": orgnr,
+            "unit_code": unit_code,
+            "numerator": numerator,
+            "denominator": denominator,
+            "measure": pa.nulls(len(year), pa.float64()),
+        }
+    )
 
 
 def _two_cells(two: ir.Table, keys: ir.Table, levels: list[tuple[str, str]]) -> list[ir.Table]:
@@ -747,22 +753,9 @@ def coded_patient_levels(
         )
         nation = fetch(nation, "patient nation (several cells)")
         count = nation.num_rows
-        parts.append(
-            _labelled(
-                pa.table(
-                    {
-                        "year": nation["year"],
-                        "orgnr": pa.array([NATION_ORGNR] * count, pa.string()),
-                        "unit_code": pa.nulls(count, pa.string()),
-                        "numerator": nation["num"],
-                        "denominator": nation["n"],
-                        "measure": pa.nulls(count, pa.float64()),
-                    }
-                ),
-                "caregiver",
-                "nation",
-            )
-        )
+        orgnr, no_unit = pa.array([NATION_ORGNR] * count, pa.string()), pa.nulls(count, pa.string())
+        counts = _counts(nation["year"], orgnr, no_unit, nation["num"], nation["n"])
+        parts.append(_labelled(counts, "caregiver", "nation"))
     two = several.filter(several.rows == 2)
     multi = coded.semi_join(several.filter(several.rows > 2), ["year", *patient])
     multi = materialise(
