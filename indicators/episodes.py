@@ -265,8 +265,13 @@ def _first(table: ir.Table, date_column: str, columns: list[str] | None = None) 
     """
     if columns is not None:
         table = table.select(*columns, *[c for c in (date_column, "record_id") if c not in columns])
+    # episode_id before provider_orgnr: DuckDB sorts the window's rows by its partition columns,
+    # comparing them in order, and the few providers tie on nearly every comparison. Measured in
+    # plain DuckDB SQL on the 10M-episode bench (wall time, 2 threads, twice each): the 20M
+    # measurements 4.6 s -> 3.7 s, the 10M basis rows 2.1 s -> 1.5 s. (Group-bys and joins on
+    # the episode key hash it: no difference there.)
     window = ibis.window(
-        group_by=[table[c] for c in EPISODE_KEY],
+        group_by=[table[c] for c in ("episode_id", "provider_orgnr")],
         order_by=[table[date_column], table.record_id],
     )
     ranked = table.mutate(_rank=ibis.row_number().over(window))
