@@ -11,7 +11,12 @@ Columns read from the warehouse tables in `existing` (the loader passes only the
 counts as an empty table):
 - `existing[Form.BASIS]`: record_id, episode_id, provider_orgnr, patient_key, intake_date, age,
   sex, treatment_type;
-- `existing[Form.DISCHARGE]`: record_id, episode_id, provider_orgnr, discharge_date.
+- `existing[Form.DISCHARGE]`: record_id, episode_id, provider_orgnr, discharge_date;
+- `existing[Form.FOLLOWUP]`: record_id, episode_id, provider_orgnr.
+
+An episode has one discharge and one one-year follow-up (DOMAIN.md): a second one under another
+record_id is an error (a correction re-sends the same record_id). The indicators count follow-up
+rows as episodes, so a second follow-up would count its episode twice.
 
 Overlapping inpatient episodes are checked when a basis record arrives: an episode without a
 discharge counts as ongoing (open-ended), so a later discharge can only end an overlap, never start
@@ -48,6 +53,7 @@ EXISTING_COLUMNS: Final[dict[Form, tuple[str, ...]]] = {
         "treatment_type",
     ),
     Form.DISCHARGE: ("record_id", "episode_id", "provider_orgnr", "discharge_date"),
+    Form.FOLLOWUP: ("record_id", "episode_id", "provider_orgnr"),
 }
 
 # The date column of each follow-on form that must not precede the episode's intake.
@@ -145,6 +151,15 @@ def _follow_on_checks(form: Form) -> list[_Query]:
     if form is Form.FOLLOWUP:
         checks.append(
             _failure(
+                "cross.duplicate_followup",
+                "error",
+                "more than one follow-up for the episode",
+                f"""EXISTS (SELECT 1 FROM followups AS f
+                    WHERE {_same_episode("f")} AND f.record_id IS DISTINCT FROM i.record_id)""",
+            )
+        )
+        checks.append(
+            _failure(
                 "cross.followup_before_discharge",
                 "error",
                 "followup_date before the discharge_date of the episode",
@@ -217,6 +232,15 @@ def check(
             )
         else:
             connection.execute("CREATE TEMP VIEW discharges AS SELECT * FROM stored_discharge_all")
+        if form is Form.FOLLOWUP:
+            connection.register("stored_followup_all", _stored(existing, Form.FOLLOWUP))
+            connection.execute(
+                f"""CREATE TEMP VIEW followups AS
+                SELECT record_id, episode_id, provider_orgnr
+                FROM stored_followup_all WHERE {superseded}
+                UNION ALL
+                SELECT record_id, episode_id, provider_orgnr FROM incoming"""
+            )
         if form is Form.BASIS and warnings:
             connection.execute(
                 f"""CREATE TEMP VIEW inpatient AS

@@ -110,13 +110,60 @@ def test_a_second_discharge_against_the_warehouse_is_a_duplicate() -> None:
     ]
 
 
+def _two_discharged_episodes() -> dict[Form, pa.Table]:
+    existing = _existing()
+    existing[Form.BASIS] = stored(
+        Form.BASIS,
+        [*BASIS, {"record_id": "b2", "episode_id": "e2", "intake_date": date(2024, 2, 1)}],
+    )
+    existing[Form.DISCHARGE] = stored(
+        Form.DISCHARGE,
+        [*DISCHARGE, {"record_id": "d2", "episode_id": "e2", "discharge_date": date(2024, 3, 1)}],
+    )
+    return existing
+
+
 def test_followup_before_discharge() -> None:
     rows = [
         {"record_id": "f1", "episode_id": "e1", "followup_date": date(2025, 3, 1)},
-        {"record_id": "f2", "episode_id": "e1", "followup_date": date(2024, 2, 28)},
+        {"record_id": "f2", "episode_id": "e2", "followup_date": date(2024, 2, 28)},
     ]
-    assert _failures(check(incoming(Form.FOLLOWUP, rows), Form.FOLLOWUP, _existing())) == [
+    existing = _two_discharged_episodes()
+    assert _failures(check(incoming(Form.FOLLOWUP, rows), Form.FOLLOWUP, existing)) == [
         (1, "f2", "cross.followup_before_discharge", "error")
+    ]
+
+
+def test_duplicate_followup_in_the_file_and_against_the_warehouse() -> None:
+    """One follow-up per episode: a second under another record_id is an error (both rows of a
+    pair within the file, the new row against a stored one); a re-sent record_id is a
+    correction, and the same episode id at another provider is another episode."""
+    existing = _two_discharged_episodes()
+    existing[Form.FOLLOWUP] = stored(
+        Form.FOLLOWUP,
+        [
+            {"record_id": "f1", "episode_id": "e1", "followup_date": date(2025, 3, 1)},
+            {"record_id": "f9", "episode_id": "e9", "followup_date": date(2025, 3, 1)},
+        ],
+    )
+    rows = [
+        {"record_id": "f1", "episode_id": "e1", "followup_date": date(2025, 3, 2)},  # re-sent
+        {"record_id": "f2", "episode_id": "e2", "followup_date": date(2025, 3, 1)},
+        {"record_id": "f3", "episode_id": "e2", "followup_date": date(2025, 3, 5)},
+        {"record_id": "f4", "episode_id": "e9", "followup_date": date(2025, 3, 1)},
+        {
+            "record_id": "f5",
+            "episode_id": "e1",
+            "provider_orgnr": "983974899",
+            "followup_date": date(2025, 3, 1),
+        },
+    ]
+    assert _failures(check(incoming(Form.FOLLOWUP, rows), Form.FOLLOWUP, existing)) == [
+        (1, "f2", "cross.duplicate_followup", "error"),
+        (2, "f3", "cross.duplicate_followup", "error"),
+        (3, "f4", "cross.duplicate_followup", "error"),
+        (3, "f4", "cross.no_intake", "error"),
+        (4, "f5", "cross.no_intake", "error"),
     ]
 
 
