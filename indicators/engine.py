@@ -31,7 +31,8 @@ Rules (DOMAIN.md, and choices documented here):
   and nation levels both sums run over the providers that have an NPR count. A provider with
   coverage under 60 % in a year gets its caregiver results that year (levels unit, provider, hf)
   suppressed with reason `low_coverage`; its rows still count in the RHF and the nation.
-- Complementary (secondary) suppression, per indicator × year × context: a parent's numerator is
+- Complementary (secondary) suppression, per indicator × year × context (not of medians: a
+  median is not a sum, so no subtraction recovers a hidden one): a parent's numerator is
   the sum over all its children, suppressed ones included, so a single suppressed child would be
   its parent minus the published siblings (DOMAIN.md: subtracting published numbers must reveal
   nothing suppressed). Parents and children: nation → RHFs (both contexts), RHF → providers
@@ -674,7 +675,9 @@ def _statistics(
             _hide(record, reason)
         elif definition.type not in ("proportion", "count", "coverage"):
             record["numerator"] = None
-    _complementary(records, organisations)
+    if definition.type != "median":
+        # A median is not a sum: no subtraction recovers a hidden one from its siblings.
+        _complementary(records, organisations)
     if definition.type == "proportion":
         _funnel(records)
 

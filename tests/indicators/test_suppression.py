@@ -97,3 +97,29 @@ def test_unit_hidden_beside_a_small_unit_of_the_same_provider(tiny: Factory) -> 
     assert counts(pick(rows, "screening", 2022, "provider", STAVANGER)) == (9, 15)
     # No provider, RHF or nation result is hidden.
     assert not [r for r in rows if r["level"] != "unit" and r["suppressed"]]
+
+
+def test_medians_take_no_complementary_suppression(tiny: Factory) -> None:
+    """waiting_days 2022, minimum 5, Helse Vest: Vestly 3 intakes (hidden), Bergen 6, Stavanger
+    9. A median is not a sum: no subtraction gives Vestly's back, so Bergen, the smallest
+    sibling, stays shown. Intakes on 1 March; Bergen's referrals on 1-6 February wait
+    28, 27, 26, 25, 24, 23 days (median 25.5), Stavanger's on 1-9 January 59 ... 51 (55)."""
+    release = tiny()
+    for i in range(3):
+        release.basis(f"v{i}", VESTLY, referral="2022-02-01")
+    for i in range(6):
+        release.basis(f"b{i}", BERGEN, referral=f"2022-02-0{i + 1}")
+    for i in range(9):
+        release.basis(f"s{i}", STAVANGER, referral=f"2022-01-0{i + 1}")
+    rows = run(release, "waiting_days", min_denominator=5)
+
+    def value(level: str, orgnr: str) -> tuple[str | None, float | None, int]:
+        row = pick(rows, "waiting_days", 2022, level, orgnr)
+        return row["suppression_reason"], row["value"], row["denominator"]
+
+    assert value("provider", VESTLY) == ("min_denominator", None, 3)
+    assert value("provider", BERGEN) == (None, 25.5, 6)
+    assert value("provider", STAVANGER) == (None, 55.0, 9)
+    # The RHF's 18: 23 ... 27, then 28 four times (Bergen's and Vestly's), then 51 ... 59: the
+    # 9th and 10th are 28 and 51.
+    assert value("rhf", HELSE_VEST) == (None, 39.5, 18)
