@@ -44,6 +44,7 @@ from deltalake import (
 )
 
 from schemas.forms import PATIENT_KEY_COLUMN, Form, warehouse_schema
+from schemas.manifest import ReleaseManifest
 from schemas.scratch import duckdb_connection
 
 # The stored forms, in a fixed order (also the order of a release manifest).
@@ -68,6 +69,9 @@ MERGE_KEYS: Final[dict[Form, tuple[str, ...]]] = {
 
 # Commit metadata key naming the ledger row (Upload.id) that made a Delta commit.
 UPLOAD_ID_METADATA: Final = "kvarus.upload_id"
+# A release's manifest file, `{releases_dir}/{N}/manifest.json` (`etl.release.MANIFEST`; etl.release
+# imports this module).
+RELEASE_MANIFEST: Final = "manifest.json"
 
 QUARANTINE_SCHEMA: Final = pa.schema(
     [
@@ -404,7 +408,8 @@ class Warehouse:
     # -- repair -----------------------------------------------------------------------------
     def restore_before(self, upload_id: int) -> dict[str, int]:
         """Undo every Delta commit an upload made: restore each table to the version before its
-        first commit tagged with the upload. Returns {table: restored version}."""
+        first commit tagged with the upload, and delete the data files those commits wrote (a
+        restore only unlists them). Returns {table: restored version}."""
         restored: dict[str, int] = {}
         for table in TABLES:
             delta = self.delta(table)
@@ -415,9 +420,44 @@ class Warehouse:
             ]
             if tagged:
                 target = min(tagged) - 1
+                undone = self._files_since(table, target, int(delta.version()))
                 delta.restore(target)
                 restored[table] = target
+                self._delete_unreferenced(table, undone)
         return restored
+
+    def _files_since(self, table: str, target: int, current: int) -> set[str]:
+        """The data files of the versions after `target` up to `current` (resolved paths): those
+        the undone commits added, including any a later commit of theirs removed again."""
+        path = str(self.path(table))
+        return {
+            str(Path(uri).resolve())
+            for version in range(target + 1, current + 1)
+            for uri in DeltaTable(path, version=version).file_uris()
+        }
+
+    def _delete_unreferenced(self, table: str, files: set[str]) -> None:
+        """Delete those of `files` that the table's current version and no release references.
+
+        `restore` only writes a commit that removes the undone files from the table; they stay
+        on disk (health data, patient keys) until deleted here. A release cannot list one:
+        releases are published holding the write locks, after repairing any dead load
+        (`etl.release.publish_release`, `etl.erasure`), and a live load publishes none but an
+        optout's, whose commits carry no upload id and are never undone. Every release's files
+        are kept all the same, and so are the restored version's.
+        """
+        keep = {str(Path(uri).resolve()) for uri in self.delta(table).file_uris()}
+        keep |= self._release_files()
+        for name in sorted(files - keep):
+            Path(name).unlink(missing_ok=True)
+
+    def _release_files(self) -> set[str]:
+        """Every file a release manifest under `releases_dir` lists (retired ones included)."""
+        files: set[str] = set()
+        for path in sorted(self.releases_dir.glob(f"*/{RELEASE_MANIFEST}")):
+            for snapshot in ReleaseManifest.read(path).tables.values():
+                files |= {str(Path(name).resolve()) for name in snapshot.files}
+        return files
 
 
 def quarantine_rows(
