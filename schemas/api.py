@@ -164,6 +164,12 @@ class VariationPublic(BaseModel):
     national_value: float | None
     extremal_quotient: float | None
     coefficient_of_variation: float | None
+    # normal: θ ± z·√(θ(1−θ)/n) (the engine's funnel_signal); overdispersed: Spiegelhalter's
+    # additive random-effects limits, with the over-dispersion ratio φ and the between-provider
+    # variance τ² (arcsine-square-root scale; τ² = 0 when φ shows no over-dispersion).
+    funnel: Literal["normal", "overdispersed"] = "normal"
+    phi: float | None = None
+    tau2: float | None = None
     points: list[FunnelPoint]
 
 

@@ -11,7 +11,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from indicators.funnel import funnel_significance, normal_funnel_limits
+from indicators.funnel import funnel_significance, normal_funnel_limits, overdispersed_funnel
 from indicators.variation import coefficient_of_variation, extremal_quotients
 from schemas.api import (
     FunnelPoint,
@@ -83,9 +83,17 @@ def _proportion(row: Row) -> float | None:
 
 
 def variation(
-    rows: Sequence[Row], *, release: int, indicator: str, year: int, context: str
+    rows: Sequence[Row],
+    *,
+    release: int,
+    indicator: str,
+    year: int,
+    context: str,
+    overdispersion: bool = False,
 ) -> VariationPublic:
-    """Variation between providers, with funnel points and 95 % / 99.8 % limits."""
+    """Variation between providers, with funnel points and 95 % / 99.8 % limits: normal limits
+    (the engine's signals), or with `overdispersion` Spiegelhalter's additive random-effects
+    limits and the signals against them."""
     selected = [
         r
         for r in rows
@@ -104,11 +112,17 @@ def variation(
     ]
     rates = np.array([_proportion(r) for r in providers], dtype=np.float64)
     points: list[FunnelPoint] = []
+    phi = tau2 = None
     if theta is not None and providers:
         denominators = np.array([float(r["denominator"]) for r in providers])
-        limits = normal_funnel_limits(theta, denominators)
+        numerators = [float(r["numerator"]) for r in providers]
+        if overdispersion:
+            funnel = overdispersed_funnel(numerators, denominators, theta)
+            limits, phi, tau2 = funnel.limits, funnel.phi, funnel.tau2
+        else:
+            limits = normal_funnel_limits(theta, denominators)
         # The engine's labels (high_0.001 ... not_significant), by the engine's own function.
-        signals = funnel_significance([float(r["numerator"]) for r in providers], limits)
+        signals = funnel_significance(numerators, limits)
         for i, row in enumerate(providers):
             value = float(rates[i])
             signal = signals[i]
@@ -135,6 +149,9 @@ def variation(
         national_value=theta,
         extremal_quotient=extremal_quotients(rates).eq1 if len(rates) else None,
         coefficient_of_variation=coefficient_of_variation(rates) if len(rates) else None,
+        funnel="overdispersed" if overdispersion else "normal",
+        phi=phi,
+        tau2=tau2,
         points=points,
     )
 

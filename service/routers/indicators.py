@@ -168,13 +168,23 @@ def indicator_variation(
     settings: SettingsDep,
     release: ReleaseQuery = None,
     context: ContextQuery = "caregiver",
+    overdispersion: Annotated[
+        bool,
+        Query(
+            description="Funnel limits with Spiegelhalter's additive random-effects "
+            "over-dispersion adjustment (and signals against them) instead of the normal limits"
+        ),
+    ] = False,
 ) -> VariationPublic:
     """Variation between providers in one year: statistics, funnel points and limits.
 
     Providers are the `provider` rows in the caregiver context and the `hf` rows in the
     resident context; signals use the engine's labels (`high_0.001`, `high_0.025`, `low_0.025`,
-    `low_0.001`, `not_significant`). Limitation: the rates are the published crude rates,
-    also for outcome indicators; the indirectly standardised rates of
+    `low_0.001`, `not_significant`). With `overdispersion=true` the limits and signals are
+    Spiegelhalter's additive random-effects ones (arcsine-square-root scale, 10 % winsorised
+    z-scores), with φ and τ² in the answer; the stored results' `funnel_signal` stays normal.
+    Limitation: the rates are the published crude rates, also for outcome indicators; the
+    indirectly standardised rates of
     `indicators.variation_report.variation_report` (which recomputes expected counts over the
     release's records) are not served here.
     """
@@ -185,7 +195,12 @@ def indicator_variation(
         principal,
     )
     result = indicator_views.variation(
-        rows, release=number, indicator=indicator_id, year=year, context=context
+        rows,
+        release=number,
+        indicator=indicator_id,
+        year=year,
+        context=context,
+        overdispersion=overdispersion,
     )
     audit.note(request, rows=len(result.points), release=number)
     return result

@@ -2,6 +2,7 @@
 
 import csv
 import io
+import math
 import os
 import shutil
 from pathlib import Path
@@ -527,6 +528,28 @@ class TestVariation:
         }
         missing = client.get(f"{API}/indicators/plan/variation", params={"year": 1999})
         assert missing.status_code == 404
+        assert (body["funnel"], body["phi"], body["tau2"]) == ("normal", None, None)
+
+    def test_overdispersed_funnel(self, client: TestClient, publish: ReleaseWriter) -> None:
+        """Spiegelhalter's option by hand: θ = 0.75, A 18/20 and B 22/30. On the arcsine scale
+        z_A = (asin√0.9 − asin√0.75)·2√20 = 1.80539, z_B = (asin√(22/30) − asin√0.75)·2√30
+        = −0.20858; winsorised at the 10th/90th percentiles (type 7, between the two):
+        −0.20858 + 0.1·2.01396 = −0.00718 and 1.60399; φ = (1.60399² + 0.00718²)/2 = 1.28642;
+        2φ > 1, so τ² = (2φ − 1)/(Σw − Σw²/Σw) with w = 4n = 80, 120: 1.57283/96 = 0.016384.
+        A's upper 95 % limit: sin²(asin√0.75 + 1.959964·√(1/80 + τ²))."""
+        publish(1)
+        body = client.get(
+            f"{API}/indicators/plan/variation", params={"year": 2024, "overdispersion": "true"}
+        ).json()
+        assert body["funnel"] == "overdispersed"
+        assert body["phi"] == pytest.approx(1.28642, rel=1e-5)
+        assert body["tau2"] == pytest.approx(0.016384, rel=1e-4)
+        a = next(p for p in body["points"] if p["orgnr"] == PROVIDER_A)
+        spread = (1 / 80 + body["tau2"]) ** 0.5
+        expected = math.sin(math.asin(0.75**0.5) + 1.959964 * spread) ** 2
+        assert a["upper95"] == pytest.approx(expected, rel=1e-8)  # z to 7 digits
+        assert a["upper95"] > 0.75 + 1.959964 * (0.75 * 0.25 / 20) ** 0.5  # wider than normal
+        assert a["signal"] == "not_significant"
 
 
 class TestResearchParticipation:
@@ -568,6 +591,43 @@ class TestFunnelSignals:
             "C": "not_significant",
             "D": "low_0.025",
             "E": "low_0.001",
+        }
+
+    def test_overdispersion_widens_the_limits(self) -> None:
+        """The same five providers with Spiegelhalter's limits, by hand: z on the arcsine scale
+        (asin√p − π/4)·2√100 = ±15.7080 (A, E), ±2.21814 (B, D), 0 (C); winsorised at the
+        10th and 90th percentiles (type 7: −15.7080 + 0.4·13.4898 = −10.3120, and 10.3120); φ =
+        (2·10.3120² + 2·2.21814²)/5 = 44.5033; τ² = (5φ − 4)/(2000 − 400) = 0.136573. The 95 %
+        limits sin²(π/4 ± 1.959964·√(0.0025 + τ²)) = 0.002965 and 0.997035; the 99.8 % ones clip
+        to 0 and 1. So only A (1.0) and E (0.0) stay outside, at 95 % only."""
+        rows = [
+            {"indicator_id": "plan", "year": 2024, "context": "caregiver", "level": level,
+             "orgnr": orgnr, "name": orgnr, "numerator": x, "denominator": n, "suppressed": False}
+            for level, orgnr, x, n in (
+                ("nation", "1", 500, 1000),
+                ("provider", "A", 100, 100),
+                ("provider", "B", 61, 100),
+                ("provider", "C", 50, 100),
+                ("provider", "D", 39, 100),
+                ("provider", "E", 0, 100),
+            )
+        ]  # fmt: skip
+        result = indicator_views.variation(
+            rows, release=1, indicator="plan", year=2024, context="caregiver", overdispersion=True
+        )
+        assert result.funnel == "overdispersed"
+        assert result.phi == pytest.approx(44.5033, rel=1e-5)
+        assert result.tau2 == pytest.approx(0.136573, rel=1e-5)
+        point = result.points[0]
+        assert point.lower95 == pytest.approx(0.002965, abs=1e-6)
+        assert point.upper95 == pytest.approx(0.997035, abs=1e-6)
+        assert (point.lower998, point.upper998) == (0.0, 1.0)
+        assert {p.orgnr: p.signal for p in result.points} == {
+            "A": "high_0.025",
+            "B": "not_significant",
+            "C": "not_significant",
+            "D": "not_significant",
+            "E": "low_0.025",
         }
 
 
