@@ -63,9 +63,13 @@ def erase_patients(
     performed_by: str = "cli",
     locked: bool = False,
 ) -> Erasure:
-    """Erase every record of these patients; returns the (added, not committed) log row.
+    """Erase every record of these patients; returns the log row, COMMITTED (with the retired
+    releases and the replacement) before the write locks are released: a writer that takes the
+    locks next (a publish, another erasure) must find the replacement release, or it would not
+    retire it, nor keep its files.
 
-    `locked=True` when the caller already holds `warehouse.writing()` (loading an optout file).
+    `locked=True` when the caller already holds `warehouse.writing()` (loading an optout file):
+    then the row is added, not committed, and the caller must commit before it releases them.
     """
     pseudonyms = sorted({p for p in source_pseudonyms if p})
     if not pseudonyms:
@@ -77,10 +81,12 @@ def erase_patients(
         )  # fmt: skip
     with warehouse.writing():
         repair_interrupted(session, warehouse)
-        return _erase(
+        erasure = _erase(
             pseudonyms, warehouse, session, key, releases_dir, provider_orgnr, optout_date,
             performed_by,
         )  # fmt: skip
+        session.commit()
+        return erasure
 
 
 def _erase(

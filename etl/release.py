@@ -6,6 +6,8 @@ warehouse deletes a file that a non-retired release lists, except an erasure (`e
 retires the releases that held an erased patient and publishes a replacement.
 """
 
+import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,11 +32,33 @@ def publish_release(
     session: Session,
     note: str | None = None,
     published_by: str = "cli",
+    before_commit: Callable[[ReleaseManifest], None] | None = None,
 ) -> ReleaseManifest:
-    """Publish the warehouse's current state as the next release (adds, never commits, the row)."""
+    """Publish the warehouse's current state as the next release and COMMIT the catalog (the
+    release row and whatever else `session` holds) before the write locks are released.
+
+    An erasure takes the same locks and retires only the releases it finds committed: a row
+    committed after the locks were released could be missed by an erasure in between, which would
+    then delete files this release lists and leave it served with the erased patient counted.
+    `before_commit(manifest)` runs under the locks, after the manifest is written and before the
+    row is added (the service computes the indicators there, so that no served release lacks
+    them; nothing of the catalog is locked meanwhile). If it or the commit fails, nothing is
+    committed and the release's directory is removed.
+    """
     with warehouse.writing():
         repair_interrupted(session, warehouse)
-        return publish_locked(warehouse, releases_dir, session, note, published_by)
+        manifest: ReleaseManifest | None = None
+        try:
+            manifest = publish_locked(
+                warehouse, releases_dir, session, note, published_by, before_commit
+            )
+            session.commit()
+        except BaseException:
+            session.rollback()
+            if manifest is not None:  # the commit failed: the release was never published
+                shutil.rmtree(releases_dir / str(manifest.release), ignore_errors=True)
+            raise
+        return manifest
 
 
 def publish_locked(
@@ -43,12 +67,33 @@ def publish_locked(
     session: Session,
     note: str | None,
     published_by: str,
+    before_commit: Callable[[ReleaseManifest], None] | None = None,
 ) -> ReleaseManifest:
-    """`publish_release` for a caller that already holds the warehouse's write locks."""
+    """`publish_release` for a caller that already holds the warehouse's write locks: adds and
+    flushes the row, never commits; the caller must commit before it releases the locks."""
     number = _next_number(releases_dir, session)
     directory = releases_dir / str(number)
     # exist_ok=False: two publishers can never both claim a number.
     directory.mkdir(parents=True, exist_ok=False)
+    try:
+        return _write_release(
+            warehouse, directory, session, number, note, published_by, before_commit
+        )
+    except BaseException:
+        # A release that never reached the catalog leaves no manifest behind.
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+def _write_release(
+    warehouse: Warehouse,
+    directory: Path,
+    session: Session,
+    number: int,
+    note: str | None,
+    published_by: str,
+    before_commit: Callable[[ReleaseManifest], None] | None,
+) -> ReleaseManifest:
     tables: dict[str, TableSnapshot] = {}
     for form in STORED_FORMS:
         delta = warehouse.delta(form.value)
@@ -64,6 +109,8 @@ def publish_locked(
     )
     path = directory / MANIFEST
     manifest.write(path)
+    if before_commit is not None:
+        before_commit(manifest)
     session.add(
         Release(
             number=number,

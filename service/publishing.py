@@ -2,49 +2,91 @@
 
 `etl/` cannot import `indicators/` (the engine must run without the loader), so the two steps meet
 here, at the edge, for the CLI and the API alike.
+
+Erasures retire releases and delete their `indicators.parquet` while holding the warehouse's write
+locks. So results are only ever written under those locks, after checking (in the committed
+catalog) that the release is not retired: a computation that ran while an erasure retired its
+release must not bring the release's results back.
 """
 
+import logging
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
+import pyarrow as pa
+from sqlalchemy import Connection, Engine
 from sqlmodel import Session, col, select
 
 from etl.release import publish_release, read_manifest
 from etl.warehouse import Warehouse
-from indicators.results import RESULTS_FILE, compute_and_store, read
+from indicators.results import RESULTS_FILE, write
 from schemas.catalog import IndicatorRun, Release
 from schemas.manifest import ReleaseManifest
 from service.settings import Settings
+
+logger = logging.getLogger("kvarus.publishing")
 
 
 def publish(
     settings: Settings, session: Session, *, note: str | None = None, published_by: str = "cli"
 ) -> tuple[ReleaseManifest, Path]:
-    """Publish the next release and store its indicator results (manifest, results path)."""
+    """Publish the next release with its indicator results (manifest, results path); commits.
+
+    The indicators are computed under the write locks, before the release row is committed: the
+    release is served from the moment it is committed, so it must have its results by then, and an
+    erasure waiting for the locks then finds it (and retires it if it holds the patient).
+    """
+    stored: list[tuple[Path, int]] = []
+
+    def store(manifest: ReleaseManifest) -> None:
+        table = _compute(manifest, "duckdb")
+        stored.append((_write_file(manifest, table, settings), table.num_rows))
+
     manifest = publish_release(
-        Warehouse(settings.warehouse_dir, settings.releases_dir),
+        _warehouse(settings),
         settings.releases_dir,
         session,
         note=note,
         published_by=published_by,
+        before_commit=store,
     )
-    results_path = store_indicators(manifest, settings, session)
-    return manifest, results_path
+    # Added after the release row is committed: rows of two tables without a relationship are
+    # flushed in no guaranteed order, and this one's foreign key needs the release first.
+    path, rows = stored[0]
+    session.add(IndicatorRun(release=manifest.release, results_path=str(path), rows=rows))
+    # Results that an erasure's replacement lacks (its computation failed or its process died).
+    try:
+        ensure_indicators(settings, session)
+    except Exception as error:  # the release is published: report, and leave them for later
+        logger.error("indicators of an earlier release not computed: %s", type(error).__name__)
+    return manifest, path
 
 
 def store_indicators(
     manifest: ReleaseManifest, settings: Settings, session: Session, *, engine: str = "duckdb"
-) -> Path:
-    """Compute a release's indicators, write them beside its manifest, index them in the catalog."""
-    results_path = compute_and_store(manifest, settings.releases_dir, engine=engine)
+) -> Path | None:
+    """Compute a release's indicators, write them beside its manifest, index them in the catalog
+    (added to `session`, not committed); None when the release is retired (or gone) by then.
+
+    Computes without the locks (a long computation must not hold up loads), writes under them.
+    """
+    try:
+        table = _compute(manifest, engine)
+    except Exception:
+        # An erasure may have retired the release and deleted its files meanwhile.
+        if _retired(session, manifest.release):
+            return None
+        raise
+    with _warehouse(settings).writing():
+        if _retired(session, manifest.release):
+            return None
+        path = _write_file(manifest, table, settings)
     session.add(
         IndicatorRun(
-            release=manifest.release,
-            engine=engine,
-            results_path=str(results_path),
-            rows=read(results_path).num_rows,
+            release=manifest.release, engine=engine, results_path=str(path), rows=table.num_rows
         )
     )
-    return results_path
+    return path
 
 
 def ensure_indicators(settings: Settings, session: Session) -> list[int]:
@@ -55,11 +97,50 @@ def ensure_indicators(settings: Settings, session: Session) -> list[int]:
     after erasure") but cannot compute indicators; call this after a load (an opt-out file erases)
     and after an erasure. The catalog rows are added to `session`, not committed.
     """
-    statement = select(Release).where(col(Release.retired).is_(False)).order_by(col(Release.number))
+    statement = select(Release.number).where(col(Release.retired).is_(False))
+    numbers = sorted(int(n) for n in session.exec(statement).all())
     computed: list[int] = []
-    for release in session.exec(statement).all():
-        if (settings.releases_dir / str(release.number) / RESULTS_FILE).exists():
+    for number in numbers:
+        if (settings.releases_dir / str(number) / RESULTS_FILE).exists():
             continue
-        store_indicators(read_manifest(settings.releases_dir, release.number), settings, session)
-        computed.append(release.number)
+        manifest = read_manifest(settings.releases_dir, number)
+        if store_indicators(manifest, settings, session) is not None:
+            computed.append(number)
     return computed
+
+
+def _warehouse(settings: Settings) -> Warehouse:
+    return Warehouse(settings.warehouse_dir, settings.releases_dir)
+
+
+def _compute(manifest: ReleaseManifest, engine: str) -> pa.Table:
+    from indicators.engine import compute, engine_name  # the engine loads on first use
+    from schemas.organisations import Hierarchy
+
+    return compute(manifest, hierarchy=Hierarchy.default(), engine=engine_name(engine))
+
+
+def _write_file(manifest: ReleaseManifest, table: pa.Table, settings: Settings) -> Path:
+    """Write the results whole or not at all (the API may read the file at any moment). Call
+    under the write locks."""
+    path = settings.releases_dir / str(manifest.release) / RESULTS_FILE
+    partial = path.with_name(f".{RESULTS_FILE}.partial")
+    write(table, partial)
+    partial.replace(path)
+    return path
+
+
+def _retired(session: Session, number: int) -> bool:
+    """Whether release `number` is retired (or not in the catalog), as committed now.
+
+    Read on a connection of its own: the session's transaction may predate the erasure.
+    """
+    bind = session.get_bind()
+    connection: AbstractContextManager[Connection] = (
+        bind.connect() if isinstance(bind, Engine) else nullcontext(bind)
+    )
+    with connection as reading:
+        retired = reading.execute(
+            select(Release.retired).where(Release.number == number)
+        ).scalar_one_or_none()
+    return retired is None or bool(retired)
