@@ -34,9 +34,12 @@ Rules (DOMAIN.md, and choices documented here):
 - Complementary (secondary) suppression, per indicator × year × context (not of medians: a
   median is not a sum, so no subtraction recovers a hidden one): a parent's numerator is
   the sum over all its children, suppressed ones included, so a single suppressed child would be
-  its parent minus the published siblings (DOMAIN.md: subtracting published numbers must reveal
-  nothing suppressed). Parents and children: nation → RHFs (both contexts), RHF → providers
-  (caregiver), provider → units (caregiver), RHF → HFs (resident). Top down, in each group:
+  its parent minus the published siblings (DOMAIN.md asks this of researcher aggregates; the
+  indicators follow it within each hierarchy). Parents and children: nation → RHFs (both
+  contexts), RHF → providers (caregiver), provider → units (caregiver), RHF → HFs (resident);
+  two groups published only as a difference count as hidden children when small: the rows
+  without a usable home HF (caregiver nation minus resident nation) and the providers outside
+  every RHF (caregiver nation minus its RHFs). Top down, in each group:
   when the parent is published and exactly one child is suppressed, or the parent is suppressed
   and no child is, the published child with the smallest denominator (ties: the first in result
   order) is suppressed too, with reason `complementary`; a child suppressed so becomes a
@@ -47,7 +50,11 @@ Rules (DOMAIN.md, and choices documented here):
   (or parent) sets nothing off, though as an unknown in the sum it protects a sibling like any
   suppressed child. The simple rule keeps at least two unknowns in every sum; it is not a proof
   that a suppressed count cannot be narrowed down (researcher aggregates use
-  `indicators.disclosure` for that).
+  `indicators.disclosure` for that). Across the two contexts the groups overlap without nesting
+  (a provider's patients and an HF's residents): a resident HF minus the same HF as caregiver is
+  its residents treated elsewhere minus its patients from elsewhere, which names a suppressed
+  provider's result only to someone who also knows where that provider's patients live (for
+  example, all in the HF's area). That is not guarded against.
 """
 
 from __future__ import annotations
@@ -677,7 +684,12 @@ def _statistics(
             record["numerator"] = None
     if definition.type != "median":
         # A median is not a sum: no subtraction recovers a hidden one from its siblings.
-        _complementary(records, organisations)
+        _complementary(
+            records,
+            organisations,
+            min_denominator=definition.min_denominator,
+            episodes=definition.unit == "episode",
+        )
     if definition.type == "proportion":
         _funnel(records)
 
@@ -708,10 +720,37 @@ _PARENTS: Final = (
 )
 
 
-def _complementary(records: list[dict[str, Any]], organisations: Organisations) -> None:
+def _complementary(
+    records: list[dict[str, Any]],
+    organisations: Organisations,
+    *,
+    min_denominator: int,
+    episodes: bool,
+) -> None:
     """Complementary suppression within each parent group (the engine's docstring has the
-    rule), in place on one indicator's sorted results."""
+    rule), in place on one indicator's sorted results.
+
+    Two groups are published only through a difference, and count as a hidden child when they
+    hold 1 ... min_denominator − 1 rows: the rows without a usable home HF (the caregiver
+    nation minus the resident nation: the resident nation is hidden, and the resident groups
+    below then hide an RHF and an HF), and, for episodes, the providers outside every RHF (the
+    caregiver nation minus its RHFs; patients are not additive over RHFs)."""
     by_key = {(r["year"], r["context"], r["level"], r["orgnr"], r["unit_code"]): r for r in records}
+
+    def small(gap: int) -> bool:
+        return 0 < gap < min_denominator
+
+    for record in records:
+        if (record["context"], record["level"]) != ("resident", "nation"):
+            continue
+        caregiver = by_key.get((record["year"], "caregiver", "nation", NATION_ORGNR, None))
+        if (
+            caregiver is not None
+            and not caregiver["suppressed"]
+            and not record["suppressed"]
+            and small(caregiver["denominator"] - record["denominator"])
+        ):
+            _hide(record, COMPLEMENTARY)
 
     def parent_orgnr(record: dict[str, Any], level: str) -> str | None:
         if level == "nation":
@@ -737,10 +776,17 @@ def _complementary(records: list[dict[str, Any]], organisations: Organisations) 
                 continue
             hidden = [child for child in children if child["suppressed"]]
             shown = [child for child in children if not child["suppressed"]]
+            # The providers outside every RHF: a child known only as the nation minus the RHFs.
+            unplaced = (
+                episodes
+                and (context, child_level) == ("caregiver", "rhf")
+                and small(parent["denominator"] - sum(c["denominator"] for c in children))
+            )
             exposed = (
-                parent["suppression_reason"] in _DISCLOSURE and not hidden
+                parent["suppression_reason"] in _DISCLOSURE and not hidden and not unplaced
                 if parent["suppressed"]
-                else len(hidden) == 1 and hidden[0]["suppression_reason"] in _DISCLOSURE
+                else len(hidden) + unplaced == 1
+                and (unplaced or hidden[0]["suppression_reason"] in _DISCLOSURE)
             )
             if shown and exposed:
                 # min() keeps the first of equal denominators: the result order.

@@ -7,8 +7,10 @@ from typing import Any
 
 from tests.indicators.conftest import (
     BERGEN,
+    HELSE_SOR_OST,
     HELSE_VEST,
     NATION,
+    OUS,
     STAVANGER,
     VESTLY,
     TinyRelease,
@@ -123,3 +125,72 @@ def test_medians_take_no_complementary_suppression(tiny: Factory) -> None:
     # The RHF's 18: 23 ... 27, then 28 four times (Bergen's and Vestly's), then 51 ... 59: the
     # 9th and 10th are 28 and 51.
     assert value("rhf", HELSE_VEST) == (None, 39.5, 18)
+
+
+def test_rows_without_a_home_hf_are_a_hidden_group_of_the_nation(tiny: Factory) -> None:
+    """Screening 2022, minimum 5: Vestly 3/3 with no home HF, Bergen 10/12, Stavanger 5/8,
+    OUS 7/9 (homes: their own HFs). The caregiver nation (25/32) minus the resident nation
+    (22/29) would give the 3 rows without a home HF, 3 of 3. So the resident nation is hidden;
+    then, as under any hidden parent, its smallest RHF (Helse Sør-Øst, 9 < 20) and that RHF's
+    only HF (OUS). The caregiver side is as before: Vestly and Stavanger hidden."""
+    release = tiny()
+    intakes(release, VESTLY, "U1", 3, 3, home_hf_orgnr=None)
+    intakes(release, BERGEN, "U1", 10, 12)
+    intakes(release, STAVANGER, "U1", 5, 8)
+    intakes(release, OUS, "U1", 7, 9)
+    rows = run(release, "screening", min_denominator=5)
+
+    def row(level: str, orgnr: str, context: str) -> dict[str, Any]:
+        return pick(rows, "screening", 2022, level, orgnr, context=context)
+
+    assert counts(row("nation", NATION, "caregiver")) == (25, 32)
+    assert reason(row("provider", VESTLY, "caregiver")) == ("min_denominator", None, None)
+    assert reason(row("provider", STAVANGER, "caregiver")) == ("complementary", None, None)
+    for level, orgnr in (("nation", NATION), ("rhf", HELSE_SOR_OST), ("hf", OUS)):
+        hidden = row(level, orgnr, "resident")
+        assert reason(hidden) == ("complementary", None, None)
+    assert row("nation", NATION, "resident")["denominator"] == 29
+    assert counts(row("rhf", HELSE_VEST, "resident")) == (15, 20)
+    assert counts(row("hf", BERGEN, "resident")) == (10, 12)
+    assert counts(row("hf", STAVANGER, "resident")) == (5, 8)
+
+
+def test_five_rows_without_a_home_hf_hide_nothing(tiny: Factory) -> None:
+    """The same with Vestly 5/5: a group of 5 may be published, so the resident nation (22/29)
+    stays shown beside the caregiver nation (27/34)."""
+    release = tiny()
+    intakes(release, VESTLY, "U1", 5, 5, home_hf_orgnr=None)
+    intakes(release, BERGEN, "U1", 10, 12)
+    intakes(release, STAVANGER, "U1", 5, 8)
+    intakes(release, OUS, "U1", 7, 9)
+    rows = run(release, "screening", min_denominator=5)
+    assert counts(pick(rows, "screening", 2022, "nation", NATION)) == (27, 34)
+    resident = pick(rows, "screening", 2022, "nation", NATION, context="resident")
+    assert counts(resident) == (22, 29)
+    assert not [r for r in rows if r["context"] == "resident" and r["suppressed"]]
+
+
+def test_providers_outside_every_rhf_are_a_hidden_child_of_the_nation(tiny: Factory) -> None:
+    """Screening 2022, minimum 5: a provider outside the hierarchy 2/2 (home Bergen), Bergen
+    10/12, Stavanger 5/8. The caregiver nation (17/22) minus Helse Vest (15/20) would give the
+    unknown provider's 2 of 2: Helse Vest, the only RHF, is hidden, and under it Stavanger, the
+    smaller provider (and its hf row). The resident context has every row (nation 17/22)."""
+    release = tiny()
+    outside = "999999999"
+    intakes(release, outside, "U1", 2, 2, home_hf_orgnr=BERGEN)
+    intakes(release, BERGEN, "U1", 10, 12)
+    intakes(release, STAVANGER, "U1", 5, 8)
+    rows = run(release, "screening", min_denominator=5)
+
+    def row(level: str, orgnr: str) -> dict[str, Any]:
+        return pick(rows, "screening", 2022, level, orgnr)
+
+    assert counts(row("nation", NATION)) == (17, 22)
+    assert reason(row("provider", outside)) == ("min_denominator", None, None)
+    assert reason(row("rhf", HELSE_VEST)) == ("complementary", None, None)
+    assert row("rhf", HELSE_VEST)["denominator"] == 20
+    assert reason(row("provider", STAVANGER)) == ("complementary", None, None)
+    assert reason(row("hf", STAVANGER)) == ("complementary", None, None)
+    assert counts(row("provider", BERGEN)) == (10, 12)
+    resident = pick(rows, "screening", 2022, "nation", NATION, context="resident")
+    assert counts(resident) == (17, 22)
