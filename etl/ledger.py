@@ -4,6 +4,14 @@ A row is `running` only while a load holds the warehouse's write locks (`Warehou
 process that holds those locks and finds a `running` row knows its load died (flock locks die with
 their process). `repair_interrupted` undoes that load's Delta commits (each is tagged with the
 upload id in its commit metadata) and marks the row `failed`. See `etl.load` for the protocol.
+
+An API upload has a second row, the request (`service/uploads.py`): `pending` until its
+background job starts, then `loading` (never `running`: the job holds no lock while it reads and
+validates, and waits for the locks like any writer, so a repair must not take it for dead). Its
+load's ledger row has `uploaded_by` `api:{request id}`; when a repair finds that row `running`, the
+job died, and the request is marked `failed` too. A request left `loading` longer than
+`STALE_INCOMING` (its file is swept by then) is marked `failed` as well: its job died before its
+load reached the locks (and so is one left `pending`: its job never started).
 """
 
 import hashlib
@@ -25,6 +33,15 @@ INCOMING_DIR: Final = "incoming"
 # An upload is read within seconds of being received; a file older than this was left behind by a
 # load or a process that died (a 512 MB file loads in well under a minute on the load benchmark).
 STALE_INCOMING: Final = timedelta(hours=1)
+
+# The status of an API request whose background job runs (see the module docstring).
+LOADING: Final = "loading"
+# `Upload.uploaded_by` of the ledger row that an API request's job loads: prefix + request id.
+API_UPLOADER: Final = "api:"
+
+
+def api_uploader(request_id: int) -> str:
+    return f"{API_UPLOADER}{request_id}"
 
 
 def file_sha256(path: Path) -> str:
@@ -59,19 +76,47 @@ def repair_interrupted(session: Session, warehouse: Warehouse) -> list[int]:
     """
     stuck = session.exec(select(Upload).where(Upload.status == "running")).all()
     repaired: list[int] = []
+    now = datetime.now(UTC)
     for upload in stuck:
         assert upload.id is not None
         warehouse.restore_before(upload.id)
-        upload.status = "failed"
-        upload.error = INTERRUPTED
-        upload.rows_accepted = upload.rows_quarantined = upload.rows_superseded = 0
-        upload.rows_erased = 0
-        upload.finished_at = datetime.now(UTC)
+        _fail(upload, now)
         session.add(upload)
         repaired.append(upload.id)
-    if repaired:
+        request = _request_of(session, upload)
+        if request is not None and request.status in ("pending", LOADING):
+            _fail(request, now)
+            session.add(request)
+    stale = now - STALE_INCOMING
+    waiting = select(Upload).where(col(Upload.status).in_(("pending", LOADING)))
+    abandoned = [r for r in session.exec(waiting).all() if _aware(r.started_at) < stale]
+    for request in abandoned:
+        _fail(request, now)
+        session.add(request)
+    if repaired or abandoned:
         session.commit()
     return repaired
+
+
+def _fail(upload: Upload, now: datetime) -> None:
+    upload.status = "failed"
+    upload.error = INTERRUPTED
+    upload.rows_accepted = upload.rows_quarantined = upload.rows_superseded = 0
+    upload.rows_erased = 0
+    upload.finished_at = now
+
+
+def _request_of(session: Session, upload: Upload) -> Upload | None:
+    """The API request whose job loaded `upload`, if it was loaded through the API."""
+    number = upload.uploaded_by.removeprefix(API_UPLOADER)
+    if number == upload.uploaded_by or not number.isdigit():
+        return None
+    return session.get(Upload, int(number))
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes (stored in UTC).
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def repair(session: Session, warehouse: Warehouse) -> list[int]:

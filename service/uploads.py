@@ -1,13 +1,16 @@
 """Uploads through the API: stream to disk under a size limit, then load in the background.
 
 The request row (status `pending`) is the id the client gets back at once (202). The background
-job runs the ETL (`etl.load.load_file`) with its own catalog session; the ETL writes its own
-ledger row, which the request row then points at (`loaded_as`) and mirrors (status, counts).
+job marks it `loading` (`etl.ledger.LOADING`) and runs the ETL (`etl.load.load_file`) with its own
+catalog session; the ETL writes its own ledger row, which the request row then points at
+(`loaded_as`) and mirrors (status, counts). Then it computes the indicators of any release that
+lacks them (an opt-out file's erasure publishes a replacement release without them).
 """
 
 import hashlib
 import logging
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -15,6 +18,7 @@ from fastapi import UploadFile
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
+from etl.ledger import LOADING, api_uploader
 from etl.privacy import safe_filename
 from schemas.catalog import Upload, ValidationRun
 from schemas.errors import Forbidden, KvarusError, NotFound
@@ -91,7 +95,10 @@ def run_load(engine: Engine, settings: Settings, request_id: int, path: Path, fo
         with session_scope(engine) as session:
             request = session.get(Upload, request_id)
             assert request is not None
-            request.status = "running"
+            # Not `running`: that marks a load holding the write locks, which any other writer's
+            # repair takes for dead (`etl.ledger`); this job may still be reading the file.
+            request.status = LOADING
+            request.started_at = datetime.now(UTC)
             session.add(request)
         with session_scope(engine) as session:
             loaded = load_file(
@@ -101,7 +108,7 @@ def run_load(engine: Engine, settings: Settings, request_id: int, path: Path, fo
                 session=session,
                 key=settings.key_bytes(),
                 known_providers=frozenset(o.orgnr for o in Hierarchy.default().providers),
-                uploaded_by=f"api:{request_id}",
+                uploaded_by=api_uploader(request_id),
             )
             session.flush()
             request = session.get(Upload, request_id)
@@ -122,8 +129,26 @@ def run_load(engine: Engine, settings: Settings, request_id: int, path: Path, fo
                 request.status = "failed"
                 request.error = detail
                 session.add(request)
+    else:
+        # An opt-out file erases, and an erasure that retired a release published a replacement
+        # without results (`etl/` cannot compute them): the API would serve it with none.
+        _ensure_indicators(engine, settings, request_id)
     finally:
         path.unlink(missing_ok=True)
+
+
+def _ensure_indicators(engine: Engine, settings: Settings, request_id: int) -> None:
+    from service.publishing import ensure_indicators  # the indicator engine loads on first use
+
+    try:
+        with session_scope(engine) as session:
+            computed = ensure_indicators(settings, session)
+    except Exception as error:
+        # The load itself is done; the results are computed by the next load, erase or publish.
+        logger.error("upload %s: indicators not computed: %s", request_id, type(error).__name__)
+        return
+    if computed:
+        logger.info("upload %s: indicators computed for release(s) %s", request_id, computed)
 
 
 def providers_of(upload: Upload) -> list[str]:

@@ -1,0 +1,144 @@
+"""The API's background load job (`service.uploads.run_load`) beside other writers, and after an
+opt-out file: its request row is never taken for a dead load, and a replacement release gets its
+indicators."""
+
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+import etl.load
+from etl.ledger import INTERRUPTED, LOADING, api_uploader, repair
+from etl.warehouse import Warehouse
+from indicators.results import RESULTS_FILE
+from schemas.catalog import Upload
+from schemas.forms import Form
+from service import published
+from service.publishing import publish
+from service.settings import Settings
+from service.uploads import create_request, run_load
+from tests.conftest import ExtractWriter, episode_row
+
+
+def _request(engine: Engine, form: Form, name: str = "extract.csv") -> int:
+    with Session(engine) as session:
+        request = create_request(
+            session, form=form, filename=name, sha256="0" * 64, uploaded_by="registry-client"
+        )
+        session.commit()
+        assert request.id is not None
+        return request.id
+
+
+def _upload(engine: Engine, settings: Settings, source: Path, form: Form) -> Upload:
+    """As `POST /uploads` does: the file under incoming/, a request row, the background job."""
+    incoming = settings.data_dir / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    path = incoming / source.name
+    shutil.copy(source, path)
+    request_id = _request(engine, form, source.name)
+    run_load(engine, settings, request_id, path, form)
+    with Session(engine) as session:
+        request = session.get(Upload, request_id)
+        assert request is not None
+        return request
+
+
+def test_another_writers_repair_leaves_a_running_upload_job_alone(
+    write_extract: ExtractWriter,
+    settings: Settings,
+    catalog_engine: Engine,
+    warehouse: Warehouse,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[tuple[str, str | None]] = []
+    real_load = etl.load.load_file
+
+    def load_file(*args: Any, **kwargs: Any) -> Upload:
+        # Another writer (a load, a publish, an erasure) takes the locks and repairs meanwhile.
+        with Session(catalog_engine) as other:
+            repair(other, warehouse)
+        with Session(catalog_engine) as poller:
+            request = poller.get(Upload, request_id)
+            assert request is not None
+            seen.append((request.status, request.error))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(etl.load, "load_file", load_file)
+    source = write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-1")])
+    incoming = settings.data_dir / "incoming"
+    incoming.mkdir(parents=True)
+    path = incoming / source.name
+    shutil.copy(source, path)
+    request_id = _request(catalog_engine, Form.BASIS)
+
+    run_load(catalog_engine, settings, request_id, path, Form.BASIS)
+
+    assert seen == [(LOADING, None)]
+    with Session(catalog_engine) as session:
+        request = session.get(Upload, request_id)
+        assert request is not None
+        assert (request.status, request.error, request.rows_accepted) == ("loaded", None, 1)
+
+
+def test_a_repair_fails_the_request_of_a_dead_api_load_and_of_an_abandoned_one(
+    settings: Settings, catalog_engine: Engine, warehouse: Warehouse
+) -> None:
+    dead = _request(catalog_engine, Form.BASIS, "dead.csv")
+    abandoned = _request(catalog_engine, Form.BASIS, "abandoned.csv")
+    live = _request(catalog_engine, Form.BASIS, "live.csv")
+    now = datetime.now(UTC)
+    with Session(catalog_engine) as session:
+        for number, started in ((dead, now), (abandoned, now - timedelta(hours=2)), (live, now)):
+            request = session.get(Upload, number)
+            assert request is not None
+            request.status, request.started_at = LOADING, started
+            session.add(request)
+        # The ledger row of `dead`'s load, left `running` by its killed process.
+        ledger = Upload(file_sha256="1" * 64, form="basis", filename="dead.csv")
+        ledger.uploaded_by, ledger.status = api_uploader(dead), "running"
+        session.add(ledger)
+        session.commit()
+
+    with Session(catalog_engine) as session:
+        repaired = repair(session, warehouse)
+
+    assert len(repaired) == 1  # the ledger row
+    with Session(catalog_engine) as session:
+        statuses = {}
+        for number in (dead, abandoned, live, repaired[0]):
+            row = session.get(Upload, number)
+            assert row is not None
+            statuses[number] = (row.status, row.error)
+    assert statuses == {
+        dead: ("failed", INTERRUPTED),
+        abandoned: ("failed", INTERRUPTED),
+        live: (LOADING, None),
+        repaired[0]: ("failed", INTERRUPTED),
+    }
+
+
+def test_an_optout_uploaded_through_the_api_leaves_the_replacement_release_served(
+    write_extract: ExtractWriter, settings: Settings, catalog_engine: Engine
+) -> None:
+    rows = [episode_row(Form.BASIS, 1, "P-1"), episode_row(Form.BASIS, 2, "P-2")]
+    basis = _upload(catalog_engine, settings, write_extract(Form.BASIS, rows), Form.BASIS)
+    assert basis.status == "loaded"
+    with Session(catalog_engine, expire_on_commit=False) as session:
+        manifest, _ = publish(settings, session, note="q1")
+        session.commit()
+    assert manifest.release == 1
+
+    optout = write_extract(Form.OPTOUT, [episode_row(Form.OPTOUT, 1, "P-2")])
+    request = _upload(catalog_engine, settings, optout, Form.OPTOUT)
+
+    assert (request.status, request.rows_erased) == ("loaded", 1)
+    with catalog_engine.connect() as connection:
+        assert published.served_release(connection, None) == 2
+    path, _ = published.results_path(settings, 2)
+    assert path == str(settings.releases_dir / "2" / RESULTS_FILE)
+    assert not (settings.releases_dir / "1" / RESULTS_FILE).exists()
