@@ -4,7 +4,8 @@ Steps, holding the warehouse's write locks:
 1. re-key the source pseudonyms (the keys only live in memory);
 2. per table (every stored form and the quarantine), delete the patients' rows with
    `merge(source=pa.table({"patient_key": keys}), "t.patient_key = s.patient_key")
-   .when_matched_delete()`: a literal predicate would write the key into the Delta log;
+   .when_matched_delete()`: a literal predicate would write the key into the Delta log; the
+   deleted rows' record ids are removed from the stored quality reports (`failing_record_ids`);
 3. releases whose files hold one of the keys (looked up in the files, with DuckDB) are marked
    `retired` (their `indicators.parquet` deleted), and a replacement release noted "rebuilt after
    erasure" is published from the current state (its indicators are computed at the edge:
@@ -21,8 +22,12 @@ Steps, holding the warehouse's write locks:
    `add` actions (and statistics) of the removed files. Afterwards we verify that no log JSON older
    than the checkpoint remains.
 The erasure log row (`schemas.catalog.Erasure`) keeps the date, provider and row counts per table.
+The catalog (retired releases, the replacement, the scrubbed reports, the log row) is committed
+before the locks are released (by the caller that holds them, when `locked=True`).
 """
 
+import json
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 
@@ -32,8 +37,8 @@ from sqlmodel import Session, col, select
 from etl.ledger import repair_interrupted
 from etl.privacy import rekey
 from etl.release import publish_locked
-from etl.warehouse import TABLES, Warehouse
-from schemas.catalog import Erasure, Release
+from etl.warehouse import QUARANTINE, TABLES, Warehouse, schema_of
+from schemas.catalog import Erasure, Release, Upload, ValidationRun
 from schemas.errors import KvarusError, RejectedInput
 from schemas.forms import PATIENT_KEY_COLUMN, Form
 from schemas.manifest import ReleaseManifest
@@ -100,9 +105,11 @@ def _erase(
     performed_by: str,
 ) -> Erasure:
     keys = rekey(pa.array(pseudonyms, pa.string()), key)
+    records = _records_of(warehouse, keys)
     rows_erased: dict[str, int] = {}
     for table in TABLES:
         rows_erased[table] = warehouse.delete_patients(table, keys)
+    _scrub_reports(session, records)
 
     releases = session.exec(select(Release).where(col(Release.retired).is_(False))).all()
     retired: list[int] = []
@@ -138,6 +145,85 @@ def _erase(
     session.add(erasure)
     session.flush()
     return erasure
+
+
+@dataclass(frozen=True)
+class _Record:
+    """One erased row as the quality reports name it: form, upload and record id (and provider)."""
+
+    form: str
+    upload_id: int
+    record_id: str
+    provider: str | None
+
+
+def _records_of(warehouse: Warehouse, keys: pa.Array) -> list[_Record]:
+    """The rows of these patients in the current tables (and quarantine), before they go."""
+    records: list[_Record] = []
+    with duckdb_connection() as connection:
+        connection.register("erased", pa.table({PATIENT_KEY_COLUMN: keys}))
+        for table in TABLES:
+            names = schema_of(table).names
+            files = warehouse.files(table)
+            if PATIENT_KEY_COLUMN not in names or "record_id" not in names or not files:
+                continue
+            quarantined = table == QUARANTINE
+            own = "form, upload_id, record_id, values"
+            columns = own if quarantined else "upload_id, record_id, provider_orgnr"
+            rows = connection.sql(
+                # The SQL holds only constants of ours; the keys are a registered table.
+                f"SELECT {columns} FROM read_parquet($files, hive_partitioning=true) AS t "  # noqa: S608
+                f"SEMI JOIN erased AS s USING ({PATIENT_KEY_COLUMN})",
+                params={"files": files},
+            ).fetchall()
+            for row in rows:
+                if quarantined:
+                    form, upload_id, record_id, values = row
+                    provider = json.loads(values).get("provider_orgnr")
+                else:
+                    (upload_id, record_id, provider), form = row, table
+                if record_id is not None:
+                    records.append(_Record(form, int(upload_id), str(record_id), provider))
+    return records
+
+
+def _scrub_reports(session: Session, records: list[_Record]) -> None:
+    """Remove the erased records' ids from the stored quality reports (`failing_record_ids`).
+
+    From the report of the upload that stored the row, and from the reports of the same form of
+    the uploads of the row's provider (an earlier version of the record, superseded by a re-sent
+    one, was erased from the tables then, but its report still names it). The counts stay: they
+    describe the file as it was validated, and name no one.
+    """
+    if not records:
+        return
+    forms = {r.form for r in records}
+    statement = (
+        select(ValidationRun, Upload)
+        .join(Upload, col(Upload.id) == col(ValidationRun.upload_id))
+        .where(col(ValidationRun.form).in_(forms))
+    )
+    for run, upload in session.exec(statement).all():
+        providers = set(upload.providers.split(","))
+        ids = {
+            r.record_id
+            for r in records
+            if r.form == run.form and (r.upload_id == run.upload_id or r.provider in providers)
+        }
+        checks = run.report.get("checks")
+        if not ids or not isinstance(checks, list):
+            continue
+        scrubbed: list[object] = []
+        changed = False
+        for check in checks:
+            failing = check.get("failing_record_ids") if isinstance(check, dict) else None
+            if isinstance(failing, list) and ids.intersection(failing):
+                check = {**check, "failing_record_ids": [i for i in failing if i not in ids]}
+                changed = True
+            scrubbed.append(check)
+        if changed:
+            run.report = {**run.report, "checks": scrubbed}  # a new value: JSON is not tracked
+            session.add(run)
 
 
 def _holds_patients(manifest: ReleaseManifest, keys: pa.Array) -> bool:

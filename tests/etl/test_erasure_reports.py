@@ -1,0 +1,71 @@
+"""An erasure removes the patient's record ids from the stored quality reports, and only theirs."""
+
+from datetime import date
+from pathlib import Path
+
+from sqlmodel import Session, col, select
+
+from etl.erasure import erase_patients
+from etl.load import load_file
+from etl.warehouse import Warehouse
+from schemas.catalog import Upload, ValidationRun
+from schemas.forms import Form
+from schemas.organisations import Hierarchy
+from tests.conftest import PROVIDER_A, PROVIDER_B, ExtractWriter, episode_row
+
+KNOWN = frozenset(o.orgnr for o in Hierarchy.default().providers)
+ERASED = "P-ERASE-REPORTS-2718"
+
+
+def _load(path: Path, form: Form, warehouse: Warehouse, session: Session, key: bytes) -> Upload:
+    upload = load_file(
+        path, form, warehouse=warehouse, session=session, key=key, known_providers=KNOWN,
+        today=date(2025, 11, 1),
+    )  # fmt: skip
+    assert upload.status == "loaded"
+    session.commit()
+    return upload
+
+
+def _named(session: Session) -> dict[int, list[str]]:
+    """Per upload, every record id its report names (sorted, with repeats removed)."""
+    named: dict[int, list[str]] = {}
+    runs = session.exec(select(ValidationRun).order_by(col(ValidationRun.id))).all()
+    for run in runs:
+        assert run.upload_id is not None
+        checks = run.report["checks"]
+        assert isinstance(checks, list)
+        ids = {i for check in checks for i in check["failing_record_ids"]}
+        named[run.upload_id] = sorted(ids)
+    return named
+
+
+def test_an_erasure_removes_the_patients_record_ids_from_the_quality_reports(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    first = [
+        episode_row(Form.BASIS, 1, "P-KEEP"),
+        episode_row(Form.BASIS, 2, ERASED),
+        episode_row(Form.BASIS, 5, ERASED, age="abc"),  # quarantined: age.type
+    ]
+    one = _load(write_extract(Form.BASIS, first), Form.BASIS, warehouse, session, key)
+    # b2 re-sent: the version of upload one leaves the table, but its report still names it.
+    resent = [episode_row(Form.BASIS, 2, ERASED, age="35")]
+    two = _load(write_extract(Form.BASIS, resent), Form.BASIS, warehouse, session, key)
+    # Another provider's record b2, of another patient.
+    other = [episode_row(Form.BASIS, 2, "P-OTHER", provider_orgnr=PROVIDER_B)]
+    three = _load(write_extract(Form.BASIS, other), Form.BASIS, warehouse, session, key)
+    assert {one.providers, two.providers, three.providers} == {PROVIDER_A, PROVIDER_B}
+    assert _named(session) == {one.id: ["b1", "b2", "b5"], two.id: ["b2"], three.id: ["b2"]}
+
+    erase_patients([ERASED], warehouse=warehouse, session=session, key=key,
+                   releases_dir=warehouse.releases_dir)  # fmt: skip
+
+    with Session(session.get_bind()) as fresh:  # as committed
+        assert _named(fresh) == {one.id: ["b1"], two.id: [], three.id: ["b2"]}
+        run = fresh.exec(select(ValidationRun).where(ValidationRun.upload_id == one.id)).one()
+        checks = run.report["checks"]
+        assert isinstance(checks, list)
+        age = next(c for c in checks if c["check_id"] == "age.type")
+        # The counts stay: they describe the file as validated and name no one.
+        assert (age["failing_count"], age["failing_record_ids"]) == (1, [])
