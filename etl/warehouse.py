@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
@@ -72,6 +73,8 @@ UPLOAD_ID_METADATA: Final = "kvarus.upload_id"
 # A release's manifest file, `{releases_dir}/{N}/manifest.json` (`etl.release.MANIFEST`; etl.release
 # imports this module).
 RELEASE_MANIFEST: Final = "manifest.json"
+# A Delta table's log directory.
+LOG_DIR: Final = "_delta_log"
 
 QUARANTINE_SCHEMA: Final = pa.schema(
     [
@@ -409,7 +412,11 @@ class Warehouse:
     def restore_before(self, upload_id: int) -> dict[str, int]:
         """Undo every Delta commit an upload made: restore each table to the version before its
         first commit tagged with the upload, and delete the data files those commits wrote (a
-        restore only unlists them). Returns {table: restored version}."""
+        restore only unlists them), and those of a write whose commit never happened (the load
+        was killed or failed while writing). Returns {table: restored version}.
+
+        Call only holding the write locks (`writing()`): no other writer may be between writing
+        its files and committing them."""
         restored: dict[str, int] = {}
         for table in TABLES:
             delta = self.delta(table)
@@ -424,6 +431,7 @@ class Warehouse:
                 delta.restore(target)
                 restored[table] = target
                 self._delete_unreferenced(table, undone)
+            self._delete_unlisted(table)
         return restored
 
     def _files_since(self, table: str, target: int, current: int) -> set[str]:
@@ -450,6 +458,35 @@ class Warehouse:
         keep |= self._release_files()
         for name in sorted(files - keep):
             Path(name).unlink(missing_ok=True)
+
+    def _delete_unlisted(self, table: str) -> None:
+        """Delete the table's data files that no commit in its log and no release lists: those of
+        a write whose commit never happened. (A file that only a log JSON removed by an erasure's
+        clean-up listed was the erasure's to delete: it keeps only the files of releases.)"""
+        root = self.path(table).resolve()
+        listed = self._logged_files(table) | self._release_files()
+        for path in sorted(root.rglob("*.parquet")):
+            if LOG_DIR in path.relative_to(root).parts or not path.is_file():
+                continue
+            if str(path.resolve()) not in listed:
+                path.unlink(missing_ok=True)
+
+    def _logged_files(self, table: str) -> set[str]:
+        """The data files (resolved paths) of the table's current version and of every `add` or
+        `remove` action in its log JSON files: every file a commit still on record wrote."""
+        root = self.path(table).resolve()
+        files = {str(Path(uri).resolve()) for uri in self.delta(table).file_uris()}
+        for entry in sorted((root / LOG_DIR).glob("*.json")):
+            with entry.open(encoding="utf-8") as lines:
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    action = json.loads(line)
+                    for kind in ("add", "remove"):
+                        if kind in action:
+                            name = Path(unquote(str(action[kind]["path"])))
+                            files.add(str((root / name).resolve()))
+        return files
 
     def _release_files(self) -> set[str]:
         """Every file a release manifest under `releases_dir` lists (retired ones included)."""

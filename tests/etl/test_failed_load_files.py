@@ -1,8 +1,9 @@
 """A load that fails or is killed leaves none of its Parquet files on disk once undone.
 
 `DeltaTable.restore` only writes a commit that unlists the undone files; the files themselves
-(health data, patient keys) must be deleted too, for every table the load wrote, and never a file
-that the restored version or a release lists.
+(health data, patient keys) must be deleted too, for every table the load wrote, and so must the
+files of a write whose commit never happened; never a file that the restored version, a commit
+on record or a release lists.
 """
 
 import hashlib
@@ -16,11 +17,14 @@ import time
 from datetime import date
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session, col, select
 
 import etl.load
+import etl.warehouse
 from etl.ledger import repair
 from etl.load import LoadFailed, load_file
 from etl.release import publish_release
@@ -210,3 +214,156 @@ def test_a_killed_load_leaves_no_file_once_repaired(
     assert _holding(warehouse, _patient_key(key, "P3")) == []
     statuses = [u.status for u in session.exec(select(Upload).order_by(col(Upload.id))).all()]
     assert statuses == ["loaded", "failed"]
+
+
+def _stray_write(warehouse: Warehouse, table: str, rows: pa.Table) -> Path:
+    """What a Delta write leaves when its commit never happens: a data file in the table."""
+    directory = warehouse.path(table) / ("year=2024" if table != QUARANTINE else "")
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "part-00000-00000000-0000-0000-0000-000000000000-c000.parquet"
+    pq.write_table(rows.drop_columns([n for n in rows.column_names if n == "year"]), path)
+    return path
+
+
+def test_a_write_that_never_committed_leaves_no_file(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _load(write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P1")]), warehouse, session, key)
+    session.commit()
+    before = _on_disk(warehouse)
+
+    def failing(table: object, data: pa.Table, **kwargs: object) -> None:
+        # The engine wrote its file, then the commit failed.
+        _stray_write(warehouse, "basis", data)
+        raise OSError("commit failed")
+
+    monkeypatch.setattr(etl.warehouse, "write_deltalake", failing)
+    rows = [episode_row(Form.BASIS, 2, "P2")]
+    with pytest.raises(LoadFailed, match=r"failed while writing \(OSError\)"):
+        _load(write_extract(Form.BASIS, rows), warehouse, session, key)
+    session.commit()
+    assert _on_disk(warehouse) == before
+    assert _holding(warehouse, _patient_key(key, "P2")) == []
+    assert warehouse.table(Form.BASIS).column("record_id").to_pylist() == ["b1"]
+
+
+def _checkpoint(warehouse: Warehouse) -> list[int]:
+    """An erasure's log clean-up: a checkpoint, then the log JSON files before it are deleted.
+    Returns the versions whose JSON remains."""
+    delta = warehouse.delta("basis")
+    delta.create_checkpoint()
+    delta.cleanup_metadata()
+    return sorted(int(p.stem) for p in (warehouse.path("basis") / "_delta_log").glob("*.json"))
+
+
+def test_files_on_record_or_in_a_release_are_kept(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "warehouse", tmp_path / "releases")
+    warehouse.ensure()
+    warehouse.write(Form.BASIS, _rows(["1"], [30], 1), upload_id=1)
+    first = _on_disk(warehouse)["basis"]
+    warehouse.write(Form.BASIS, _rows(["2"], [40], 2), upload_id=2)
+    assert _checkpoint(warehouse) == [2]  # no JSON lists the first file's `add` any more
+    # Upload 3 supersedes record 1: the first file leaves the current version; only the `remove`
+    # of version 3 lists it now (time travel to version 2 still needs it).
+    warehouse.write(Form.BASIS, _rows(["1"], [31], 3), upload_id=3)
+    on_record = _on_disk(warehouse)["basis"]
+    assert len(on_record) == 3
+    assert first < on_record
+    assert not first & _referenced(warehouse)["basis"]
+    stray = _stray_write(warehouse, "basis", _rows(["3"], [50], 4))
+    quarantine_stray = warehouse.path(QUARANTINE) / "part-stray.parquet"
+    pq.write_table(pa.table({"values": ["{}"]}), quarantine_stray)
+
+    assert warehouse.restore_before(4) == {}  # upload 4 never committed
+    assert not stray.exists()
+    assert not quarantine_stray.exists()
+    assert _on_disk(warehouse)["basis"] == on_record
+    assert warehouse.table(Form.BASIS).sort_by("record_id").column("age").to_pylist() == [31, 40]
+
+    # After a later clean-up no log JSON lists the first file at all: a release still does.
+    manifest = {
+        "release": 1,
+        "created_at": "2026-01-01T00:00:00Z",
+        "tables": {
+            "basis": {"name": "basis", "delta_version": 1, "files": sorted(first), "row_count": 1}
+        },
+    }
+    (tmp_path / "releases" / "1").mkdir(parents=True)
+    (tmp_path / "releases" / "1" / "manifest.json").write_text(json.dumps(manifest), "utf-8")
+    warehouse.write(Form.BASIS, _rows(["4"], [60], 5), upload_id=5)
+    assert _checkpoint(warehouse) == [4]
+    warehouse.restore_before(6)
+    assert first < _on_disk(warehouse)["basis"]
+    assert len(_on_disk(warehouse)["basis"]) == 4
+
+
+# A loading process whose basis write is killed after writing its file, before the commit.
+KILLED_WHILE_WRITING = """
+import sys, time
+from datetime import date
+from pathlib import Path
+from sqlmodel import Session, create_engine
+import etl.warehouse
+from etl.load import load_file
+from etl.warehouse import Warehouse
+from schemas.forms import Form
+from tests.etl.test_failed_load_files import _stray_write
+url, search_path, root, path, key, signal_file, provider = sys.argv[1:8]
+args = {"options": f"-csearch_path={search_path}"} if search_path else {}
+warehouse = Warehouse(Path(root))
+def stalled(table, data, **kwargs):
+    _stray_write(warehouse, "basis", data)
+    Path(signal_file).touch()
+    time.sleep(120)
+etl.warehouse.write_deltalake = stalled
+with Session(create_engine(url, connect_args=args), expire_on_commit=False) as session:
+    load_file(Path(path), Form.BASIS, warehouse=warehouse, session=session, key=key.encode(),
+              known_providers=frozenset({provider}), today=date(2025, 11, 1))
+"""
+
+
+@pytest.mark.slow
+def test_a_load_killed_while_writing_leaves_no_file_once_repaired(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    catalog_engine: Engine,
+    key: bytes,
+    tmp_path: Path,
+) -> None:
+    _load(write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P1")]), warehouse, session, key)
+    session.commit()
+    before = _on_disk(warehouse)
+    path = write_extract(Form.BASIS, [episode_row(Form.BASIS, 2, "P2")])
+    search_path = ""
+    if catalog_engine.dialect.name == "postgresql":
+        with catalog_engine.connect() as connection:
+            search_path = str(connection.execute(text("SHOW search_path")).scalar())
+    signal_file = tmp_path / "writing"
+    url = catalog_engine.url.render_as_string(hide_password=False)
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WHILE_WRITING, url, search_path, str(warehouse.root),
+         str(path), key.decode(), str(signal_file), PROVIDER_A],
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not signal_file.exists():
+            assert time.monotonic() < deadline, "the load never reached the moment to kill it"
+            assert child.poll() is None, "the loading process ended before it could be killed"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+
+    assert _holding(warehouse, _patient_key(key, "P2")) != []
+    session.expire_all()
+    stuck = session.exec(select(Upload).where(Upload.status == "running")).all()
+    assert repair(session, warehouse) == [stuck[0].id]
+    assert _on_disk(warehouse) == before
+    assert _holding(warehouse, _patient_key(key, "P2")) == []
