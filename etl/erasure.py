@@ -27,6 +27,7 @@ before the locks are released (by the caller that holds them, when `locked=True`
 """
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -67,6 +68,7 @@ def erase_patients(
     optout_date: date | None = None,
     performed_by: str = "cli",
     locked: bool = False,
+    before_commit: Callable[[ReleaseManifest], None] | None = None,
 ) -> Erasure:
     """Erase every record of these patients; returns the log row, COMMITTED (with the retired
     releases and the replacement) before the write locks are released: a writer that takes the
@@ -75,6 +77,8 @@ def erase_patients(
 
     `locked=True` when the caller already holds `warehouse.writing()` (loading an optout file):
     then the row is added, not committed, and the caller must commit before it releases them.
+    `before_commit(manifest)` runs under the locks for the replacement release, if one is published
+    (the service computes its indicators there; it must not raise: the erasure would fail).
     """
     pseudonyms = sorted({p for p in source_pseudonyms if p})
     if not pseudonyms:
@@ -82,13 +86,13 @@ def erase_patients(
     if locked:
         return _erase(
             pseudonyms, warehouse, session, key, releases_dir, provider_orgnr, optout_date,
-            performed_by,
+            performed_by, before_commit,
         )  # fmt: skip
     with warehouse.writing():
         repair_interrupted(session, warehouse)
         erasure = _erase(
             pseudonyms, warehouse, session, key, releases_dir, provider_orgnr, optout_date,
-            performed_by,
+            performed_by, before_commit,
         )  # fmt: skip
         session.commit()
         return erasure
@@ -103,6 +107,7 @@ def _erase(
     provider_orgnr: str | None,
     optout_date: date | None,
     performed_by: str,
+    before_commit: Callable[[ReleaseManifest], None] | None,
 ) -> Erasure:
     keys = rekey(pa.array(pseudonyms, pa.string()), key)
     records = _records_of(warehouse, keys)
@@ -128,7 +133,9 @@ def _erase(
 
     rebuilt = ""
     if retired:
-        manifest = publish_locked(warehouse, releases_dir, session, REBUILT_NOTE, performed_by)
+        manifest = publish_locked(
+            warehouse, releases_dir, session, REBUILT_NOTE, performed_by, before_commit
+        )
         rebuilt = ",".join(str(n) for n in retired) + f"->{manifest.release}"
 
     for table in TABLES:

@@ -36,30 +36,56 @@ def publish(
     release is served from the moment it is committed, so it must have its results by then, and an
     erasure waiting for the locks then finds it (and retires it if it holds the patient).
     """
-    stored: list[tuple[Path, int]] = []
-
-    def store(manifest: ReleaseManifest) -> None:
-        table = _compute(manifest, "duckdb")
-        stored.append((_write_file(manifest, table, settings), table.num_rows))
-
+    results = ResultsUnderLocks(settings, required=True)
     manifest = publish_release(
         _warehouse(settings),
         settings.releases_dir,
         session,
         note=note,
         published_by=published_by,
-        before_commit=store,
+        before_commit=results,
     )
-    # Added after the release row is committed: rows of two tables without a relationship are
-    # flushed in no guaranteed order, and this one's foreign key needs the release first.
-    path, rows = stored[0]
-    session.add(IndicatorRun(release=manifest.release, results_path=str(path), rows=rows))
+    results.index(session)
     # Results that an erasure's replacement lacks (its computation failed or its process died).
     try:
         ensure_indicators(settings, session)
     except Exception as error:  # the release is published: report, and leave them for later
         logger.error("indicators of an earlier release not computed: %s", type(error).__name__)
-    return manifest, path
+    return manifest, results.stored[0][0]
+
+
+class ResultsUnderLocks:
+    """The `before_commit` hook of `etl.release.publish_release` and `etl.erasure.erase_patients`:
+    computes a new release's indicators and writes them, under the write locks, before its row is
+    committed (so that it is never served without them).
+
+    `required=False` (an erasure): a failure is logged, not raised (the erasure must not fail for
+    the indicators; `ensure_indicators` computes them later). `index(session)` adds the
+    `IndicatorRun` rows once the release row is committed: rows of two tables without a
+    relationship are flushed in no guaranteed order, and their foreign key needs the release.
+    """
+
+    def __init__(self, settings: Settings, *, required: bool) -> None:
+        self.settings = settings
+        self.required = required
+        self.stored: list[tuple[Path, int, int]] = []  # (path, rows, release)
+
+    def __call__(self, manifest: ReleaseManifest) -> None:
+        try:
+            table = _compute(manifest, "duckdb")
+            path = _write_file(manifest, table, self.settings)
+        except Exception as error:
+            if self.required:
+                raise
+            logger.error(
+                "release %s: indicators not computed: %s", manifest.release, type(error).__name__
+            )
+            return
+        self.stored.append((path, table.num_rows, manifest.release))
+
+    def index(self, session: Session) -> None:
+        for path, rows, release in self.stored:
+            session.add(IndicatorRun(release=release, results_path=str(path), rows=rows))
 
 
 def store_indicators(

@@ -24,7 +24,7 @@ from schemas.forms import Form
 from schemas.organisations import Hierarchy
 from service.commands.common import console, reports_errors, settings
 from service.database import make_engine, session_scope
-from service.publishing import ensure_indicators, publish
+from service.publishing import ResultsUnderLocks, ensure_indicators, publish
 from service.settings import Settings
 
 _STEPS = {"read": "Read", "validated": "Validated", "written": "Written"}
@@ -136,11 +136,17 @@ def register(app: typer.Typer) -> None:
         warehouse = Warehouse(config.warehouse_dir, config.releases_dir)
         when = date.fromisoformat(optout_date) if optout_date else None
         engine = make_engine(config)
+        # The replacement release gets its indicators before it is committed (and served).
+        results = ResultsUnderLocks(config, required=False)
         with session_scope(engine) as session:
+            # Commits before it releases the write locks: a writer waiting for them (another
+            # erasure, a publish) must find the replacement release.
             erasure = erase_patients(
                 pseudonym, warehouse=warehouse, session=session, key=config.key_bytes(),
                 releases_dir=config.releases_dir, provider_orgnr=provider, optout_date=when,
+                before_commit=results,
             )  # fmt: skip
+            results.index(session)
             rows = sum(erasure.rows_erased.values())
             rebuilt = erasure.releases_rebuilt
         typer.echo(f"erased {rows} rows of {len(set(pseudonym))} patient(s)")
