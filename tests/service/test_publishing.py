@@ -158,3 +158,27 @@ def test_indicators_computed_while_an_erasure_retires_their_release_are_not_writ
     with Session(catalog_engine) as fresh:
         releases = fresh.exec(select(Release).order_by(col(Release.number))).all()
         assert [(r.number, r.retired) for r in releases] == [(1, True), (2, False)]
+
+
+def test_a_publish_computes_the_results_a_replacement_release_was_left_without(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    settings: Settings,
+) -> None:
+    _load_two_patients(write_extract, warehouse, session, key)
+    # As an erasure's replacement is left when its process dies before computing the indicators.
+    publish_release(warehouse, warehouse.releases_dir, session, note="rebuilt after erasure")
+    session.commit()
+    assert not (settings.releases_dir / "1" / RESULTS_FILE).exists()
+
+    manifest, results = publish(settings, session, note="q1")
+    session.commit()
+
+    assert manifest.release == 2
+    assert results == settings.releases_dir / "2" / RESULTS_FILE
+    for number in (1, 2):
+        assert _nation_denominators(settings.releases_dir / str(number) / RESULTS_FILE) == [2]
+    runs = session.exec(select(IndicatorRun).order_by(col(IndicatorRun.release))).all()
+    assert [r.release for r in runs] == [1, 2]
