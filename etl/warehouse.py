@@ -25,6 +25,7 @@ SIGKILL, which the load protocol in `etl.load` relies on.
 
 import fcntl
 import json
+import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -67,6 +68,8 @@ MERGE_KEYS: Final[dict[Form, tuple[str, ...]]] = {
     Form.FOLLOWUP: ("record_id",),
     Form.NPR_COUNTS: ("provider_orgnr", "year"),
 }
+
+logger = logging.getLogger("kvarus.warehouse")
 
 # Commit metadata key naming the ledger row (Upload.id) that made a Delta commit.
 UPLOAD_ID_METADATA: Final = "kvarus.upload_id"
@@ -411,12 +414,14 @@ class Warehouse:
     # -- repair -----------------------------------------------------------------------------
     def restore_before(self, upload_id: int) -> dict[str, int]:
         """Undo every Delta commit an upload made: restore each table to the version before its
-        first commit tagged with the upload, and delete the data files those commits wrote (a
-        restore only unlists them), and those of a write whose commit never happened (the load
-        was killed or failed while writing). Returns {table: restored version}.
+        first commit tagged with the upload. Returns {table: restored version}.
 
-        Call only holding the write locks (`writing()`): no other writer may be between writing
-        its files and committing them."""
+        Then delete what the load left on disk (health data, patient keys: `restore` only writes
+        a commit that unlists files): the data files of the undone commits, and those of a write
+        whose commit never happened (the load was killed or failed while writing), in every
+        table. Call only holding the write locks (`writing()`): no other writer may be between
+        writing its files and committing them."""
+        releases = self._release_files()
         restored: dict[str, int] = {}
         for table in TABLES:
             delta = self.delta(table)
@@ -425,13 +430,14 @@ class Warehouse:
                 for entry in delta.history()
                 if str(entry.get(UPLOAD_ID_METADATA)) == str(upload_id) and "version" in entry
             ]
+            undone: set[str] = set()
             if tagged:
                 target = min(tagged) - 1
                 undone = self._files_since(table, target, int(delta.version()))
                 delta.restore(target)
                 restored[table] = target
-                self._delete_unreferenced(table, undone)
-            self._delete_unlisted(table)
+            if releases is not None:
+                self._delete_left_behind(table, undone, releases)
         return restored
 
     def _files_since(self, table: str, target: int, current: int) -> set[str]:
@@ -444,36 +450,30 @@ class Warehouse:
             for uri in DeltaTable(path, version=version).file_uris()
         }
 
-    def _delete_unreferenced(self, table: str, files: set[str]) -> None:
-        """Delete those of `files` that the table's current version and no release references.
+    def _delete_left_behind(self, table: str, undone: set[str], releases: set[str]) -> None:
+        """Delete the `undone` files and the table's files that no commit on record lists, except
+        those of the current (restored) version and of any release.
 
-        `restore` only writes a commit that removes the undone files from the table; they stay
-        on disk (health data, patient keys) until deleted here. A release cannot list one:
-        releases are published holding the write locks, after repairing any dead load
-        (`etl.release.publish_release`, `etl.erasure`), and a live load publishes none but an
-        optout's, whose commits carry no upload id and are never undone. Every release's files
-        are kept all the same, and so are the restored version's.
+        No release can list an undone file: releases are published holding the write locks,
+        after repairing any dead load (`etl.release.publish_release`, `etl.erasure`), and a live
+        load publishes none but an optout's, whose commits carry no upload id and are never
+        undone. Every release's files are kept all the same. A file that only a log JSON deleted
+        by an erasure's clean-up listed was that erasure's to delete (it keeps only releases').
         """
-        keep = {str(Path(uri).resolve()) for uri in self.delta(table).file_uris()}
-        keep |= self._release_files()
-        for name in sorted(files - keep):
+        root = self.path(table).resolve()
+        keep = {str(Path(uri).resolve()) for uri in self.delta(table).file_uris()} | releases
+        logged = self._logged_files(table)
+        on_disk = {
+            str(path.resolve())
+            for path in root.rglob("*.parquet")
+            if LOG_DIR not in path.relative_to(root).parts and path.is_file()
+        }
+        for name in sorted(((on_disk - logged) | undone) - keep):
             Path(name).unlink(missing_ok=True)
 
-    def _delete_unlisted(self, table: str) -> None:
-        """Delete the table's data files that no commit in its log and no release lists: those of
-        a write whose commit never happened. (A file that only a log JSON removed by an erasure's
-        clean-up listed was the erasure's to delete: it keeps only the files of releases.)"""
-        root = self.path(table).resolve()
-        listed = self._logged_files(table) | self._release_files()
-        for path in sorted(root.rglob("*.parquet")):
-            if LOG_DIR in path.relative_to(root).parts or not path.is_file():
-                continue
-            if str(path.resolve()) not in listed:
-                path.unlink(missing_ok=True)
-
     def _logged_files(self, table: str) -> set[str]:
-        """The data files (resolved paths) of the table's current version and of every `add` or
-        `remove` action in its log JSON files: every file a commit still on record wrote."""
+        """The data files (resolved paths) of every `add` or `remove` action in the table's log
+        JSON files, and of its current version: every file a commit still on record wrote."""
         root = self.path(table).resolve()
         files = {str(Path(uri).resolve()) for uri in self.delta(table).file_uris()}
         for entry in sorted((root / LOG_DIR).glob("*.json")):
@@ -488,11 +488,21 @@ class Warehouse:
                             files.add(str((root / name).resolve()))
         return files
 
-    def _release_files(self) -> set[str]:
-        """Every file a release manifest under `releases_dir` lists (retired ones included)."""
+    def _release_files(self) -> set[str] | None:
+        """Every file a release manifest under `releases_dir` lists (retired ones included), or
+        None if a manifest cannot be read (a publish killed while writing it): then no file is
+        deleted, as any might be that release's, and the repair itself still goes through."""
         files: set[str] = set()
         for path in sorted(self.releases_dir.glob(f"*/{RELEASE_MANIFEST}")):
-            for snapshot in ReleaseManifest.read(path).tables.values():
+            try:
+                manifest = ReleaseManifest.read(path)
+            except (OSError, ValueError):
+                logger.warning(
+                    "Release manifest %s cannot be read: files left by undone loads are kept",
+                    path.parent.name,
+                )
+                return None
+            for snapshot in manifest.tables.values():
                 files |= {str(Path(name).resolve()) for name in snapshot.files}
         return files
 

@@ -367,3 +367,23 @@ def test_a_load_killed_while_writing_leaves_no_file_once_repaired(
     assert repair(session, warehouse) == [stuck[0].id]
     assert _on_disk(warehouse) == before
     assert _holding(warehouse, _patient_key(key, "P2")) == []
+
+
+def test_an_unreadable_release_manifest_keeps_every_file_and_the_repair_goes_through(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    warehouse = Warehouse(tmp_path / "warehouse", tmp_path / "releases")
+    warehouse.ensure()
+    warehouse.write(Form.BASIS, _rows(["1"], [30], 1), upload_id=1)
+    warehouse.write(Form.BASIS, _rows(["2"], [40], 2), upload_id=2)
+    stray = _stray_write(warehouse, "basis", _rows(["3"], [50], 2))
+    before = _on_disk(warehouse)["basis"]
+    # A publish killed while writing its manifest: any file might be that release's.
+    (tmp_path / "releases" / "7").mkdir(parents=True)
+    (tmp_path / "releases" / "7" / "manifest.json").write_text('{"release": 7, "tab', "utf-8")
+
+    assert warehouse.restore_before(2) == {"basis": 1}
+    assert warehouse.table(Form.BASIS).column("record_id").to_pylist() == ["1"]
+    assert _on_disk(warehouse)["basis"] == before
+    assert stray.exists()
+    assert "Release manifest 7 cannot be read" in caplog.text
