@@ -4,34 +4,177 @@ A middleware writes an `AuditEvent` after every request under `/api/v1` (subject
 route template, query string, status, rows returned, release). Routes say how many rows they
 returned and from which release with `note(...)`. Bodies are never logged: an aggregate's filters
 or an upload's content stay out of the log, and so do pseudonyms and record values.
+
+What a client typed is not stored as typed: a client may type anything, an identity number
+included, into a path or a query. So the row holds the route *template*
+(`/api/v1/uploads/{upload_id}`, `UNMATCHED_ROUTE` for a path no route matches), never the raw
+path, and the query is stored by `safe_query`: parameter names the route declares, each value
+kept only where it is one of a closed or numeric set and passes the route's own validation
+(numbers, booleans, enumerations, pattern-checked codes such as organisation numbers, catalogue
+indicator ids), and never a value with ten or more digits (a superset of what
+`etl.privacy.is_identity_number` flags, also after a lost leading zero or with separators).
+Every other value is `WITHHELD`, every undeclared name `UNKNOWN_NAME`. A whitelist, not a
+blacklist: free text (an upload's `status`, the audit route's `subject`) is never stored, since
+no check can tell a typed name or number from a harmless word.
 """
 
 import logging
 import queue
+import re
 import threading
 import time
 import traceback
+import types
 from collections import OrderedDict
-from typing import Any, Final
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin
+from urllib.parse import parse_qsl, quote
 
 from fastapi import FastAPI, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import Engine, func, insert
 from sqlmodel import Session, col, select
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.catalog import AuditEvent, utcnow
 from service.database import session_scope
+from service.published import catalogue_ids
 
 logger = logging.getLogger("kvarus.audit")
 
 AUDITED_PREFIX: Final = "/api/v1"
 # Long query strings are cut: the log records what was asked, not an unbounded echo of it.
 MAX_QUERY_LENGTH: Final = 500
-# Route templates remembered by (method, path): paths carry ids, so the memory is bounded.
+# Routes remembered by (method, path): paths carry ids, so the memory is bounded.
 MAX_TEMPLATES: Final = 4096
+# The route of a request whose path no route matches: the path itself may be anything typed.
+UNMATCHED_ROUTE: Final = "(no route)"
+# A query value that is not stored, and a parameter name the route does not declare.
+WITHHELD: Final = "<withheld>"
+UNKNOWN_NAME: Final = "<unknown>"
+# A value with this many digits (any script) is never stored: identity numbers have 11, or 10
+# after a lost leading zero. No query parameter of the API needs so long a number.
+MAX_STORED_DIGITS: Final = 9
+# Free-text query parameters whose values are kept when they belong to a closed vocabulary.
+CLOSED_VOCABULARIES: Final = {"indicator": catalogue_ids}
 
 AuditRow = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    """A route as requests are matched against it: its full template and its query parameters."""
+
+    template: str
+    methods: frozenset[str] | None
+    regex: re.Pattern[str]
+    query: dict[str, Any]  # alias -> FastAPI's ModelField (validates a raw value)
+
+    def matches(self, path: str) -> bool:
+        return self.regex.match(path) is not None
+
+
+def _query_fields(dependant: Dependant) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    pending = [dependant]
+    while pending:
+        current = pending.pop()
+        pending.extend(current.dependencies)
+        for param in current.query_params:
+            fields[param.alias] = param
+    return fields
+
+
+def route_table(app: FastAPI) -> tuple[RouteEntry, ...]:
+    """Every route of `app` with its full path template (prefixes of included routers too).
+
+    `app.routes` holds FastAPI's included-router objects (FastAPI ≥ 0.16x), not the `APIRoute`s
+    under them, so it is walked with `iter_route_contexts`. Built once per set of routes.
+    """
+    cached: tuple[int, tuple[RouteEntry, ...]] | None = getattr(app.state, "route_table", None)
+    count = len(app.router.routes)
+    if cached is not None and cached[0] == count:
+        return cached[1]
+    entries: list[RouteEntry] = []
+    for context in iter_route_contexts(app.router.routes):
+        regex = getattr(context, "path_regex", None)
+        template = context.path_format or context.path
+        if regex is None or template is None:
+            continue
+        original = context.original_route
+        methods = context.methods
+        entries.append(
+            RouteEntry(
+                template=str(template),
+                methods=frozenset(methods) if methods else None,
+                regex=regex,
+                query=_query_fields(original.dependant) if isinstance(original, APIRoute) else {},
+            )
+        )
+    table = tuple(entries)
+    app.state.route_table = (count, table)
+    return table
+
+
+def match_route(app: FastAPI, method: str, path: str) -> RouteEntry | None:
+    """The route that serves `method path`; else one whose path matches (a 405); else None."""
+    partial: RouteEntry | None = None
+    for entry in route_table(app):
+        if entry.matches(path):
+            if entry.methods is None or method in entry.methods:
+                return entry
+            partial = partial or entry
+    return partial
+
+
+def _closed_type(annotation: Any) -> bool:
+    """Whether values of `annotation` come from a closed or numeric set (never free text)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _closed_type(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return all(_closed_type(a) for a in get_args(annotation) if a is not type(None))
+    if origin in (list, tuple, set, frozenset, Sequence):
+        return all(_closed_type(a) for a in get_args(annotation) if a is not Ellipsis)
+    if origin is Literal:
+        return True
+    return isinstance(annotation, type) and issubclass(annotation, int | float | Enum)
+
+
+def _has_pattern(field: Any) -> bool:
+    return any(getattr(m, "pattern", None) for m in field.field_info.metadata)
+
+
+def _keeps_value(name: str, field: Any, value: str) -> bool:
+    """Whether the audit log may store `value` of query parameter `name` (see the module doc)."""
+    if sum(ch.isdigit() for ch in value) > MAX_STORED_DIGITS:
+        return False
+    vocabulary = CLOSED_VOCABULARIES.get(name)
+    if vocabulary is not None and value in vocabulary():
+        return True
+    if not (_closed_type(field.field_info.annotation) or _has_pattern(field)):
+        return False
+    # Validated as the route validates it (a repeatable parameter as a one-item list).
+    return not field.validate(value)[1] or not field.validate([value])[1]
+
+
+def safe_query(entry: RouteEntry | None, query_string: bytes) -> str:
+    """The query as the audit log stores it: declared names, and only values safe to keep."""
+    fields = entry.query if entry is not None else {}
+    parts: list[str] = []
+    text = query_string.decode("latin-1")
+    for name, value in parse_qsl(text, keep_blank_values=True, errors="replace"):
+        field = fields.get(name)
+        if field is None:
+            parts.append(f"{UNKNOWN_NAME}={WITHHELD}")
+        elif _keeps_value(name, field, value):
+            parts.append(f"{name}={quote(value, safe='')}")
+        else:
+            parts.append(f"{name}={WITHHELD}")
+    return "&".join(parts)[:MAX_QUERY_LENGTH]
 
 
 def note(request: Request, *, rows: int | None = None, release: int | None = None) -> None:
@@ -207,7 +350,7 @@ class AuditMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.templates: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self.routes: OrderedDict[tuple[str, str], RouteEntry | None] = OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(AUDITED_PREFIX):
@@ -229,34 +372,28 @@ class AuditMiddleware:
             raise
         self._record(scope, status)
 
-    def _route_template(self, scope: Scope) -> str:
-        # The template (/api/v1/uploads/{upload_id}) groups requests; unknown paths keep their path.
+    def _route(self, scope: Scope) -> RouteEntry | None:
         key = (scope["method"], scope["path"])
-        template = self.templates.get(key)
-        if template is None:
-            template = scope["path"][:200]
-            app: FastAPI = scope["app"]
-            for route in app.router.routes:
-                match, _ = route.matches(scope)
-                if match is Match.FULL:
-                    template = str(getattr(route, "path", template))
-                    break
-            self.templates[key] = template
-            if len(self.templates) > MAX_TEMPLATES:
-                self.templates.popitem(last=False)
-        return template
+        if key in self.routes:
+            return self.routes[key]
+        entry = match_route(scope["app"], *key)
+        self.routes[key] = entry
+        if len(self.routes) > MAX_TEMPLATES:
+            self.routes.popitem(last=False)
+        return entry
 
     def _record(self, scope: Scope, status: int) -> None:
         state = scope.get("state", {})
         principal = state.get("principal")
         query: bytes = scope.get("query_string", b"")
+        route = self._route(scope)
         row: AuditRow = {
             "at": utcnow(),
             "subject": principal.subject if principal is not None else "unauthenticated",
             "role": principal.role if principal is not None else "none",
             "method": scope["method"],
-            "route": self._route_template(scope),
-            "query": query.decode("utf-8", "replace")[:MAX_QUERY_LENGTH],
+            "route": route.template if route is not None else UNMATCHED_ROUTE,
+            "query": safe_query(route, query),
             "status": status,
             "rows": state.get("audit_rows"),
             "release": state.get("audit_release"),

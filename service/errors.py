@@ -4,6 +4,10 @@
 the offending field locations (never the submitted values, which could be record values);
 routing errors (404, 405) keep their status. Anything else is a bug: 500 with no detail, logged
 with its traceback (the traceback names code, not data).
+
+A problem's `instance` is the route's template (`/api/v1/providers/{orgnr}/profile`), never the
+path as sent: a client may type anything, an identity number included, into a path; a path no
+route matches has no `instance`. Log lines name the template too.
 """
 
 import logging
@@ -14,13 +18,14 @@ from typing import Any, Final, get_args
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas import api as api_models
 from schemas.api import Dimension, Measure, Problem
 from schemas.errors import Forbidden, KvarusError, NotFound, RejectedInput, Unauthorised
+from service.audit import match_route
 
 logger = logging.getLogger("kvarus.api")
 
@@ -40,15 +45,17 @@ class ServiceUnavailable(KvarusError):
     type_slug = "unavailable"
 
 
-def problem_response(
-    request: Request, *, status: int, title: str, slug: str, detail: str | None
+def route_template(scope: Any) -> str | None:
+    """The template of the route serving this request (`scope`), None where no route matches."""
+    entry = match_route(scope["app"], scope["method"], scope["path"])
+    return entry.template if entry is not None else None
+
+
+def problem(
+    *, status: int, title: str, slug: str, detail: str | None, instance: str | None
 ) -> JSONResponse:
     body = Problem(
-        type=PROBLEM_BASE + slug,
-        title=title,
-        status=status,
-        detail=detail,
-        instance=request.url.path,
+        type=PROBLEM_BASE + slug, title=title, status=status, detail=detail, instance=instance
     )
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(
@@ -56,10 +63,22 @@ def problem_response(
     )
 
 
+def problem_response(
+    request: Request, *, status: int, title: str, slug: str, detail: str | None
+) -> JSONResponse:
+    return problem(
+        status=status,
+        title=title,
+        slug=slug,
+        detail=detail,
+        instance=route_template(request.scope),
+    )
+
+
 async def _kvarus_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, KvarusError)
     if exc.status >= 500:
-        logger.error("%s on %s %s", exc.title, request.method, request.url.path)
+        logger.error("%s on %s %s", exc.title, request.method, route_template(request.scope))
     return problem_response(
         request, status=exc.status, title=exc.title, slug=exc.type_slug, detail=exc.detail
     )
@@ -88,7 +107,12 @@ def _known_names(app: Any) -> frozenset[str]:
     known: frozenset[str] | None = getattr(app.state, "error_location_names", None)
     if known is None:
         names = set(_LOCATION_MARKERS) | _schema_names()
-        dependants = [r.dependant for r in app.routes if isinstance(r, APIRoute)]
+        # `app.routes` holds FastAPI's included-router objects, not the `APIRoute`s under them.
+        dependants = [
+            c.original_route.dependant
+            for c in iter_route_contexts(app.router.routes)
+            if isinstance(c.original_route, APIRoute)
+        ]
         while dependants:
             dependant = dependants.pop()
             dependants.extend(dependant.dependencies)
@@ -148,7 +172,11 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Frames and the exception's class, not its message: a library's message can quote a value.
     frames = "".join(traceback.format_tb(exc.__traceback__))
     logger.error(
-        "unexpected %s on %s %s\n%s", type(exc).__name__, request.method, request.url.path, frames
+        "unexpected %s on %s %s\n%s",
+        type(exc).__name__,
+        request.method,
+        route_template(request.scope),
+        frames,
     )
     return problem_response(
         request, status=500, title="Internal error", slug="internal", detail=None

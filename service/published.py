@@ -14,6 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Final
 
 import pyarrow as pa
@@ -23,6 +24,7 @@ from sqlalchemy import Connection, Engine
 from sqlmodel import Session, col, select
 
 from etl import release as etl_release
+from indicators.catalogue import load_catalogue
 from indicators.results import RESULT_SCHEMA, RESULTS_FILE
 from schemas.catalog import Release
 from schemas.errors import NotFound
@@ -196,10 +198,23 @@ def etag(release: int, query: ResultQuery, principal: Principal, results_mtime_n
     return f'"{digest[:32]}"'
 
 
+@cache
+def catalogue_ids() -> frozenset[str]:
+    """The ids of the packaged indicator catalogue (read once: it ships with the code)."""
+    return frozenset(d.id for d in load_catalogue())
+
+
 def select_results(
     table: pa.Table, query: ResultQuery, principal: Principal
 ) -> list[dict[str, Any]]:
-    """The rows matching `query` that `principal` may see, as published."""
+    """The rows matching `query` that `principal` may see, as published.
+
+    An indicator id that is not in the catalogue is a 404 (a known one without rows in this
+    release answers no rows): an empty answer would read as "no results yet". The message does
+    not repeat the id, which the client typed and could be anything.
+    """
+    if query.indicator is not None and query.indicator not in catalogue_ids():
+        raise NotFound("no indicator with this id in the catalogue")
     conditions: list[Any] = []
     if query.indicator is not None:
         conditions.append(pc.equal(table["indicator_id"], query.indicator))
