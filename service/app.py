@@ -11,12 +11,14 @@ from typing import Final
 from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlmodel import Session
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from etl.ledger import sweep_incoming
-from schemas.errors import KvarusError
+from schemas.errors import KvarusError, Unauthorised
 from schemas.organisations import Hierarchy
 from service import aggregates, errors, published
-from service.audit import AuditMiddleware, AuditWriter
+from service.audit import AuditMiddleware, AuditWriter, match_route
 from service.auth import OidcVerifier
 from service.catalog_cache import CatalogCache
 from service.database import make_engine
@@ -30,7 +32,125 @@ API_PREFIX = "/api/v1"
 # default: 5 connections), so each reuses a pooled connection.
 CATALOG_THREADS: Final = 4
 
+# Request bodies: every route but the upload takes a small JSON body (an aggregate query, a
+# release note): 1 MiB is far beyond any of them. The upload route takes the settings'
+# `max_upload_bytes` plus this allowance for the multipart framing and the `form` field.
+MAX_BODY_BYTES: Final = 1024 * 1024
+MULTIPART_OVERHEAD_BYTES: Final = 64 * 1024
+UPLOAD_ROUTE: Final = ("POST", f"{API_PREFIX}/uploads")
+MAX_REMEMBERED_PATHS: Final = 4096
+
 logger = logging.getLogger("kvarus.api")
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive()` once a body passes its limit (FastAPI re-raises HTTP errors)."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=413, detail="the request body exceeds this route's limit")
+
+
+def body_limit(scope: Scope) -> int:
+    """The body size limit of a request: the upload's from the settings, else `MAX_BODY_BYTES`."""
+    if (scope["method"], scope["path"]) == UPLOAD_ROUTE:
+        settings: Settings = scope["app"].state.settings  # read per request: tests change it
+        return settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+    return MAX_BODY_BYTES
+
+
+class RequestGate:
+    """Refuses what must not be read, before FastAPI reads (and parses, and spools) a body.
+
+    FastAPI reads the whole body before any dependency runs: the login check and the upload's
+    size check came after an anonymous client's body was received whole (a multipart file
+    spooled to disk without limit; a JSON body parsed in memory). So, before the app sees the
+    request:
+    - A request to a route that takes a body without an `Authorization` header is 401: every
+      such route needs credentials (README's role matrix: anonymous clients may only read
+      published indicators, all GET routes).
+    - A `Content-Length` over the route's limit (`body_limit`) is 413 at once; a body without
+      one (chunked) is counted while it streams, and stopped with 413 when it passes the limit.
+    Both answers are problem+json, and audited (the audit middleware runs outside this one).
+    A plain ASGI middleware, as the audit's: `BaseHTTPMiddleware` costs a task per request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        # By (method, path); paths carry ids, so only so many are remembered.
+        self.body_routes: dict[tuple[str, str], bool] = {}
+
+    def _needs_credentials_first(self, scope: Scope) -> bool:
+        """Whether the request's route takes a body (and so needs credentials)."""
+        key = (scope["method"], scope["path"])
+        known = self.body_routes.get(key)
+        if known is None:
+            entry = match_route(scope["app"], *key)
+            known = bool(
+                entry is not None
+                and entry.takes_body
+                and (entry.methods is None or key[0] in entry.methods)
+            )
+            if len(self.body_routes) < MAX_REMEMBERED_PATHS:
+                self.body_routes[key] = known
+        return known
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        authorization = headers.get(b"authorization", b"").strip()
+        if not authorization and self._needs_credentials_first(scope):
+            await self._refuse(scope, send, 401, "this route needs credentials")
+            return
+        limit = body_limit(scope)
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._refuse(scope, send, 413, f"the request body exceeds {limit} bytes")
+            return
+        received = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge()
+            return message
+
+        async def noting_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, noting_send)
+        except BodyTooLarge:
+            if started:
+                raise
+            await self._refuse(scope, send, 413, f"the request body exceeds {limit} bytes")
+
+    @staticmethod
+    async def _refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
+        if status == 401:
+            title, slug = Unauthorised.title, Unauthorised.type_slug
+        else:
+            title, slug = errors.PayloadTooLarge.title, errors.PayloadTooLarge.type_slug
+        response = errors.problem(
+            status=status,
+            title=title,
+            slug=slug,
+            detail=detail,
+            instance=errors.route_template(scope),
+        )
+
+        async def no_body() -> Message:
+            return {"type": "http.disconnect"}
+
+        await response(scope, no_body, send)
 
 
 def warm_aggregates(settings: Settings, engine: Engine) -> None:
@@ -111,6 +231,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.catalog_cache = catalog_cache
     app.state.oidc = oidc
     errors.install(app)
+    # The last added runs first: the audit middleware sees (and records) the gate's refusals.
+    app.add_middleware(RequestGate)
     app.add_middleware(AuditMiddleware)
     app.include_router(health.router)
     for module in (uploads, releases, indicators, aggregates_routes, audit):

@@ -72,6 +72,7 @@ class RouteEntry:
     methods: frozenset[str] | None
     regex: re.Pattern[str]
     query: dict[str, Any]  # alias -> FastAPI's ModelField (validates a raw value)
+    takes_body: bool = False
 
     def matches(self, path: str) -> bool:
         return self.regex.match(path) is not None
@@ -86,6 +87,16 @@ def _query_fields(dependant: Dependant) -> dict[str, Any]:
         for param in current.query_params:
             fields[param.alias] = param
     return fields
+
+
+def _takes_body(dependant: Dependant) -> bool:
+    pending = [dependant]
+    while pending:
+        current = pending.pop()
+        if current.body_params:
+            return True
+        pending.extend(current.dependencies)
+    return False
 
 
 def route_table(app: FastAPI) -> tuple[RouteEntry, ...]:
@@ -112,6 +123,7 @@ def route_table(app: FastAPI) -> tuple[RouteEntry, ...]:
                 methods=frozenset(methods) if methods else None,
                 regex=regex,
                 query=_query_fields(original.dependant) if isinstance(original, APIRoute) else {},
+                takes_body=isinstance(original, APIRoute) and _takes_body(original.dependant),
             )
         )
     table = tuple(entries)

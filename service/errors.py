@@ -162,6 +162,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         401: (Unauthorised.title, Unauthorised.type_slug),
         403: (Forbidden.title, Forbidden.type_slug),
         405: ("Method not allowed", "method-not-allowed"),
+        413: (PayloadTooLarge.title, PayloadTooLarge.type_slug),
     }
     title, slug = titles.get(exc.status_code, ("HTTP error", "http"))
     detail = exc.detail if isinstance(exc.detail, str) else None
