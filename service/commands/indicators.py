@@ -5,6 +5,12 @@ reads `{data_dir}/releases/{N}/manifest.json` (default: the highest N present), 
 `{data_dir}/releases/{N}/indicators.parquet` (and `--out` in the chosen format) and records an
 `IndicatorRun` in the catalog. Results are aggregates with small cells suppressed: nothing printed
 or written holds a record value of a single patient.
+
+The results are computed without locks and written under the warehouse's write locks, after
+checking (in the committed catalog) that the release is not retired, as `service.publishing` does:
+an erasure retires releases and deletes their results under those locks, and a computation that
+overlapped it must not write a retired release's results back. A retired release is a usage error
+(exit 2).
 """
 
 import json
@@ -16,15 +22,20 @@ from typing import Annotated, Any
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import typer
+from sqlalchemy import Connection
+from sqlalchemy import Engine as Database
+from sqlmodel import Session, select
 
+from etl.warehouse import Warehouse
 from indicators import results
 from indicators.engine import compute, engine_name
-from schemas.catalog import IndicatorRun
-from schemas.errors import NotFound
+from schemas.catalog import IndicatorRun, Release
+from schemas.errors import Conflict, NotFound
 from schemas.manifest import ReleaseManifest
 from schemas.organisations import Hierarchy
 from service.commands.common import console, reports_errors, settings
 from service.database import make_engine, session_scope
+from service.settings import Settings
 
 
 class Engine(StrEnum):
@@ -36,6 +47,14 @@ class OutputFormat(StrEnum):
     JSON = "json"
     CSV = "csv"
     PARQUET = "parquet"
+
+
+class ReleaseRetired(Conflict):
+    """Indicators asked for a retired release (an erasure removed patients it holds)."""
+
+    title = "Release retired"
+    type_slug = "release-retired"
+    exit_code = 2  # a usage error: the release may not be computed, whatever the input
 
 
 def latest_release(releases_dir: Path) -> int:
@@ -97,6 +116,9 @@ def register(app: typer.Typer) -> None:
         if not manifest_path.exists():
             raise NotFound(f"release {number} has no manifest.json")
         manifest = ReleaseManifest.read(manifest_path)
+        database = make_engine(config)
+        with session_scope(database) as session:
+            _check_servable(session, number)  # before a long computation; again under the locks
         started = time.perf_counter()
         spark = _spark_session() if engine is Engine.SPARK else None
         try:
@@ -106,24 +128,60 @@ def register(app: typer.Typer) -> None:
                 engine=engine_name(engine.value),
                 spark_session=spark,
             )
+        except Exception:
+            # An erasure may have retired the release and deleted its files meanwhile.
+            with session_scope(database) as session:
+                _check_servable(session, number)
+            raise
         finally:
             if spark is not None:
                 spark.stop()
-        path = config.releases_dir / str(number) / results.RESULTS_FILE
-        results.write(table, path)
+        with session_scope(database) as session:
+            path = store(table, number, config, session, engine=engine.value)
         if out is not None:
             write_output(table, out, output_format)
-        with session_scope(make_engine(config)) as session:
-            session.add(
-                IndicatorRun(
-                    release=number,
-                    engine=engine.value,
-                    results_path=str(path),
-                    rows=table.num_rows,
-                )
-            )
         console.print(
             f"Release {number}: {table.num_rows:,} indicator results on {engine.value} in "
             f"{time.perf_counter() - started:.1f} s → {path}",
             highlight=False,
+        )
+
+
+def store(table: pa.Table, number: int, config: Settings, session: Session, *, engine: str) -> Path:
+    """Write release `number`'s results beside its manifest under the write locks, whole or not at
+    all (the API may read the file at any moment), and index them (added to `session`).
+
+    Raises `ReleaseRetired` if the release is retired when the locks are held, `NotFound` if the
+    catalog does not know it.
+    """
+    with Warehouse(config.warehouse_dir, config.releases_dir).writing():
+        _check_servable(session, number)
+        path = config.releases_dir / str(number) / results.RESULTS_FILE
+        partial = path.with_name(f".{results.RESULTS_FILE}.partial")
+        results.write(table, partial)
+        partial.replace(path)
+    session.add(
+        IndicatorRun(release=number, engine=engine, results_path=str(path), rows=table.num_rows)
+    )
+    return path
+
+
+def _check_servable(session: Session, number: int) -> None:
+    """Raise unless release `number` is in the catalog and not retired, as committed now.
+
+    Read on a connection of its own: the session's transaction may predate an erasure.
+    """
+    bind = session.get_bind()
+    assert isinstance(bind, Database)
+    reading: Connection
+    with bind.connect() as reading:
+        retired = reading.execute(
+            select(Release.retired).where(Release.number == number)
+        ).scalar_one_or_none()
+    if retired is None:
+        raise NotFound(f"release {number} is not in the catalog")
+    if retired:
+        raise ReleaseRetired(
+            f"release {number} is retired (an erasure removed records it held); its indicators "
+            f"are not computed. Use a release that is not retired (GET /releases lists them)"
         )

@@ -1,0 +1,127 @@
+"""`kvarus indicators`: results are written under the write locks, never for a retired release."""
+
+import fcntl
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from sqlmodel import Session, select
+from typer.testing import CliRunner
+
+from indicators import engine as indicator_engine
+from indicators import results
+from schemas.catalog import IndicatorRun, Release
+from schemas.forms import Form
+from service.cli import app
+from service.commands import indicators as command
+from service.database import make_engine
+from service.settings import Settings
+from tests.conftest import TEST_KEY, ExtractWriter, episode_row
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    values = {
+        "KVARUS_DATA_DIR": str(tmp_path / "var"),
+        "KVARUS_PSEUDONYM_KEY": TEST_KEY,
+        "KVARUS_DATABASE_URL": "",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)  # for the test's own Settings() too
+    return values
+
+
+def _published(write_extract: ExtractWriter, env: dict[str, str]) -> Path:
+    """Release 1 of two episodes, its results file removed (as a retired release's would be)."""
+    rows = [episode_row(Form.BASIS, n, f"P-IND-{n}") for n in (1, 2)]
+    for args in (["load", str(write_extract(Form.BASIS, rows)), "--form", "basis"], ["release"]):
+        result = CliRunner().invoke(app, args, env=env)
+        assert result.exit_code == 0, result.output
+    releases = Path(env["KVARUS_DATA_DIR"]) / "releases"
+    (releases / "1" / results.RESULTS_FILE).unlink()
+    return releases
+
+
+def _retire(number: int) -> None:
+    with Session(make_engine(Settings())) as session:
+        release = session.get(Release, number)
+        assert release is not None
+        release.retired = True
+        session.add(release)
+        session.commit()
+
+
+def _runs() -> list[tuple[int, str]]:
+    with Session(make_engine(Settings())) as session:
+        return [(r.release, r.engine) for r in session.exec(select(IndicatorRun)).all()]
+
+
+def test_a_release_retired_while_its_indicators_are_computed_gets_no_results(
+    write_extract: ExtractWriter, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    releases = _published(write_extract, env)
+    runs_before = _runs()
+    real_compute = indicator_engine.compute
+
+    def compute_then_erasure(*args: Any, **kwargs: Any) -> pa.Table:
+        table = real_compute(*args, **kwargs)
+        _retire(1)  # an erasure commits while the computation runs
+        return table
+
+    monkeypatch.setattr(command, "compute", compute_then_erasure)
+    out = releases.parent / "out.json"
+    result = CliRunner().invoke(
+        app, ["indicators", "--release", "1", "--format", "json", "--out", str(out)], env=env
+    )
+    assert result.exit_code == 2, result.output
+    assert "release 1 is retired" in " ".join(result.output.split())
+    assert not (releases / "1" / results.RESULTS_FILE).exists()
+    assert not out.exists()
+    assert _runs() == runs_before
+
+
+def test_a_retired_release_is_refused_before_computing(
+    write_extract: ExtractWriter, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    releases = _published(write_extract, env)
+    _retire(1)
+
+    def never(*args: Any, **kwargs: Any) -> pa.Table:
+        raise AssertionError("a retired release must not be computed")
+
+    monkeypatch.setattr(command, "compute", never)
+    result = CliRunner().invoke(app, ["indicators", "--release", "1"], env=env)
+    assert result.exit_code == 2, result.output
+    assert "Release retired" in result.output
+    assert not (releases / "1" / results.RESULTS_FILE).exists()
+
+
+def test_results_are_written_under_the_write_locks(
+    write_extract: ExtractWriter, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    releases = _published(write_extract, env)
+    runs_before = _runs()
+    warehouse_dir = Settings().warehouse_dir
+    locked: list[bool] = []
+    real_write = results.write
+
+    def write_checking_locks(table: pa.Table, path: Path) -> None:
+        # flock locks of another open file description conflict, in the same process too.
+        with (warehouse_dir / "basis.lock").open("a") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                locked.append(True)
+            else:
+                locked.append(False)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        real_write(table, path)
+
+    monkeypatch.setattr(results, "write", write_checking_locks)
+    result = CliRunner().invoke(app, ["indicators", "--release", "1"], env=env)
+    assert result.exit_code == 0, result.output
+    assert locked == [True]
+    stored = results.read(releases / "1" / results.RESULTS_FILE)
+    assert set(stored.column("release").to_pylist()) == {1}
+    assert _runs() == [*runs_before, (1, "duckdb")]
