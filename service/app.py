@@ -234,6 +234,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The last added runs first: the audit middleware sees (and records) the gate's refusals.
     app.add_middleware(RequestGate)
     app.add_middleware(AuditMiddleware)
+    # Outermost of ours: a bug is answered and logged here, without its message (see there).
+    app.add_middleware(errors.UnexpectedErrors)
     app.include_router(health.router)
     for module in (uploads, releases, indicators, aggregates_routes, audit):
         app.include_router(module.router, prefix=API_PREFIX)

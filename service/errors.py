@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas import api as api_models
 from schemas.api import Dimension, Measure, Problem
@@ -182,6 +183,57 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(
         request, status=500, title="Internal error", slug="internal", detail=None
     )
+
+
+class UnexpectedErrors:
+    """Answers a bug 500 itself, so that no exception's message reaches any log.
+
+    Starlette's `ServerErrorMiddleware` (outside every middleware of ours) answers an unhandled
+    exception through `_unexpected` and then re-raises it, for the server to log: uvicorn then
+    printed the whole traceback *with the message* ("Exception in ASGI application"), and a
+    library's message can quote a value (a file path, a record). Installed as the outermost of
+    our middlewares, this one catches the exception first, logs its class and frames only (as
+    `_unexpected`), answers 500 problem+json if no response has started, and does not re-raise:
+    the server sees a finished request (or, if the answer had started, an incomplete one, which
+    uvicorn logs without any message).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def noting_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_send)
+        except Exception as exc:
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            logger.error(
+                "unexpected %s on %s %s%s\n%s",
+                type(exc).__name__,
+                scope["method"],
+                route_template(scope),
+                " (after the answer had started)" if started else "",
+                frames,
+            )
+            if not started:
+                response = problem(
+                    status=500,
+                    title="Internal error",
+                    slug="internal",
+                    detail=None,
+                    instance=route_template(scope),
+                )
+                await response(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:
