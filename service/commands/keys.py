@@ -1,12 +1,14 @@
 """CLI: API keys (`kvarus keys create | list | revoke`)."""
 
-from typing import Annotated
+from typing import Annotated, Final
 
 import typer
 
 from service import auth
 from service.commands.common import reports_errors, settings
 from service.database import make_engine, session_scope
+
+MAX_CLIENT_ID: Final = 2**63 - 1
 
 
 def register(app: typer.Typer) -> None:
@@ -43,7 +45,13 @@ def register(app: typer.Typer) -> None:
 
     @keys.command("revoke")
     @reports_errors
-    def revoke(client_id: Annotated[int, typer.Argument(help="The API client id")]) -> None:
+    def revoke(
+        client_id: Annotated[
+            # Catalog ids are 64-bit integers: a larger number is a usage error (exit 2), not
+            # an OverflowError from the database driver.
+            int, typer.Argument(help="The API client id", min=1, max=MAX_CLIENT_ID)
+        ],
+    ) -> None:
         """Revoke an API key."""
         with session_scope(make_engine(settings())) as session:
             auth.revoke_key(session, client_id)
