@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Final
+from urllib.parse import unquote
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
@@ -18,7 +19,13 @@ from etl.ledger import sweep_incoming
 from schemas.errors import KvarusError, Unauthorised
 from schemas.organisations import Hierarchy
 from service import aggregates, errors, published
-from service.audit import AuditMiddleware, AuditWriter, match_route
+from service.audit import (
+    UNMATCHED_ROUTE,
+    AuditMiddleware,
+    AuditWriter,
+    match_route,
+    safe_query,
+)
 from service.auth import OidcVerifier
 from service.catalog_cache import CatalogCache
 from service.database import make_engine
@@ -41,6 +48,29 @@ UPLOAD_ROUTE: Final = ("POST", f"{API_PREFIX}/uploads")
 MAX_REMEMBERED_PATHS: Final = 4096
 
 logger = logging.getLogger("kvarus.api")
+
+
+class AccessLogPaths(logging.Filter):
+    """uvicorn's access log line names the route template and the audit's query, never the path
+    and query as sent (a client may type an identity number into either): the same rule as the
+    audit log's (`service.audit`). Installed on `uvicorn.access` while the app runs."""
+
+    def __init__(self, app: FastAPI) -> None:
+        super().__init__()
+        self.app = app
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn's access record: (client, method, path?query, HTTP version, status).
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5:
+            client, method, full_path, version, status = args
+            path, _, query = str(full_path).partition("?")
+            entry = match_route(self.app, str(method), unquote(path))
+            shown = entry.template if entry is not None else UNMATCHED_ROUTE
+            if query:
+                shown += "?" + safe_query(entry, query.encode("latin-1", "replace"))
+            record.args = (client, method, shown, version, status)
+        return True
 
 
 class BodyTooLarge(HTTPException):
@@ -196,7 +226,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     catalog_cache = CatalogCache.of(engine)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(served: FastAPI) -> AsyncIterator[None]:
+        access_paths = AccessLogPaths(served)
+        logging.getLogger("uvicorn.access").addFilter(access_paths)
         # Upload files a dead process left behind. Only stale ones (an hour, the default): another
         # worker of this service may be loading a fresh one right now.
         swept = sweep_incoming(settings.data_dir)
@@ -212,6 +244,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         yield
         gc.unfreeze()
+        logging.getLogger("uvicorn.access").removeFilter(access_paths)
         audit_writer.close()  # every queued audit row is committed before the process ends
         if catalog_cache is not None:
             catalog_cache.close()

@@ -1,4 +1,5 @@
-"""A bug's exception message reaches no log: uvicorn serves the app in a child process."""
+"""What the server logs under uvicorn (in a child process): no exception message, no typed
+value from a path or a query."""
 
 import os
 import subprocess
@@ -37,13 +38,15 @@ SERVER = textwrap.dedent(
         time.sleep(0.05)
     answer = httpx.get(f"http://127.0.0.1:{{port}}/api/v1/indicators")
     print("ANSWER", answer.status_code, answer.headers["content-type"], answer.text, flush=True)
+    typed = httpx.get(f"http://127.0.0.1:{{port}}/api/v1/providers/{SECRET}/profile?release=2&x={SECRET}")
+    print("TYPED", typed.status_code, flush=True)
     server.should_exit = True
     thread.join(timeout=30)
     """
 )
 
 
-def test_uvicorn_logs_class_and_frames_never_the_message(tmp_path: Path) -> None:
+def test_uvicorn_logs_no_message_and_no_typed_value(tmp_path: Path) -> None:
     env = {
         **os.environ,
         "KVARUS_DATA_DIR": str(tmp_path / "var"),
@@ -67,5 +70,12 @@ def test_uvicorn_logs_class_and_frames_never_the_message(tmp_path: Path) -> None
     # The class and the frames are logged (the bug can be found), the message is not.
     assert "unexpected RuntimeError on GET /api/v1/indicators" in done.stderr
     assert "in broken" in done.stderr
+    # The access log names the route template and the query as the audit stores it.
+    assert "TYPED 422" in done.stdout
+    assert (
+        '"GET /api/v1/providers/{orgnr}/profile?release=2&<unknown>=<withheld> HTTP/1.1" 422'
+        in output
+    )
+    assert '"GET /api/v1/indicators HTTP/1.1" 500' in output
     assert SECRET not in output
     assert "Exception in ASGI application" not in output
