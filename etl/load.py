@@ -23,8 +23,8 @@ Atomicity protocol (a load commits fully or leaves no trace, even under SIGKILL)
    commits: the row must be visible to a later repair), then writes its Delta commits (each atomic).
 5. One catalog transaction marks the row `loaded` with its counts and stores the validation run.
    A kill before 5 leaves a `running` row that step 3 of the next writer repairs; a kill after 5
-   leaves a finished load. A Parquet file written by a commit that never happened is unreferenced;
-   `vacuum` removes it.
+   leaves a finished load. The repair also deletes the Parquet files of the undone commits and of a
+   commit that never happened (`Warehouse.restore_before`).
 """
 
 from collections.abc import Callable
@@ -58,6 +58,7 @@ from schemas.forms import (
     extract_schema,
     warehouse_schema,
 )
+from schemas.manifest import ReleaseManifest
 from schemas.parsing import normalise
 from validation import cross_record, validate_extract
 
@@ -109,8 +110,12 @@ def load_file(
     uploaded_by: str = "cli",
     today: date | None = None,
     progress: Progress | None = None,
+    before_commit: Callable[[ReleaseManifest], None] | None = None,
 ) -> Upload:
-    """Load one file; returns its ledger row (status loaded, rejected or duplicate)."""
+    """Load one file; returns its ledger row (status loaded, rejected or duplicate).
+
+    `before_commit`: for an optout file, `erase_patients`' hook for the replacement release (runs
+    under the write locks before it is committed: the service computes its indicators there)."""
     report: Progress = progress if progress is not None else _no_progress
     today = today if today is not None else date.today()
     sha256 = file_sha256(path)
@@ -174,7 +179,10 @@ def load_file(
             assert upload.id is not None
             try:
                 if form is Form.OPTOUT:
-                    _optout(typed, warehouse=warehouse, session=session, key=key, upload=upload)
+                    _optout(
+                        typed, warehouse=warehouse, session=session, key=key, upload=upload,
+                        before_commit=before_commit,
+                    )  # fmt: skip
                 else:
                     _store(
                         typed, validation, form, warehouse=warehouse, keys=keys, upload=upload,
@@ -506,7 +514,13 @@ def _latest_versions(
 
 
 def _optout(
-    typed: pa.Table, *, warehouse: Warehouse, session: Session, key: bytes, upload: Upload
+    typed: pa.Table,
+    *,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    upload: Upload,
+    before_commit: Callable[[ReleaseManifest], None] | None,
 ) -> None:
     from etl.erasure import erase_patients  # erasure imports this module's neighbours
 
@@ -522,6 +536,7 @@ def _optout(
         optout_date=max(dates) if dates else None,
         performed_by=upload.uploaded_by,
         locked=True,
+        before_commit=before_commit,
     )
     upload.rows_accepted = len(pseudonyms)
     upload.rows_erased = sum(erasure.rows_erased.values())
