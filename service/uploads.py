@@ -9,19 +9,22 @@ lacks them (an opt-out file's erasure publishes a replacement release without th
 
 import hashlib
 import logging
+import re
 import tempfile
+import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
+from urllib.parse import unquote
 
-from fastapi import UploadFile
+from fastapi import Request, UploadFile
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from etl.ledger import LOADING, api_uploader
-from etl.privacy import safe_filename
+from etl.privacy import is_identity_number, safe_filename
 from schemas.catalog import Upload, ValidationRun
-from schemas.errors import Forbidden, KvarusError, NotFound
+from schemas.errors import Forbidden, KvarusError, NotFound, RejectedInput
 from schemas.forms import Form
 from schemas.organisations import Hierarchy
 from service.auth import Principal
@@ -45,11 +48,82 @@ MIRRORED: Final = (
 )
 
 
+# The temporary file keeps the name's suffix (the reader picks the format by it: `.csv`, `.xlsx`,
+# `.parquet`) only when it is one of these shapes; anything else cannot name a format anyway.
+_SUFFIX: Final = re.compile(r"\.[a-z0-9]{1,7}")
+# Unicode categories a file name never holds: control characters (NUL, line breaks, tabs) and
+# lone surrogates. A NUL cannot even reach the file system or PostgreSQL (500s before).
+_REFUSED_CATEGORIES: Final = frozenset({"Cc", "Cs"})
+# What the ledger keeps of a name that looks like it holds an identity number (the wording of
+# `etl.privacy.safe_filename`, so that both checks read alike).
+NAME_WITHHELD: Final = "(name withheld: it looks like it holds an identity number)"
+# A national identity number has 11 digits (`etl.privacy.is_identity_number`).
+_NUMBER_DIGITS: Final = 11
+
+
+def check_filename(name: str) -> None:
+    """Refuse (422) a file name holding a control character or a lone surrogate."""
+    if any(unicodedata.category(c) in _REFUSED_CATEGORIES for c in name):
+        raise RejectedInput(
+            "the file name holds a control character (such as a NUL byte or a line break); "
+            "rename the file and send it again"
+        )
+
+
+async def single_parts(request: Request) -> None:
+    """Refuse (422) a multipart body with more than one `file` or `form` part: the route would
+    silently load the last one only."""
+    parts = await request.form()  # parsed once by the route already: Starlette caches it
+    for name in ("file", "form"):
+        count = len(parts.getlist(name))
+        if count > 1:
+            raise RejectedInput(
+                f"the request holds {count} parts named '{name}'; send one file (and one form) "
+                "per upload"
+            )
+
+
+def ledger_filename(name: str) -> str:
+    """The name to keep in the ledger: `etl.privacy.safe_filename`'s, or `NAME_WITHHELD` when an
+    identity number hides in it behind separators that check does not know (`_`, several spaces,
+    a zero-width space, dots inside the date part, URL encoding)."""
+    if any(_hides_number(text) for text in {name, unquote(name)}):
+        return NAME_WITHHELD
+    return safe_filename(name)
+
+
+def _hides_number(name: str) -> bool:
+    """Whether 11 consecutive digits of `name`, read with every character that is neither a
+    letter nor a digit dropped, pass the identity-number check (any decimal digit counts, in
+    NFKC form; a letter ends a run). A longer run is checked at every offset: a number may sit
+    beside a date or a counter. A name withheld that held none is the cheaper error."""
+    runs: list[str] = []
+    current: list[str] = []
+    for char in unicodedata.normalize("NFKC", name):
+        digit = unicodedata.decimal(char, None)
+        if digit is not None:
+            current.append(str(digit))
+        elif char.isalpha():
+            runs.append("".join(current))
+            current = []
+    runs.append("".join(current))
+    return any(
+        is_identity_number(run[start : start + _NUMBER_DIGITS])
+        for run in runs
+        for start in range(len(run) - _NUMBER_DIGITS + 1)
+    )
+
+
 async def receive(file: UploadFile, settings: Settings) -> tuple[Path, str]:
-    """Stream the upload to a temporary file under the data dir; 413 past the size limit."""
+    """Stream the upload to a temporary file under the data dir; 413 past the size limit, 422
+    for a file name holding a control character."""
+    name = file.filename or "upload"
+    check_filename(name)
     incoming = settings.data_dir / "incoming"
     incoming.mkdir(parents=True, exist_ok=True)
-    suffix = Path(file.filename or "upload").suffix.lower()[:8]
+    suffix = Path(name).suffix.lower()
+    if not _SUFFIX.fullmatch(suffix):
+        suffix = ""
     digest = hashlib.sha256()
     size = 0
     handle = tempfile.NamedTemporaryFile(dir=incoming, suffix=suffix, delete=False)  # noqa: SIM115
@@ -76,7 +150,7 @@ def create_request(
     upload = Upload(
         file_sha256=sha256,
         form=form.value,
-        filename=safe_filename(filename)[:255],
+        filename=ledger_filename(filename)[:255],
         uploaded_by=uploaded_by,
     )
     session.add(upload)

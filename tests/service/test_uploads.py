@@ -1,0 +1,179 @@
+"""`service.uploads`: what a file name may be and what the ledger keeps of it, one part per
+field, and the upload list showing the rows a client knows."""
+
+from typing import Annotated
+
+import pytest
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.testclient import TestClient
+from httpx import Response
+from sqlmodel import Session, select
+
+from etl.privacy import is_identity_number
+from schemas.catalog import Upload
+from schemas.forms import Form as ExtractForm
+from service import errors, uploads
+from tests.service.conftest import Headers
+
+API = "/api/v1"
+PROBLEM = "application/problem+json"
+# A valid identity number: 010190 + 000 + check digits 8 and 3 (k1 = 11 - (3·0 + 7·1 + 6·0 +
+# 1·1 + 8·9 + 9·0 + 4·0 + 5·0 + 2·0) mod 11 = 11 - 80 mod 11 = 8; k2 = 11 - (5·0 + 4·1 + 3·0 +
+# 2·1 + 7·9 + 6·0 + 5·0 + 4·0 + 3·0 + 2·8) mod 11 = 11 - 85 mod 11 = 3).
+NUMBER = "01019000083"
+
+
+def test_the_worked_number_is_valid() -> None:
+    assert is_identity_number(NUMBER)
+    assert not is_identity_number("01019000084")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "010190_00083.csv",
+        "010190\u200b00083.csv",  # zero-width space
+        "01.01.90 00083.csv",
+        "010190  00083.csv",
+        "010190--00083.csv",
+        "010190+00083.csv",
+        "010 190 00083.csv",
+        "010190%2000083.csv",  # URL-encoded space
+        "basis 2024 010190_00083.csv",  # beside other digits
+        "rapport_010190_00083_v2.xlsx",
+        "010190\u00a000083.csv",  # caught by etl.privacy.safe_filename already
+        "01019000083.csv",
+    ],
+)
+def test_a_name_hiding_an_identity_number_is_withheld(name: str) -> None:
+    assert uploads.ledger_filename(name) == uploads.NAME_WITHHELD
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "basis_2024_q1.csv",
+        "æøå utskrivning 2024-03-31.xlsx",
+        "010190_00084.csv",  # wrong check digit
+        "udir_2024_01_01.parquet",
+        "../../../etc/passwd",
+    ],
+)
+def test_other_names_are_kept(name: str) -> None:
+    assert uploads.ledger_filename(name) == name
+
+
+def _post(client: TestClient, headers: Headers, name: str, content: bytes = b"x;y\n1;2\n") -> int:
+    response = client.post(
+        f"{API}/uploads",
+        files={"file": (name, content, "text/csv")},
+        data={"form": "basis"},
+        headers=headers,
+    )
+    assert response.status_code == 202, response.text
+    upload_id = response.json()["id"]
+    assert isinstance(upload_id, int)
+    return upload_id
+
+
+def test_the_api_withholds_a_name_hiding_an_identity_number(
+    client: TestClient, headers: dict[str, Headers]
+) -> None:
+    registry = headers["registry"]
+    upload_id = _post(client, registry, "010190_00083.csv")
+    polled = client.get(f"{API}/uploads/{upload_id}", headers=registry)
+    assert polled.json()["filename"] == uploads.NAME_WITHHELD
+    assert "00083" not in polled.text
+
+
+def _post_raw(client: TestClient, headers: Headers, filename: bytes) -> Response:
+    """A multipart body written by hand: httpx would percent-encode a control character."""
+    body = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="form"\r\n\r\nbasis\r\n'
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="' + filename + b'"\r\n'
+        b"Content-Type: text/csv\r\n\r\nx;y\n1;2\n\r\n--XyZ--\r\n"
+    )
+    response: Response = client.post(
+        f"{API}/uploads",
+        content=body,
+        headers={**headers, "Content-Type": "multipart/form-data; boundary=XyZ"},
+    )
+    return response
+
+
+@pytest.mark.parametrize("name", [b"x.\x00", b"a.c\x00sv", b"basis\t.csv", b"basis\x7f.csv"])
+def test_a_file_name_with_a_control_character_is_422(
+    client: TestClient, app: FastAPI, headers: dict[str, Headers], name: bytes
+) -> None:
+    response = _post_raw(client, headers["registry"], name)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json()["detail"] == (
+        "the file name holds a control character (such as a NUL byte or a line break); "
+        "rename the file and send it again"
+    )
+    incoming = app.state.settings.data_dir / "incoming"
+    assert not incoming.exists() or not any(incoming.iterdir())
+    with Session(app.state.engine) as session:
+        assert session.exec(select(Upload)).all() == []
+
+
+def test_a_hand_written_body_with_a_plain_name_is_accepted(
+    client: TestClient, headers: dict[str, Headers]
+) -> None:
+    response = _post_raw(client, headers["registry"], b"basis.csv")
+    assert response.status_code == 202
+    assert response.json() == {"id": 1, "status": "pending"}
+
+
+def test_the_temporary_file_keeps_only_a_plain_suffix(
+    client: TestClient, app: FastAPI, headers: dict[str, Headers]
+) -> None:
+    _post(client, headers["registry"], "basis.c\u00e6v")  # accepted; rejected by the reader
+    with Session(app.state.engine) as session:
+        ledger = session.exec(select(Upload).where(Upload.uploaded_by == "api:1")).one()
+    assert ledger.filename.startswith("tmp")
+    assert "." not in ledger.filename  # no suffix: '.cæv' is none the reader knows
+
+
+def _single_parts_app() -> FastAPI:
+    """A route shaped like `POST /uploads` (file and form fields) that calls `single_parts`."""
+    app = FastAPI()
+    errors.install(app)
+
+    @app.post("/parts")
+    async def parts(
+        request: Request,
+        file: Annotated[UploadFile, File()],
+        form: Annotated[ExtractForm, Form()],
+    ) -> dict[str, str]:
+        await uploads.single_parts(request)
+        return {"file": file.filename or "", "form": form.value}
+
+    return app
+
+
+def test_two_file_parts_are_422() -> None:
+    with TestClient(_single_parts_app(), raise_server_exceptions=False) as client:
+        two = client.post(
+            "/parts",
+            files=[("file", ("a.csv", b"a", "text/csv")), ("file", ("b.csv", b"b", "text/csv"))],
+            data={"form": "basis"},
+        )
+        one = client.post(
+            "/parts", files={"file": ("a.csv", b"a", "text/csv")}, data={"form": "basis"}
+        )
+        forms = client.post(
+            "/parts",
+            files={"file": ("a.csv", b"a", "text/csv")},
+            data={"form": ["basis", "discharge"]},
+        )
+    assert two.status_code == 422
+    assert two.headers["content-type"] == PROBLEM
+    assert two.json()["detail"] == (
+        "the request holds 2 parts named 'file'; send one file (and one form) per upload"
+    )
+    assert one.status_code == 200
+    assert one.json() == {"file": "a.csv", "form": "basis"}
+    assert forms.status_code == 422
+    assert "2 parts named 'form'" in forms.json()["detail"]
