@@ -5,6 +5,9 @@ job marks it `loading` (`etl.ledger.LOADING`) and runs the ETL (`etl.load.load_f
 catalog session; the ETL writes its own ledger row, which the request row then points at
 (`loaded_as`) and mirrors (status, counts). Then it computes the indicators of any release that
 lacks them (an opt-out file's erasure publishes a replacement release without them).
+
+The upload list shows the request rows (with their load's outcome), never the ledger rows their
+jobs created: the client knows the request's id, name and uploader, and polls that row.
 """
 
 import hashlib
@@ -21,7 +24,7 @@ from fastapi import Request, UploadFile
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from etl.ledger import LOADING, api_uploader
+from etl.ledger import API_UPLOADER, LOADING, api_uploader
 from etl.privacy import is_identity_number, safe_filename
 from schemas.catalog import Upload, ValidationRun
 from schemas.errors import Forbidden, KvarusError, NotFound, RejectedInput
@@ -310,9 +313,14 @@ def list_uploads(
     status: str | None,
     provider: str | None,
 ) -> tuple[list[Upload], int]:
-    """A page of uploads (newest first): the ETL's ledger rows and pending API requests."""
-    # API request rows that have been loaded are shown through the ledger row they point at.
-    statement = select(Upload).where(col(Upload.loaded_as).is_(None))
+    """A page of uploads (newest first): the API's request rows (with their load's outcome) and the
+    CLI's loads, as `GET /uploads/{id}` shows them.
+
+    The ledger row an API request's job created (`uploaded_by` `api:{request id}`) is left out:
+    its id, temporary file name and uploader are internal, and the request row mirrors its
+    outcome (a job that failed before mirroring leaves the request `failed`).
+    """
+    statement = select(Upload).where(col(Upload.uploaded_by).not_like(f"{API_UPLOADER}%"))
     if form is not None:
         statement = statement.where(Upload.form == form)
     if status is not None:

@@ -13,6 +13,7 @@ from etl.privacy import is_identity_number
 from schemas.catalog import Upload
 from schemas.forms import Form as ExtractForm
 from service import errors, uploads
+from tests.conftest import PROVIDER_A, PROVIDER_B, ExtractWriter, episode_row
 from tests.service.conftest import Headers
 
 API = "/api/v1"
@@ -82,8 +83,10 @@ def test_the_api_withholds_a_name_hiding_an_identity_number(
     registry = headers["registry"]
     upload_id = _post(client, registry, "010190_00083.csv")
     polled = client.get(f"{API}/uploads/{upload_id}", headers=registry)
+    listed = client.get(f"{API}/uploads", headers=registry)
     assert polled.json()["filename"] == uploads.NAME_WITHHELD
-    assert "00083" not in polled.text
+    assert [u["filename"] for u in listed.json()["items"]] == [uploads.NAME_WITHHELD]
+    assert "00083" not in polled.text + listed.text
 
 
 def _post_raw(client: TestClient, headers: Headers, filename: bytes) -> Response:
@@ -177,3 +180,38 @@ def test_two_file_parts_are_422() -> None:
     assert one.json() == {"file": "a.csv", "form": "basis"}
     assert forms.status_code == 422
     assert "2 parts named 'form'" in forms.json()["detail"]
+
+
+def test_the_list_shows_the_request_rows_the_client_polls(
+    client: TestClient,
+    headers: dict[str, Headers],
+    write_extract: ExtractWriter,
+) -> None:
+    registry = headers["registry"]
+    own = write_extract(ExtractForm.BASIS, [episode_row(ExtractForm.BASIS, 1, "P-1")])
+    other = write_extract(
+        ExtractForm.BASIS,
+        [episode_row(ExtractForm.BASIS, 2, "P-2", provider_orgnr=PROVIDER_B)],
+    )
+    first = _post(client, registry, "basis_2024_q1.csv", own.read_bytes())
+    second = _post(client, registry, "basis_2024_q2.csv", other.read_bytes())
+    # TestClient runs the background job before returning: each created a ledger row too.
+    assert (first, second) == (1, 3)
+    polled = {i: client.get(f"{API}/uploads/{i}", headers=registry).json() for i in (first, second)}
+    listed = client.get(f"{API}/uploads", headers=registry).json()
+    keys = ("id", "filename", "status", "uploaded_by", "providers", "rows_accepted")
+    assert [{k: u[k] for k in keys} for u in listed["items"]] == [
+        {k: polled[i][k] for k in keys} for i in (second, first)
+    ]
+    assert listed["total"] == 2
+    assert [(u["filename"], u["status"], u["rows_accepted"]) for u in listed["items"]] == [
+        ("basis_2024_q2.csv", "loaded", 1),
+        ("basis_2024_q1.csv", "loaded", 1),
+    ]
+    assert all(u["uploaded_by"].startswith("key:") for u in listed["items"])
+    # A trust sees its own upload only, as the request row.
+    trust = client.get(f"{API}/uploads", headers=headers["trust"]).json()
+    assert [(u["id"], u["providers"]) for u in trust["items"]] == [(first, [PROVIDER_A])]
+    assert trust["total"] == 1
+    loaded = client.get(f"{API}/uploads", params={"status": "loaded"}, headers=registry).json()
+    assert [u["id"] for u in loaded["items"]] == [second, first]
