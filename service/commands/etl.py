@@ -7,7 +7,7 @@ holds a pseudonym, a patient key or a record value: counts, statuses and check n
 """
 
 import sys
-from datetime import date
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -36,7 +36,15 @@ def register(app: typer.Typer) -> None:
     @app.command("load")
     @reports_errors
     def load(
-        file: Annotated[Path, typer.Argument(help="Extract file: CSV, XLSX or Parquet")],
+        file: Annotated[
+            Path,
+            typer.Argument(
+                exists=True,
+                dir_okay=False,
+                readable=True,
+                help="Extract file: CSV, XLSX or Parquet",
+            ),
+        ],
         form: Annotated[Form, typer.Option("--form", help="The form the file holds")],
         uploaded_by: Annotated[str, typer.Option(help="Who uploads")] = "cli",
     ) -> None:
@@ -119,7 +127,8 @@ def register(app: typer.Typer) -> None:
         ] = False,
         provider: Annotated[str | None, typer.Option(help="Provider that reported")] = None,
         optout_date: Annotated[
-            str | None, typer.Option(help="Date of the opt-out, yyyy-mm-dd")
+            datetime | None,
+            typer.Option(formats=["%Y-%m-%d"], help="Date of the opt-out, yyyy-mm-dd"),
         ] = None,
     ) -> None:
         """Erase every record of the patients physically; logs counts, never the pseudonym.
@@ -134,7 +143,7 @@ def register(app: typer.Typer) -> None:
             pseudonym += _lines(sys.stdin.read())
         config = settings()
         warehouse = Warehouse(config.warehouse_dir, config.releases_dir)
-        when = date.fromisoformat(optout_date) if optout_date else None
+        when = optout_date.date() if optout_date is not None else None
         engine = make_engine(config)
         # The replacement release gets its indicators before it is committed (and served).
         results = ResultsUnderLocks(config, required=False)
