@@ -6,7 +6,11 @@
 holds a pseudonym, a patient key or a record value: counts, statuses and check names only.
 """
 
+import re
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -26,6 +30,7 @@ from service.commands.common import console, reports_errors, settings
 from service.database import make_engine, session_scope
 from service.publishing import ResultsUnderLocks, ensure_indicators, publish
 from service.settings import Settings
+from service.uploads import NAME_WITHHELD, ledger_filename
 
 _STEPS = {"read": "Read", "validated": "Validated", "written": "Written"}
 
@@ -55,19 +60,20 @@ def register(app: typer.Typer) -> None:
         known = frozenset(o.orgnr for o in Hierarchy.default().providers)
         engine = make_engine(config)
         with (
+            _ledger_named(file) as source,
             Progress(
                 SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                 console=console, transient=True,
             ) as bar,
             session_scope(engine) as session,
         ):  # fmt: skip
-            task = bar.add_task(f"Loading {file.name} ({form.value})")
+            task = bar.add_task(f"Loading {source.name} ({form.value})")
 
             def progress(step: str, rows: int) -> None:
                 bar.update(task, description=f"{_STEPS.get(step, step)}: {rows:,} rows")
 
             upload = load_file(
-                file, form, warehouse=warehouse, session=session, key=key,
+                source, form, warehouse=warehouse, session=session, key=key,
                 known_providers=known, uploaded_by=uploaded_by, progress=progress,
             )  # fmt: skip
             status, error = upload.status, upload.error
@@ -184,6 +190,25 @@ def register(app: typer.Typer) -> None:
                     u.started_at.strftime("%Y-%m-%d %H:%M"),
                 )  # fmt: skip
         console.print(table)
+
+
+# The suffix (the reader picks the format by it) kept on a withheld name: a plain one only.
+_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,7}")
+
+
+@contextmanager
+def _ledger_named(file: Path) -> Iterator[Path]:
+    """`file`, or a link to it under a neutral name when its name hides an identity number that
+    `etl.privacy.safe_filename` (which `load_file` applies to the name it stores) misses: the
+    ledger keeps the name and shows it to every user who may see the upload."""
+    if ledger_filename(file.name) != NAME_WITHHELD:
+        yield file
+        return
+    suffix = file.suffix if _SUFFIX.fullmatch(file.suffix) else ""
+    with tempfile.TemporaryDirectory(prefix="kvarus-load-") as directory:
+        link = Path(directory) / f"{NAME_WITHHELD}{suffix}"
+        link.symlink_to(file.resolve())
+        yield link
 
 
 def _lines(text: str) -> list[str]:

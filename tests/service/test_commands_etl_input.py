@@ -1,4 +1,5 @@
-"""`kvarus load` and `kvarus erase` on bad input: usage errors (exit 2) with a clear message."""
+"""`kvarus load` and `kvarus erase` on bad input: usage errors (exit 2) with a clear message, and
+what the ledger keeps of a file name that hides an identity number."""
 
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from schemas.forms import Form
 from service.cli import app
 from service.database import make_engine
 from service.settings import Settings
+from service.uploads import NAME_WITHHELD
 from tests.conftest import TEST_KEY, ExtractWriter, episode_row
 
 
@@ -72,3 +74,29 @@ def test_load_of_a_missing_file_or_a_directory_is_a_usage_error(
     expected = "does not exist" if kind == "missing" else "is a directory"
     assert f"Invalid value for 'file': file '{target}' {expected}" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "010190_00083.csv",  # 01019000083: valid check digits (tests/service/test_uploads.py)
+        "010190\u200b00083.csv",
+        "01.01.90 00083.csv",
+    ],
+)
+def test_load_withholds_a_name_hiding_an_identity_number(
+    env: dict[str, str], write_extract: ExtractWriter, name: str
+) -> None:
+    path = write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-1")], name=name)
+    result = CliRunner().invoke(app, ["load", str(path), "--form", "basis"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "upload 1: loaded; read 1, accepted 1" in result.output
+    assert _ledger() == [(f"{NAME_WITHHELD}.csv", "loaded", 1)]
+    assert path.exists()  # the extract itself is left alone
+
+
+def test_load_keeps_an_ordinary_name(env: dict[str, str], write_extract: ExtractWriter) -> None:
+    path = write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-1")], name="basis_2024.csv")
+    result = CliRunner().invoke(app, ["load", str(path), "--form", "basis"], env=env)
+    assert result.exit_code == 0, result.output
+    assert _ledger() == [("basis_2024.csv", "loaded", 1)]
