@@ -27,7 +27,13 @@ class Organisation(SQLModel, table=True):
 
 
 class Upload(SQLModel, table=True):
-    """The ledger: one row per uploaded file."""
+    """The ledger: one row per uploaded file.
+
+    Statuses: `pending` (an API request not yet picked up by its background job), `loading` (an
+    API request whose job runs: it reads and validates without the write locks, so a repair of
+    interrupted loads ignores it), `running` (a load holding the write locks; a repair that finds
+    one takes its load for dead), `loaded`, `rejected`, `duplicate`, `failed`. See `etl.ledger`.
+    """
 
     id: int | None = Field(default=None, primary_key=True)
     file_sha256: str = Field(index=True, max_length=64)
@@ -37,7 +43,7 @@ class Upload(SQLModel, table=True):
     providers: str = ""
     status: str = Field(
         default="pending", index=True
-    )  # pending|running|loaded|rejected|duplicate|failed
+    )  # pending|loading|running|loaded|rejected|duplicate|failed
     rows_read: int = 0
     rows_accepted: int = 0
     rows_quarantined: int = 0
