@@ -73,7 +73,9 @@ def pick_release(served: Sequence[int], number: int | None) -> int:
             raise NotFound("no release has been published yet")
         return served[0]
     if number not in served:
-        raise NotFound(f"release {number} does not exist or is retired")
+        # Not echoed: the number is what a client typed (an identity number without its leading
+        # zero fits an int).
+        raise NotFound("no such release, or it is retired")
     return number
 
 

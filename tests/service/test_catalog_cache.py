@@ -97,7 +97,7 @@ class TestServedReleases:
         assert cache.served_release(2) == 2
         retire_in_own_session(settings, 2)
         assert cache.served_release(None) == 1
-        with pytest.raises(NotFound, match="release 2 does not exist or is retired"):
+        with pytest.raises(NotFound, match="no such release, or it is retired"):
             cache.served_release(2)
 
     def test_retired_in_another_process(

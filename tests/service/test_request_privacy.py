@@ -120,3 +120,16 @@ class TestUnknownIndicator:
         assert empty.json() == {"release": 1, "items": []}
         csv = client.get(f"{API}/indicators/results?indicator=nope&format=csv")
         assert csv.status_code == 404
+
+
+def test_an_unknown_release_number_is_not_echoed(
+    client: TestClient, publish: ReleaseWriter
+) -> None:
+    """An identity number without its leading zero is a valid release number: the 404 must not
+    repeat it."""
+    publish(1)
+    typed = IDENTITY.lstrip("0")
+    answer = client.get(f"{API}/indicators/results", params={"release": typed})
+    assert answer.status_code == 404
+    assert answer.json()["detail"] == "no such release, or it is retired"
+    assert typed not in answer.text
