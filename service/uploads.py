@@ -236,7 +236,9 @@ def visible_upload(session: Session, upload_id: int, principal: Principal) -> Up
     """Upload `upload_id` if the principal may see it (registry: all; trust: its own)."""
     upload = session.get(Upload, upload_id)
     if upload is None:
-        raise NotFound(f"no upload with id {upload_id}")
+        # Not echoed: the id is what a client typed (an identity number without its leading zero
+        # fits an int).
+        raise NotFound("no upload with this id")
     if principal.role != "registry" and principal.provider not in providers_of(upload):
         raise Forbidden(f"upload {upload_id} holds no data of your provider")
     return upload

@@ -53,6 +53,7 @@ async def create_upload(
     form: Annotated[ExtractForm, Form(description="Which form the file holds")],
 ) -> UploadAccepted:
     """Receive an extract and load it in the background; answers with the upload id."""
+    await uploads.single_parts(request)
     path, sha256 = await uploads.receive(file, settings)
     try:
         upload = uploads.create_request(

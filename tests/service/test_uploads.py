@@ -215,3 +215,26 @@ def test_the_list_shows_the_request_rows_the_client_polls(
     assert trust["total"] == 1
     loaded = client.get(f"{API}/uploads", params={"status": "loaded"}, headers=registry).json()
     assert [u["id"] for u in loaded["items"]] == [second, first]
+
+
+def test_the_upload_route_refuses_two_file_parts_and_keeps_nothing(
+    client: TestClient, app: FastAPI, headers: dict[str, Headers]
+) -> None:
+    files = [("file", ("a.csv", b"x;y\n1;2\n", "text/csv")), ("file", ("b.csv", b"z", "text/csv"))]
+    answer = client.post(
+        f"{API}/uploads", files=files, data={"form": "basis"}, headers=headers["registry"]
+    )
+    assert answer.status_code == 422
+    assert "2 parts named 'file'" in answer.json()["detail"]
+    with Session(app.state.engine) as session:
+        assert session.exec(select(Upload)).all() == []
+
+
+def test_an_unknown_upload_id_is_not_echoed(
+    client: TestClient, headers: dict[str, Headers]
+) -> None:
+    typed = "1019000083"  # 01019000083, a valid identity number, without its leading zero
+    answer = client.get(f"{API}/uploads/{typed}", headers=headers["registry"])
+    assert answer.status_code == 404
+    assert answer.json()["detail"] == "no upload with this id"
+    assert typed not in answer.text
