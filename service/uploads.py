@@ -167,7 +167,10 @@ def run_load(engine: Engine, settings: Settings, request_id: int, path: Path, fo
     # routes should not wait for at start-up.
     from etl.load import load_file
     from etl.warehouse import Warehouse
+    from service.publishing import ResultsUnderLocks
 
+    # An opt-out's replacement release gets its indicators under the locks, before it is served.
+    results = ResultsUnderLocks(settings, required=False)
     try:
         with session_scope(engine) as session:
             request = session.get(Upload, request_id)
@@ -186,7 +189,9 @@ def run_load(engine: Engine, settings: Settings, request_id: int, path: Path, fo
                 key=settings.key_bytes(),
                 known_providers=frozenset(o.orgnr for o in Hierarchy.default().providers),
                 uploaded_by=api_uploader(request_id),
+                before_commit=results,
             )
+            results.index(session)
             session.flush()
             request = session.get(Upload, request_id)
             assert request is not None
@@ -207,8 +212,8 @@ def run_load(engine: Engine, settings: Settings, request_id: int, path: Path, fo
                 request.error = detail
                 session.add(request)
     else:
-        # An opt-out file erases, and an erasure that retired a release published a replacement
-        # without results (`etl/` cannot compute them): the API would serve it with none.
+        # Should the replacement's indicators have failed under the locks (logged), or a replaced
+        # release lack them for another reason: the API would serve it with none.
         _ensure_indicators(engine, settings, request_id)
     finally:
         path.unlink(missing_ok=True)

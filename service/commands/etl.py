@@ -59,6 +59,8 @@ def register(app: typer.Typer) -> None:
         warehouse = Warehouse(config.warehouse_dir, config.releases_dir)
         known = frozenset(o.orgnr for o in Hierarchy.default().providers)
         engine = make_engine(config)
+        # An opt-out's replacement release gets its indicators under the locks, before it is served.
+        results = ResultsUnderLocks(config, required=False)
         with (
             _ledger_named(file) as source,
             Progress(
@@ -75,7 +77,9 @@ def register(app: typer.Typer) -> None:
             upload = load_file(
                 source, form, warehouse=warehouse, session=session, key=key,
                 known_providers=known, uploaded_by=uploaded_by, progress=progress,
+                before_commit=results,
             )  # fmt: skip
+            results.index(session)
             status, error = upload.status, upload.error
             summary = (
                 f"upload {upload.id}: {status}; read {upload.rows_read}, accepted "
@@ -86,7 +90,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"[bold red]Rejected:[/] {error}", highlight=False)
             raise typer.Exit(1)
         typer.echo(summary)
-        # An opt-out file erases, and an erasure publishes a replacement release without results.
+        # Should the replacement's indicators have failed under the locks (logged): compute them.
         _ensure_indicators(engine, config)
 
     @app.command("release")

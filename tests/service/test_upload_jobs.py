@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 import etl.load
 from etl.ledger import INTERRUPTED, LOADING, api_uploader, repair
 from etl.warehouse import Warehouse
 from indicators.results import RESULTS_FILE
-from schemas.catalog import Upload
+from schemas.catalog import IndicatorRun, Upload
 from schemas.forms import Form
-from service import published
+from service import published, uploads
 from service.publishing import publish
 from service.settings import Settings
 from service.uploads import create_request, run_load
@@ -142,3 +142,28 @@ def test_an_optout_uploaded_through_the_api_leaves_the_replacement_release_serve
     path, _ = published.results_path(settings, 2)
     assert path == str(settings.releases_dir / "2" / RESULTS_FILE)
     assert not (settings.releases_dir / "1" / RESULTS_FILE).exists()
+
+
+def test_an_optout_upload_computes_the_replacement_results_before_it_is_served(
+    write_extract: ExtractWriter,
+    settings: Settings,
+    catalog_engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without the job's later `ensure_indicators` step, the replacement release still has its
+    results and their index row: they were computed under the load's locks (`before_commit`)."""
+    rows = [episode_row(Form.BASIS, 1, "P-1"), episode_row(Form.BASIS, 2, "P-2")]
+    _upload(catalog_engine, settings, write_extract(Form.BASIS, rows), Form.BASIS)
+    with Session(catalog_engine, expire_on_commit=False) as session:
+        publish(settings, session, note="q1")
+        session.commit()
+    monkeypatch.setattr(uploads, "_ensure_indicators", lambda *args: None)
+
+    optout = write_extract(Form.OPTOUT, [episode_row(Form.OPTOUT, 1, "P-2")])
+    request = _upload(catalog_engine, settings, optout, Form.OPTOUT)
+
+    assert request.status == "loaded"
+    assert (settings.releases_dir / "2" / RESULTS_FILE).exists()
+    with Session(catalog_engine) as session:
+        runs = [run.release for run in session.exec(select(IndicatorRun)).all()]
+    assert sorted(runs) == [1, 2]
