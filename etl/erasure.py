@@ -114,29 +114,33 @@ def _erase(
     rows_erased: dict[str, int] = {}
     for table in TABLES:
         rows_erased[table] = warehouse.delete_patients(table, keys)
-    _scrub_reports(session, records)
 
-    releases = session.exec(select(Release).where(col(Release.retired).is_(False))).all()
-    retired: list[int] = []
-    keep: set[str] = set()
-    for release in releases:
-        manifest = ReleaseManifest.read(Path(release.manifest_path))
-        files = {f for snapshot in manifest.tables.values() for f in snapshot.files}
-        if _holds_patients(manifest, keys):
-            release.retired = True
-            session.add(release)
-            retired.append(release.number)
-            (releases_dir / str(release.number) / INDICATORS_FILE).unlink(missing_ok=True)
-        else:
-            keep |= files
+    # Nothing reaches the catalog until `before_commit` (the indicators, tens of seconds on a
+    # large register) is done: a flushed change opens SQLite's write transaction, and every other
+    # catalog writer (the audit, upload requests, other processes) would wait for it and time out.
+    with session.no_autoflush:
+        _scrub_reports(session, records)
+        releases = session.exec(select(Release).where(col(Release.retired).is_(False))).all()
+        retired: list[int] = []
+        keep: set[str] = set()
+        for release in releases:
+            manifest = ReleaseManifest.read(Path(release.manifest_path))
+            files = {f for snapshot in manifest.tables.values() for f in snapshot.files}
+            if _holds_patients(manifest, keys):
+                release.retired = True
+                session.add(release)
+                retired.append(release.number)
+                (releases_dir / str(release.number) / INDICATORS_FILE).unlink(missing_ok=True)
+            else:
+                keep |= files
+
+        rebuilt = ""
+        if retired:
+            manifest = publish_locked(
+                warehouse, releases_dir, session, REBUILT_NOTE, performed_by, before_commit
+            )
+            rebuilt = ",".join(str(n) for n in retired) + f"->{manifest.release}"
     session.flush()
-
-    rebuilt = ""
-    if retired:
-        manifest = publish_locked(
-            warehouse, releases_dir, session, REBUILT_NOTE, performed_by, before_commit
-        )
-        rebuilt = ",".join(str(n) for n in retired) + f"->{manifest.release}"
 
     for table in TABLES:
         _purge(warehouse, table, keep)

@@ -46,6 +46,10 @@ def publish(
         before_commit=results,
     )
     results.index(session)
+    # Committed before computing more: a pending row flushed by the next query would hold SQLite's
+    # write transaction through that computation and the wait for the write locks (a load holding
+    # them would then time out on its own catalog commit).
+    session.commit()
     # Results that an erasure's replacement lacks (its computation failed or its process died).
     try:
         ensure_indicators(settings, session)
