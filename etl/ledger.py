@@ -44,6 +44,37 @@ def api_uploader(request_id: int) -> str:
     return f"{API_UPLOADER}{request_id}"
 
 
+# The columns an API request takes over from the ledger row its job loaded.
+MIRRORED: Final = (
+    "status",
+    "providers",
+    "rows_read",
+    "rows_accepted",
+    "rows_quarantined",
+    "rows_superseded",
+    "rows_erased",
+    "error",
+    "finished_at",
+)
+# Ledger statuses of a load that ended (its outcome is final).
+FINISHED: Final = ("loaded", "rejected", "duplicate", "failed")
+
+
+def mirror(request: Upload, loaded: Upload) -> None:
+    """Give an API request the outcome of the ledger row its job loaded."""
+    for name in MIRRORED:
+        setattr(request, name, getattr(loaded, name))
+    request.loaded_as = loaded.id
+
+
+def loaded_for(session: Session, request_id: int) -> Upload | None:
+    """The finished ledger row an API request's job loaded, if there is one."""
+    statement = select(Upload).where(
+        Upload.uploaded_by == api_uploader(request_id), col(Upload.status).in_(FINISHED)
+    )
+    return session.exec(statement.order_by(col(Upload.id).desc())).first()
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -91,7 +122,13 @@ def repair_interrupted(session: Session, warehouse: Warehouse) -> list[int]:
     waiting = select(Upload).where(col(Upload.status).in_(("pending", LOADING)))
     abandoned = [r for r in session.exec(waiting).all() if _aware(r.started_at) < stale]
     for request in abandoned:
-        _fail(request, now)
+        assert request.id is not None
+        # A job that died after its load finished, before it told its request: the outcome stands.
+        loaded = loaded_for(session, request.id)
+        if loaded is not None:
+            mirror(request, loaded)
+        else:
+            _fail(request, now)
         session.add(request)
     if repaired or abandoned:
         session.commit()

@@ -24,7 +24,7 @@ from fastapi import Request, UploadFile
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from etl.ledger import API_UPLOADER, LOADING, api_uploader
+from etl.ledger import API_UPLOADER, LOADING, api_uploader, loaded_for, mirror
 from etl.privacy import is_identity_number, safe_filename
 from schemas.catalog import Upload, ValidationRun
 from schemas.errors import Forbidden, KvarusError, NotFound, RejectedInput
@@ -38,17 +38,6 @@ from service.settings import Settings
 logger = logging.getLogger("kvarus.uploads")
 
 CHUNK_BYTES: Final = 1024 * 1024
-MIRRORED: Final = (
-    "status",
-    "providers",
-    "rows_read",
-    "rows_accepted",
-    "rows_quarantined",
-    "rows_superseded",
-    "rows_erased",
-    "error",
-    "finished_at",
-)
 
 
 # The temporary file keeps the name's suffix (the reader picks the format by it: `.csv`, `.xlsx`,
@@ -195,9 +184,7 @@ def run_load(engine: Engine, settings: Settings, request_id: int, path: Path, fo
             session.flush()
             request = session.get(Upload, request_id)
             assert request is not None
-            for name in MIRRORED:
-                setattr(request, name, getattr(loaded, name))
-            request.loaded_as = loaded.id
+            mirror(request, loaded)
             session.add(request)
     except Exception as error:
         # A failed job must leave a visible status; the message names the error class only
@@ -208,8 +195,13 @@ def run_load(engine: Engine, settings: Settings, request_id: int, path: Path, fo
         with session_scope(engine) as session:
             request = session.get(Upload, request_id)
             if request is not None:
-                request.status = "failed"
-                request.error = detail
+                # Failed after its load was committed (telling the request, say): the load stands.
+                finished = loaded_for(session, request_id)
+                if finished is not None:
+                    mirror(request, finished)
+                else:
+                    request.status = "failed"
+                    request.error = detail
                 session.add(request)
     else:
         # Should the replacement's indicators have failed under the locks (logged), or a replaced

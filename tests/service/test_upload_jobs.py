@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 import etl.load
-from etl.ledger import INTERRUPTED, LOADING, api_uploader, repair
+from etl.ledger import INTERRUPTED, LOADING, api_uploader, mirror, repair
 from etl.warehouse import Warehouse
 from indicators.results import RESULTS_FILE
 from schemas.catalog import IndicatorRun, Upload
@@ -167,3 +167,51 @@ def test_an_optout_upload_computes_the_replacement_results_before_it_is_served(
     with Session(catalog_engine) as session:
         runs = [run.release for run in session.exec(select(IndicatorRun)).all()]
     assert sorted(runs) == [1, 2]
+
+
+def test_a_repair_gives_an_abandoned_request_the_outcome_of_its_finished_load(
+    settings: Settings, catalog_engine: Engine, warehouse: Warehouse
+) -> None:
+    """A job that died after its load was committed, before it told its request: the request is
+    past the hour, but its ledger row says loaded, so it is loaded (not failed and 'undone')."""
+    request_id = _request(catalog_engine, Form.BASIS)
+    with Session(catalog_engine) as session:
+        request = session.get(Upload, request_id)
+        assert request is not None
+        request.status = LOADING
+        request.started_at = datetime.now(UTC) - timedelta(hours=2)
+        session.add(request)
+        ledger = Upload(file_sha256="2" * 64, form="basis", filename="tmp1.csv", status="loaded")
+        ledger.uploaded_by, ledger.rows_read, ledger.rows_accepted = api_uploader(request_id), 3, 2
+        ledger.rows_quarantined = 1
+        session.add(ledger)
+        session.commit()
+        ledger_id = ledger.id
+
+    with Session(catalog_engine) as session:
+        repair(session, warehouse)
+    with Session(catalog_engine) as session:
+        request = session.get(Upload, request_id)
+        assert request is not None
+        assert (request.status, request.error, request.loaded_as) == ("loaded", None, ledger_id)
+        assert (request.rows_read, request.rows_accepted, request.rows_quarantined) == (3, 2, 1)
+
+
+def test_a_job_failing_after_its_load_keeps_the_loads_outcome(
+    write_extract: ExtractWriter,
+    settings: Settings,
+    catalog_engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An error after `load_file` committed (here: telling the request) does not mark a stored
+    load failed."""
+    def broken(request: Upload, loaded: Upload) -> None:
+        monkeypatch.setattr(uploads, "mirror", real)  # only the first call fails
+        raise RuntimeError("catalog hiccup")
+
+    real = mirror
+    monkeypatch.setattr(uploads, "mirror", broken)
+    source = write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-1")])
+    request = _upload(catalog_engine, settings, source, Form.BASIS)
+    assert (request.status, request.error, request.rows_accepted) == ("loaded", None, 1)
+    assert request.loaded_as is not None
