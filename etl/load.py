@@ -405,7 +405,9 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
     A record held more than once (re-sent while its intake was still missing) is released in its
     latest version only (the highest upload id, per record_id and provider: a re-sent record
     supersedes the earlier one), and never over a newer version already stored; the versions so
-    superseded leave the quarantine with it. The quarantine is read without its `values` (each
+    superseded leave the quarantine with it. A record that now fails another check (two held
+    follow-ups of one episode: each is the other's duplicate) stays quarantined under that check
+    instead, no longer as held for its intake. The quarantine is read without its `values` (each
     row's JSON, most of its bytes); only the held versions of the records concerned are read
     whole."""
     quarantine = warehouse.read(QUARANTINE, columns=["form", "record_id", "episode_id", "check"])
@@ -450,23 +452,33 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
         )
         latest, superseded = _latest_versions(staged, versions.column("upload_id"), stored)
         candidates = staged.filter(pa.array(latest))
+        candidate_uploads = versions.column("upload_id").filter(pa.array(latest)).to_numpy()
         failures = _cross_check(candidates, form, warehouse)
         bad = np.zeros(candidates.num_rows, dtype=bool)
         bad[failures.column("row_index").to_numpy()] = True
         # Still held (not superseding another provider's record) until the sender resends it.
-        bad |= warehouse.stored_under_other_provider(form, candidates).to_numpy(
+        other_provider = warehouse.stored_under_other_provider(form, candidates).to_numpy(
             zero_copy_only=False
         )
-        passed = candidates.filter(pa.array(~bad))
+        # No longer held for their intake but failing another check now (a second follow-up or
+        # discharge of the episode): they stay quarantined, under the new reasons.
+        missing = np.zeros(candidates.num_rows, dtype=bool)
+        held_again = pc.equal(failures.column("check"), NO_INTAKE)
+        missing[failures.filter(held_again).column("row_index").to_numpy()] = True
+        moved = bad & ~missing & ~other_provider
+        errors = failures.filter(pc.invert(held_again))
+        passed = candidates.filter(pa.array(~(bad | other_provider)))
         if passed.num_rows > 0:
             warehouse.write(form, passed, upload_id=upload_id)
         gone = {
             (record_id, provider)
-            for record_id, provider in zip(
-                passed.column("record_id").to_pylist(),
-                passed.column("provider_orgnr").to_pylist(),
+            for record_id, provider, out in zip(
+                candidates.column("record_id").to_pylist(),
+                candidates.column("provider_orgnr").to_pylist(),
+                ~(bad | other_provider) | moved,
                 strict=True,
             )
+            if out
         }
         done = [
             (record_id, upload)
@@ -480,6 +492,11 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
             if old or (record_id, provider) in gone
         ]
         warehouse.release_quarantined(form, done, upload_id=upload_id)
+        for held_upload in np.unique(candidate_uploads[moved]):
+            rows = np.flatnonzero(moved & (candidate_uploads == held_upload))
+            mine = errors.filter(pc.is_in(errors.column("row_index"), pa.array(rows)))
+            quarantined = quarantine_rows(form, int(held_upload), candidates, mine)
+            warehouse.append_quarantine(quarantined, upload_id=upload_id)
         released += passed.num_rows
     return released
 

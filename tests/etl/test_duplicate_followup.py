@@ -50,3 +50,29 @@ def test_a_second_followup_of_an_episode_is_quarantined(
     quarantine = warehouse.read(QUARANTINE).sort_by("record_id")
     assert quarantine.column("record_id").to_pylist() == ["f2", "f7", "f8"]
     assert set(quarantine.column("check").to_pylist()) == {"cross.duplicate_followup"}
+
+
+def test_two_held_followups_of_an_episode_are_quarantined_as_duplicates_when_the_intake_comes(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    """Held for their missing intake, neither was stored, so neither was a duplicate yet; once
+    the intake is there each is the other's second follow-up: both stay out of the table, and
+    the quarantine says why (not, any more, that the intake is missing)."""
+    for record_id in ("fA", "fB"):
+        row = episode_row(Form.FOLLOWUP, 1, "P1", record_id=record_id)
+        held = _load(write_extract(Form.FOLLOWUP, [row]), Form.FOLLOWUP, warehouse, session, key)
+        assert (held.rows_accepted, held.rows_quarantined) == (0, 1)
+    first_upload = held.id - 1
+    _load(
+        write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P1")]),
+        Form.BASIS, warehouse, session, key,
+    )  # fmt: skip
+
+    assert warehouse.table(Form.FOLLOWUP).num_rows == 0
+    quarantine = warehouse.read(QUARANTINE).sort_by("record_id")
+    columns = ("record_id", "check", "upload_id", "episode_id")
+    rows = [tuple(r[c] for c in columns) for r in quarantine.to_pylist()]
+    assert rows == [
+        ("fA", "cross.duplicate_followup", first_upload, "e1"),
+        ("fB", "cross.duplicate_followup", held.id, "e1"),
+    ]
