@@ -62,6 +62,7 @@ def test_two_held_followups_of_an_episode_are_quarantined_as_duplicates_when_the
         row = episode_row(Form.FOLLOWUP, 1, "P1", record_id=record_id)
         held = _load(write_extract(Form.FOLLOWUP, [row]), Form.FOLLOWUP, warehouse, session, key)
         assert (held.rows_accepted, held.rows_quarantined) == (0, 1)
+    assert held.id is not None
     first_upload = held.id - 1
     _load(
         write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P1")]),
