@@ -115,18 +115,24 @@ def test_rekey_matches_stdlib_and_depends_on_the_key() -> None:
         rekey(pa.array(["P-0001"]), b"")
 
 
+# Space, full stop, hyphen-minus, the hyphens and dashes U+2010-U+2014 and the minus sign.
+SEPARATORS = " .-\u2010\u2011\u2012\u2013\u2014\u2212"
+
+
 def reference_holds(cell: str) -> bool:
     """Whether a cell holds an identity number, found with the standard library only: a maximal
-    run of 11 ASCII digits, or a maximal run of 6 and one of 5 with one space, hyphen or dot
-    between them, whose digits pass both check digits; in the cell or in its NFKC form."""
+    run of 11 ASCII digits, or a maximal run of 6 and one of 5 with one to three separators
+    (`SEPARATORS`) between them, whose digits pass both check digits; in the cell or in its NFKC
+    form."""
     for text in (cell, unicodedata.normalize("NFKC", cell)):
         runs = [(m.start(), m.end(), m.group()) for m in re.finditer(r"[0-9]+", text)]
         for i, (_, end, digits) in enumerate(runs):
             if len(digits) == 11 and reference_valid(digits):
                 return True
-            if len(digits) == 6 and i + 1 < len(runs) and runs[i + 1][0] == end + 1:
-                tail = runs[i + 1][2]
-                if text[end] in " -." and len(tail) == 5 and reference_valid(digits + tail):
+            if len(digits) == 6 and i + 1 < len(runs) and 1 <= runs[i + 1][0] - end <= 3:
+                tail, between = runs[i + 1][2], text[end : runs[i + 1][0]]
+                separated = all(c in SEPARATORS for c in between)
+                if separated and len(tail) == 5 and reference_valid(digits + tail):
                     return True
     return False
 

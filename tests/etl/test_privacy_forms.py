@@ -1,5 +1,6 @@
-"""The identity-number guard finds the written forms: "DDMMYY NNNNN" with one space, hyphen or dot
-after the sixth digit, and full-width digits, whole or inside text; never a wrong split."""
+"""The identity-number guard finds the written forms: "DDMMYY NNNNN" with up to three spaces, dots,
+hyphens or dashes after the sixth digit, and full-width digits, whole or inside text; never a wrong
+split."""
 
 from datetime import date
 
@@ -47,6 +48,11 @@ def test_the_hand_worked_numbers() -> None:
         "010190\u00a000083",  # a no-break space (NFKC: a space), as word processors write it
         "010190\u2009" + "00083",  # a thin space
         "010190\uff0d00083",  # a full-width hyphen-minus
+        "010190\u201300083",  # an en dash, as spreadsheets autocorrect a hyphen
+        "010190\u201100083",  # a non-breaking hyphen (NFKC: U+2010, not a hyphen-minus)
+        "010190\u221200083",  # a minus sign
+        "010190  00083",  # two spaces
+        "010190 - 00083",
         full_width("010190") + "\uff0e" + full_width("00083"),  # a full-width full stop
         full_width("01019000083"),
         full_width("010190-00083"),
@@ -68,8 +74,7 @@ def test_written_forms_are_found(cell: str) -> None:
         "010190 00084",  # wrong check digit
         "0101 9000 083",  # not split after the sixth digit
         "01019 000083",
-        "010190  00083",  # two separators
-        "010190 - 00083",
+        "010190 -  00083",  # four separators
         "010190/00083",  # not one of the separators
         "010190_00083",
         "010190 000831",  # twelve digits
@@ -112,7 +117,7 @@ def test_a_file_name_in_a_written_form_is_withheld() -> None:
 
 @given(
     nine_digits,
-    st.sampled_from(["", " ", "-", ".", "\u00a0"]),
+    st.sampled_from(["", " ", "-", ".", "\u00a0", "\u2013", "\u2011", " - "]),
     st.booleans(),
     st.text(alphabet="x .-Ø", max_size=3),
     st.text(alphabet="x .-Ø", max_size=3),
@@ -138,7 +143,7 @@ def test_any_valid_number_in_any_written_form_is_found(
 # Characters whose NFKC form the guard looks at (full-width digits and separators, non-ASCII
 # spaces) or that NFKC leaves alone: `reference_holds` normalises every cell, the guard only those
 # holding such a character, which agree for this alphabet.
-ALPHABET = "0123456789 -.x\u00a0\u2009\u3000\uff0d\uff0eØ" + full_width("0123456789")
+ALPHABET = "0123456789 -.x\u00a0\u2009\u3000\uff0d\uff0e\u2011\u2013Ø" + full_width("0123456789")
 
 
 def _written(first_nine: str, separator: str, wide: bool) -> str:
@@ -152,7 +157,12 @@ cells = st.one_of(
     st.builds(
         lambda before, written, after: before + written + after,
         st.text(alphabet=ALPHABET, max_size=3),
-        st.builds(_written, nine_digits, st.sampled_from(["", " ", "-", ".", "/"]), st.booleans()),
+        st.builds(
+            _written,
+            nine_digits,
+            st.sampled_from(["", " ", "-", ".", "/", "\u2013", " - ", "    "]),
+            st.booleans(),
+        ),
         st.text(alphabet=ALPHABET, max_size=3),
     ),
 )
