@@ -205,6 +205,7 @@ def test_a_job_failing_after_its_load_keeps_the_loads_outcome(
 ) -> None:
     """An error after `load_file` committed (here: telling the request) does not mark a stored
     load failed."""
+
     def broken(request: Upload, loaded: Upload) -> None:
         monkeypatch.setattr(uploads, "mirror", real)  # only the first call fails
         raise RuntimeError("catalog hiccup")
