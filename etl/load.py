@@ -460,6 +460,16 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
         other_provider = warehouse.stored_under_other_provider(form, candidates).to_numpy(
             zero_copy_only=False
         )
+        # Two providers' records held under one record_id: as if loaded one after the other, the
+        # earlier upload's is released, the other stays held (the table's key is record_id).
+        first: dict[str, str] = {}
+        ids = candidates.column("record_id").to_pylist()
+        providers = candidates.column("provider_orgnr").to_pylist()
+        for row in np.argsort(candidate_uploads, kind="stable"):
+            first.setdefault(ids[row], providers[row])
+        other_provider |= np.array(
+            [first[ids[row]] != providers[row] for row in range(candidates.num_rows)], dtype=bool
+        )
         # No longer held for their intake but failing another check now (a second follow-up or
         # discharge of the episode): they stay quarantined, under the new reasons.
         missing = np.zeros(candidates.num_rows, dtype=bool)

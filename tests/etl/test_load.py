@@ -513,3 +513,28 @@ def test_a_record_id_of_another_provider_is_quarantined_not_superseded(
     own = [episode_row(Form.BASIS, 1, "P1", age="36")]
     upload = _load(write_extract(Form.BASIS, own), Form.BASIS, warehouse, session, key)
     assert (upload.rows_accepted, upload.rows_superseded) == (1, 1)
+
+
+def test_two_providers_held_records_of_one_record_id_are_not_both_stored(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    """Provider A's f1 (episode e1) and provider B's f1 (e2), both held for their intakes; when
+    both intakes arrive, A's (the earlier upload) is stored and B's stays held, as if the two
+    had been loaded one after the other: the table's key is record_id."""
+    a = episode_row(Form.FOLLOWUP, 1, "P1", record_id="f1")
+    b = episode_row(Form.FOLLOWUP, 2, "P2", record_id="f1", provider_orgnr=PROVIDER_B)
+    for row in (a, b):
+        held = _load(write_extract(Form.FOLLOWUP, [row]), Form.FOLLOWUP, warehouse, session, key)
+        assert (held.rows_accepted, held.rows_quarantined) == (0, 1)
+    basis = [
+        episode_row(Form.BASIS, 1, "P1"),
+        episode_row(Form.BASIS, 2, "P2", provider_orgnr=PROVIDER_B),
+    ]
+    _load(write_extract(Form.BASIS, basis), Form.BASIS, warehouse, session, key)
+
+    stored = warehouse.table(Form.FOLLOWUP)
+    assert stored.select(["record_id", "provider_orgnr"]).to_pylist() == [
+        {"record_id": "f1", "provider_orgnr": PROVIDER_A}
+    ]
+    quarantine = warehouse.read(QUARANTINE)
+    assert [(r["record_id"], r["episode_id"]) for r in quarantine.to_pylist()] == [("f1", "e2")]
