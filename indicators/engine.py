@@ -37,9 +37,9 @@ Rules (DOMAIN.md, and choices documented here):
   its parent minus the published siblings (DOMAIN.md asks this of researcher aggregates; the
   indicators follow it within each hierarchy). Parents and children: nation → RHFs (both
   contexts), RHF → providers (caregiver), provider → units (caregiver), RHF → HFs (resident);
-  two groups published only as a difference count as hidden children when small: the rows
-  without a usable home HF (caregiver nation minus resident nation) and the providers outside
-  every RHF (caregiver nation minus its RHFs). Top down, in each group:
+  the providers outside every RHF are children of the caregiver nation too, and the rows without
+  a usable home HF, published only as a difference (caregiver nation minus resident nation),
+  count as a hidden child of the nation when small. Top down, in each group:
   when the parent is published and exactly one child is suppressed, or the parent is suppressed
   and no child is, the published child with the smallest denominator (ties: the first in result
   order) is suppressed too, with reason `complementary`; a child suppressed so becomes a
@@ -684,12 +684,7 @@ def _statistics(
             record["numerator"] = None
     if definition.type != "median":
         # A median is not a sum: no subtraction recovers a hidden one from its siblings.
-        _complementary(
-            records,
-            organisations,
-            min_denominator=definition.min_denominator,
-            episodes=definition.unit == "episode",
-        )
+        _complementary(records, organisations, min_denominator=definition.min_denominator)
     if definition.type == "proportion":
         _funnel(records)
 
@@ -725,16 +720,15 @@ def _complementary(
     organisations: Organisations,
     *,
     min_denominator: int,
-    episodes: bool,
 ) -> None:
     """Complementary suppression within each parent group (the engine's docstring has the
     rule), in place on one indicator's sorted results.
 
-    Two groups are published only through a difference, and count as a hidden child when they
-    hold 1 ... min_denominator − 1 rows: the rows without a usable home HF (the caregiver
-    nation minus the resident nation: the resident nation is hidden, and the resident groups
-    below then hide an RHF and an HF), and, for episodes, the providers outside every RHF (the
-    caregiver nation minus its RHFs; patients are not additive over RHFs)."""
+    The caregiver nation's children are its RHFs and the providers outside every RHF (their own
+    rows: as one gap they would protect a small one only when alone). The rows without a
+    usable home HF are published only as a difference (the caregiver nation minus the resident
+    nation): with 1 ... min_denominator − 1 rows they count as a hidden child, so the resident
+    nation is hidden, and the resident groups below then hide an RHF and an HF."""
     by_key = {(r["year"], r["context"], r["level"], r["orgnr"], r["unit_code"]): r for r in records}
 
     def small(gap: int) -> bool:
@@ -765,9 +759,17 @@ def _complementary(
     for context, child_level, parent_level in _PARENTS:
         groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
         for record in records:
-            if (record["context"], record["level"]) != (context, child_level):
+            if (record["context"], record["level"]) == (context, child_level):
+                orgnr = parent_orgnr(record, parent_level)
+            elif (context, child_level, record["context"], record["level"]) == (
+                "caregiver",
+                "rhf",
+                "caregiver",
+                "provider",
+            ) and parent_orgnr(record, "rhf") is None:
+                orgnr = NATION_ORGNR  # a provider outside every RHF: a child of the nation
+            else:
                 continue
-            orgnr = parent_orgnr(record, parent_level)
             if orgnr is not None:
                 groups.setdefault((record["year"], orgnr), []).append(record)
         for (year, orgnr), children in groups.items():
@@ -776,17 +778,10 @@ def _complementary(
                 continue
             hidden = [child for child in children if child["suppressed"]]
             shown = [child for child in children if not child["suppressed"]]
-            # The providers outside every RHF: a child known only as the nation minus the RHFs.
-            unplaced = (
-                episodes
-                and (context, child_level) == ("caregiver", "rhf")
-                and small(parent["denominator"] - sum(c["denominator"] for c in children))
-            )
             exposed = (
-                parent["suppression_reason"] in _DISCLOSURE and not hidden and not unplaced
+                parent["suppression_reason"] in _DISCLOSURE and not hidden
                 if parent["suppressed"]
-                else len(hidden) + unplaced == 1
-                and (unplaced or hidden[0]["suppression_reason"] in _DISCLOSURE)
+                else len(hidden) == 1 and hidden[0]["suppression_reason"] in _DISCLOSURE
             )
             if shown and exposed:
                 # min() keeps the first of equal denominators: the result order.

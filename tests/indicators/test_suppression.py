@@ -194,3 +194,30 @@ def test_providers_outside_every_rhf_are_a_hidden_child_of_the_nation(tiny: Fact
     assert counts(row("provider", BERGEN)) == (10, 12)
     resident = pick(rows, "screening", 2022, "nation", NATION, context="resident")
     assert counts(resident) == (17, 22)
+
+
+def test_a_small_provider_outside_every_rhf_beside_a_large_one(tiny: Factory) -> None:
+    """Screening 2022, minimum 5: two providers outside the hierarchy, 2/2 and 8/10, beside
+    Helse Vest (Bergen 10/12, Stavanger 5/8: 15/20). The nation (25/32) minus Helse Vest minus
+    the large one would give the small one's 2 of 2: each is a child of the nation of its own,
+    so with the small one hidden the smallest published child, the large one (10 < 20), is
+    hidden too; Helse Vest stays shown."""
+    release = tiny()
+    small, large = "999999999", "999999998"
+    intakes(release, small, "U1", 2, 2, home_hf_orgnr=BERGEN)
+    intakes(release, large, "U1", 8, 10, home_hf_orgnr=BERGEN)
+    intakes(release, BERGEN, "U1", 10, 12)
+    intakes(release, STAVANGER, "U1", 5, 8)
+    rows = run(release, "screening", min_denominator=5)
+
+    def row(level: str, orgnr: str) -> dict[str, Any]:
+        return pick(rows, "screening", 2022, level, orgnr)
+
+    assert counts(row("nation", NATION)) == (25, 32)
+    assert reason(row("provider", small)) == ("min_denominator", None, None)
+    assert reason(row("provider", large)) == ("complementary", None, None)
+    unit = pick(rows, "screening", 2022, "unit", large, unit_code="U1")
+    assert reason(unit) == ("complementary", None, None)
+    assert counts(row("rhf", HELSE_VEST)) == (15, 20)
+    assert counts(row("provider", BERGEN)) == (10, 12)
+    assert counts(row("provider", STAVANGER)) == (5, 8)
