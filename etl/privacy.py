@@ -28,15 +28,16 @@ _K1_WEIGHTS: Final = (3, 7, 6, 1, 8, 9, 4, 5, 2)
 _K2_WEIGHTS: Final = (5, 4, 3, 2, 7, 6, 5, 4, 3, 2)
 
 # An identity number is a run of exactly 11 digits, or as it is often written, "DDMMYY NNNNN": the
-# six digits of the birth date and the five of the personal number, with up to three spaces, dots,
-# hyphens or dashes between them ("010190 00083", "010190-00083", "010190.00083", "010190 - 00083";
-# the dashes and the non-breaking hyphen are what word processors and spreadsheets put in place of
-# a typed hyphen: U+2010-U+2014 and the minus sign U+2212). Either shape is found as the whole
+# six digits of the birth date and the five of the personal number, with up to three spaces, tabs
+# (two spreadsheet cells copied together), dots, hyphens or dashes between them ("010190 00083",
+# "010190-00083", "010190.00083", "010190 - 00083"; the dashes and the non-breaking hyphen are what
+# word processors and spreadsheets put in place of a typed hyphen: U+2010-U+2014 and the minus
+# sign U+2212). Either shape is found as the whole
 # cell, or inside text between non-digits. A cell holding a full-width digit or separator or a
 # non-ASCII space (`_NFKC_CHANGES`) is also looked at in Unicode's NFKC form, which turns them into
 # ASCII: full-width "01019000083", or "010190" and "00083" with a no-break space between them. The
 # regexes are only prefilters; the check digits decide.
-_SEPARATORS: Final = "[ .\\-\u2010-\u2014\u2212]"
+_SEPARATORS: Final = "[ \t.\\-\u2010-\u2014\u2212]"
 _NUMBER: Final = rf"[0-9]{{6}}{_SEPARATORS}{{0,3}}[0-9]{{5}}"
 _WHOLE_CELL: Final = rf"^{_NUMBER}$"
 _RUN_INSIDE: Final = rf"(^|[^0-9]){_NUMBER}([^0-9]|$)"

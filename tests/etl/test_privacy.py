@@ -115,8 +115,8 @@ def test_rekey_matches_stdlib_and_depends_on_the_key() -> None:
         rekey(pa.array(["P-0001"]), b"")
 
 
-# Space, full stop, hyphen-minus, the hyphens and dashes U+2010-U+2014 and the minus sign.
-SEPARATORS = " .-\u2010\u2011\u2012\u2013\u2014\u2212"
+# Space, tab, full stop, hyphen-minus, the hyphens and dashes U+2010-U+2014 and the minus sign.
+SEPARATORS = " \t.-\u2010\u2011\u2012\u2013\u2014\u2212"
 
 
 def reference_holds(cell: str) -> bool:

@@ -51,6 +51,7 @@ def test_the_hand_worked_numbers() -> None:
         "010190\u201300083",  # an en dash, as spreadsheets autocorrect a hyphen
         "010190\u201100083",  # a non-breaking hyphen (NFKC: U+2010, not a hyphen-minus)
         "010190\u221200083",  # a minus sign
+        "010190\t00083",  # a tab: two spreadsheet cells copied together
         "010190  00083",  # two spaces
         "010190 - 00083",
         full_width("010190") + "\uff0e" + full_width("00083"),  # a full-width full stop
