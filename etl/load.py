@@ -348,17 +348,7 @@ def _other_provider(incoming: pa.Table, form: Form, warehouse: Warehouse) -> pa.
     """`record_id.other_provider` failures (FAILURE_SCHEMA) of rows whose record_id is stored
     under another provider."""
     flags = warehouse.stored_under_other_provider(form, incoming)
-    index = pa.array(np.flatnonzero(flags.to_numpy(zero_copy_only=False)), pa.int64())
-    return pa.table(
-        {
-            "row_index": index,
-            "record_id": pc.take(incoming.column("record_id"), index),
-            "check": pa.array([OTHER_PROVIDER] * len(index), pa.string()),
-            "severity": pa.array(["error"] * len(index), pa.string()),
-            "reason": pa.array([OTHER_PROVIDER_REASON] * len(index), pa.string()),
-        },
-        schema=FAILURE_SCHEMA,
-    )
+    return _other_provider_failures(incoming, flags.to_numpy(zero_copy_only=False))
 
 
 def _cross_check(incoming: pa.Table, form: Form, warehouse: Warehouse) -> pa.Table:
@@ -416,10 +406,16 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
     held = quarantine.filter(pc.equal(quarantine.column("check"), NO_INTAKE))
     if held.num_rows == 0:
         return 0
-    # Only records held for nothing but a missing intake.
+    # Only records held for nothing but a missing intake (by episode too: another provider's
+    # record of the same record_id may be quarantined for something else).
     other = quarantine.filter(pc.not_equal(quarantine.column("check"), NO_INTAKE))
     blocked = set(
-        zip(other.column("form").to_pylist(), other.column("record_id").to_pylist(), strict=False)
+        zip(
+            other.column("form").to_pylist(),
+            other.column("record_id").to_pylist(),
+            other.column("episode_id").to_pylist(),
+            strict=True,
+        )
     )
     basis_episodes = pc.unique(
         warehouse.select_in(
@@ -434,11 +430,17 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
                 pc.is_in(held.column("episode_id"), value_set=basis_episodes),
             )
         )
-        ids = [
-            record_id
-            for record_id in pc.unique(rows.column("record_id").drop_null()).to_pylist()
-            if (form.value, record_id) not in blocked
-        ]
+        ids = sorted(
+            {
+                record_id
+                for record_id, episode_id in zip(
+                    rows.column("record_id").to_pylist(),
+                    rows.column("episode_id").to_pylist(),
+                    strict=True,
+                )
+                if record_id is not None and (form.value, record_id, episode_id) not in blocked
+            }
+        )
         if not ids:
             continue
         record_ids = pa.array(ids, pa.string())
@@ -447,6 +449,18 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
             where={"form": form.value, "check": NO_INTAKE},
         )  # fmt: skip
         staged = values_table(versions.column("values").to_pylist(), staged_schema(form))
+        free = pa.array(
+            [
+                (form.value, record_id, episode_id) not in blocked
+                for record_id, episode_id in zip(
+                    staged.column("record_id").to_pylist(),
+                    staged.column("episode_id").to_pylist(),
+                    strict=True,
+                )
+            ],
+            pa.bool_(),
+        )
+        staged, versions = staged.filter(free), versions.filter(free)
         stored = warehouse.select_in(
             form.value, ["record_id", "provider_orgnr", "upload_id"], "record_id", record_ids
         )
@@ -460,24 +474,23 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
         other_provider = warehouse.stored_under_other_provider(form, candidates).to_numpy(
             zero_copy_only=False
         )
-        # Two providers' records held under one record_id: as if loaded one after the other, the
-        # earlier upload's is released, the other stays held (the table's key is record_id).
-        first: dict[str, str] = {}
-        ids = candidates.column("record_id").to_pylist()
-        providers = candidates.column("provider_orgnr").to_pylist()
-        for row in np.argsort(candidate_uploads, kind="stable"):
-            first.setdefault(ids[row], providers[row])
-        other_provider |= np.array(
-            [first[ids[row]] != providers[row] for row in range(candidates.num_rows)], dtype=bool
-        )
+        passing = ~bad & ~other_provider
         # No longer held for their intake but failing another check now (a second follow-up or
         # discharge of the episode): they stay quarantined, under the new reasons.
         missing = np.zeros(candidates.num_rows, dtype=bool)
         held_again = pc.equal(failures.column("check"), NO_INTAKE)
         missing[failures.filter(held_again).column("row_index").to_numpy()] = True
-        moved = bad & ~missing & ~other_provider
-        errors = failures.filter(pc.invert(held_again))
-        passed = candidates.filter(pa.array(~(bad | other_provider)))
+        errors = failures.filter(pc.invert(held_again)).select(FAILURE_SCHEMA.names)
+        # Two providers' records of one record_id that would both be stored (the table's key is
+        # record_id): as if loaded one after the other, the earlier upload's is, and the other
+        # is quarantined as another provider's record.
+        clash = _later_of_a_record_id(candidates, candidate_uploads, passing)
+        if clash.any():
+            errors = pa.concat_tables(
+                [errors.cast(FAILURE_SCHEMA), _other_provider_failures(candidates, clash)]
+            )
+        moved = (bad & ~missing & ~other_provider) | clash
+        passed = candidates.filter(pa.array(passing & ~clash))
         if passed.num_rows > 0:
             warehouse.write(form, passed, upload_id=upload_id)
         gone = {
@@ -485,7 +498,7 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
             for record_id, provider, out in zip(
                 candidates.column("record_id").to_pylist(),
                 candidates.column("provider_orgnr").to_pylist(),
-                ~(bad | other_provider) | moved,
+                passing | moved,
                 strict=True,
             )
             if out
@@ -509,6 +522,38 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
             warehouse.append_quarantine(quarantined, upload_id=upload_id)
         released += passed.num_rows
     return released
+
+
+def _later_of_a_record_id(
+    candidates: pa.Table, uploads: np.ndarray[Any, Any], passing: np.ndarray[Any, Any]
+) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """Which passing candidates share their record_id with an earlier upload's passing candidate
+    of another provider."""
+    ids = candidates.column("record_id").to_pylist()
+    providers = candidates.column("provider_orgnr").to_pylist()
+    first: dict[str, str] = {}
+    for row in np.argsort(uploads, kind="stable"):
+        if passing[row]:
+            first.setdefault(ids[row], providers[row])
+    return np.array(
+        [bool(passing[row]) and first[ids[row]] != providers[row] for row in range(len(ids))],
+        dtype=bool,
+    )
+
+
+def _other_provider_failures(table: pa.Table, rows: np.ndarray[Any, Any]) -> pa.Table:
+    """`record_id.other_provider` failures (FAILURE_SCHEMA) of these rows of `table`."""
+    index = pa.array(np.flatnonzero(rows), pa.int64())
+    return pa.table(
+        {
+            "row_index": index,
+            "record_id": pc.take(table.column("record_id"), index),
+            "check": pa.array([OTHER_PROVIDER] * len(index), pa.string()),
+            "severity": pa.array(["error"] * len(index), pa.string()),
+            "reason": pa.array([OTHER_PROVIDER_REASON] * len(index), pa.string()),
+        },
+        schema=FAILURE_SCHEMA,
+    )
 
 
 def _latest_versions(

@@ -515,26 +515,78 @@ def test_a_record_id_of_another_provider_is_quarantined_not_superseded(
     assert (upload.rows_accepted, upload.rows_superseded) == (1, 1)
 
 
+def _held_under_one_record_id(
+    write: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes, *extra: dict[str, str]
+) -> None:
+    """Provider A's follow-up f1 (episode e1, and `extra` rows of A), then provider B's f1
+    (episode e2), each held for its missing intake."""
+    a = [episode_row(Form.FOLLOWUP, 1, "P1", record_id="f1"), *extra]
+    b = [episode_row(Form.FOLLOWUP, 2, "P2", record_id="f1", provider_orgnr=PROVIDER_B)]
+    for rows in (a, b):
+        held = _load(write(Form.FOLLOWUP, rows), Form.FOLLOWUP, warehouse, session, key)
+        assert (held.rows_accepted, held.rows_quarantined) == (0, len(rows))
+
+
+def _followups(warehouse: Warehouse) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """(record_id, provider) stored; (record_id, episode_id, check) quarantined, sorted."""
+    stored = warehouse.table(Form.FOLLOWUP)
+    quarantine = warehouse.read(QUARANTINE)
+    return (
+        sorted(zip(stored["record_id"].to_pylist(), stored["provider_orgnr"].to_pylist(),
+                   strict=True)),
+        sorted(zip(quarantine["record_id"].to_pylist(), quarantine["episode_id"].to_pylist(),
+                   quarantine["check"].to_pylist(), strict=True)),
+    )  # fmt: skip
+
+
+def _intakes(write: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes,
+             *episodes: int) -> None:  # fmt: skip
+    rows = [
+        episode_row(Form.BASIS, n, f"P{n}", provider_orgnr=PROVIDER_A if n == 1 else PROVIDER_B)
+        for n in episodes
+    ]
+    _load(write(Form.BASIS, rows), Form.BASIS, warehouse, session, key)
+
+
 def test_two_providers_held_records_of_one_record_id_are_not_both_stored(
     write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
 ) -> None:
-    """Provider A's f1 (episode e1) and provider B's f1 (e2), both held for their intakes; when
-    both intakes arrive, A's (the earlier upload) is stored and B's stays held, as if the two
-    had been loaded one after the other: the table's key is record_id."""
-    a = episode_row(Form.FOLLOWUP, 1, "P1", record_id="f1")
-    b = episode_row(Form.FOLLOWUP, 2, "P2", record_id="f1", provider_orgnr=PROVIDER_B)
-    for row in (a, b):
-        held = _load(write_extract(Form.FOLLOWUP, [row]), Form.FOLLOWUP, warehouse, session, key)
-        assert (held.rows_accepted, held.rows_quarantined) == (0, 1)
-    basis = [
-        episode_row(Form.BASIS, 1, "P1"),
-        episode_row(Form.BASIS, 2, "P2", provider_orgnr=PROVIDER_B),
-    ]
-    _load(write_extract(Form.BASIS, basis), Form.BASIS, warehouse, session, key)
+    """Both intakes arrive: A's f1 (the earlier upload) is stored; B's is quarantined as another
+    provider's record, as if the two had been loaded one after the other (the table's key is
+    record_id), and stays so on later basis loads."""
+    _held_under_one_record_id(write_extract, warehouse, session, key)
+    _intakes(write_extract, warehouse, session, key, 1, 2)
+    expected = ([("f1", PROVIDER_A)], [("f1", "e2", "record_id.other_provider")])
+    assert _followups(warehouse) == expected
+    _intakes(write_extract, warehouse, session, key, 3)
+    assert _followups(warehouse) == expected
 
-    stored = warehouse.table(Form.FOLLOWUP)
-    assert stored.select(["record_id", "provider_orgnr"]).to_pylist() == [
-        {"record_id": "f1", "provider_orgnr": PROVIDER_A}
-    ]
-    quarantine = warehouse.read(QUARANTINE)
-    assert [(r["record_id"], r["episode_id"]) for r in quarantine.to_pylist()] == [("f1", "e2")]
+
+def test_a_held_record_does_not_wait_for_another_providers_that_cannot_be_stored(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    """Only B's intake arrives: B's f1 is stored, A's stays held for its own."""
+    _held_under_one_record_id(write_extract, warehouse, session, key)
+    _intakes(write_extract, warehouse, session, key, 2)
+    assert _followups(warehouse) == ([("f1", PROVIDER_B)], [("f1", "e1", "cross.no_intake")])
+
+
+def test_a_held_record_is_not_blocked_by_another_providers_quarantined_one(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    """A sends two follow-ups of e1 (f1 and fX) in one file, before its intake: each is held
+    for the intake and quarantined as the other's duplicate. B holds f1 of e2. When both
+    intakes arrive, A's pair stays quarantined (for the duplicate) and B's f1 is stored: A's
+    quarantined f1 does not block B's."""
+    extra = episode_row(Form.FOLLOWUP, 1, "P1", record_id="fX")
+    _held_under_one_record_id(write_extract, warehouse, session, key, extra)
+    _intakes(write_extract, warehouse, session, key, 1, 2)
+    assert _followups(warehouse) == (
+        [("f1", PROVIDER_B)],
+        [
+            ("f1", "e1", "cross.duplicate_followup"),
+            ("f1", "e1", "cross.no_intake"),
+            ("fX", "e1", "cross.duplicate_followup"),
+            ("fX", "e1", "cross.no_intake"),
+        ],
+    )
