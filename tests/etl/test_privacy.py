@@ -119,11 +119,21 @@ def test_rekey_matches_stdlib_and_depends_on_the_key() -> None:
 SEPARATORS = " \t.-\u2010\u2011\u2012\u2013\u2014\u2212"
 
 
+def reference_dated(six: str) -> bool:
+    """DDMMYY: day 1-31 or 41-71 (D-number), month 1-12, 41-52 (H-number) or 81-92 (synthetic)."""
+    day, month = int(six[:2]), int(six[2:4])
+    return day in {*range(1, 32), *range(41, 72)} and month in {
+        *range(1, 13),
+        *range(41, 53),
+        *range(81, 93),
+    }
+
+
 def reference_holds(cell: str) -> bool:
     """Whether a cell holds an identity number, found with the standard library only: a maximal
-    run of 11 ASCII digits, or a maximal run of 6 and one of 5 with one to three separators
-    (`SEPARATORS`) between them, whose digits pass both check digits; in the cell or in its NFKC
-    form."""
+    run of 11 ASCII digits, or a maximal run of 6 (a plausible birth date) and one of 5 with one
+    to three separators (`SEPARATORS`) between them, whose digits pass both check digits; in the
+    cell or in its NFKC form."""
     for text in (cell, unicodedata.normalize("NFKC", cell)):
         runs = [(m.start(), m.end(), m.group()) for m in re.finditer(r"[0-9]+", text)]
         for i, (_, end, digits) in enumerate(runs):
@@ -132,7 +142,12 @@ def reference_holds(cell: str) -> bool:
             if len(digits) == 6 and i + 1 < len(runs) and 1 <= runs[i + 1][0] - end <= 3:
                 tail, between = runs[i + 1][2], text[end : runs[i + 1][0]]
                 separated = all(c in SEPARATORS for c in between)
-                if separated and len(tail) == 5 and reference_valid(digits + tail):
+                if (
+                    separated
+                    and len(tail) == 5
+                    and reference_valid(digits + tail)
+                    and reference_dated(digits)
+                ):
                     return True
     return False
 

@@ -116,8 +116,27 @@ def test_a_file_name_in_a_written_form_is_withheld() -> None:
     assert safe_filename("basis_010190-00084.csv") == "basis_010190-00084.csv"
 
 
+# Nine first digits that begin with a plausible birth date DDMMYY (D- and H-numbers included).
+dated_nine = st.builds(
+    lambda day, month, rest: f"{day:02d}{month:02d}{rest}",
+    st.sampled_from([*range(1, 32), *range(41, 72)]),
+    st.sampled_from([*range(1, 13), *range(41, 53), *range(81, 93)]),
+    st.text(alphabet="0123456789", min_size=5, max_size=5),
+)
+
+
+def test_a_separated_form_must_begin_with_a_birth_date() -> None:
+    """20230100110 passes both check digits (k1 = 11 - (2*3 + 2*6 + 3*1 + 1*9 + 1*2 = 32) mod 11
+    = 1; k2 = 11 - (2*5 + 2*3 + 3*2 + 1*6 + 1*3 + 1*2 = 33) mod 11 = 11 → 0), but '202301-00110'
+    is a year and month, not DDMMYY (month 23): such an id is not taken for an identity number,
+    while the 11 digits unbroken still are (the issue's rule)."""
+    assert is_identity_number("20230100110")
+    assert find_identity_numbers(pa.table({"v": ["202301-00110", "ref 202301 00110"]})) == {}
+    assert find_identity_numbers(pa.table({"v": ["20230100110"]})) == {"v": 1}
+
+
 @given(
-    nine_digits,
+    dated_nine,
     st.sampled_from(["", " ", "-", ".", "\u00a0", "\u2013", "\u2011", " - "]),
     st.booleans(),
     st.text(alphabet="x .-Ø", max_size=3),
