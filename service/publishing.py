@@ -19,7 +19,8 @@ from sqlmodel import Session, col, select
 
 from etl.release import publish_release, read_manifest
 from etl.warehouse import Warehouse
-from indicators.results import RESULTS_FILE, write
+from indicators import results as result_files
+from indicators.results import RESULTS_FILE
 from schemas.catalog import IndicatorRun, Release
 from schemas.manifest import ReleaseManifest
 from service.settings import Settings
@@ -77,7 +78,7 @@ class ResultsUnderLocks:
     def __call__(self, manifest: ReleaseManifest) -> None:
         try:
             table = _compute(manifest, "duckdb")
-            path = _write_file(manifest, table, self.settings)
+            path = _write_file(manifest.release, table, self.settings)
         except Exception as error:
             if self.required:
                 raise
@@ -107,14 +108,20 @@ def store_indicators(
         if _retired(session, manifest.release):
             return None
         raise
+    return write_results(manifest.release, table, settings, session, engine=engine)
+
+
+def write_results(
+    number: int, table: pa.Table, settings: Settings, session: Session, *, engine: str
+) -> Path | None:
+    """Write release `number`'s computed results under the write locks and index them (added to
+    `session`); None, writing nothing, when the release is retired (or gone) by then."""
     with _warehouse(settings).writing():
-        if _retired(session, manifest.release):
+        if _retired(session, number):
             return None
-        path = _write_file(manifest, table, settings)
+        path = _write_file(number, table, settings)
     session.add(
-        IndicatorRun(
-            release=manifest.release, engine=engine, results_path=str(path), rows=table.num_rows
-        )
+        IndicatorRun(release=number, engine=engine, results_path=str(path), rows=table.num_rows)
     )
     return path
 
@@ -150,18 +157,24 @@ def _compute(manifest: ReleaseManifest, engine: str) -> pa.Table:
     return compute(manifest, hierarchy=Hierarchy.default(), engine=engine_name(engine))
 
 
-def _write_file(manifest: ReleaseManifest, table: pa.Table, settings: Settings) -> Path:
+def _write_file(number: int, table: pa.Table, settings: Settings) -> Path:
     """Write the results whole or not at all (the API may read the file at any moment). Call
     under the write locks."""
-    path = settings.releases_dir / str(manifest.release) / RESULTS_FILE
+    path = settings.releases_dir / str(number) / RESULTS_FILE
     partial = path.with_name(f".{RESULTS_FILE}.partial")
-    write(table, partial)
+    result_files.write(table, partial)
     partial.replace(path)
     return path
 
 
 def _retired(session: Session, number: int) -> bool:
-    """Whether release `number` is retired (or not in the catalog), as committed now.
+    """Whether release `number` is retired (or not in the catalog), as committed now."""
+    retired = release_retired(session, number)
+    return retired is None or retired
+
+
+def release_retired(session: Session, number: int) -> bool | None:
+    """Whether release `number` is retired, as committed now (None: not in the catalog).
 
     Read on a connection of its own: the session's transaction may predate the erasure.
     """
@@ -173,4 +186,4 @@ def _retired(session: Session, number: int) -> bool:
         retired = reading.execute(
             select(Release.retired).where(Release.number == number)
         ).scalar_one_or_none()
-    return retired is None or bool(retired)
+    return None if retired is None else bool(retired)

@@ -22,20 +22,16 @@ from typing import Annotated, Any
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import typer
-from sqlalchemy import Connection
-from sqlalchemy import Engine as Database
-from sqlmodel import Session, select
+from sqlmodel import Session
 
-from etl.warehouse import Warehouse
 from indicators import results
 from indicators.engine import compute, engine_name
-from schemas.catalog import IndicatorRun, Release
 from schemas.errors import Conflict, NotFound
 from schemas.manifest import ReleaseManifest
 from schemas.organisations import Hierarchy
 from service.commands.common import console, reports_errors, settings
 from service.database import make_engine, session_scope
-from service.settings import Settings
+from service.publishing import release_retired, write_results
 
 
 class Engine(StrEnum):
@@ -137,7 +133,10 @@ def register(app: typer.Typer) -> None:
             if spark is not None:
                 spark.stop()
         with session_scope(database) as session:
-            path = store(table, number, config, session, engine=engine.value)
+            path = write_results(number, table, config, session, engine=engine.value)
+            if path is None:  # retired (or gone) while computing: say which
+                _check_servable(session, number)
+                raise AssertionError("a release write_results refused is not servable")
         if out is not None:
             write_output(table, out, output_format)
         console.print(
@@ -147,37 +146,9 @@ def register(app: typer.Typer) -> None:
         )
 
 
-def store(table: pa.Table, number: int, config: Settings, session: Session, *, engine: str) -> Path:
-    """Write release `number`'s results beside its manifest under the write locks, whole or not at
-    all (the API may read the file at any moment), and index them (added to `session`).
-
-    Raises `ReleaseRetired` if the release is retired when the locks are held, `NotFound` if the
-    catalog does not know it.
-    """
-    with Warehouse(config.warehouse_dir, config.releases_dir).writing():
-        _check_servable(session, number)
-        path = config.releases_dir / str(number) / results.RESULTS_FILE
-        partial = path.with_name(f".{results.RESULTS_FILE}.partial")
-        results.write(table, partial)
-        partial.replace(path)
-    session.add(
-        IndicatorRun(release=number, engine=engine, results_path=str(path), rows=table.num_rows)
-    )
-    return path
-
-
 def _check_servable(session: Session, number: int) -> None:
-    """Raise unless release `number` is in the catalog and not retired, as committed now.
-
-    Read on a connection of its own: the session's transaction may predate an erasure.
-    """
-    bind = session.get_bind()
-    assert isinstance(bind, Database)
-    reading: Connection
-    with bind.connect() as reading:
-        retired = reading.execute(
-            select(Release.retired).where(Release.number == number)
-        ).scalar_one_or_none()
+    """Raise unless release `number` is in the catalog and not retired, as committed now."""
+    retired = release_retired(session, number)
     if retired is None:
         raise NotFound(f"release {number} is not in the catalog")
     if retired:
