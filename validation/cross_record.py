@@ -58,6 +58,12 @@ EXISTING_COLUMNS: Final[dict[Form, tuple[str, ...]]] = {
 
 # The date column of each follow-on form that must not precede the episode's intake.
 _EVENT_DATE: Final = {Form.MEASUREMENT: "measure_date", Form.DISCHARGE: "discharge_date"}
+# The forms an episode has one record of: (check id, what it is called, the view of the stored and
+# incoming records, see `check`).
+_ONE_PER_EPISODE: Final = {
+    Form.DISCHARGE: ("cross.duplicate_discharge", "discharge", "discharges"),
+    Form.FOLLOWUP: ("cross.duplicate_followup", "follow-up", "followups"),
+}
 _INPATIENT: Final = ", ".join(str(code) for code in sorted(INPATIENT_TREATMENT_TYPES))
 
 
@@ -138,26 +144,18 @@ def _follow_on_checks(form: Form) -> list[_Query]:
                     WHERE {_same_episode("b")} AND i.{event} < b.intake_date)""",
             )
         )
-    if form is Form.DISCHARGE:
+    if form in _ONE_PER_EPISODE:
+        check_id, noun, view = _ONE_PER_EPISODE[form]
         checks.append(
             _failure(
-                "cross.duplicate_discharge",
+                check_id,
                 "error",
-                "more than one discharge for the episode",
-                f"""EXISTS (SELECT 1 FROM discharges AS d
-                    WHERE {_same_episode("d")} AND d.record_id IS DISTINCT FROM i.record_id)""",
+                f"more than one {noun} for the episode",
+                f"""EXISTS (SELECT 1 FROM {view} AS o
+                    WHERE {_same_episode("o")} AND o.record_id IS DISTINCT FROM i.record_id)""",
             )
         )
     if form is Form.FOLLOWUP:
-        checks.append(
-            _failure(
-                "cross.duplicate_followup",
-                "error",
-                "more than one follow-up for the episode",
-                f"""EXISTS (SELECT 1 FROM followups AS f
-                    WHERE {_same_episode("f")} AND f.record_id IS DISTINCT FROM i.record_id)""",
-            )
-        )
         checks.append(
             _failure(
                 "cross.followup_before_discharge",
