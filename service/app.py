@@ -29,6 +29,7 @@ from service.audit import (
 from service.auth import OidcVerifier
 from service.catalog_cache import CatalogCache
 from service.database import make_engine
+from service.deps import get_principal, principal_of
 from service.routers import aggregates as aggregates_routes
 from service.routers import audit, health, indicators, releases, uploads
 from service.settings import Settings
@@ -92,49 +93,71 @@ class RequestGate:
     """Refuses what must not be read, before FastAPI reads (and parses, and spools) a body.
 
     FastAPI reads the whole body before any dependency runs: the login check and the upload's
-    size check came after an anonymous client's body was received whole (a multipart file
-    spooled to disk without limit; a JSON body parsed in memory). So, before the app sees the
-    request:
+    size check came after a client's body was received whole (a multipart file spooled to disk
+    without limit; a JSON body parsed in memory, a 422 answered to a wrong key). So, before the
+    app sees the request, in this order:
+    - A route that asks for the principal (`service.deps.get_principal`) has its
+      `Authorization` header, if any, checked here (API key or OIDC token: one look-up, as the
+      dependency did): a malformed header, an unknown, malformed or revoked key, an invalid
+      token is 401 (a token without a Kvarus role 403), the same answer the dependency gave.
+      The principal is left on the request's state, where the dependency takes it and the
+      audit log reads it: a valid caller's later 413 or 422 names them.
     - A request to a route that takes a body without an `Authorization` header is 401: every
       such route needs credentials (README's role matrix: anonymous clients may only read
       published indicators, all GET routes).
     - A `Content-Length` over the route's limit (`body_limit`) is 413 at once; a body without
       one (chunked) is counted while it streams, and stopped with 413 when it passes the limit.
-    Both answers are problem+json, and audited (the audit middleware runs outside this one).
+    Every answer is problem+json, and audited (the audit middleware runs outside this one). No
+    key or token, nor any part of one, is in an answer or a log line.
     A plain ASGI middleware, as the audit's: `BaseHTTPMiddleware` costs a task per request.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        # By (method, path); paths carry ids, so only so many are remembered.
-        self.body_routes: dict[tuple[str, str], bool] = {}
+        # (authenticates, takes a body) by (method, path); paths carry ids, so only so many
+        # are remembered.
+        self.routes: dict[tuple[str, str], tuple[bool, bool]] = {}
 
-    def _needs_credentials_first(self, scope: Scope) -> bool:
-        """Whether the request's route takes a body (and so needs credentials)."""
+    def _route_kind(self, scope: Scope) -> tuple[bool, bool]:
+        """Whether the request's route asks for the principal, and whether it takes a body
+        (and so needs credentials). Neither for a path no route (or no method) serves."""
         key = (scope["method"], scope["path"])
-        known = self.body_routes.get(key)
+        known = self.routes.get(key)
         if known is None:
             entry = match_route(scope["app"], *key)
-            known = bool(
-                entry is not None
-                and entry.takes_body
-                and (entry.methods is None or key[0] in entry.methods)
-            )
-            if len(self.body_routes) < MAX_REMEMBERED_PATHS:
-                self.body_routes[key] = known
+            if entry is None or (entry.methods is not None and key[0] not in entry.methods):
+                known = (False, False)
+            else:
+                known = (get_principal in entry.dependencies, entry.takes_body)
+            if len(self.routes) < MAX_REMEMBERED_PATHS:
+                self.routes[key] = known
         return known
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        authorization = headers.get(b"authorization", b"").strip()
-        if not authorization and self._needs_credentials_first(scope):
+        # The first of each header, as Starlette's `request.headers` (and so FastAPI) reads it.
+        authorization: bytes | None = None
+        length: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"authorization" and authorization is None:
+                authorization = value
+            elif name == b"content-length" and length is None:
+                length = value
+        authenticates, takes_body = self._route_kind(scope)
+        if authorization is not None and authorization.strip():
+            if authenticates:
+                try:
+                    principal = await principal_of(scope["app"], authorization.decode("latin-1"))
+                except KvarusError as error:
+                    await self._refuse_error(scope, send, error)
+                    return
+                scope.setdefault("state", {})["principal"] = principal
+        elif takes_body:
             await self._refuse(scope, send, 401, "this route needs credentials")
             return
         limit = body_limit(scope)
-        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             await self._refuse(scope, send, 413, f"the request body exceeds {limit} bytes")
             return
@@ -163,12 +186,25 @@ class RequestGate:
                 raise
             await self._refuse(scope, send, 413, f"the request body exceeds {limit} bytes")
 
-    @staticmethod
-    async def _refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
+    @classmethod
+    async def _refuse(cls, scope: Scope, send: Send, status: int, detail: str) -> None:
         if status == 401:
             title, slug = Unauthorised.title, Unauthorised.type_slug
         else:
             title, slug = errors.PayloadTooLarge.title, errors.PayloadTooLarge.type_slug
+        await cls._answer(scope, send, status, title, slug, detail)
+
+    @classmethod
+    async def _refuse_error(cls, scope: Scope, send: Send, error: KvarusError) -> None:
+        """Answer a failed credentials check as the app's handler (`errors.install`) would."""
+        if error.status >= 500:  # a busy catalog (503)
+            logger.error("%s on %s %s", error.title, scope["method"], errors.route_template(scope))
+        await cls._answer(scope, send, error.status, error.title, error.type_slug, error.detail)
+
+    @staticmethod
+    async def _answer(
+        scope: Scope, send: Send, status: int, title: str, slug: str, detail: str | None
+    ) -> None:
         response = errors.problem(
             status=status,
             title=title,

@@ -26,7 +26,7 @@ import time
 import traceback
 import types
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin
@@ -73,6 +73,8 @@ class RouteEntry:
     regex: re.Pattern[str]
     query: dict[str, Any]  # alias -> FastAPI's ModelField (validates a raw value)
     takes_body: bool = False
+    # The callables of the route's dependencies (the request gate looks for the principal's).
+    dependencies: tuple[Callable[..., Any], ...] = ()
 
     def matches(self, path: str) -> bool:
         return self.regex.match(path) is not None
@@ -87,6 +89,17 @@ def _query_fields(dependant: Dependant) -> dict[str, Any]:
         for param in current.query_params:
             fields[param.alias] = param
     return fields
+
+
+def _dependency_calls(dependant: Dependant) -> tuple[Callable[..., Any], ...]:
+    calls: list[Callable[..., Any]] = []
+    pending = list(dependant.dependencies)
+    while pending:
+        current = pending.pop()
+        pending.extend(current.dependencies)
+        if current.call is not None and not any(c is current.call for c in calls):
+            calls.append(current.call)
+    return tuple(calls)
 
 
 def _takes_body(dependant: Dependant) -> bool:
@@ -124,6 +137,9 @@ def route_table(app: FastAPI) -> tuple[RouteEntry, ...]:
                 regex=regex,
                 query=_query_fields(original.dependant) if isinstance(original, APIRoute) else {},
                 takes_body=isinstance(original, APIRoute) and _takes_body(original.dependant),
+                dependencies=(
+                    _dependency_calls(original.dependant) if isinstance(original, APIRoute) else ()
+                ),
             )
         )
     table = tuple(entries)

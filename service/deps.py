@@ -5,7 +5,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Annotated, ParamSpec, TypeVar
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.security import HTTPBearer
 from sqlmodel import Session
 
@@ -46,7 +46,13 @@ async def on_catalog_threads(
     Not the 40-thread request pool: 40 look-ups at once would each check out a connection,
     beyond the engine's pool, and open (and close) a new one every time.
     """
-    threads = request.app.state.catalog_threads
+    return await _on_threads_of(request.app, function, *args, **kwargs)
+
+
+async def _on_threads_of(
+    app: FastAPI, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    threads = app.state.catalog_threads
     return await asyncio.get_running_loop().run_in_executor(
         threads, partial(function, *args, **kwargs)
     )
@@ -72,28 +78,41 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
+async def principal_of(app: FastAPI, authorization: str) -> Principal:
+    """The principal behind a non-blank `Authorization` header; `Unauthorised` (401) for a
+    malformed header, an unknown, malformed or revoked key or an invalid token, `Forbidden`
+    (403) for a token without a Kvarus role. Asked by the request gate (`service.app`), before
+    the body is read; by `get_principal` only where the gate has not asked it."""
+    catalog: CatalogCache | None = app.state.catalog_cache
+    if catalog is not None and (token := bearer_token(authorization)).startswith(KEY_MARK):
+        # Asked of the catalog cache, on the event loop: a revoked key is refused from the
+        # next request on, also when another process revoked it.
+        return catalog.principal(token)
+    # OIDC tokens (their issuer's keys may be fetched over the network) and API keys on
+    # databases without a catalog cache: asked on a catalog thread.
+    return await _on_threads_of(
+        app, authenticate_in, app.state.engine, authorization, app.state.oidc
+    )
+
+
 async def get_principal(
     request: Request, _: Annotated[object, Security(bearer_scheme)] = None
 ) -> Principal:
-    """Anonymous without credentials (no I/O); a key or token is checked on every request."""
+    """Anonymous without credentials (no I/O); a key or token is checked on every request.
+
+    The request gate (`service.app.RequestGate`) checks the credentials of a route that asks
+    for the principal before the body is read, and leaves the principal on `request.state`:
+    it is taken from there, not looked up twice. Without it (an app without the gate), the
+    header is checked here.
+    """
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is not None:
+        return principal
     authorization = request.headers.get("authorization")
-    catalog: CatalogCache | None = request.app.state.catalog_cache
     if authorization is None or not authorization.strip():
         principal = ANONYMOUS
-    elif catalog is not None and (token := bearer_token(authorization)).startswith(KEY_MARK):
-        # Asked of the catalog cache, on the event loop: a revoked key is refused from the
-        # next request on, also when another process revoked it.
-        principal = catalog.principal(token)
     else:
-        # OIDC tokens (their issuer's keys may be fetched over the network) and API keys on
-        # databases without a catalog cache: asked on a catalog thread.
-        principal = await on_catalog_threads(
-            request,
-            authenticate_in,
-            request.app.state.engine,
-            authorization,
-            request.app.state.oidc,
-        )
+        principal = await principal_of(request.app, authorization)
     request.state.principal = principal
     return principal
 

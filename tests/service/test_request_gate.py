@@ -9,8 +9,10 @@ import pytest
 import starlette.formparsers
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlmodel import Session, select
 from starlette.types import Message
 
+from schemas.catalog import ApiClient
 from service.app import MAX_BODY_BYTES, MULTIPART_OVERHEAD_BYTES
 from service.settings import Settings
 from tests.service.conftest import Headers
@@ -98,6 +100,14 @@ def audit(client: TestClient, headers: dict[str, Headers]) -> list[tuple[str, st
     return [(e["route"], e["subject"], e["status"]) for e in reversed(items)]
 
 
+def key_subject(app: FastAPI, headers: dict[str, Headers], role: str) -> str:
+    """The audit subject of the fixture's key of `role`: `key:<its client id>`."""
+    prefix = headers[role]["Authorization"].removeprefix("Bearer kvk_").split("_")[0]
+    with Session(app.state.engine) as session:
+        client = session.exec(select(ApiClient).where(ApiClient.key_prefix == prefix)).one()
+    return f"key:{client.id}"
+
+
 class TestAnonymousBodies:
     def test_upload_without_credentials_is_401_unread(
         self, client: TestClient, headers: dict[str, Headers], spooled: dict[str, int]
@@ -131,7 +141,7 @@ class TestAnonymousBodies:
 
 class TestSizeLimits:
     def test_declared_length_over_the_limit_is_413_at_once(
-        self, client: TestClient, headers: dict[str, Headers]
+        self, app: FastAPI, client: TestClient, headers: dict[str, Headers]
     ) -> None:
         answer = client.post(
             f"{API}/aggregates",
@@ -147,7 +157,10 @@ class TestSizeLimits:
             "detail": f"the request body exceeds {MAX_BODY_BYTES} bytes",
             "instance": f"{API}/aggregates",
         }
-        assert audit(client, headers) == [(f"{API}/aggregates", "unauthenticated", 413)]
+        # The key was checked first (before any body byte): the row names the researcher.
+        assert audit(client, headers) == [
+            (f"{API}/aggregates", key_subject(app, headers, "researcher"), 413)
+        ]
 
     def test_chunked_body_is_stopped_past_the_limit(
         self, app: FastAPI, client: TestClient, headers: dict[str, Headers]
@@ -158,8 +171,10 @@ class TestSizeLimits:
         assert status == 413
         assert answer["title"] == "Payload too large"
         assert pulled == MAX_BODY_BYTES + CHUNK  # stopped at the first chunk past the limit
-        # Refused while the body was read, before the key was checked: audited, unauthenticated.
-        assert audit(client, headers) == [(f"{API}/aggregates", "unauthenticated", 413)]
+        # Refused while the body was read, after the key was checked: the row names the caller.
+        assert audit(client, headers) == [
+            (f"{API}/aggregates", key_subject(app, headers, "researcher"), 413)
+        ]
 
     def test_upload_limit_follows_the_settings(
         self,

@@ -1,0 +1,239 @@
+"""Credentials are checked before the body is read: a wrong key is 401 whatever its body, a right
+one with a bad body 422 under its own name in the audit log."""
+
+import logging
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from service import auth
+from service.catalog_cache import CatalogCache
+from service.database import session_scope
+from service.errors import ServiceUnavailable
+from service.settings import Settings
+from tests.service.conftest import Headers
+from tests.service.test_auth import AUDIENCE, ISSUER, LocalKeys, token
+from tests.service.test_request_gate import key_subject, post_chunked
+
+API = "/api/v1"
+PROBLEM = "application/problem+json"
+BAD_JSON = b'{"measures": ['
+# The secret parts of the wrong credentials below: never in an answer, a log line, an audit row.
+SECRET = "nope0secret0part"
+# Every route that takes a body, with the content type it reads.
+BODY_ROUTES = {
+    "uploads": ("/uploads", "multipart/form-data; boundary=kvarusboundary"),
+    "releases": ("/releases", "application/json"),
+    "aggregates": ("/aggregates", "application/json"),
+}
+
+
+def revoked_key(app: FastAPI) -> str:
+    with session_scope(app.state.engine) as session:
+        client, key = auth.create_key(session, role="registry", name="revoked")
+        assert client.id is not None
+        auth.revoke_key(session, client.id)
+    return key
+
+
+# What the dependency answered for each (on a GET route, which reads no body): the same now.
+WRONG = {
+    "unknown key": (f"Bearer kvk_12345678_{SECRET}", "unknown or revoked API key"),
+    "malformed key": (f"Bearer kvk_{SECRET}", "malformed API key"),
+    "not bearer": (f"Basic {SECRET}", "use Authorization: Bearer <API key or token>"),
+    "a token without OIDC": (
+        f"Bearer eyJ.{SECRET}",
+        "bearer token is not an API key and OIDC is not configured",
+    ),
+}
+
+
+def audit_rows(client: TestClient, headers: dict[str, Headers]) -> list[tuple[str, str, str, int]]:
+    """(route, subject, role, status) of each audited request, oldest first."""
+    items = client.get(f"{API}/audit", headers=headers["registry"]).json()["items"]
+    return [(e["route"], e["subject"], e["role"], e["status"]) for e in reversed(items)]
+
+
+class TestWrongCredentialsBeforeTheBody:
+    @pytest.mark.parametrize("route", BODY_ROUTES)
+    @pytest.mark.parametrize("wrong", [*WRONG, "revoked key"])
+    def test_wrong_credentials_are_401_and_no_body_byte_is_read(
+        self,
+        app: FastAPI,
+        client: TestClient,
+        headers: dict[str, Headers],
+        caplog: pytest.LogCaptureFixture,
+        route: str,
+        wrong: str,
+    ) -> None:
+        caplog.set_level(logging.DEBUG)
+        if wrong == "revoked key":
+            authorization, detail = f"Bearer {revoked_key(app)}", "unknown or revoked API key"
+        else:
+            authorization, detail = WRONG[wrong]
+        path, content_type = BODY_ROUTES[route]
+        status, pulled, answer = post_chunked(
+            app,
+            API + path,
+            {"Authorization": authorization, "content-type": content_type},
+            4 * 64 * 1024,
+        )
+        assert (status, pulled) == (401, 0)
+        assert answer == {
+            "type": "https://kvarus.example/problems/unauthorised",
+            "title": "Not authenticated",
+            "status": 401,
+            "detail": detail,
+            "instance": API + path,
+        }
+        # The same answer as a route without a body gives (the dependency's, as before).
+        reading = client.get(f"{API}/uploads", headers={"Authorization": authorization})
+        assert reading.status_code == 401
+        assert reading.json() == answer | {"instance": f"{API}/uploads"}
+        rows = audit_rows(client, headers)
+        assert rows[0] == (API + path, "unauthenticated", "none", 401)
+        assert SECRET not in caplog.text
+        assert SECRET not in repr(rows)
+
+    def test_reviewers_case_an_unknown_key_with_broken_json_is_401(
+        self, client: TestClient, headers: dict[str, Headers]
+    ) -> None:
+        answer = client.post(
+            f"{API}/aggregates",
+            content=BAD_JSON,
+            headers={
+                "Authorization": "Bearer kvk_12345678_nope",
+                "content-type": "application/json",
+            },
+        )
+        assert answer.status_code == 401
+        assert answer.headers["content-type"] == PROBLEM
+        assert answer.headers["www-authenticate"] == "Bearer"
+        assert answer.json()["detail"] == "unknown or revoked API key"
+        assert "nope" not in answer.text
+        assert audit_rows(client, headers) == [
+            (f"{API}/aggregates", "unauthenticated", "none", 401)
+        ]
+
+    def test_a_busy_catalog_is_503_before_the_body(
+        self,
+        app: FastAPI,
+        headers: dict[str, Headers],
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        def busy(self: CatalogCache, key: str) -> auth.Principal:
+            raise ServiceUnavailable("the catalog is busy; try again")
+
+        monkeypatch.setattr(CatalogCache, "principal", busy)
+        status, pulled, answer = post_chunked(
+            app, f"{API}/aggregates", headers["researcher"], 4 * 64 * 1024
+        )
+        assert (status, pulled) == (503, 0)
+        assert answer["title"] == "Service unavailable"
+        assert answer["detail"] == "the catalog is busy; try again"
+        assert "Service unavailable on POST /api/v1/aggregates" in caplog.text
+
+    def test_routes_without_a_principal_do_not_check_the_header(self, client: TestClient) -> None:
+        # As before: /health asks nobody who they are.
+        answer = client.get("/health", headers={"Authorization": "Bearer kvk_12345678_nope"})
+        assert answer.status_code == 200
+
+
+class TestValidCallerWithABadBody:
+    @pytest.mark.parametrize("role", ["researcher", "trust"])
+    def test_bad_json_is_422_and_the_audit_names_the_caller(
+        self, app: FastAPI, client: TestClient, headers: dict[str, Headers], role: str
+    ) -> None:
+        answer = client.post(
+            f"{API}/aggregates",
+            content=BAD_JSON,
+            headers={**headers[role], "content-type": "application/json"},
+        )
+        assert answer.status_code == 422
+        assert answer.json()["detail"].startswith("body.")
+        assert audit_rows(client, headers) == [
+            (f"{API}/aggregates", key_subject(app, headers, role), role, 422)
+        ]
+
+    def test_a_key_is_looked_up_once_per_request(
+        self, client: TestClient, headers: dict[str, Headers], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        asked: list[str] = []
+        original = CatalogCache.principal
+
+        def counting(self: CatalogCache, key: str) -> auth.Principal:
+            asked.append("key")
+            return original(self, key)
+
+        monkeypatch.setattr(CatalogCache, "principal", counting)
+        assert client.get(f"{API}/uploads", headers=headers["trust"]).status_code == 200
+        assert len(asked) == 1
+        json_body = {**headers["researcher"], "content-type": "application/json"}
+        assert client.post(f"{API}/aggregates", content=b"{}", headers=json_body).status_code == 422
+        assert len(asked) == 2
+
+
+@pytest.fixture
+def private_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture
+def with_oidc(app: FastAPI, settings: Settings, private_key: rsa.RSAPrivateKey) -> FastAPI:
+    configured = settings.model_copy(
+        update={"oidc_issuer": ISSUER, "oidc_audience": AUDIENCE, "oidc_jwks_url": "unused"}
+    )
+    app.state.oidc = auth.OidcVerifier(configured, keys=LocalKeys(private_key.public_key()))
+    return app
+
+
+class TestOidcTokens:
+    def test_valid_token_with_a_bad_body_is_422_under_its_subject(
+        self,
+        with_oidc: FastAPI,
+        client: TestClient,
+        headers: dict[str, Headers],
+        private_key: rsa.RSAPrivateKey,
+    ) -> None:
+        bearer = token(private_key, kvarus_role="researcher")
+        answer = client.post(
+            f"{API}/aggregates",
+            content=BAD_JSON,
+            headers={"Authorization": f"Bearer {bearer}", "content-type": "application/json"},
+        )
+        assert answer.status_code == 422
+        assert audit_rows(client, headers) == [
+            (f"{API}/aggregates", "oidc:user-1", "researcher", 422)
+        ]
+
+    @pytest.mark.parametrize(
+        ("claims", "status", "detail"),
+        [
+            ({"aud": "someone-else"}, 401, "invalid bearer token (InvalidAudienceError)"),
+            ({"exp": 1_000_000_000}, 401, "invalid bearer token (ExpiredSignatureError)"),
+            ({"kvarus_role": "admin"}, 403, "the token grants no Kvarus role"),
+        ],
+    )
+    def test_refused_token_reads_no_body(
+        self,
+        with_oidc: FastAPI,
+        client: TestClient,
+        headers: dict[str, Headers],
+        private_key: rsa.RSAPrivateKey,
+        claims: dict[str, Any],
+        status: int,
+        detail: str,
+    ) -> None:
+        bearer = token(private_key, **({"kvarus_role": "registry"} | claims))
+        answer_status, pulled, answer = post_chunked(
+            with_oidc, f"{API}/aggregates", {"Authorization": f"Bearer {bearer}"}, 4 * 64 * 1024
+        )
+        assert (answer_status, pulled) == (status, 0)
+        assert answer["detail"] == detail
+        assert audit_rows(client, headers) == [
+            (f"{API}/aggregates", "unauthenticated", "none", status)
+        ]
