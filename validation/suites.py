@@ -94,8 +94,9 @@ class Check:
 
 
 def _column_checks(
-    column: ColumnSpec, *, known_providers: frozenset[str], today: date
+    column: ColumnSpec, *, known_providers: frozenset[str] | None, today: date
 ) -> list[Check]:
+    """The checks of one column; `known_providers` None: no `provider_orgnr.known` check."""
     name = column.name
     value = name + VALUE_SUFFIX
     checks: list[Check] = []
@@ -207,7 +208,7 @@ def _column_checks(
                 "record_id occurs more than once in the file",
             )
         )
-    if name == "provider_orgnr":
+    if name == "provider_orgnr" and known_providers is not None:
         checks.append(
             Check(
                 "provider_orgnr.known",
@@ -230,11 +231,16 @@ def _without_capture_groups(pattern: str) -> str:
 
 
 def suite_checks(form: Form, *, known_providers: frozenset[str], today: date) -> list[Check]:
-    """Every check of a form's suite, in the order of the data dictionary's columns."""
+    """Every check of a form's suite, in the order of the data dictionary's columns.
+
+    An `optout` file has no `provider_orgnr.known` check (its 9-digit pattern is checked): an
+    opt-out is the patient's right to be erased, which a provider missing from the register's list
+    must not block (the erasure is of every record of the patient, whoever sent it)."""
     spec = FORMS[form]
+    providers = None if form is Form.OPTOUT else known_providers
     checks: list[Check] = []
     for column in spec.columns:
-        checks.extend(_column_checks(column, known_providers=known_providers, today=today))
+        checks.extend(_column_checks(column, known_providers=providers, today=today))
     if "referral_date" in spec.column_names and "intake_date" in spec.column_names:
         checks.append(
             Check(

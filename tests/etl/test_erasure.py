@@ -163,6 +163,29 @@ def test_loading_an_optout_file_erases_its_patients(
     _assert_no_trace(settings.data_dir, key)
 
 
+def test_an_optout_sent_by_a_provider_outside_the_register_list_still_erases(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    settings: Settings,
+) -> None:
+    # EXTRACT_SPEC: an optout's provider_orgnr is "9 digits, required", not a known provider, and
+    # the file erases every record of its patients, whichever provider stored them.
+    _register(write_extract, warehouse, session, key)
+    unknown = "990010005"
+    assert unknown not in KNOWN
+    optout = [episode_row(Form.OPTOUT, 1, ERASED, provider_orgnr=unknown)]
+    upload = _load(write_extract(Form.OPTOUT, optout), Form.OPTOUT, warehouse, session, key)
+    session.commit()
+    assert upload.rows_erased == 5
+    assert upload.rows_accepted == 1
+    assert sorted(warehouse.table(Form.BASIS).column("record_id").to_pylist()) == ["b1", "b4"]
+    assert session.exec(select(Erasure)).one().provider_orgnr == unknown
+    session.close()
+    _assert_no_trace(settings.data_dir, key)
+
+
 def test_releases_without_the_patient_survive_and_a_second_erasure_also_leaves_no_trace(
     write_extract: ExtractWriter,
     warehouse: Warehouse,

@@ -103,7 +103,7 @@ def test_a_violating_row_fails_exactly_its_check(form: Form, check_id: str) -> N
     assert failing.failing_count == len(bad_rows)
     assert failing.failing_percent == pytest.approx(100.0 * len(bad_rows) / 3)
     others = {c.check_id for c in result.checks if c.status != "passed"} - {check_id}
-    assert others == ALSO_FAILS.get(check_id, set())
+    assert others == ALSO_FAILS.get(check_id, set()) & set(_check_ids(form))
     # fatal → the file is rejected; error → its rows are quarantined; warning → reported only
     fatal = {c.check_id for c in result.checks if c.severity == "fatal"}
     assert result.rejected == bool(({check_id} | others) & fatal)
@@ -161,6 +161,22 @@ def test_rejection_reasons_name_checks_and_counts_never_values() -> None:
     result = _validate(Form.BASIS, rows)
     assert result.rejected
     assert result.rejection_reasons == ["provider_orgnr.known: 2 of 3 rows failed (tolerated 0 %)"]
+
+
+def test_an_optout_is_not_refused_for_a_provider_outside_the_register_list() -> None:
+    # An opt-out is the patient's right: the provider list must not block it (EXTRACT_SPEC.md:
+    # provider_orgnr "9 digits, required" only); the 9-digit rule still holds.
+    assert "provider_orgnr.known" not in _check_ids(Form.OPTOUT)
+    assert "provider_orgnr.pattern" in _check_ids(Form.OPTOUT)
+    result = _validate(Form.OPTOUT, [{"provider_orgnr": "990010005"}, {}])
+    assert not result.rejected
+    assert [c.check_id for c in result.checks if c.status != "passed"] == []
+    malformed = _validate(Form.OPTOUT, [{"provider_orgnr": "99001000"}, {}])
+    assert [c.check_id for c in malformed.checks if c.status != "passed"] == [
+        "provider_orgnr.pattern"
+    ]
+    for form in (Form.BASIS, Form.NPR_COUNTS):
+        assert "provider_orgnr.known" in _check_ids(form)
 
 
 def test_unknown_and_missing_columns_reject_the_file() -> None:
