@@ -3,12 +3,14 @@
 import gc
 import logging
 import threading
+import traceback
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Final
 from urllib.parse import unquote
 
+import duckdb
 from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -235,6 +237,20 @@ def warm_aggregates(settings: Settings, engine: Engine) -> None:
         )
     except KvarusError as error:  # no release yet, or one without episodes: nothing to warm
         logger.info("aggregate warm-up skipped: %s", error.title)
+    except duckdb.InterruptException:
+        # DuckDB interrupts its running queries as the process exits (this thread is a daemon):
+        # a shutdown during the warm-up, not an error.
+        logger.debug("aggregate warm-up interrupted")
+    except Exception as error:
+        # Anything else would reach the thread's excepthook, which prints the message (a
+        # driver's or DuckDB's message can quote a file path or a value): logged here by its
+        # class and frames only, as `errors.UnexpectedErrors` does. The first aggregate query
+        # builds the view instead.
+        logger.error(
+            "aggregate warm-up failed: unexpected %s\n%s",
+            type(error).__name__,
+            "".join(traceback.format_tb(error.__traceback__)),
+        )
 
 
 def start_up_checks(settings: Settings) -> tuple[Engine, OidcVerifier]:

@@ -1,14 +1,22 @@
 """Credentials are checked before the body is read: a wrong key is 401 whatever its body, a right
-one with a bad body 422 under its own name in the audit log."""
+one with a bad body 422 under its own name in the audit log. And the start-up warm-up thread logs
+an unexpected error by its class and frames, never its message."""
 
 import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from service import app as service_app
 from service import auth
 from service.catalog_cache import CatalogCache
 from service.database import session_scope
@@ -21,6 +29,8 @@ from tests.service.test_request_gate import key_subject, post_chunked
 API = "/api/v1"
 PROBLEM = "application/problem+json"
 BAD_JSON = b'{"measures": ['
+# In an error's message (a frame's source line shows the name, never the value).
+IDENTITY = "01019000083"
 # The secret parts of the wrong credentials below: never in an answer, a log line, an audit row.
 SECRET = "nope0secret0part"
 # Every route that takes a body, with the content type it reads.
@@ -237,3 +247,78 @@ class TestOidcTokens:
         assert audit_rows(client, headers) == [
             (f"{API}/aggregates", "unauthenticated", "none", status)
         ]
+
+
+class TestWarmUpErrors:
+    """`warm_aggregates` runs in its own thread: what escapes it, the thread's excepthook prints,
+    message included."""
+
+    def test_unexpected_error_is_logged_by_class_and_frames(
+        self,
+        app: FastAPI,
+        settings: Settings,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        def broken(*_: object) -> None:
+            raise RuntimeError(f"cannot read /data/patient-{IDENTITY}.parquet")
+
+        monkeypatch.setattr(service_app.published, "get_release", broken)
+        service_app.warm_aggregates(settings, app.state.engine)  # raises nothing
+        assert "aggregate warm-up failed: unexpected RuntimeError" in caplog.text
+        assert "in broken" in caplog.text
+        assert IDENTITY not in caplog.text
+        assert [r.levelno for r in caplog.records] == [logging.ERROR]
+
+    def test_an_interrupt_at_shutdown_is_quiet(
+        self,
+        app: FastAPI,
+        settings: Settings,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        # DuckDB interrupts a running query as the process exits.
+        def interrupted(*_: object) -> None:
+            raise duckdb.InterruptException("INTERRUPT Error: Interrupted!")
+
+        monkeypatch.setattr(service_app.published, "get_release", interrupted)
+        caplog.set_level(logging.INFO)
+        service_app.warm_aggregates(settings, app.state.engine)  # raises nothing
+        assert not caplog.records
+
+    def test_a_process_exiting_during_the_warm_up_prints_nothing(self) -> None:
+        # As the service's process exits with the warm-up still running: DuckDB interrupts it.
+        script = textwrap.dedent(
+            """
+            import logging, threading, time
+
+            import duckdb
+            from sqlalchemy import create_engine
+
+            from service import app, published
+
+            def slow(*_):
+                duckdb.connect().execute(
+                    "SELECT count(*) FROM range(10000000000) t(x) WHERE sha256(x::VARCHAR) < 'a'"
+                ).fetchall()
+
+            logging.basicConfig(level=logging.INFO)
+            published.get_release = slow
+            engine = create_engine("sqlite://")
+            threading.Thread(
+                target=app.warm_aggregates, args=(None, engine), daemon=True
+            ).start()
+            time.sleep(0.5)
+            """
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ),
+            cwd=Path(__file__).resolve().parents[2],
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0
+        assert done.stdout + done.stderr == ""
