@@ -7,7 +7,12 @@ result, `ValidationResult.typed`: typing 1M rows twice cost seconds) → rows wi
 (the suite's `row_failures` and `cross_record.check` against the warehouse) go to quarantine with
 check and reason; the accepted rows get `patient_key` (HMAC of the pseudonym; the pseudonym itself
 is never written anywhere), `year` and `upload_id` and are merged into their form's table. An
-`optout` file is not stored: its patients are erased (`etl.erasure`).
+`optout` file is not stored: its patients are erased (`etl.erasure`), every patient of the file,
+also on a row that fails a row-level check (a missing or impossible optout_date, a malformed
+provider_orgnr, no record_id): an opt-out is the patient's right, and erasing is the safe side.
+Such rows are counted as quarantined, not accepted, and the upload's validation report names them
+by record_id and check, as any load's row failures; but no quarantine row is written (it would be
+the erased patient's, by `patient_key`). A row without a pseudonym erases nothing.
 
 Atomicity protocol (a load commits fully or leaves no trace, even under SIGKILL):
 1. Reading and validation touch nothing. A rejected file gets its ledger row (`rejected`) through
@@ -180,8 +185,8 @@ def load_file(
             try:
                 if form is Form.OPTOUT:
                     _optout(
-                        typed, warehouse=warehouse, session=session, key=key, upload=upload,
-                        before_commit=before_commit,
+                        typed, validation, warehouse=warehouse, session=session, key=key,
+                        upload=upload, before_commit=before_commit,
                     )  # fmt: skip
                 else:
                     _store(
@@ -587,6 +592,7 @@ def _latest_versions(
 
 def _optout(
     typed: pa.Table,
+    validation: _Validation,
     *,
     warehouse: Warehouse,
     session: Session,
@@ -594,8 +600,15 @@ def _optout(
     upload: Upload,
     before_commit: Callable[[ReleaseManifest], None] | None,
 ) -> None:
+    """Erase every patient of an optout file, rows with a row-level error included (see the
+    module docstring): those rows count as quarantined, not accepted; no quarantine row is
+    written. The erasure's optout_date is the latest valid one."""
     from etl.erasure import erase_patients  # erasure imports this module's neighbours
 
+    failed = validation.row_failures.filter(
+        pc.equal(validation.row_failures.column("severity"), "error")
+    )
+    quarantined = len(pc.unique(failed.column("row_index")))
     pseudonyms = [p for p in typed.column(PSEUDONYM_COLUMN).to_pylist() if p is not None]
     dates = [d for d in typed.column("optout_date").to_pylist() if d is not None]
     erasure = erase_patients(
@@ -610,5 +623,6 @@ def _optout(
         locked=True,
         before_commit=before_commit,
     )
-    upload.rows_accepted = len(pseudonyms)
+    upload.rows_accepted = typed.num_rows - quarantined
+    upload.rows_quarantined = quarantined
     upload.rows_erased = sum(erasure.rows_erased.values())

@@ -14,7 +14,7 @@ from etl.load import load_file
 from etl.release import latest_release, publish_release, read_manifest
 from etl.warehouse import QUARANTINE, Warehouse
 from indicators.results import RESULTS_FILE
-from schemas.catalog import Erasure, Release, Upload
+from schemas.catalog import Erasure, Release, Upload, ValidationRun
 from schemas.forms import Form
 from schemas.organisations import Hierarchy
 from service.settings import Settings
@@ -182,6 +182,54 @@ def test_an_optout_sent_by_a_provider_outside_the_register_list_still_erases(
     assert upload.rows_accepted == 1
     assert sorted(warehouse.table(Form.BASIS).column("record_id").to_pylist()) == ["b1", "b4"]
     assert session.exec(select(Erasure)).one().provider_orgnr == unknown
+    session.close()
+    _assert_no_trace(settings.data_dir, key)
+
+
+def test_optout_rows_failing_a_check_still_erase_and_are_counted_as_quarantined(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    settings: Settings,
+) -> None:
+    # An opt-out is the patient's right: a missing or impossible optout_date does not keep the
+    # records, but the row is not counted as accepted; it is reported as the load's row failures
+    # are, by record_id and check, never by pseudonym.
+    _register(write_extract, warehouse, session, key)
+    optout = [
+        episode_row(Form.OPTOUT, 1, ERASED, optout_date=""),
+        episode_row(Form.OPTOUT, 2, "P-KEEP-1", optout_date="31.02.2025"),
+        episode_row(Form.OPTOUT, 3, "P-KEEP-2"),
+        episode_row(Form.OPTOUT, 4, "", optout_date="01.02.2025"),  # nobody to erase
+    ]
+    upload = _load(write_extract(Form.OPTOUT, optout), Form.OPTOUT, warehouse, session, key)
+    session.commit()
+    assert upload.rows_read == 4
+    assert upload.rows_accepted == 1
+    assert upload.rows_quarantined == 3
+    assert upload.rows_erased == 8  # ERASED 5, P-KEEP-1 2 (b1, m1), P-KEEP-2 1 (b4)
+    assert warehouse.count("basis") == 0
+    assert warehouse.count(QUARANTINE) == 0  # nothing of an optout file is stored
+    erasure = session.exec(select(Erasure)).one()
+    assert erasure.patients == 3
+    assert erasure.optout_date is not None
+    assert erasure.optout_date.date() == date(2025, 3, 1)  # the latest valid one
+    run = session.exec(select(ValidationRun).where(ValidationRun.upload_id == upload.id)).one()
+    failing = {
+        check["check_id"]: check["failing_record_ids"]
+        for check in run.report["checks"]
+        if check["failing_count"]
+    }
+    assert failing == {
+        "optout_date.required": ["o1"],
+        "optout_date.type": ["o2"],
+        "patient_pseudonym.required": ["o4"],
+    }
+    assert run.report["quarantined_rows"] == 3
+    for text in (ERASED, "P-KEEP-1", "P-KEEP-2"):
+        assert text not in str(run.report)
+        assert text not in str(upload.model_dump())
     session.close()
     _assert_no_trace(settings.data_dir, key)
 
