@@ -39,22 +39,47 @@ Rules (DOMAIN.md, and choices documented here):
   contexts), RHF → providers (caregiver), provider → units (caregiver), RHF → HFs (resident);
   the providers outside every RHF are children of the caregiver nation too, and the rows without
   a usable home HF, published only as a difference (caregiver nation minus resident nation),
-  count as a hidden child of the nation when small. Top down, in each group:
-  when the parent is published and exactly one child is suppressed, or the parent is suppressed
-  and no child is, the published child with the smallest denominator (ties: the first in result
-  order) is suppressed too, with reason `complementary`; a child suppressed so becomes a
-  suppressed parent for the level below (its units). A caregiver `hf` row repeats its provider's
-  row (public HFs), so it takes the provider's complementary suppression. Only a disclosure
-  suppression (`min_denominator`, `complementary`) needs protecting: `low_coverage` hides a
-  result of enough observations for its quality, not for privacy, so a lone `low_coverage` child
-  (or parent) sets nothing off, though as an unknown in the sum it protects a sibling like any
-  suppressed child. The simple rule keeps at least two unknowns in every sum; it is not a proof
-  that a suppressed count cannot be narrowed down (researcher aggregates use
-  `indicators.disclosure` for that). Across the two contexts the groups overlap without nesting
-  (a provider's patients and an HF's residents): a resident HF minus the same HF as caregiver is
-  its residents treated elsewhere minus its patients from elsewhere, which names a suppressed
-  provider's result only to someone who also knows where that provider's patients live (for
-  example, all in the HF's area). That is not guarded against.
+  count as a hidden child of the nation when small. A group (a parent and its children) must
+  never leave a reader exactly one unknown that is hidden for disclosure. Readers: the public,
+  which knows the published rows; and each trust, which also knows its own rows although they
+  are suppressed (its records, and the API shows them: `service.published`): a trust key is
+  scoped to one provider (`service.auth`), so it owns that provider's caregiver provider, hf
+  and unit rows and, for an HF, its resident hf row. Top down, in each group, while some reader
+  has a single unknown hidden for disclosure, the published child with the smallest
+  denominator (ties: the first in result order) is suppressed too, with reason
+  `complementary`; a child suppressed so becomes a suppressed parent for the level below (its
+  units). For the public that is the older rule: a published parent with exactly one
+  suppressed child, or a suppressed parent with none. For a trust it is the respondent rule of
+  statistical disclosure control: under a published parent, two hidden children of which one
+  is its own (providers under an RHF or outside every RHF, HFs under a resident RHF) get a
+  third, so no owner of one is left able to subtract its way to the other. Units are their
+  provider's alone (the provider knows all of them, another trust none), so that group keeps
+  the public's rule. No trust owns an RHF or the nation (a trust is a provider; an RHF provides
+  no care), so among the nation's RHFs only the public's rule acts, unless a trust works an RHF
+  out: that happens when the RHF is suppressed and the trust's own row is its only suppressed
+  child. The trust then knows the RHF, which was suppressed again in the nation's group to
+  protect a sibling: that exposes something when the nation's group is left with a single
+  unknown to the trust (the resident nation, hidden for the rows without a home HF, counts as
+  exposed), and then one more child of the RHF is suppressed; otherwise the trust is let know
+  the RHF, and the nation's group counts it as known to that trust. When no published child is
+  left (every child hidden: an RHF with just two providers, both small), the parent itself is
+  suppressed (never the nation) and its group above protects it. The groups are gone through
+  again until nothing changes. A caregiver `hf` row repeats its provider's row (public HFs), so
+  it takes the provider's complementary suppression. Only a disclosure suppression
+  (`min_denominator`, `complementary`) needs protecting: `low_coverage` hides a result of
+  enough observations for its quality, not for privacy, so a lone `low_coverage` child (or
+  parent) sets nothing off, though as an unknown in the sum it protects a sibling from the
+  public like any suppressed child (not from its own trust: a `low_coverage` row and a small
+  one under a published RHF get a third). The rule keeps at least two unknowns in every sum for
+  every single reader; it is not a proof that a suppressed count cannot be narrowed down
+  (researcher aggregates use `indicators.disclosure` for that), and it guards neither against
+  trusts that pool their rows nor against a nation with too few children (with two providers
+  in the country, each has the other as the nation minus itself). Across the two contexts the
+  groups overlap without nesting (a provider's patients and an HF's residents): a resident HF
+  minus the same HF as caregiver is its residents treated elsewhere minus its patients from
+  elsewhere, which names a suppressed provider's result only to someone who also knows where
+  that provider's patients live (for example, all in the HF's area). That is not guarded
+  against.
 """
 
 from __future__ import annotations
@@ -714,6 +739,15 @@ _PARENTS: Final = (
     ("resident", "hf", "rhf"),
 )
 
+# The levels whose rows a trust knows although suppressed: a trust key is scoped to one
+# provider (`service.auth`) and sees every row of its orgnr (`service.published`): its
+# provider, caregiver hf and unit rows (a unit row carries its provider's orgnr) and, for an
+# HF, its resident hf row. Its own records tell it the same numbers.
+_OWNED_LEVELS: Final = frozenset({"provider", "hf", "unit"})
+
+# Who knows a hidden row: trusts by orgnr, or everybody (None).
+_Knowers = set[str | None]
+
 
 def _complementary(
     records: list[dict[str, Any]],
@@ -723,6 +757,25 @@ def _complementary(
 ) -> None:
     """Complementary suppression within each parent group (the engine's docstring has the
     rule), in place on one indicator's sorted results.
+
+    A group is its parent and its children, one equation (the parent is the sum of its
+    children). Its unknowns, for a reader, are its hidden rows that reader does not know: for
+    the public every hidden row, for a trust the hidden rows other than its own (and other than
+    those it has worked out). Whenever some reader is left with exactly one unknown, and that
+    row is hidden for disclosure (`min_denominator`, `complementary`), the published child with
+    the smallest denominator (ties: result order) is hidden too, with its caregiver hf twin, and
+    the group is looked at again. For the public this is the rule of the older engine (one
+    hidden child under a published parent; a hidden parent over published children); for a
+    trust it is the respondent rule: two hidden rows of which one is the trust's own. Three
+    exceptions. A trust's one unknown is the hidden parent: if knowing it leaves the trust
+    with one unknown hidden for disclosure in the group above (`exposes`), a child is hidden
+    here as above; if not, the trust is let know the parent. No published child is left: the
+    parent is hidden (unless it is the nation). The one unknown is only `low_coverage`, or
+    nothing is left to hide: the reader does work the row out. A row worked out counts as known
+    to that reader in the row's other group (an RHF so, in the nation's group), and the groups
+    are gone through again, top down, until nothing changes. Units are their provider's: in
+    that group the provider itself knows every row and another trust none, so only the public's
+    rule acts there.
 
     The caregiver nation's children are its RHFs and the providers outside every RHF (their own
     rows: as one gap they would protect a small one only when alone). The rows without a
@@ -756,6 +809,7 @@ def _complementary(
         )
         return lookup.get(record["orgnr"], (None, None))[1]
 
+    families: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
     for context, child_level, parent_level in _PARENTS:
         groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
         for record in records:
@@ -774,24 +828,78 @@ def _complementary(
                 groups.setdefault((record["year"], orgnr), []).append(record)
         for (year, orgnr), children in groups.items():
             parent = by_key.get((year, context, parent_level, orgnr, None))
-            if parent is None:
-                continue
-            hidden = [child for child in children if child["suppressed"]]
-            shown = [child for child in children if not child["suppressed"]]
-            exposed = (
-                parent["suppression_reason"] in _DISCLOSURE and not hidden
-                if parent["suppressed"]
-                else len(hidden) == 1 and hidden[0]["suppression_reason"] in _DISCLOSURE
-            )
-            if shown and exposed:
-                # min() keeps the first of equal denominators: the result order.
-                smallest = min(shown, key=lambda child: cast(int, child["denominator"]))
-                _hide(smallest, COMPLEMENTARY)
-                if child_level == "provider":
-                    # The caregiver hf row of a public HF repeats its provider row.
-                    twin = by_key.get((year, context, "hf", smallest["orgnr"], None))
-                    if twin is not None and not twin["suppressed"]:
-                        _hide(twin, COMPLEMENTARY)
+            if parent is not None:
+                families.append((parent, children))
+
+    knowers: dict[int, _Knowers] = {}
+
+    def known_by(record: dict[str, Any]) -> _Knowers:
+        if id(record) not in knowers:
+            owned = record["level"] in _OWNED_LEVELS
+            knowers[id(record)] = {cast(str, record["orgnr"])} if owned else set()
+        return knowers[id(record)]
+
+    above = {id(child): family for family in families for child in family[1]}
+
+    def unknown_to(reader: str | None, hidden: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [row for row in hidden if not {None, reader} & known_by(row)]
+
+    def exposes(reader: str, parent: dict[str, Any]) -> bool:
+        """Whether `reader`, knowing the hidden `parent`, would find a row hidden for
+        disclosure in the group above (the parent and its siblings): a nation has none above
+        but the rows without a home HF, which it protects, so it counts as exposing."""
+        if id(parent) not in above:
+            return True
+        grandparent, siblings = above[id(parent)]
+        hidden = [r for r in (grandparent, *siblings) if r["suppressed"] and r is not parent]
+        unknown = unknown_to(reader, hidden)
+        return len(unknown) == 1 and unknown[0]["suppression_reason"] in _DISCLOSURE
+
+    def lone_unknown(hidden: list[dict[str, Any]]) -> tuple[str | None, dict[str, Any]] | None:
+        """A reader (None: the public) and the one hidden row it does not know, if any."""
+        readers: list[str | None] = [None]
+        readers += sorted({o for row in hidden for o in known_by(row) if o is not None})
+        for reader in readers:
+            unknown = unknown_to(reader, hidden)
+            if len(unknown) == 1:
+                return reader, unknown[0]
+        return None
+
+    def suppress(record: dict[str, Any]) -> None:
+        _hide(record, COMPLEMENTARY)
+        if (record["context"], record["level"]) == ("caregiver", "provider"):
+            # The caregiver hf row of a public HF repeats its provider row.
+            twin = by_key.get((record["year"], "caregiver", "hf", record["orgnr"], None))
+            if twin is not None and not twin["suppressed"]:
+                _hide(twin, COMPLEMENTARY)
+
+    changed = True
+    while changed:
+        changed = False
+        for parent, children in families:
+            while (
+                found := lone_unknown([r for r in (parent, *children) if r["suppressed"]])
+            ) is not None:
+                reader, row = found
+                shown = [child for child in children if not child["suppressed"]]
+                if row is parent and reader is not None and not exposes(reader, parent):
+                    # The trust works its group's hidden parent out; nothing above is the
+                    # worse for it (the groups above are looked at again if that changes).
+                    known_by(row).add(reader)
+                elif row["suppression_reason"] in _DISCLOSURE and shown:
+                    # min() keeps the first of equal denominators: the result order.
+                    suppress(min(shown, key=lambda child: cast(int, child["denominator"])))
+                elif (
+                    row["suppression_reason"] in _DISCLOSURE
+                    and not parent["suppressed"]
+                    and parent["level"] != "nation"
+                ):
+                    # Every child is hidden, and one trust knows all but one of them: the
+                    # parent goes, and its group above protects it.
+                    suppress(parent)
+                else:
+                    known_by(row).add(reader)
+                changed = True
 
 
 def _funnel(records: list[dict[str, Any]]) -> None:

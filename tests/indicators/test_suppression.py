@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
+from indicators.levels import Organisations
+from schemas.organisations import Hierarchy
 from tests.indicators.conftest import (
     BERGEN,
     HELSE_SOR_OST,
@@ -25,6 +29,101 @@ def reason(row: dict[str, Any]) -> tuple[str | None, int | None, float | None]:
     return row["suppression_reason"], row["numerator"], row["value"]
 
 
+Key = tuple[str, str, str, str | None]  # context, level, orgnr, unit_code
+GAP: Key = ("resident", "gap", "", None)  # the rows without a usable home HF
+
+
+def determined(
+    rows: list[dict[str, Any]], indicator: str, year: int, reader: str | None
+) -> set[Key]:
+    """The rows hidden for disclosure that `reader` works out by linear algebra: the trust
+    `reader` (None: the public) knows its own rows (provider, hf, unit rows of its orgnr, its
+    resident hf row); each parent is the sum of its children (units → provider → RHF → nation,
+    providers outside every RHF → nation, resident HF → RHF → nation), a caregiver hf row is its
+    provider row, and the caregiver nation is the resident nation plus the rows without a home
+    HF. A hidden row is determined when its unit vector lies in the equations' row space (over
+    the rows the reader does not know). The reader's own rows and the RHF and nation rows (sums
+    that name nobody; what counts is whether another trust's row follows) are left out of the
+    answer, except for the public."""
+    organisations = Organisations.of(Hierarchy.default())
+    chosen = [r for r in rows if (r["indicator_id"], r["year"]) == (indicator, year)]
+    by_key: dict[Key, dict[str, Any]] = {
+        (r["context"], r["level"], r["orgnr"], r["unit_code"]): r for r in chosen
+    }
+
+    def parent(key: Key) -> Key | None:
+        context, level, orgnr, _ = key
+        if level == "unit":
+            return (context, "provider", orgnr, None)
+        if (context, level) in (("caregiver", "provider"), ("resident", "hf")):
+            lookup = organisations.providers if context == "caregiver" else organisations.homes
+            rhf = lookup.get(orgnr, (None, None))[1]
+            return (context, "rhf", rhf, None) if rhf else (context, "nation", NATION, None)
+        if level == "rhf":
+            return (context, "nation", NATION, None)
+        return None
+
+    equations: list[dict[Key, int]] = []
+    families: dict[Key, list[Key]] = {}
+    for key in by_key:
+        if key[:2] == ("caregiver", "hf"):
+            equations.append({key: 1, ("caregiver", "provider", key[2], None): -1})
+        elif (up := parent(key)) is not None and up in by_key:
+            families.setdefault(up, []).append(key)
+    for up, children in families.items():
+        equations.append({up: 1} | dict.fromkeys(children, -1))
+    equations.append(
+        {
+            ("caregiver", "nation", NATION, None): 1,
+            ("resident", "nation", NATION, None): -1,
+            GAP: -1,
+        }
+    )
+
+    def owned(key: Key) -> bool:
+        return key[1] in ("provider", "hf", "unit") and key[2] == reader
+
+    unknown = [k for k, r in by_key.items() if r["suppressed"] and not owned(k)] + [GAP]
+    column = {k: i for i, k in enumerate(unknown)}
+    matrix = np.array(
+        [[equation.get(k, 0) for k in unknown] for equation in equations], dtype=np.float64
+    )
+    rank = np.linalg.matrix_rank(matrix)
+    found: set[Key] = set()
+    resident = by_key.get(("resident", "nation", NATION, None))
+    for key in unknown:
+        if key == GAP:
+            if resident is None or not resident["suppressed"]:
+                continue  # a large gap: published as the difference of the nations
+        else:
+            if by_key[key]["suppression_reason"] not in ("min_denominator", "complementary"):
+                continue
+            if reader is not None and key[1] in ("rhf", "nation"):
+                continue
+        unit = np.zeros(len(unknown))
+        unit[column[key]] = 1.0
+        if np.linalg.matrix_rank(np.vstack([matrix, unit])) == rank:
+            found.add(key)
+    return found
+
+
+def readers(rows: list[dict[str, Any]], indicator: str, year: int) -> list[str | None]:
+    """The public and every trust that owns a hidden row."""
+    owners = {
+        r["orgnr"]
+        for r in rows
+        if (r["indicator_id"], r["year"]) == (indicator, year)
+        and r["suppressed"]
+        and r["level"] in ("provider", "hf", "unit")
+    }
+    return [None, *sorted(owners)]
+
+
+def assert_nobody_recovers(rows: list[dict[str, Any]], indicator: str, year: int) -> None:
+    for reader in readers(rows, indicator, year):
+        assert determined(rows, indicator, year, reader) == set(), reader
+
+
 def intakes(
     release: TinyRelease, provider: str, unit: str, screened: int, total: int, **values: Any
 ) -> None:
@@ -40,8 +139,12 @@ def test_provider_hidden_beside_a_small_provider_of_the_same_rhf(tiny: Factory) 
 
     Vestly (3) is under the minimum. Published alone, it would be 18 − 5 − 10 = 3 of 3, so
     Stavanger, the smallest published sibling (8), is hidden too: the RHF minus Bergen leaves
-    8 of Vestly and Stavanger together. Stavanger's hf row and its only unit repeat it and are
-    hidden with it. Resident: Førde 3, Stavanger 8, Bergen 12 under Helse Vest: the same."""
+    8 of Vestly and Stavanger together. But Stavanger knows its own 5/8 (its records, and the
+    API shows a trust its own rows): 18 − 10 − 5 = 3 would name Vestly to it. So Bergen (12),
+    the last published child, is hidden as well (the respondent rule: no trust owning one of
+    two hidden children). Stavanger's and Bergen's hf rows and only units repeat them and are
+    hidden with them. Resident: Førde 3, Stavanger 8, Bergen 12 under Helse Vest: the same.
+    (Before this rule Bergen stayed shown.)"""
     release = tiny()
     intakes(release, VESTLY, "U1", 3, 3, home_hf_orgnr=FORDE)
     intakes(release, STAVANGER, "U1", 5, 8)
@@ -60,16 +163,17 @@ def test_provider_hidden_beside_a_small_provider_of_the_same_rhf(tiny: Factory) 
         assert [hidden[k] for k in ("ci95_low", "ci998_high", "target_level")] == [None] * 3
         assert hidden["funnel_signal"] is None
     for level, unit in (("provider", None), ("hf", None), ("unit", "U1")):
-        shown = row(level, BERGEN, unit_code=unit)
-        assert (shown["suppressed"], counts(shown)) == (False, (10, 12))
-    assert row("provider", BERGEN)["funnel_signal"] is not None
+        hidden = row(level, BERGEN, unit_code=unit)
+        assert (reason(hidden), hidden["denominator"]) == (("complementary", None, None), 12)
+        assert hidden["funnel_signal"] is None
     assert counts(row("rhf", HELSE_VEST)) == (18, 23)
     assert counts(row("nation", NATION)) == (18, 23)
-    # Resident Helse Vest: Førde 3 (under the minimum), Stavanger 8 hidden, Bergen 12 shown.
+    # Resident Helse Vest: Førde 3 (under the minimum), Stavanger 8 and Bergen 12 hidden.
     assert reason(row("hf", FORDE, context="resident")) == ("min_denominator", None, None)
     assert reason(row("hf", STAVANGER, context="resident")) == ("complementary", None, None)
-    assert counts(row("hf", BERGEN, context="resident")) == (10, 12)
+    assert reason(row("hf", BERGEN, context="resident")) == ("complementary", None, None)
     assert counts(row("rhf", HELSE_VEST, context="resident")) == (18, 23)
+    assert_nobody_recovers(rows, "screening", 2022)
 
 
 def test_unit_hidden_beside_a_small_unit_of_the_same_provider(tiny: Factory) -> None:
@@ -132,7 +236,13 @@ def test_rows_without_a_home_hf_are_a_hidden_group_of_the_nation(tiny: Factory) 
     OUS 7/9 (homes: their own HFs). The caregiver nation (25/32) minus the resident nation
     (22/29) would give the 3 rows without a home HF, 3 of 3. So the resident nation is hidden;
     then, as under any hidden parent, its smallest RHF (Helse Sør-Øst, 9 < 20) and that RHF's
-    only HF (OUS). The caregiver side is as before: Vestly and Stavanger hidden."""
+    only HF (OUS). OUS knows its own resident row, so Helse Sør-Øst (its only HF), and with
+    Helse Vest shown it would have the resident nation (9 + 20) and the 3 rows: Helse Vest is
+    hidden too (there is no other HF under Helse Sør-Øst to hide), and under it Stavanger
+    (8 < 12). Stavanger then knows Helse Vest, but the nation's group still has two unknowns to
+    it (the nation, Helse Sør-Øst): Bergen stays shown. Caregiver: Vestly, and under the
+    respondent rule Stavanger and Bergen, hidden (as in the first test). (Before: the resident
+    Helse Vest and Stavanger were shown, caregiver Bergen too.)"""
     release = tiny()
     intakes(release, VESTLY, "U1", 3, 3, home_hf_orgnr=None)
     intakes(release, BERGEN, "U1", 10, 12)
@@ -146,13 +256,21 @@ def test_rows_without_a_home_hf_are_a_hidden_group_of_the_nation(tiny: Factory) 
     assert counts(row("nation", NATION, "caregiver")) == (25, 32)
     assert reason(row("provider", VESTLY, "caregiver")) == ("min_denominator", None, None)
     assert reason(row("provider", STAVANGER, "caregiver")) == ("complementary", None, None)
-    for level, orgnr in (("nation", NATION), ("rhf", HELSE_SOR_OST), ("hf", OUS)):
-        hidden = row(level, orgnr, "resident")
-        assert reason(hidden) == ("complementary", None, None)
+    assert reason(row("provider", BERGEN, "caregiver")) == ("complementary", None, None)
+    assert counts(row("provider", OUS, "caregiver")) == (7, 9)
+    assert counts(row("rhf", HELSE_VEST, "caregiver")) == (18, 23)
+    hidden = [
+        ("nation", NATION),
+        ("rhf", HELSE_SOR_OST),
+        ("hf", OUS),
+        ("rhf", HELSE_VEST),
+        ("hf", STAVANGER),
+    ]
+    for level, orgnr in hidden:
+        assert reason(row(level, orgnr, "resident")) == ("complementary", None, None)
     assert row("nation", NATION, "resident")["denominator"] == 29
-    assert counts(row("rhf", HELSE_VEST, "resident")) == (15, 20)
     assert counts(row("hf", BERGEN, "resident")) == (10, 12)
-    assert counts(row("hf", STAVANGER, "resident")) == (5, 8)
+    assert_nobody_recovers(rows, "screening", 2022)
 
 
 def test_five_rows_without_a_home_hf_hide_nothing(tiny: Factory) -> None:
@@ -174,7 +292,9 @@ def test_providers_outside_every_rhf_are_a_hidden_child_of_the_nation(tiny: Fact
     """Screening 2022, minimum 5: a provider outside the hierarchy 2/2 (home Bergen), Bergen
     10/12, Stavanger 5/8. The caregiver nation (17/22) minus Helse Vest (15/20) would give the
     unknown provider's 2 of 2: Helse Vest, the only RHF, is hidden, and under it Stavanger, the
-    smaller provider (and its hf row). The resident context has every row (nation 17/22)."""
+    smaller provider (and its hf row). The unknown provider knows its own 2/2, so Helse Vest
+    (17/22 − 2/2) and, with Bergen shown, Stavanger: Bergen is hidden too (before, it was
+    shown). The resident context has every row (nation 17/22)."""
     release = tiny()
     outside = "999999999"
     intakes(release, outside, "U1", 2, 2, home_hf_orgnr=BERGEN)
@@ -191,9 +311,12 @@ def test_providers_outside_every_rhf_are_a_hidden_child_of_the_nation(tiny: Fact
     assert row("rhf", HELSE_VEST)["denominator"] == 20
     assert reason(row("provider", STAVANGER)) == ("complementary", None, None)
     assert reason(row("hf", STAVANGER)) == ("complementary", None, None)
-    assert counts(row("provider", BERGEN)) == (10, 12)
+    for level in ("provider", "hf"):
+        assert reason(row(level, BERGEN)) == ("complementary", None, None)
     resident = pick(rows, "screening", 2022, "nation", NATION, context="resident")
     assert counts(resident) == (17, 22)
+    assert not [r for r in rows if r["context"] == "resident" and r["suppressed"]]
+    assert_nobody_recovers(rows, "screening", 2022)
 
 
 def test_a_small_provider_outside_every_rhf_beside_a_large_one(tiny: Factory) -> None:
@@ -201,7 +324,10 @@ def test_a_small_provider_outside_every_rhf_beside_a_large_one(tiny: Factory) ->
     Helse Vest (Bergen 10/12, Stavanger 5/8: 15/20). The nation (25/32) minus Helse Vest minus
     the large one would give the small one's 2 of 2: each is a child of the nation of its own,
     so with the small one hidden the smallest published child, the large one (10 < 20), is
-    hidden too; Helse Vest stays shown."""
+    hidden too. The large one knows its own 8/10 and would find the small one as 25 − 15 − 8:
+    Helse Vest is hidden as well (before, it was shown), and under it Stavanger (8 < 12).
+    Stavanger then knows Helse Vest, but that leaves it the two outside providers unknown in
+    the nation's group: Bergen stays shown."""
     release = tiny()
     small, large = "999999999", "999999998"
     intakes(release, small, "U1", 2, 2, home_hf_orgnr=BERGEN)
@@ -218,6 +344,137 @@ def test_a_small_provider_outside_every_rhf_beside_a_large_one(tiny: Factory) ->
     assert reason(row("provider", large)) == ("complementary", None, None)
     unit = pick(rows, "screening", 2022, "unit", large, unit_code="U1")
     assert reason(unit) == ("complementary", None, None)
-    assert counts(row("rhf", HELSE_VEST)) == (15, 20)
+    assert reason(row("rhf", HELSE_VEST)) == ("complementary", None, None)
+    assert row("rhf", HELSE_VEST)["denominator"] == 20
+    assert reason(row("provider", STAVANGER)) == ("complementary", None, None)
     assert counts(row("provider", BERGEN)) == (10, 12)
-    assert counts(row("provider", STAVANGER)) == (5, 8)
+    assert_nobody_recovers(rows, "screening", 2022)
+
+
+def test_two_small_providers_of_an_rhf_hide_a_third(tiny: Factory) -> None:
+    """The reviewer's pattern. Screening 2022, minimum 5, Helse Vest: Bergen 3/5, Stavanger 1/2,
+    Førde 2/2 (homes: their own HFs); the RHF 6/9. Stavanger and Førde are under the minimum:
+    two unknowns for the public, but Stavanger knows its own 1/2 and would find Førde as
+    (6 − 3 − 1) / (9 − 5 − 2) = 2/2, and Førde Stavanger. So Bergen, the one published child,
+    is hidden too (before, it was shown); the RHF and the nation (6/9) stay shown. The same in
+    the resident context."""
+    release = tiny()
+    intakes(release, BERGEN, "U1", 3, 5)
+    intakes(release, STAVANGER, "U1", 1, 2)
+    intakes(release, FORDE, "U1", 2, 2)
+    rows = run(release, "screening", min_denominator=5)
+
+    def row(level: str, orgnr: str, **keys: Any) -> dict[str, Any]:
+        return pick(rows, "screening", 2022, level, orgnr, **keys)
+
+    for orgnr in (STAVANGER, FORDE):
+        assert reason(row("provider", orgnr)) == ("min_denominator", None, None)
+        assert reason(row("hf", orgnr, context="resident")) == ("min_denominator", None, None)
+    for level, unit in (("provider", None), ("hf", None), ("unit", "U1")):
+        assert reason(row(level, BERGEN, unit_code=unit)) == ("complementary", None, None)
+    assert reason(row("hf", BERGEN, context="resident")) == ("complementary", None, None)
+    for context in ("caregiver", "resident"):
+        assert counts(row("rhf", HELSE_VEST, context=context)) == (6, 9)
+        assert counts(row("nation", NATION, context=context)) == (6, 9)
+    # With its own 1/2 known, Stavanger has Førde and Bergen as two unknowns in one sum:
+    # neither is determined; nor Stavanger to Førde or Bergen, nor anything to the public.
+    assert determined(rows, "screening", 2022, STAVANGER) == set()
+    assert determined(rows, "screening", 2022, FORDE) == set()
+    assert_nobody_recovers(rows, "screening", 2022)
+    # The check itself: with Bergen shown (the old rule), Stavanger does find Førde's rows.
+    shown = [
+        r | {"suppressed": False, "suppression_reason": None} if r["orgnr"] == BERGEN else r
+        for r in rows
+    ]
+    assert determined(shown, "screening", 2022, STAVANGER) == {
+        ("caregiver", "provider", FORDE, None),
+        ("caregiver", "hf", FORDE, None),
+        ("caregiver", "unit", FORDE, "U1"),
+        ("resident", "hf", FORDE, None),
+    }
+
+
+def test_a_hidden_rhf_with_one_hidden_provider_would_name_its_sibling(tiny: Factory) -> None:
+    """Screening 2022, minimum 5: OUS 3/4, so Helse Sør-Øst 3/4, under the minimum; Helse Vest:
+    Bergen 10/12, Stavanger 5/8 (20); the nation 18/24. Helse Vest is hidden (the nation minus
+    it would be Helse Sør-Øst), and under it, as under any hidden parent, Stavanger (8 < 12).
+    The parent hidden, one child hidden: Stavanger knows its own 5/8, so Helse Vest as
+    Bergen + Stavanger, and so Helse Sør-Øst (OUS) as the nation minus Helse Vest: that exposes,
+    so Bergen is hidden too (before, it was shown). The same in the resident context."""
+    release = tiny()
+    intakes(release, OUS, "U1", 3, 4)
+    intakes(release, BERGEN, "U1", 10, 12)
+    intakes(release, STAVANGER, "U1", 5, 8)
+    rows = run(release, "screening", min_denominator=5)
+
+    def row(level: str, orgnr: str, context: str) -> dict[str, Any]:
+        return pick(rows, "screening", 2022, level, orgnr, context=context)
+
+    assert reason(row("provider", OUS, "caregiver")) == ("min_denominator", None, None)
+    for context in ("caregiver", "resident"):
+        assert reason(row("rhf", HELSE_SOR_OST, context)) == ("min_denominator", None, None)
+        assert reason(row("rhf", HELSE_VEST, context)) == ("complementary", None, None)
+        assert counts(row("nation", NATION, context)) == (18, 24)
+    for level, context in (("provider", "caregiver"), ("hf", "caregiver"), ("hf", "resident")):
+        for orgnr in (STAVANGER, BERGEN):
+            hidden = row(level, orgnr, context)
+            assert reason(hidden) == ("complementary", None, None)
+    assert determined(rows, "screening", 2022, STAVANGER) == set()
+    assert_nobody_recovers(rows, "screening", 2022)
+
+
+def test_an_rhf_whose_only_providers_are_small_is_hidden(tiny: Factory) -> None:
+    """Screening 2022, minimum 5: Helse Vest has only Stavanger 1/3 and Bergen 2/4, both under the
+    minimum, the RHF 3/7 over it; Helse Sør-Øst: OUS 10/12; the nation 13/19. Two unknowns for
+    the public, but Stavanger would find Bergen as the RHF minus itself, and no published child
+    is left to hide: Helse Vest is hidden (before, it was shown). Then, in the nation's group,
+    Helse Sør-Øst (the public's rule) and under it OUS, its only provider; OUS knows Helse
+    Sør-Øst and so Helse Vest (19 − 12), which leaves it Stavanger and Bergen, two unknowns.
+    The nation stays shown. The same in the resident context."""
+    release = tiny()
+    intakes(release, STAVANGER, "U1", 1, 3)
+    intakes(release, BERGEN, "U1", 2, 4)
+    intakes(release, OUS, "U1", 10, 12)
+    rows = run(release, "screening", min_denominator=5)
+
+    def row(level: str, orgnr: str, context: str) -> dict[str, Any]:
+        return pick(rows, "screening", 2022, level, orgnr, context=context)
+
+    for context in ("caregiver", "resident"):
+        child = "provider" if context == "caregiver" else "hf"
+        for orgnr in (STAVANGER, BERGEN):
+            assert reason(row(child, orgnr, context)) == ("min_denominator", None, None)
+        assert reason(row("rhf", HELSE_VEST, context)) == ("complementary", None, None)
+        assert row("rhf", HELSE_VEST, context)["denominator"] == 7
+        assert reason(row("rhf", HELSE_SOR_OST, context)) == ("complementary", None, None)
+        assert reason(row(child, OUS, context)) == ("complementary", None, None)
+        assert counts(row("nation", NATION, context)) == (13, 19)
+    assert determined(rows, "screening", 2022, STAVANGER) == set()
+    assert determined(rows, "screening", 2022, BERGEN) == set()
+    assert_nobody_recovers(rows, "screening", 2022)
+
+
+def test_a_low_coverage_provider_beside_a_small_one_hides_a_third(tiny: Factory) -> None:
+    """Screening 2022, minimum 5, Helse Vest: Vestly 3/3 (under the minimum), Stavanger 5/8 with
+    coverage 8/20 (under 60 %: low_coverage), Bergen 10/12 (NPR 12). For the public two
+    unknowns, as before; but Stavanger knows its own 5/8 (low coverage hides it for quality,
+    not from Stavanger) and would find Vestly as 18 − 10 − 5: Bergen is hidden too (before, it
+    was shown). A low_coverage row protects like any unknown and sets nothing off: it is the
+    small Vestly that needs the third."""
+    release = tiny()
+    intakes(release, VESTLY, "U1", 3, 3, home_hf_orgnr=None)
+    intakes(release, STAVANGER, "U1", 5, 8)
+    intakes(release, BERGEN, "U1", 10, 12)
+    release.npr(STAVANGER, 2022, 20).npr(BERGEN, 2022, 12)
+    rows = run(release, "screening", "coverage", min_denominator=5)
+
+    def row(level: str, orgnr: str) -> dict[str, Any]:
+        return pick(rows, "screening", 2022, level, orgnr)
+
+    assert reason(row("provider", VESTLY)) == ("min_denominator", None, None)
+    assert reason(row("provider", STAVANGER)) == ("low_coverage", None, None)
+    for level in ("provider", "hf"):
+        assert reason(row(level, BERGEN)) == ("complementary", None, None)
+    assert counts(row("rhf", HELSE_VEST)) == (18, 23)
+    assert determined(rows, "screening", 2022, STAVANGER) == set()
+    assert_nobody_recovers(rows, "screening", 2022)
