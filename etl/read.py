@@ -373,7 +373,14 @@ def _read_xlsx(path: Path) -> tuple[list[str], list[pa.Array], set[int]]:
 
 
 def _parquet_text(values: pa.Array) -> pa.Array:
-    """A Parquet column as text: dates ISO `yyyy-mm-dd`, integers as decimal text."""
+    """A Parquet column as text: dates ISO `yyyy-mm-dd`, integers as decimal text.
+
+    A timestamp (any unit: pandas writes `timestamp[ns]` or `[us]`, Spark `[us]` or INT96, read
+    as `[ns]`) is a date when it is exactly midnight, to the unit's last digit: it becomes
+    `yyyy-mm-dd`. With a time zone, midnight is in the column's own zone (the wall-clock date
+    the exporter wrote: 2021-03-01 00:00 Europe/Oslo, stored as 2021-02-28 23:00 UTC, is
+    2021-03-01). Any other time of day stays `yyyy-mm-ddTHH:MM:SS[.fraction]`, which the form's
+    date check refuses as not a date: a moment is not a date, and its date would be a guess."""
     kind = values.type
     if pa.types.is_dictionary(kind):
         values = values.dictionary_decode()
@@ -383,10 +390,12 @@ def _parquet_text(values: pa.Array) -> pa.Array:
     if pa.types.is_timestamp(kind):
         if kind.tz is not None:
             values = pc.local_timestamp(values)
-        day = pc.strftime(values, format="%Y-%m-%d")
+        # Midnight by value, not by text: strftime's `%S` prints the fraction of a sub-second
+        # unit (`00:00:00.000000000`).
+        start = pc.floor_temporal(values, unit="day")
+        day = pc.strftime(start, format="%Y-%m-%d")
         moment = pc.strftime(values, format="%Y-%m-%dT%H:%M:%S")
-        midnight = pc.equal(pc.strftime(values, format="%H:%M:%S"), "00:00:00")
-        return pc.if_else(midnight, day, moment)
+        return pc.if_else(pc.equal(values, start), day, moment)
     if pa.types.is_boolean(kind):
         return pc.cast(pc.cast(values, pa.int8()), pa.string())
     if pa.types.is_floating(kind):

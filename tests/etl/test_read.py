@@ -10,6 +10,7 @@ from pathlib import Path
 
 import openpyxl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -209,6 +210,81 @@ def test_parquet_with_iso_string_dates(tmp_path: Path) -> None:
     assert normalise(raw, Form.OPTOUT).table.column("optout_date").to_pylist() == [
         date(2023, 5, 17)
     ]
+
+
+def _optout_parquet(tmp_path: Path, dates: pa.Array) -> pa.Table:
+    table = pa.table(
+        {
+            "record_id": [f"o{i}" for i in range(len(dates))],
+            "patient_pseudonym": [f"p{i}" for i in range(len(dates))],
+            "provider_orgnr": ["983974880"] * len(dates),
+            "optout_date": dates,
+        }
+    )
+    pq.write_table(table, tmp_path / "o.parquet")
+    return read_extract(tmp_path / "o.parquet", Form.OPTOUT)
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+@pytest.mark.parametrize("zone", [None, "UTC", "Europe/Oslo"])
+def test_parquet_timestamps_at_midnight_are_dates(
+    tmp_path: Path, unit: str, zone: str | None
+) -> None:
+    # pandas writes datetime64 as timestamp[ns] or [us], Spark [us]: a date column at midnight.
+    # With a time zone, midnight in the column's own zone (the wall-clock date written).
+    moments = [datetime(2023, 5, 17), datetime(1969, 12, 31), None, datetime(2021, 3, 28)]
+    values = pa.array(moments, pa.timestamp(unit))
+    if zone is not None:
+        values = pc.assume_timezone(values, zone)
+    raw = _optout_parquet(tmp_path, values)
+    expected = ["2023-05-17", "1969-12-31", None, "2021-03-28"]
+    assert raw.column("optout_date").to_pylist() == expected
+    typed = normalise(raw, Form.OPTOUT)
+    assert typed.table.column("optout_date").to_pylist() == [
+        date(2023, 5, 17), date(1969, 12, 31), None, date(2021, 3, 28)
+    ]  # fmt: skip
+    assert typed.invalid["optout_date"].to_pylist() == [False] * 4
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+@pytest.mark.parametrize("zone", [None, "Europe/Oslo"])
+def test_parquet_timestamps_with_a_time_of_day_are_not_dates(
+    tmp_path: Path, unit: str, zone: str | None
+) -> None:
+    moments = [datetime(2023, 5, 17, 0, 0, 1), datetime(2023, 5, 17, 12, 30)]
+    if unit != "s":
+        moments.append(datetime(2023, 5, 17, 0, 0, 0, 1000))  # a millisecond past midnight
+    values = pa.array(moments, pa.timestamp(unit))
+    if zone is not None:
+        values = pc.assume_timezone(values, zone)
+    typed = normalise(_optout_parquet(tmp_path, values), Form.OPTOUT)
+    assert typed.table.column("optout_date").to_pylist() == [None] * len(moments)
+    assert typed.invalid["optout_date"].to_pylist() == [True] * len(moments)
+
+
+def test_a_zoned_timestamp_is_the_date_of_its_own_zone(tmp_path: Path) -> None:
+    # 2021-03-01 00:00 in Oslo is stored as 2021-02-28 23:00 UTC; it is 1 March, a date.
+    utc = pa.array([datetime(2021, 2, 28, 23, 0)], pa.timestamp("us", tz="UTC"))
+    oslo = utc.cast(pa.timestamp("us", tz="Europe/Oslo"))
+    assert _optout_parquet(tmp_path, oslo).column("optout_date").to_pylist() == ["2021-03-01"]
+    # The same instant in a UTC column is 23:00, not a date.
+    assert _optout_parquet(tmp_path, utc).column("optout_date").to_pylist() == [
+        "2021-02-28T23:00:00.000000"
+    ]
+
+
+def test_pandas_datetime_columns_are_dates(tmp_path: Path) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame([basis_row(dudit="7", home_hf_orgnr="983974880", clinical_study_id="S")])
+    frame["intake_date"] = pd.to_datetime(["2021-03-01"])
+    frame["referral_date"] = pd.to_datetime(["2021-02-15"]).tz_localize("Europe/Oslo")
+    frame.to_parquet(tmp_path / "b.parquet")
+    raw = read_extract(tmp_path / "b.parquet", Form.BASIS)
+    assert raw.column("intake_date").to_pylist() == ["2021-03-01"]
+    assert raw.column("referral_date").to_pylist() == ["2021-02-15"]
+    typed = normalise(raw, Form.BASIS).table
+    assert typed.column("intake_date").to_pylist() == [date(2021, 3, 1)]
 
 
 # --- refusals ------------------------------------------------------------------------------------
