@@ -14,6 +14,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, Final, Literal, Protocol
 
 import jwt
@@ -22,7 +23,7 @@ from sqlmodel import Session, col, select
 
 from schemas.catalog import ApiClient
 from schemas.errors import ConfigurationError, Forbidden, NotFound, RejectedInput, Unauthorised
-from schemas.organisations import is_valid_orgnr
+from schemas.organisations import Hierarchy, is_valid_orgnr
 from service.settings import Settings
 
 Role = Literal["registry", "trust", "researcher", "anonymous"]
@@ -33,6 +34,17 @@ KEY_MARK: Final = "kvk_"
 JWT_ALGORITHMS: Final = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
 
 
+@cache
+def _providers() -> frozenset[str]:
+    return frozenset(o.orgnr for o in Hierarchy.default().providers)
+
+
+def is_provider(orgnr: str) -> bool:
+    """Whether `orgnr` is a provider (an HF or a private provider) of the register's list: what
+    a trust key or token may be scoped to (not an RHF, not an unknown organisation)."""
+    return orgnr in _providers()
+
+
 @dataclass(frozen=True)
 class Principal:
     subject: str
@@ -40,8 +52,13 @@ class Principal:
     provider: str | None = None
 
     def may_see_provider(self, orgnr: str) -> bool:
-        """Unit-level and unpublished detail of `orgnr`: registry, or the trust itself."""
-        return self.role == "registry" or (self.role == "trust" and self.provider == orgnr)
+        """Unit-level and unpublished detail of `orgnr`: registry, or the trust itself (a
+        provider of the register's list: a key scoped to an RHF, made before keys were checked
+        against the list, must not see the RHF's suppressed rows, which the engine's
+        complementary suppression assumes no trust knows)."""
+        if self.role == "registry":
+            return True
+        return self.role == "trust" and self.provider == orgnr and is_provider(orgnr)
 
 
 ANONYMOUS: Final = Principal(subject="anonymous", role="anonymous")
@@ -63,6 +80,11 @@ def create_key(
     if role == "trust":
         if provider is None or not is_valid_orgnr(provider):
             raise RejectedInput("a trust key needs --provider with a valid organisation number")
+        if not is_provider(provider):
+            raise RejectedInput(
+                "a trust key's --provider must be a provider of the register's list (an HF or "
+                "a private provider, not an RHF)"
+            )
     elif provider is not None:
         raise RejectedInput("only trust keys are scoped to a provider")
     prefix = secrets.token_hex(4)
@@ -161,6 +183,8 @@ def _principal_from_claims(claims: dict[str, Any]) -> Principal:
     provider = claims.get("kvarus_provider")
     if role == "trust" and not (isinstance(provider, str) and is_valid_orgnr(provider)):
         raise Forbidden("a trust token needs a valid kvarus_provider claim")
+    if role == "trust" and not is_provider(str(provider)):
+        raise Forbidden("a trust token's kvarus_provider is not a provider of the register's list")
     return Principal(
         subject=f"oidc:{claims['sub']}",
         role=role,

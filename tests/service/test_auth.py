@@ -18,6 +18,8 @@ from service.cli import app as cli
 from service.settings import Settings
 from tests.conftest import PROVIDER_A, TEST_KEY
 
+HELSE_NORD_RHF = "883658752"
+
 ISSUER = "https://login.example/realms/kvarus"
 AUDIENCE = "kvarus-api"
 UPLOADS = "/api/v1/uploads"
@@ -91,6 +93,17 @@ class TestApiKeys:
                 auth.create_key(own, role="researcher", provider=PROVIDER_A)
             with pytest.raises(RejectedInput):
                 auth.create_key(own, role="trust", provider="123456789")
+            # A valid organisation number, but an RHF: it would see the RHF's suppressed rows.
+            with pytest.raises(RejectedInput, match="not an RHF"):
+                auth.create_key(own, role="trust", provider=HELSE_NORD_RHF)
+
+    def test_a_trust_scoped_to_an_rhf_sees_nothing_unpublished(self) -> None:
+        # A key made before create_key checked the list (the catalog row holds the RHF).
+        principal = auth.Principal(subject="key:1", role="trust", provider=HELSE_NORD_RHF)
+        assert not principal.may_see_provider(HELSE_NORD_RHF)
+        own = auth.Principal(subject="key:2", role="trust", provider=PROVIDER_A)
+        assert own.may_see_provider(PROVIDER_A)
+        assert not own.may_see_provider(HELSE_NORD_RHF)
 
 
 class LocalKeys:
@@ -149,6 +162,7 @@ class TestOidc:
             ({"exp": 1_000_000_000}, 401),
             ({"kvarus_role": "admin"}, 403),
             ({"kvarus_role": "trust"}, 403),  # no provider claim
+            ({"kvarus_role": "trust", "kvarus_provider": HELSE_NORD_RHF}, 403),  # not a provider
         ],
     )
     def test_bad_tokens(
