@@ -49,14 +49,21 @@ the other RHF × provider combinations structural zeros (public, so never suppre
 constants in the audit, `_suppress_nested`); a [provider] answer shows the all-RHF cells of
 that table. Before, the [provider] table chose its partners across the nation and the [rhf]
 table showed every RHF total: an RHF total minus its shown providers gave a hidden one.
+A measure that is a subset no dimension names (followup_arranged of episodes, study of
+patients: `LINKED`) is protected after the other measure's table over the same dimensions: a
+cell whose every record meets the condition holds the same records as the other's cell, and
+takes its suppression (hidden there, hidden here; shown there, known here). Before, with
+end_reason as a dimension, follow-up arranged after every mutual end made followup_arranged
+(P, 1) show the episodes cell that hid a small (P, 2).
 
 What remains, by design or for later:
 - Tables over different sets of dimensions are protected each on its own: a margin they share
   (a provider's total in [provider] and in [provider, end_reason], an RHF total in [rhf] and in
   [rhf, provider]) can be shown by one and hidden by the other, and then only the perturbation
-  layer (independent ±2 noise on every cell) stands between the two, not the LP audit. The same
-  holds between measures that are not slices of one another (followup_arranged and study are
-  conditions no dimension names; patients and episodes of the same patients).
+  layer (independent ±2 noise on every cell) stands between the two, not the LP audit. Between
+  measures, the audit sees equal cells (slices, `LINKED`) but not inequalities: a subset's
+  shown cell is a lower bound of the other measure's hidden cell, and patients and episodes
+  of the same patients are protected each on its own.
 - Comparing two releases shows which cells new records fell into: the salt is the same for every
   release (so that the noise cannot be averaged away over releases), and a cell whose true
   count changes moves its published value and perhaps its suppression (a cell going from 0 to
@@ -516,76 +523,92 @@ def protect(
     threshold: int = THRESHOLD,
     ptable: PerturbationTable = PTABLE,
     nested: tuple[int, int, list[int]] | None = None,
+    linked: tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]] | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
     """Published values (perturbed) and the suppression mask of one measure's table.
 
     `nested` = (parent axis, child axis, the parent category of each child category): the child
     lies in one parent (a provider in one RHF), so every other combination is a structural zero
-    the attacker knows without being told (`_suppress_nested`).
+    the attacker knows without being told. `linked` = (hidden, known): cells another answer
+    already hides (they must stay hidden) or shows (the attacker has them). Either way the
+    table is audited as a whole after the joining (`_suppress_linked`).
     """
     counts = _additive(table.counts)
     # Distinct-patient margins can be small where the sum of their cells is not: suppress every
     # true count in 1..threshold−1 as well.
     small = (table.counts >= 1) & (table.counts < threshold)
     mask: npt.NDArray[np.bool_]
-    if nested is None:
+    if nested is None and linked is None:
         mask = suppress_table(counts, threshold).mask | small
     else:
-        parent_axis, child_axis, parents = nested
-        mask = _suppress_nested(counts, small, parent_axis, child_axis, parents, threshold)
+        mask = _suppress_linked(counts, small, nested, linked, threshold)
     published = np.zeros(table.counts.shape, dtype=np.int64)
     for cell in itertools.product(*(range(n) for n in table.counts.shape)):
         published[cell] = perturb(int(table.counts[cell]), int(table.keys[cell]), ptable)
     return published, mask
 
 
-def _suppress_nested(
+def _suppress_linked(
     counts: npt.NDArray[np.int64],
     small: npt.NDArray[np.bool_],
-    parent_axis: int,
-    child_axis: int,
-    parents: list[int],
+    nested: tuple[int, int, list[int]] | None,
+    linked: tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]] | None,
     threshold: int,
 ) -> npt.NDArray[np.bool_]:
-    """Suppression of a table with a nested pair of axes (RHF ⊃ provider), audited as a whole.
+    """Suppression of a table with known cells, audited as a whole.
 
-    The table holds every (parent, child) combination; those of a child outside its parent are
-    structural zeros: public knowledge, so they are never suppressed and the LP audit keeps them
-    as the constants 0 they are. The parent level (the table over the parent axis, with the
-    child axis summed) and each parent's block of children (its margin the parent's subtotals)
-    are suppressed on their own (`suppress_table`: the blocks are small, the full cross product
-    would make its search slow), their masks joined, a child's cell and its all-parents copy
-    (the same records) kept alike, and then the LP audit of the whole table, with every
-    equation the attacker has (children sum to their parent's subtotal, parents to the total),
-    adds a partner for each remaining violation until it passes.
+    Nested axes (RHF ⊃ provider): the table holds every (parent, child) combination; those of
+    a child outside its parent are structural zeros: public knowledge, so they are never
+    suppressed and the LP audit keeps them as the constants 0 they are. The parent level (the
+    table over the parent axis, with the child axis summed) and each parent's block of children
+    (its margin the parent's subtotals) are suppressed on their own (`suppress_table`: the
+    blocks are small, the full cross product would make its search slow), their masks joined,
+    and a child's cell and its all-parents copy (the same records) kept alike. Linked cells
+    (`protect`) are hidden or shown as another answer has them. Then the LP audit of the whole
+    table, with every equation the attacker has (children sum to their parent's subtotal,
+    parents to the total), adds a partner for each remaining violation until it passes; a
+    partner is never a cell the attacker knows anyway.
     """
-    c = np.moveaxis(counts, (parent_axis, child_axis), (0, 1))
-    n_parent, n_child = c.shape[0] - 1, c.shape[1] - 1
-    structural = np.zeros(c.shape, dtype=np.bool_)
-    for child, parent in enumerate(parents):
-        structural[[i for i in range(n_parent) if i != parent], child] = True
-    if np.any(c[structural] != 0):
-        raise RuntimeError("a child category counted outside its parent")
-    mask = np.zeros(c.shape, dtype=np.bool_)
-    mask[:, n_child] = suppress_table(c[:, n_child], threshold).mask
-    for parent in range(n_parent):
-        rows = [child for child, p in enumerate(parents) if p == parent]
-        if rows:
-            rows.append(n_child)
-            mask[parent, rows] |= suppress_table(c[parent, rows], threshold).mask
-    mask |= np.moveaxis(small, (parent_axis, child_axis), (0, 1))
+    source: tuple[int, ...] = (nested[0], nested[1]) if nested is not None else ()
+    target: tuple[int, ...] = (0, 1) if nested is not None else ()
+    c = np.moveaxis(counts, source, target)
+    forbidden = np.zeros(c.shape, dtype=np.bool_)
+    parents: list[int] = []
+    n_parent = n_child = 0
+    if nested is not None:
+        parents = nested[2]
+        n_parent, n_child = c.shape[0] - 1, c.shape[1] - 1
+        for child, parent in enumerate(parents):
+            forbidden[[i for i in range(n_parent) if i != parent], child] = True
+        if np.any(c[forbidden] != 0):
+            raise RuntimeError("a child category counted outside its parent")
+        mask = np.zeros(c.shape, dtype=np.bool_)
+        mask[:, n_child] = suppress_table(c[:, n_child], threshold).mask
+        for parent in range(n_parent):
+            rows = [child for child, p in enumerate(parents) if p == parent]
+            if rows:
+                rows.append(n_child)
+                mask[parent, rows] |= suppress_table(c[parent, rows], threshold).mask
+    else:
+        mask = suppress_table(c, threshold).mask.copy()
+    mask |= np.moveaxis(small, source, target)
+    if linked is not None:
+        hidden, known = (np.moveaxis(m, source, target) for m in linked)
+        mask = (mask | hidden) & ~known
+        forbidden |= known
 
     def suppress(cell: tuple[int, ...]) -> None:
         mask[cell] = True
         # A child's cell under its parent and under "all parents" are the same records.
-        child = cell[1]
-        if child < n_child:
-            mask[(parents[child], child, *cell[2:])] = True
-            mask[(n_parent, child, *cell[2:])] = True
+        if nested is not None and cell[1] < n_child:
+            mask[(parents[cell[1]], *cell[1:])] = True
+            mask[(n_parent, *cell[1:])] = True
 
     def own(cell: tuple[int, ...]) -> tuple[int, ...]:
         # The cell as audited: a child's all-parents copy has its parent cell's range.
-        return (parents[cell[1]], *cell[1:]) if cell[0] == n_parent and cell[1] < n_child else cell
+        if nested is not None and cell[0] == n_parent and cell[1] < n_child:
+            return (parents[cell[1]], *cell[1:])
+        return cell
 
     for cell in map(tuple, np.argwhere(mask)):
         suppress(cell)
@@ -594,11 +617,11 @@ def _suppress_nested(
     # hidden ones need a second look.
     pending = {own(tuple(int(i) for i in cell)) for cell in np.argwhere(mask)}
     while violations := _violations(c, mask, pending, threshold):
-        partners = {_partner(c, mask, structural, cell) for cell in violations}
+        partners = {_partner(c, mask, forbidden, cell) for cell in violations}
         for partner in partners:
             suppress(partner)
         pending = set(violations) | {own(p) for p in partners}
-    return np.moveaxis(mask, (0, 1), (parent_axis, child_axis))
+    return np.moveaxis(mask, target, source)
 
 
 def _violations(
@@ -620,20 +643,21 @@ def _violations(
 def _partner(
     counts: npt.NDArray[np.int64],
     mask: npt.NDArray[np.bool_],
-    structural: npt.NDArray[np.bool_],
+    forbidden: npt.NDArray[np.bool_],
     cell: tuple[int, ...],
 ) -> tuple[int, ...]:
     """The cell to suppress next for a violation at `cell`: the smallest published non-zero cell
-    on a line through it, inner cells before margins; never a structural zero."""
+    on a line through it, inner cells before margins; never one the attacker knows anyway (a
+    structural zero, a cell another answer shows)."""
     shape = counts.shape
     candidates: list[tuple[int, ...]] = []
     for axis, size in enumerate(shape):
         for i in range(size):
             other = (*cell[:axis], i, *cell[axis + 1 :])
-            if not mask[other] and not structural[other]:
+            if not mask[other] and not forbidden[other]:
                 candidates.append(other)
     if not candidates:
-        candidates = [tuple(int(i) for i in c) for c in np.argwhere(~mask & ~structural)]
+        candidates = [tuple(int(i) for i in c) for c in np.argwhere(~mask & ~forbidden)]
     if not candidates:  # pragma: no cover - a table with everything suppressed passes
         raise RuntimeError("suppression did not converge")
     return min(
@@ -683,6 +707,14 @@ def base_measure(measure: str) -> str:
     return SLICES[measure][0] if measure in SLICES else measure
 
 
+# A measure counting a subset of another measure's records that no dimension names (a condition
+# on a discharge or basis variable) is protected after that measure's table over the same
+# dimensions: wherever every record of a cell meets the condition, the two cells are the same
+# records, and the subset's cell takes the other's suppression (hidden there: hidden here; shown
+# there: known to the attacker here, and no partner).
+LINKED: Final[dict[str, str]] = {"followup_arranged": "episodes", "study": "patients"}
+
+
 @dataclass(frozen=True)
 class ProtectedTable:
     """One measure's fixed table over a set of dimensions: published values and suppression."""
@@ -691,6 +723,7 @@ class ProtectedTable:
     axes: list[list[str]]
     values: npt.NDArray[np.int64]
     mask: npt.NDArray[np.bool_]
+    counts: npt.NDArray[np.int64]  # the true counts (in memory with the view, never shown)
 
 
 def protected_tables(
@@ -703,16 +736,17 @@ def protected_tables(
     """The protected tables (dimensions, measure), from the view's cache or computed once.
 
     A table depends only on the release's data (the view), so it is kept with the view and
-    dropped with it.
+    dropped with it. A `LINKED` measure's table needs its other measure's table first.
     """
     result: dict[tuple[tuple[str, ...], str], ProtectedTable] = {}
     missing: dict[tuple[str, ...], list[str]] = {}
     for dimensions, measure in dict.fromkeys(wanted):
-        cached = view.tables.get((dimensions, measure))
-        if cached is not None:
-            result[(dimensions, measure)] = cached
-        else:
-            missing.setdefault(dimensions, []).append(measure)
+        for name in ([LINKED[measure]] if measure in LINKED else []) + [measure]:
+            cached = view.tables.get((dimensions, name))
+            if cached is not None:
+                result[(dimensions, name)] = cached
+            elif name not in missing.setdefault(dimensions, []):
+                missing[dimensions].append(name)
     for dimensions, measures in missing.items():
         axes = [categories(d, hierarchy=hierarchy, years=years) for d in dimensions]
         _check_size(axes, list(dimensions))
@@ -721,9 +755,17 @@ def protected_tables(
             rhfs, providers = axes[dimensions.index("rhf")], axes[dimensions.index("provider")]
             parents = [rhfs.index(hierarchy.rhf_of(p).orgnr) for p in providers]
             nested = (dimensions.index("rhf"), dimensions.index("provider"), parents)
-        for measure, table in _cube(view, list(dimensions), axes, measures).items():
-            values, mask = protect(table, nested=nested)
-            protected = ProtectedTable(dimensions, axes, values, mask)
+        tables = _cube(view, list(dimensions), axes, measures)
+        # The other measures before the linked ones.
+        for measure in sorted(tables, key=lambda m: m in LINKED):
+            table = tables[measure]
+            linked = None
+            if measure in LINKED:
+                other = result[(dimensions, LINKED[measure])]
+                same = (table.counts == other.counts) & (table.counts > 0)
+                linked = (same & other.mask, same & ~other.mask)
+            values, mask = protect(table, nested=nested, linked=linked)
+            protected = ProtectedTable(dimensions, axes, values, mask, table.counts)
             view.tables[(dimensions, measure)] = protected
             result[(dimensions, measure)] = protected
     return result

@@ -41,7 +41,7 @@ VEST = ["983974678", "983974694", "983974724", "983974732", "984027737", "991505
 
 
 def episodes(
-    provider: str, n: int, *, tag: str, end_reason: int | None = None
+    provider: str, n: int, *, tag: str, end_reason: int | None = None, followup: int = 1
 ) -> list[dict[str, Any]]:
     return [
         {
@@ -55,20 +55,21 @@ def episodes(
             "clinical_study_id": None,
             "year": 2024,
             "end_reason": end_reason,
+            "followup": followup,
         }
         for i in range(n)
     ]
 
 
 def publish_rows(publish: ReleaseWriter, rows: list[dict[str, Any]]) -> None:
-    basis = [{k: v for k, v in r.items() if k != "end_reason"} for r in rows]
+    basis = [{k: v for k, v in r.items() if k not in ("end_reason", "followup")} for r in rows]
     discharge = [
         {
             "patient_key": r["patient_key"],
             "episode_id": r["episode_id"],
             "discharge_date": date(2024, 6, 1),
             "end_reason": r["end_reason"],
-            "followup_arranged": 1,
+            "followup_arranged": r["followup"],
             "year": 2024,
         }
         for r in rows
@@ -215,6 +216,55 @@ class TestSliceMeasures:
         assert self.judge(settings, known) == []
         for (provider,), values in mutual.items():
             assert values["mutual_end"] == by_reason[(provider, "1")]["episodes"]
+
+
+class TestLinkedMeasures:
+    """followup_arranged: no dimension names it, but a cell whose every episode had follow-up
+    arranged holds the same records as the episodes cell, and must be shown or hidden alike."""
+
+    def test_followup_cells_equal_to_episode_cells(
+        self,
+        client: TestClient,
+        headers: dict[str, Headers],
+        publish: ReleaseWriter,
+        settings: Settings,
+    ) -> None:
+        # Provider A: follow-up arranged after each of the 7 mutual ends, after none of the 4
+        # dropouts (a primary cell); B and C mixed.
+        a, b, c = NORD
+        publish_rows(
+            publish,
+            episodes(a, 7, tag="a1", end_reason=1)
+            + episodes(a, 4, tag="a2", end_reason=2, followup=2)
+            + episodes(b, 12, tag="b1", end_reason=1)
+            + episodes(b, 8, tag="b3", end_reason=1, followup=2)
+            + episodes(b, 10, tag="b2", end_reason=2, followup=2)
+            + episodes(c, 15, tag="c1", end_reason=1)
+            + episodes(c, 8, tag="c2", end_reason=2),
+        )
+        dimensions = ["provider", "end_reason"]
+        by_reason = ask(client, headers, ["episodes"], dimensions)
+        followup = ask(client, headers, ["followup_arranged"], dimensions)
+        axes, table = true_table(settings, dimensions)
+        _, tables = compute_tables(
+            read_manifest(settings, 1),
+            AggregateCreate.model_validate(
+                {"measures": ["episodes", "followup_arranged"], "dimensions": dimensions}
+            ),
+            salt=cell_key_salt(settings.key_bytes()),
+            hierarchy=HIERARCHY,
+        )
+        same = (tables["episodes"].counts == tables["followup_arranged"].counts) & (
+            tables["episodes"].counts > 0
+        )
+        hidden = np.zeros(table.shape, dtype=np.bool_)
+        for cell in itertools.product(*(range(n) for n in table.shape)):
+            name = label(axes, cell)
+            hidden[cell] = by_reason[name]["episodes"][1]
+            if same[cell] and not followup[name]["followup_arranged"][1]:
+                hidden[cell] = False  # shown as followup_arranged: the same episodes
+        assert narrow_primaries(table, hidden) == []
+        assert followup[(a, "1")]["followup_arranged"] == by_reason[(a, "1")]["episodes"]
 
 
 class TestProvidersWithinRhf:
