@@ -232,7 +232,7 @@ def _frame_columns(check: Check) -> list[str]:
         str(check.arguments[name])
         for name in ("column", "column_A", "column_B")
         if name in check.arguments
-    ]
+    ] + [str(name) for name in check.arguments.get("column_list", ())]
 
 
 def _record_ids(raw: pa.Table) -> pa.ChunkedArray:
@@ -391,7 +391,7 @@ def _batches(checks: list[Check], values: _Values, rows: int) -> list[_Batch]:
       distinct values (padded to the longest, see `_pad`);
     - one frame per set of columns read together (referral after intake): their distinct
       combinations;
-    - one frame of every row for the other checks (uniqueness).
+    - one frame of every row for the other checks (uniqueness, of a column or of a key).
     """
     single: list[Check] = []
     together: dict[tuple[str, ...], list[Check]] = {}

@@ -18,7 +18,10 @@ the pseudonym never enters it):
   missing or unparseable (codes, ranges, future dates, referral before intake);
 - `{column}__invalid`: True where a value is present but not parseable (type);
 - `{column}__code`: the text's dictionary code as float64 (uniqueness: the same equality as the
-  text, without pandas hashing a million strings: 0.45 s → 0.07 s).
+  text, without pandas hashing a million strings: 0.45 s → 0.07 s); NaN where missing.
+
+Uniqueness: `record_id.unique` where a form has record_id; a form keyed otherwise (`FILE_KEYS`:
+npr_counts by provider_orgnr and year) has one check over its key's columns together.
 """
 
 import hashlib
@@ -48,6 +51,13 @@ OPTIONAL_TOLERATED_MISSING_PERCENT: Final = 50.0
 # Optional columns whose emptiness is the normal case, not a quality problem: a clinical-study id is
 # only set for the few patients enrolled in a study (1 % of TSB patients in 2021, DOMAIN.md).
 NO_COMPLETENESS_CHECK: Final = frozenset({"clinical_study_id"})
+
+# Forms whose rows have a key other than record_id: its columns, together unique within a file
+# (the warehouse merges on them, `etl.warehouse.MERGE_KEYS`: two rows of one key in a file would
+# both be stored, and a later correction would supersede both). The check id names the key.
+FILE_KEYS: Final[dict[Form, tuple[str, tuple[str, ...]]]] = {
+    Form.NPR_COUNTS: ("provider_year.unique", ("provider_orgnr", "year")),
+}
 
 # The frame column names that hold parsed values and parse failures.
 VALUE_SUFFIX: Final = "__value"
@@ -225,6 +235,9 @@ def _column_checks(
     return checks
 
 
+_TYPED: Final = ("integer", "date")
+
+
 def _without_capture_groups(pattern: str) -> str:
     """The same regex with non-capturing groups: pandas warns on `str.contains` with groups."""
     return re.sub(r"(?<!\\)\((?!\?)", "(?:", pattern)
@@ -241,6 +254,28 @@ def suite_checks(form: Form, *, known_providers: frozenset[str], today: date) ->
     checks: list[Check] = []
     for column in spec.columns:
         checks.extend(_column_checks(column, known_providers=providers, today=today))
+    if form in FILE_KEYS:
+        check_id, key = FILE_KEYS[form]
+        checks.append(
+            Check(
+                check_id,
+                key[-1],
+                "conformance",
+                "fatal",
+                0.0,
+                "ExpectCompoundColumnsToBeUnique",
+                {
+                    # The text of a text column; the value of a typed one ("2021" = "+2021").
+                    "column_list": [
+                        name + (VALUE_SUFFIX if spec.column(name).kind in _TYPED else CODE_SUFFIX)
+                        for name in key
+                    ],
+                    # A row without one of them fails its required/type check instead.
+                    "ignore_row_if": "any_value_is_missing",
+                },
+                f"{' and '.join(key)} occur together more than once in the file",
+            )
+        )
     if "referral_date" in spec.column_names and "intake_date" in spec.column_names:
         checks.append(
             Check(

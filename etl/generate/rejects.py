@@ -1,8 +1,9 @@
-"""Small basis extracts that the register must reject whole, one per fatal kind.
+"""Small extracts that the register must reject whole, one per fatal kind.
 
-Each file is a handful of otherwise valid rows with one defect, named after its kind:
+Each file is a handful of otherwise valid rows with one defect, named after its kind: basis files
 `record_id.unique`, `provider_orgnr.known`, `intake_date.future`, `identity_number` (a value that
-passes both check digits of a fødselsnummer) and `unknown_column`.
+passes both check digits of a fødselsnummer) and `unknown_column`, and an npr_counts file
+`provider_year.unique` (one provider's year on two rows).
 """
 
 from datetime import date, datetime
@@ -25,6 +26,8 @@ REJECT_KINDS: Final = (
     "identity_number",
     "unknown_column",
 )
+# Reject files of another form than basis, by kind.
+OTHER_FORM_REJECTS: Final = {"provider_year.unique": Form.NPR_COUNTS}
 ROWS: Final = 8
 # Check-digit weights of the fødselsnummer (Skatteetaten): k1 over digits 1-9, k2 over 1-10.
 _K1: Final = (3, 7, 6, 1, 8, 9, 4, 5, 2)
@@ -100,7 +103,42 @@ def write_rejects(
         writer.write(rows)
         writer.close()
         paths[kind] = writer.path
+    paths["provider_year.unique"] = _npr_counts_twice(
+        directory, file_format, rng=rng, profile=profile, years=years, key=key, stamp=stamp
+    )
     return paths
+
+
+def _npr_counts_twice(
+    directory: Path,
+    file_format: FileFormat,
+    *,
+    rng: np.random.Generator,
+    profile: ProviderProfile,
+    years: tuple[int, int],
+    key: int,
+    stamp: datetime,
+) -> Path:
+    """npr_counts rows of distinct providers and years but the last, which repeats the first's
+    provider and year (the table's key)."""
+    providers = len(profile.orgnrs)
+    index = np.arange(ROWS)
+    provider = index % providers
+    year = years[0] + (index // providers) % (years[1] - years[0] + 1)
+    provider[-1], year[-1] = provider[0], year[0]
+    rows = Rows(
+        Form.NPR_COUNTS,
+        {"provider_orgnr": provider, "year": year, "episodes": rng.integers(20, 500, ROWS)},
+        {},
+        {"provider_orgnr": list(profile.orgnrs)},
+    )
+    writer = open_writer(
+        directory, "provider_year.unique", Form.NPR_COUNTS, tuple(rows.columns), file_format,
+        key=key, stamp=stamp,
+    )  # fmt: skip
+    writer.write(rows)
+    writer.close()
+    return writer.path
 
 
 def _with_extra_column(rows: Rows) -> Rows:

@@ -310,6 +310,7 @@ def test_reject_files_carry_one_fatal_defect_each(tmp_path: Path, file_format: F
             "identity_number",
             "intake_date.future",
             "provider_orgnr.known",
+            "provider_year.unique",
             "record_id.unique",
             "unknown_column",
         ]
@@ -317,6 +318,13 @@ def test_reject_files_carry_one_fatal_defect_each(tmp_path: Path, file_format: F
     known = {o.orgnr for o in Hierarchy.default().providers}
     for kind, path in summary.rejects.items():
         assert path == tmp_path / "rejects" / f"{kind}.{file_format}"
+        if kind == "provider_year.unique":
+            rows = read_form(tmp_path / "rejects", kind, Form.NPR_COUNTS, file_format)
+            pairs = [(r["provider_orgnr"], str(r["year"])) for r in rows]
+            assert len(set(pairs)) == len(pairs) - 1
+            assert {r["provider_orgnr"] for r in rows} <= known
+            assert set(rows[0]) == set(FORMS[Form.NPR_COUNTS].column_names)
+            continue
         rows = read_form(tmp_path / "rejects", kind, Form.BASIS, file_format)
         ids = [r["record_id"] for r in rows]
         unknown = {r["provider_orgnr"] for r in rows} - known
@@ -345,7 +353,7 @@ def test_same_seed_gives_the_same_bytes(tmp_path: Path, file_format: FileFormat)
     generate_register(tmp_path / "b", seed=42, **kwargs)
     generate_register(tmp_path / "c", seed=43, **kwargs)
     first, again, other = (digests(tmp_path / d) for d in "abc")
-    assert len(first) == 6 + 1 + 5
+    assert len(first) == 6 + 1 + 6  # forms, planted_errors.json, reject files
     assert first == again
     differing = {name for name in first if first[name] != other[name]}
     assert {f"{form.value}.{file_format}" for form in Form} <= differing

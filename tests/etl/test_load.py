@@ -347,6 +347,28 @@ def test_npr_counts_merge_on_provider_and_year(
     assert pc.sum(stored.column("episodes")).as_py() == 180
 
 
+def test_npr_counts_with_a_provider_and_year_twice_is_rejected(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    # Both rows would be stored under the table's key, and a correction would supersede both:
+    # the coverage denominator doubled. Refused whole, as a record_id twice is.
+    rows = [
+        {"provider_orgnr": PROVIDER_A, "year": "2022", "episodes": "100"},
+        {"provider_orgnr": PROVIDER_A, "year": "2022", "episodes": "100"},
+        {"provider_orgnr": PROVIDER_B, "year": "2022", "episodes": "40"},
+    ]
+    upload = _load(write_extract(Form.NPR_COUNTS, rows), Form.NPR_COUNTS, warehouse, session, key)
+    assert upload.status == "rejected"
+    assert upload.error == "provider_year.unique: 2 of 3 rows failed (tolerated 0 %)"
+    assert upload.rows_accepted == 0
+    assert not (warehouse.root / "npr_counts").exists()
+    correction = [{"provider_orgnr": PROVIDER_A, "year": "2022", "episodes": "120"}]
+    loaded = _load(write_extract(Form.NPR_COUNTS, correction), Form.NPR_COUNTS, warehouse,
+                   session, key)  # fmt: skip
+    assert (loaded.status, loaded.rows_accepted, loaded.rows_superseded) == ("loaded", 1, 0)
+    assert warehouse.table(Form.NPR_COUNTS).column("episodes").to_pylist() == [120]
+
+
 def test_generated_register_quarantines_exactly_the_planted_errors(
     tmp_path: Path, warehouse: Warehouse, session: Session, key: bytes
 ) -> None:

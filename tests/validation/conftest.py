@@ -85,10 +85,19 @@ CLEAN: dict[Form, dict[str, str | None]] = {
 }
 
 
+def _distinct(form: Form, i: int) -> dict[str, str]:
+    """What row `i` holds by default to be unique: its record id r1, r2, ...; an npr_counts row,
+    keyed by provider and year, the years 2024, 2023, ... (2000-2024 again after 25 rows)."""
+    if form is Form.NPR_COUNTS:
+        return {"year": str(2024 - (i - 1) % 25)}
+    return {"record_id": f"r{i}"}
+
+
 def raw_table(form: Form, rows: list[dict[str, Any]]) -> pa.Table:
-    """A raw table of the form's columns (all `pa.string()`), record ids r1, r2, ... by default."""
+    """A raw table of the form's columns (all `pa.string()`), of distinct rows by default (record
+    ids r1, r2, ...; npr_counts: years 2024, 2023, ...)."""
     names = list(FORMS[form].column_names)
-    filled = [{"record_id": f"r{i}", **CLEAN[form], **row} for i, row in enumerate(rows, start=1)]
+    filled = [{**CLEAN[form], **_distinct(form, i), **row} for i, row in enumerate(rows, start=1)]
     return pa.table(
         {name: pa.array([row.get(name) for row in filled], pa.string()) for name in names}
     )

@@ -82,6 +82,14 @@ def test_cli_accepts_a_generated_file_and_rejects_a_reject_file(
         assert rejected.exit_code == 1, fatal
         assert f"Rejected: {fatal}: " in rejected.output
 
+    npr = CliRunner().invoke(
+        app,
+        ["validate", str(register / "rejects" / "provider_year.unique.csv"), "--form",
+         "npr_counts"],
+    )  # fmt: skip
+    assert npr.exit_code == 1
+    assert "Rejected: provider_year.unique: 2 of 8 rows failed" in npr.output
+
     refused = CliRunner().invoke(
         app, ["validate", str(register / "rejects" / "unknown_column.csv"), "--form", "basis"]
     )

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from schemas.forms import FORMS, Form
 from schemas.parsing import normalise
-from tests.validation.conftest import CLEAN, KNOWN, TODAY, raw_table
+from tests.validation.conftest import CLEAN, KNOWN, OTHER_PROVIDER, TODAY, raw_table
 from validation import CheckResult, ValidationResult, validate_extract
 from validation.run import run_checks
 from validation.suites import Check, suite_checks
@@ -54,7 +54,9 @@ def _violation(form: Form, check_id: str) -> list[dict[str, Any]]:
     column, kind = check_id.rsplit(".", 1)
     clean: dict[str, Any] = {}
     if kind == "unique":
-        return [{}, {"record_id": "bad"}, {"record_id": "bad"}]
+        # record_id.unique; npr_counts: two rows of one provider and year (the provider of all).
+        twice = {"year": "2010"} if form is Form.NPR_COUNTS else {}
+        return [{}, {"record_id": "bad", **twice}, {"record_id": "bad", **twice}]
     if kind == "completeness":
         # Tolerated 50 % missing: 2 of 3 rows empty fails.
         return [{}, {"record_id": "bad1", column: None}, {"record_id": "bad2", column: None}]
@@ -177,6 +179,34 @@ def test_an_optout_is_not_refused_for_a_provider_outside_the_register_list() -> 
     ]
     for form in (Form.BASIS, Form.NPR_COUNTS):
         assert "provider_orgnr.known" in _check_ids(form)
+
+
+def test_a_provider_and_year_twice_in_an_npr_counts_file_rejects_it() -> None:
+    # The table's key (etl.warehouse.MERGE_KEYS): two rows would both be stored and a later
+    # correction would supersede both, doubling the coverage denominator.
+    rows = [
+        {"year": "2021", "episodes": "10"},
+        {"year": "2021", "episodes": "12"},
+        {"year": "+2021", "provider_orgnr": OTHER_PROVIDER},  # another provider's 2021
+        {"year": "2022"},
+        {"year": "+2022"},  # the same year, written otherwise
+        {"year": None},
+        {"year": None},  # no year: year.required, not a repeat
+    ]
+    result = _validate(Form.NPR_COUNTS, rows)
+    assert result.rejected
+    assert "provider_year.unique: 4 of 7 rows failed (tolerated 0 %)" in result.rejection_reasons
+    check = _by_id(result)["provider_year.unique"]
+    assert (check.status, check.severity, check.failing_count) == ("failed", "fatal", 4)
+    assert not _validate(Form.NPR_COUNTS, [rows[0], rows[2], rows[3]]).rejected
+
+
+def test_the_npr_counts_file_key_is_the_warehouse_merge_key() -> None:
+    from etl.warehouse import MERGE_KEYS
+    from validation.suites import FILE_KEYS
+
+    assert FILE_KEYS[Form.NPR_COUNTS][1] == MERGE_KEYS[Form.NPR_COUNTS]
+    assert all(MERGE_KEYS[form] == ("record_id",) for form in MERGE_KEYS if form not in FILE_KEYS)
 
 
 def test_unknown_and_missing_columns_reject_the_file() -> None:
