@@ -114,7 +114,11 @@ from schemas.organisations import Hierarchy
 
 THRESHOLD: Final = DEFAULT_THRESHOLD
 # Beyond this many inner cells the LP audit of secondary suppression gets slow and the table is
-# mostly small cells anyway: the researcher is asked to filter or drop a dimension.
+# mostly small cells anyway: the researcher is asked to filter or drop a dimension. Counted over
+# the protected table (`protected_dimensions`: mutual_end brings end_reason; RHF × provider
+# counts as the providers). Near the limit on sparse data the first answer takes tens of seconds
+# (provider × age_group × end_reason over 300 episodes: ~28 s, the whole table audited at once;
+# ~12 s before the RHF level), later ones read the protected table kept with the view.
 MAX_CELLS: Final = 2000
 NO_DISCHARGE: Final = "none"
 # The canonical order of dimensions in a computed table (the order of the API's list).
