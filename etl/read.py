@@ -45,13 +45,40 @@ _DELIMITERS: Final = (";", ",")
 _NOT_WHITESPACE: Final = re.compile(rb"[^ \t\n\r\x0b\x0c]")
 # Bytes that Windows-1252 leaves undefined: a file with them is not cp1252 (nor UTF-8).
 _CP1252_UNDEFINED: Final = re.compile(rb"[\x81\x8d\x8f\x90\x9d]")
-# A well-formed UTF-8 multibyte sequence (RFC 3629, table 3-7 of the Unicode standard). In a file
-# that is not valid UTF-8 as a whole, one of these means two encodings were mixed.
-_UTF8_MULTIBYTE: Final = re.compile(
-    rb"[\xc2-\xdf][\x80-\xbf]"
-    rb"|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]"
-    rb"|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2}"
+# The non-ASCII characters a Norwegian or Sami extract plausibly holds: Latin-1 (æøå, é, á, the
+# no-break space, °), the Sami letters beyond it (North Č č Đ đ Ŋ ŋ Š š Ŧ ŧ Ž ž, Lule Ń ń, Skolt
+# Ǥ ǥ Ǧ ǧ Ǩ ǩ Ǯ ǯ Ʒ ʒ), combining diacritics (decomposed letters, as some exports write them), and
+# punctuation (dashes, quotes, …, €, ™). See `_decode`.
+_SAMI_LETTERS: Final = "ČčĐđŊŋŃńŠšŦŧŽžǤǥǦǧǨǩǮǯƷʒ"
+PLAUSIBLE_CHARACTERS: Final = frozenset(
+    [chr(code) for code in range(0xA0, 0x100)]
+    + list(_SAMI_LETTERS)
+    + [chr(code) for code in range(0x300, 0x370)]
+    + [chr(code) for code in range(0x2000, 0x2070)]
+    + ["€", "™"]
 )
+_ASCII: Final = bytes(range(0x80))
+
+
+def _utf8_of(characters: frozenset[str]) -> re.Pattern[bytes]:
+    """A bytes pattern of these characters' UTF-8 encodings (alternatives grouped by all but the
+    last byte)."""
+    last_bytes: dict[bytes, list[int]] = {}
+    for character in characters:
+        encoded = character.encode("utf-8")
+        last_bytes.setdefault(encoded[:-1], []).append(encoded[-1])
+    return re.compile(
+        b"|".join(
+            re.escape(prefix) + b"[" + b"".join(re.escape(bytes([b])) for b in sorted(ends)) + b"]"
+            for prefix, ends in sorted(last_bytes.items())
+        )
+    )
+
+
+# In a file that is not valid UTF-8 as a whole, one of these sequences means two encodings were
+# mixed (in Windows-1252 each reads as 'Ã' or 'Â' and a sign, a non-Norwegian letter and a
+# sign, 'â€' and a sign...).
+_UTF8_EVIDENCE: Final = _utf8_of(PLAUSIBLE_CHARACTERS)
 # A header cell is echoed in a message only when it is a column of some form in the data dictionary:
 # in a file without its header row the first record's values stand in the header, and a letters-only
 # pseudonym or name looks just like a column name.
@@ -145,7 +172,26 @@ def _form_of(names: Sequence[str], *, exclude: Form) -> Form | None:
 
 
 def _decode(data: bytes) -> bytes:
-    """The file's bytes as UTF-8 (without BOM): strict UTF-8 first, then Windows-1252."""
+    """The file's bytes as UTF-8 (without BOM): UTF-8 or Windows-1252, by which one reads as a
+    Norwegian or Sami text (`PLAUSIBLE_CHARACTERS`).
+
+    - ASCII, or valid UTF-8 whose characters are all plausible: UTF-8 (its Sami letters too).
+    - Not valid UTF-8: Windows-1252, unless a well-formed UTF-8 sequence of a plausible character
+      is in it (UTF-8 æøå beside Windows-1252 bytes: refused as mixed) or a byte that Windows-1252
+      leaves undefined (refused). A Windows-1252 capital letter followed by a byte 0x80-0xBF (an
+      en dash, a curly quote, the no-break space, °) is well-formed UTF-8 too, but not of a
+      plausible character ('Ø–' would be U+0616): no evidence.
+    - Valid UTF-8 with a character that is not plausible: refused as mixed when plausible
+      characters are in it too ('Blåbær' in UTF-8 beside 'Ø–' in Windows-1252, which reads as
+      U+0616: either reading would store something false); else Windows-1252 when every byte is
+      defined there ('Ø–' alone in a file: valid UTF-8 by accident); else UTF-8 (a script that
+      Windows-1252 cannot have written).
+    What stays ambiguous: 'Å' followed by ƒ „ Š ‹ ¡ ¦ § ½ ¾ or the no-break space, 'Æ' by '·'
+    (and a few pairs of a letter that is not Norwegian, Ä Ç Ê, and a sign) are the UTF-8 of Sami
+    letters (Ń ń Ŋ ŋ š Ŧ ŧ Ž ž Š, Ʒ): in a file that is not UTF-8 they count as UTF-8 (the file is
+    refused as mixed: saying so rather than guessing), in a file that is valid UTF-8 they are
+    read as the Sami letters.
+    """
     if data.startswith(_UTF8_BOM):
         data = data[len(_UTF8_BOM) :]
     if b"\x00" in data:
@@ -159,21 +205,42 @@ def _decode(data: bytes) -> bytes:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        if _UTF8_MULTIBYTE.search(data):
-            raise RejectedInput(
-                f"Mixed or undecodable encoding: UTF-8 and other bytes mixed (first bad byte on "
-                f"line {line}); send UTF-8 or Windows-1252"
-            ) from None
-        undefined = _CP1252_UNDEFINED.search(data)
-        if undefined is not None:
-            line = data.count(b"\n", 0, undefined.start()) + 1
-            raise RejectedInput(
-                f"Mixed or undecodable encoding: a byte undefined in Windows-1252 on line {line}; "
-                "send UTF-8 or Windows-1252"
-            ) from None
+        return _windows_1252(data, data.count(b"\n", 0, error.start) + 1)
+    # Valid UTF-8 stays valid without its ASCII bytes (never part of a multibyte character): the
+    # set of its other characters costs a decode of those alone (1M basis rows: 0.1 s).
+    characters = set(data.translate(None, _ASCII).decode("utf-8"))
+    odd = characters - PLAUSIBLE_CHARACTERS
+    if not odd:
+        return data
+    if characters & PLAUSIBLE_CHARACTERS:
+        text = data.decode("utf-8")
+        first = re.search("[" + "".join(map(re.escape, sorted(odd))) + "]", text)
+        assert first is not None
+        raise RejectedInput(_mixed(text.count("\n", 0, first.start()) + 1))
+    if _CP1252_UNDEFINED.search(data) is None:
         return data.decode("cp1252").encode("utf-8")
     return data
+
+
+def _mixed(line: int) -> str:
+    return (
+        f"Mixed or undecodable encoding: UTF-8 and other bytes mixed (first bad byte on line "
+        f"{line}); send UTF-8 or Windows-1252"
+    )
+
+
+def _windows_1252(data: bytes, first_bad_line: int) -> bytes:
+    """A file that is not valid UTF-8, as UTF-8 from Windows-1252 (see `_decode`)."""
+    if _UTF8_EVIDENCE.search(data):
+        raise RejectedInput(_mixed(first_bad_line))
+    undefined = _CP1252_UNDEFINED.search(data)
+    if undefined is not None:
+        line = data.count(b"\n", 0, undefined.start()) + 1
+        raise RejectedInput(
+            f"Mixed or undecodable encoding: a byte undefined in Windows-1252 on line {line}; "
+            "send UTF-8 or Windows-1252"
+        )
+    return data.decode("cp1252").encode("utf-8")
 
 
 def _detect_delimiter(header: str) -> tuple[str, list[str]]:

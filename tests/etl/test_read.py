@@ -13,6 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import etl.read
 from etl.privacy import find_identity_numbers, guard, is_identity_number
@@ -589,3 +591,98 @@ def test_ten_digit_text_is_not_padded(tmp_path: Path) -> None:
     )
     pq.write_table(table, tmp_path / "o.parquet")
     assert find_identity_numbers(read_extract(tmp_path / "o.parquet", Form.OPTOUT)) == {}
+
+
+# --- Windows-1252 or UTF-8 (`_decode`) -----------------------------------------------------------
+
+# Norwegian text and the Windows-1252 signs an export holds (en and em dash, curly quotes, the
+# no-break space, °, €, …, •, « »). Left out: the signs that after 'Å' or 'Æ' are the UTF-8 of a
+# Sami letter (ƒ „ Š ‹ ¡ ¦ § ½ ¾ ·; see `_decode`).
+_NORWEGIAN = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .-/æøåÆØÅéÉáÁüö"
+_SIGNS = "–—‘’“”\xa0°€…•«»"
+_TEXTS = st.text(alphabet=_NORWEGIAN + _SIGNS, min_size=1, max_size=30).filter(
+    lambda text: "Å\xa0" not in text  # the UTF-8 of Š: ambiguous (see `_decode`)
+)
+
+
+def _file(*values: bytes) -> bytes:
+    header = b"record_id;unit_code;clinical_study_id"
+    return header + b"\r\n" + b"r1;" + b";".join(values) + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    "unit", ["Avd. Ø–2", "Æ°", "Å–1", "Ø”3", "Æ\xa0Ø\xa0x", "Ø‘x’", "ÅÆØ—æøå", "Å’"]
+)
+@pytest.mark.parametrize("study", ["Blåbær", "", "S-1"])
+def test_cp1252_capital_letter_before_a_sign_is_cp1252(
+    tmp_path: Path, unit: str, study: str
+) -> None:
+    # Windows-1252 'Ø–' is D8 96, well-formed UTF-8 (U+0616), but no letter of a Norwegian file:
+    # neither proof of mixing (beside 'Blåbær') nor, alone, a reason to read the file as UTF-8.
+    text = csv_text([basis_row(unit_code=unit, clinical_study_id=study)])
+    raw = read_extract(write(tmp_path, "b.csv", text, "cp1252"), Form.BASIS)
+    assert raw.column("unit_code").to_pylist() == [unit.strip()]
+    assert raw.column("clinical_study_id").to_pylist() == [study or None]
+
+
+def test_the_reviewers_cp1252_files_are_read_as_written(tmp_path: Path) -> None:
+    mixed = csv_text([basis_row(unit_code="Avd. Ø–2", clinical_study_id="Blåbær")])
+    silent = csv_text([basis_row(unit_code="Avd. Ø–2")])
+    assert silent.encode("cp1252").decode("utf-8")  # valid UTF-8 by accident
+    for name, text in (("mixed.csv", mixed), ("silent.csv", silent)):
+        raw = read_extract(write(tmp_path, name, text, "cp1252"), Form.BASIS)
+        assert raw.column("unit_code").to_pylist() == ["Avd. Ø–2"]
+
+
+def test_utf8_letters_beside_a_cp1252_sign_pair_are_mixed(tmp_path: Path) -> None:
+    # Valid UTF-8 as a whole: UTF-8 'Blåbær', then Windows-1252 'Ø–' (U+0616 in UTF-8).
+    text = csv_text([basis_row(clinical_study_id="Blåbær"), basis_row(record_id="r2")])
+    data = text.encode("utf-8") + b"r3;" + "Ø–".encode("cp1252") + b"\r\n"
+    data.decode("utf-8")
+    assert "UTF-8 and other bytes mixed (first bad byte on line 4)" in rejected(
+        write(tmp_path, "b.csv", data)
+    )
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [
+        "Kárášjohka Sámi klinihkka",  # North Sami
+        "Ŋŋ Čč Đđ Ŧŧ Žž Ńń Ǩǩ",  # Sami letters beyond Latin-1
+        "Ålesund",
+        "A\u030alesund o\u0308st",  # decomposed (combining ring above, diaeresis)
+        "Avd. 2 – “Øst” … € ™ •",
+    ],
+)
+def test_utf8_of_norwegian_and_sami_text_stays_utf8(tmp_path: Path, unit: str) -> None:
+    raw = read_extract(write(tmp_path, "b.csv", csv_text([basis_row(unit_code=unit)])), Form.BASIS)
+    assert raw.column("unit_code").to_pylist() == [unit]
+
+
+def test_utf8_that_windows_1252_cannot_have_written_stays_utf8(tmp_path: Path) -> None:
+    # Cyrillic Н is D0 9D; 0x9D is undefined in Windows-1252.
+    unit = "Нина"
+    raw = read_extract(write(tmp_path, "b.csv", csv_text([basis_row(unit_code=unit)])), Form.BASIS)
+    assert raw.column("unit_code").to_pylist() == [unit]
+
+
+@settings(max_examples=300, deadline=None)
+@given(unit=_TEXTS, study=_TEXTS)
+def test_norwegian_text_reads_the_same_from_either_encoding(unit: str, study: str) -> None:
+    for encoding in ("utf-8", "cp1252"):
+        data = _file(unit.encode(encoding), study.encode(encoding))
+        assert etl.read._decode(data) == _file(unit.encode(), study.encode()), encoding
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    letters=_TEXTS.filter(lambda text: any(c in "æøåÆØÅ" for c in text)),
+    other=_TEXTS.filter(lambda text: not text.isascii()),
+)
+def test_utf8_norwegian_letters_beside_cp1252_text_are_refused(letters: str, other: str) -> None:
+    for data in (
+        _file(letters.encode("utf-8"), other.encode("cp1252")),
+        _file(other.encode("cp1252"), letters.encode("utf-8")),
+    ):
+        with pytest.raises(RejectedInput, match="UTF-8 and other bytes mixed"):
+            etl.read._decode(data)
