@@ -584,6 +584,9 @@ def _suppress_linked(
         n_parent, n_child = c.shape[0] - 1, c.shape[1] - 1
         for child, parent in enumerate(parents):
             forbidden[[i for i in range(n_parent) if i != parent], child] = True
+        # A parent without children (none in this table's categories): its subtotals are sums
+        # of structural zeros, so they are structural zeros too.
+        forbidden[[p for p in range(n_parent) if p not in parents]] = True
         if np.any(c[forbidden] != 0):
             raise RuntimeError("a child category counted outside its parent")
         mask = np.zeros(c.shape, dtype=np.bool_)

@@ -353,3 +353,18 @@ class TestProtectNested:
         # A child's cell under its parent and under all parents: the same records.
         for child, parent in enumerate(parents):
             assert np.array_equal(mask[parent, child], mask[-1, child])
+
+    def test_a_parent_without_children_is_a_structural_zero(self) -> None:
+        # Parent 2 has no child in the table: its subtotals are sums of structural zeros, known
+        # to be 0. Suppression once hid them and then found them exactly recoverable, with no
+        # partner left to hide: an error instead of an answer.
+        parents = [0, 1, 0]
+        inner = np.zeros((3, len(parents), 3), dtype=np.int64)
+        inner[0, 0] = [8, 0, 4]
+        inner[1, 1] = [3, 0, 0]
+        inner[0, 2] = [0, 0, 7]
+        counts = with_margins(inner)
+        keys = np.zeros(counts.shape, dtype=np.int64)
+        _, mask = protect(MeasureTable(counts, keys), nested=(0, 1, parents))
+        assert not mask[2].any()  # never hidden: the attacker knows it is all zeros
+        assert audit_suppression(counts, mask, THRESHOLD) == []
