@@ -36,40 +36,6 @@ suppression, and "all providers but X" minus "all providers but X and the target
 question anyone can ask. (Before, a filter changed which records a cell counted, so each
 filtered population got its own noise: averaging the differences over many X cancelled it.)
 
-Tables that share records are one table. A measure that is another measure's records in one
-category of a dimension is answered as that slice of the other measure's table (`SLICES`):
-mutual_end (the episodes with end reason 1) by D is the end-reason-1 cells of episodes by
-D ∪ {end_reason}, with that table's suppression, and its cells under other end reasons are
-structural zeros (0, never suppressed). Before, each measure's table was suppressed on its own:
-one answer could hide episodes (P, end reason 1) as the partner of a small (P, end reason 2) and
-show mutual_end (P), the same records and so the same value, and the row total then gave the
-small cell away. A provider lies in one RHF: a table with providers is computed and protected
-as [rhf, provider, ...] (`protected_dimensions`), the RHF subtotals margins the audit sees and
-the other RHF × provider combinations structural zeros (public, so never suppressed and
-constants in the audit, `_suppress_nested`); a [provider] answer shows the all-RHF cells of
-that table. Before, the [provider] table chose its partners across the nation and the [rhf]
-table showed every RHF total: an RHF total minus its shown providers gave a hidden one.
-A measure that is a subset no dimension names (followup_arranged of episodes, study of
-patients: `LINKED`) is protected after the other measure's table over the same dimensions: a
-cell whose every record meets the condition holds the same records as the other's cell, and
-takes its suppression (hidden there, hidden here; shown there, known here). Before, with
-end_reason as a dimension, follow-up arranged after every mutual end made followup_arranged
-(P, 1) show the episodes cell that hid a small (P, 2).
-
-What remains, by design or for later:
-- Tables over different sets of dimensions are protected each on its own: a margin they share
-  (a provider's total in [provider] and in [provider, end_reason], an RHF total in [rhf] and in
-  [rhf, provider]) can be shown by one and hidden by the other, and then only the perturbation
-  layer (independent ±2 noise on every cell) stands between the two, not the LP audit. Between
-  measures, the audit sees equal cells (slices, `LINKED`) but not inequalities: a subset's
-  shown cell is a lower bound of the other measure's hidden cell, and patients and episodes
-  of the same patients are protected each on its own.
-- Comparing two releases shows which cells new records fell into: the salt is the same for every
-  release (so that the noise cannot be averaged away over releases), and a cell whose true
-  count changes moves its published value and perhaps its suppression (a cell going from 0 to
-  suppressed says that one to four records arrived there). Releases should add many records at
-  a time, not a few.
-
 Categories of a dimension are fixed by the code lists and the organisation hierarchy (and the
 release's years), not by the data, so the shape of an answer does not reveal that a rare
 category exists.
@@ -77,9 +43,7 @@ category exists.
 Computation (not semantics): a release's episodes, with each patient's record key computed once,
 are kept in memory as an `EpisodeView` while the release's files stand (never on disk), and
 episode measures are summed per combination of the columns a query reads before the CUBE. The
-counts and key sums are the same as over the rows one by one. A protected table is computed once
-per view and kept with it (`protected_tables`): every later query that needs it, filtered or
-not, only picks cells.
+counts and key sums are the same as over the rows one by one.
 """
 
 import hashlib
@@ -89,7 +53,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, get_args
 
 import duckdb
@@ -101,7 +65,6 @@ from indicators.disclosure import (
     DEFAULT_PTABLE,
     DEFAULT_THRESHOLD,
     PerturbationTable,
-    feasible_ranges,
     perturb,
     suppress_table,
 )
@@ -114,11 +77,7 @@ from schemas.organisations import Hierarchy
 
 THRESHOLD: Final = DEFAULT_THRESHOLD
 # Beyond this many inner cells the LP audit of secondary suppression gets slow and the table is
-# mostly small cells anyway: the researcher is asked to filter or drop a dimension. Counted over
-# the protected table (`protected_dimensions`: mutual_end brings end_reason; RHF × provider
-# counts as the providers). Near the limit on sparse data the first answer takes tens of seconds
-# (provider × age_group × end_reason over 300 episodes: ~28 s, the whole table audited at once;
-# ~12 s before the RHF level), later ones read the protected table kept with the view.
+# mostly small cells anyway: the researcher is asked to filter or drop a dimension.
 MAX_CELLS: Final = 2000
 NO_DISCHARGE: Final = "none"
 # The canonical order of dimensions in a computed table (the order of the API's list).
@@ -228,8 +187,6 @@ class EpisodeView:
 
     connection: duckdb.DuckDBPyConnection
     signature: tuple[tuple[str, int, int], ...]
-    # Its protected tables by (dimensions, measure): `protected_tables`.
-    tables: dict[tuple[tuple[str, ...], str], "ProtectedTable"] = field(default_factory=dict)
 
 
 # Releases whose views are kept (the latest and the one before, typically): about 35 bytes per
@@ -384,8 +341,19 @@ def canonical_dimensions(dimensions: Iterable[str]) -> list[str]:
     return sorted(dimensions, key=DIMENSION_ORDER.index)
 
 
-def _check_request(request: AggregateCreate) -> list[str]:
-    """The requested dimensions, after the checks every query passes (duplicates, filters)."""
+def compute_tables(
+    manifest: ReleaseManifest,
+    request: AggregateCreate,
+    *,
+    salt: str,
+    hierarchy: Hierarchy,
+) -> tuple[list[list[str]], dict[str, MeasureTable]]:
+    """The true counts and cell keys of every requested measure, over every cell and margin.
+
+    Over the release's full population and every category, in the canonical dimension order
+    (`canonical_dimensions`): filters select cells of this table afterwards (`aggregate`), they
+    never change what it counts.
+    """
     requested: list[str] = [str(d) for d in request.dimensions]
     if len(set(requested)) != len(requested):
         raise RejectedInput("a dimension may appear only once")
@@ -394,42 +362,27 @@ def _check_request(request: AggregateCreate) -> list[str]:
             raise RejectedInput(
                 f"filters.{dimension}: a filter may only name one of the requested dimensions"
             )
-    return requested
-
-
-def _years(view: EpisodeView) -> list[str]:
-    connection = view.connection.cursor()
-    try:
-        rows = connection.execute("SELECT DISTINCT year AS y FROM episode ORDER BY y").fetchall()
-    finally:
-        connection.close()
-    return [str(row[0]) for row in rows]
-
-
-def _check_size(axes: list[list[str]], dimensions: list[str]) -> None:
-    """Refuse a table whose audit would be too slow (MAX_CELLS inner cells).
-
-    RHF × provider counts as the providers alone: a provider lies in one RHF, the other
-    combinations are structural zeros, never suppressed and constants in the audit.
-    """
-    sizes = [
-        1 if d == "rhf" and "provider" in dimensions else len(a)
-        for d, a in zip(dimensions, axes, strict=True)
-    ]
-    if int(np.prod(sizes)) > MAX_CELLS:
-        raise RejectedInput(
-            f"the table ({' × '.join(dimensions)}) would have more than {MAX_CELLS} cells: "
-            "drop a dimension"
-        )
-
-
-def _cube(
-    view: EpisodeView, dimensions: list[str], axes: list[list[str]], measures: list[str]
-) -> dict[str, MeasureTable]:
-    """True counts and cell keys of `measures` over every cell and margin of `dimensions`."""
+    dimensions = canonical_dimensions(requested)
+    measures: list[str] = list(dict.fromkeys(str(m) for m in request.measures))
+    needs_discharge = "end_reason" in dimensions
+    needs_discharge = needs_discharge or any(MEASURES[m].needs_discharge for m in measures)
+    if needs_discharge and "discharge" not in manifest.tables:
+        raise RejectedInput(f"release {manifest.release} has no discharge table")
+    view = episode_view(manifest, salt=salt, hierarchy=hierarchy)
     # A cursor per query: the view's connection is shared by concurrent requests.
     connection = view.connection.cursor()
     try:
+        years = [
+            str(row[0])
+            for row in connection.execute(
+                "SELECT DISTINCT year AS y FROM episode ORDER BY y"
+            ).fetchall()
+        ]
+        axes = [categories(d, hierarchy=hierarchy, years=years) for d in dimensions]
+        if int(np.prod([len(a) for a in axes])) > MAX_CELLS:
+            raise RejectedInput(
+                f"the table would have more than {MAX_CELLS} cells: drop a dimension"
+            )
         selects = [f"{DIMENSION_SQL[d]} AS dim{i}" for i, d in enumerate(dimensions)]
         group_columns = ", ".join(f"dim{i}" for i in range(len(dimensions)))
         if all(MEASURES[m].unit == "episode" for m in measures):
@@ -490,192 +443,22 @@ def _cube(
             key = int(row[d + 2 + 2 * i] or 0) % CELL_KEY_MODULUS
             tables[name].counts[tuple(cell)] = count
             tables[name].keys[tuple(cell)] = key
-    return tables
-
-
-def _needs_discharge(dimensions: Iterable[str], measures: Iterable[str]) -> bool:
-    return "end_reason" in dimensions or any(MEASURES[m].needs_discharge for m in measures)
-
-
-def compute_tables(
-    manifest: ReleaseManifest,
-    request: AggregateCreate,
-    *,
-    salt: str,
-    hierarchy: Hierarchy,
-) -> tuple[list[list[str]], dict[str, MeasureTable]]:
-    """The true counts and cell keys of every requested measure, over every cell and margin.
-
-    Exactly the requested dimensions, in the canonical order (`canonical_dimensions`), over the
-    release's full population and every category. The answer's protected tables may be larger
-    (`protected_dimensions`); these are the raw counts, for checks and tools.
-    """
-    dimensions = canonical_dimensions(_check_request(request))
-    measures: list[str] = list(dict.fromkeys(str(m) for m in request.measures))
-    if _needs_discharge(dimensions, measures) and "discharge" not in manifest.tables:
-        raise RejectedInput(f"release {manifest.release} has no discharge table")
-    view = episode_view(manifest, salt=salt, hierarchy=hierarchy)
-    years = _years(view)
-    axes = [categories(d, hierarchy=hierarchy, years=years) for d in dimensions]
-    _check_size(axes, dimensions)
-    return axes, _cube(view, dimensions, axes, measures)
+    return axes, tables
 
 
 def protect(
-    table: MeasureTable,
-    *,
-    threshold: int = THRESHOLD,
-    ptable: PerturbationTable = PTABLE,
-    nested: tuple[int, int, list[int]] | None = None,
-    linked: tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]] | None = None,
+    table: MeasureTable, *, threshold: int = THRESHOLD, ptable: PerturbationTable = PTABLE
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-    """Published values (perturbed) and the suppression mask of one measure's table.
-
-    `nested` = (parent axis, child axis, the parent category of each child category): the child
-    lies in one parent (a provider in one RHF), so every other combination is a structural zero
-    the attacker knows without being told. `linked` = (hidden, known): cells another answer
-    already hides (they must stay hidden) or shows (the attacker has them). Either way the
-    table is audited as a whole after the joining (`_suppress_linked`).
-    """
-    counts = _additive(table.counts)
+    """Published values (perturbed) and the suppression mask of one measure's table."""
+    suppression = suppress_table(_additive(table.counts), threshold)
     # Distinct-patient margins can be small where the sum of their cells is not: suppress every
     # true count in 1..threshold−1 as well.
     small = (table.counts >= 1) & (table.counts < threshold)
-    mask: npt.NDArray[np.bool_]
-    if nested is None and linked is None:
-        mask = suppress_table(counts, threshold).mask | small
-    else:
-        mask = _suppress_linked(counts, small, nested, linked, threshold)
+    mask: npt.NDArray[np.bool_] = suppression.mask | small
     published = np.zeros(table.counts.shape, dtype=np.int64)
     for cell in itertools.product(*(range(n) for n in table.counts.shape)):
         published[cell] = perturb(int(table.counts[cell]), int(table.keys[cell]), ptable)
     return published, mask
-
-
-def _suppress_linked(
-    counts: npt.NDArray[np.int64],
-    small: npt.NDArray[np.bool_],
-    nested: tuple[int, int, list[int]] | None,
-    linked: tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]] | None,
-    threshold: int,
-) -> npt.NDArray[np.bool_]:
-    """Suppression of a table with known cells, audited as a whole.
-
-    Nested axes (RHF ⊃ provider): the table holds every (parent, child) combination; those of
-    a child outside its parent are structural zeros: public knowledge, so they are never
-    suppressed and the LP audit keeps them as the constants 0 they are. The parent level (the
-    table over the parent axis, with the child axis summed) and each parent's block of children
-    (its margin the parent's subtotals) are suppressed on their own (`suppress_table`: the
-    blocks are small, the full cross product would make its search slow), their masks joined,
-    and a child's cell and its all-parents copy (the same records) kept alike. Linked cells
-    (`protect`) are hidden or shown as another answer has them. Then the LP audit of the whole
-    table, with every equation the attacker has (children sum to their parent's subtotal,
-    parents to the total), adds a partner for each remaining violation until it passes; a
-    partner is never a cell the attacker knows anyway.
-    """
-    source: tuple[int, ...] = (nested[0], nested[1]) if nested is not None else ()
-    target: tuple[int, ...] = (0, 1) if nested is not None else ()
-    c = np.moveaxis(counts, source, target)
-    forbidden = np.zeros(c.shape, dtype=np.bool_)
-    parents: list[int] = []
-    n_parent = n_child = 0
-    if nested is not None:
-        parents = nested[2]
-        n_parent, n_child = c.shape[0] - 1, c.shape[1] - 1
-        for child, parent in enumerate(parents):
-            forbidden[[i for i in range(n_parent) if i != parent], child] = True
-        # A parent without children (none in this table's categories): its subtotals are sums
-        # of structural zeros, so they are structural zeros too.
-        forbidden[[p for p in range(n_parent) if p not in parents]] = True
-        if np.any(c[forbidden] != 0):
-            raise RuntimeError("a child category counted outside its parent")
-        mask = np.zeros(c.shape, dtype=np.bool_)
-        mask[:, n_child] = suppress_table(c[:, n_child], threshold).mask
-        for parent in range(n_parent):
-            rows = [child for child, p in enumerate(parents) if p == parent]
-            if rows:
-                rows.append(n_child)
-                mask[parent, rows] |= suppress_table(c[parent, rows], threshold).mask
-    else:
-        mask = suppress_table(c, threshold).mask.copy()
-    mask |= np.moveaxis(small, source, target)
-    if linked is not None:
-        hidden, known = (np.moveaxis(m, source, target) for m in linked)
-        mask = (mask | hidden) & ~known
-        forbidden |= known
-
-    def suppress(cell: tuple[int, ...]) -> None:
-        mask[cell] = True
-        # A child's cell under its parent and under "all parents" are the same records.
-        if nested is not None and cell[1] < n_child:
-            mask[(parents[cell[1]], *cell[1:])] = True
-            mask[(n_parent, *cell[1:])] = True
-
-    def own(cell: tuple[int, ...]) -> tuple[int, ...]:
-        # The cell as audited: a child's all-parents copy has its parent cell's range.
-        if nested is not None and cell[0] == n_parent and cell[1] < n_child:
-            return (parents[cell[1]], *cell[1:])
-        return cell
-
-    for cell in map(tuple, np.argwhere(mask)):
-        suppress(cell)
-    # Hiding one more cell only widens every range (a published constant becomes a variable of
-    # the same equations), so after the first audit only the offending cells and the newly
-    # hidden ones need a second look.
-    pending = {own(tuple(int(i) for i in cell)) for cell in np.argwhere(mask)}
-    while violations := _violations(c, mask, pending, threshold):
-        partners = {_partner(c, mask, forbidden, cell) for cell in violations}
-        for partner in partners:
-            suppress(partner)
-        pending = set(violations) | {own(p) for p in partners}
-    return np.moveaxis(mask, target, source)
-
-
-def _violations(
-    counts: npt.NDArray[np.int64],
-    mask: npt.NDArray[np.bool_],
-    cells: set[tuple[int, ...]],
-    threshold: int,
-) -> list[tuple[int, ...]]:
-    """The suppressed `cells` the audit rejects (`indicators.disclosure.audit_suppression`'s
-    rules): a primary cell narrower than the threshold, a secondary one recoverable exactly."""
-    bad = []
-    for cell, (lower, upper) in feasible_ranges(counts, mask, sorted(cells)).items():
-        small = 1 <= counts[cell] < threshold
-        if upper - lower <= 0 or (small and upper - lower < threshold):
-            bad.append(cell)
-    return bad
-
-
-def _partner(
-    counts: npt.NDArray[np.int64],
-    mask: npt.NDArray[np.bool_],
-    forbidden: npt.NDArray[np.bool_],
-    cell: tuple[int, ...],
-) -> tuple[int, ...]:
-    """The cell to suppress next for a violation at `cell`: the smallest published non-zero cell
-    on a line through it, inner cells before margins; never one the attacker knows anyway (a
-    structural zero, a cell another answer shows)."""
-    shape = counts.shape
-    candidates: list[tuple[int, ...]] = []
-    for axis, size in enumerate(shape):
-        for i in range(size):
-            other = (*cell[:axis], i, *cell[axis + 1 :])
-            if not mask[other] and not forbidden[other]:
-                candidates.append(other)
-    if not candidates:
-        candidates = [tuple(int(i) for i in c) for c in np.argwhere(~mask & ~forbidden)]
-    if not candidates:  # pragma: no cover - a table with everything suppressed passes
-        raise RuntimeError("suppression did not converge")
-    return min(
-        candidates,
-        key=lambda c: (
-            int(counts[c]) == 0,
-            any(i == n - 1 for i, n in zip(c, shape, strict=True)),
-            int(counts[c]),
-            c,
-        ),
-    )
 
 
 def _additive(counts: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -689,95 +472,6 @@ def _additive(counts: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     return result
 
 
-# A measure that is another measure's records in one category of a dimension is answered as that
-# slice of the other measure's table: mutual_end = the episodes with end reason 1
-# (schemas.codes.END_REASON), so mutual_end by D = episodes by D ∪ {end_reason} at end reason 1.
-SLICES: Final[dict[str, tuple[str, str, str]]] = {"mutual_end": ("episodes", "end_reason", "1")}
-
-
-def protected_dimensions(dimensions: Iterable[str], measure: str) -> tuple[str, ...]:
-    """The dimensions of the fixed table that answers `measure` by `dimensions`.
-
-    A provider lies in one RHF: a table with providers is protected with the RHF level as well
-    (its subtotals are margins the audit sees). A slice measure (`SLICES`) takes its dimension.
-    """
-    wanted = set(dimensions)
-    if "provider" in wanted:
-        wanted.add("rhf")
-    if measure in SLICES:
-        wanted.add(SLICES[measure][1])
-    return tuple(canonical_dimensions(wanted))
-
-
-def base_measure(measure: str) -> str:
-    """The measure whose table answers `measure` (itself, or the measure it is a slice of)."""
-    return SLICES[measure][0] if measure in SLICES else measure
-
-
-# A measure counting a subset of another measure's records that no dimension names (a condition
-# on a discharge or basis variable) is protected after that measure's table over the same
-# dimensions: wherever every record of a cell meets the condition, the two cells are the same
-# records, and the subset's cell takes the other's suppression (hidden there: hidden here; shown
-# there: known to the attacker here, and no partner).
-LINKED: Final[dict[str, str]] = {"followup_arranged": "episodes", "study": "patients"}
-
-
-@dataclass(frozen=True)
-class ProtectedTable:
-    """One measure's fixed table over a set of dimensions: published values and suppression."""
-
-    dimensions: tuple[str, ...]
-    axes: list[list[str]]
-    values: npt.NDArray[np.int64]
-    mask: npt.NDArray[np.bool_]
-    counts: npt.NDArray[np.int64]  # the true counts (in memory with the view, never shown)
-
-
-def protected_tables(
-    view: EpisodeView,
-    wanted: Iterable[tuple[tuple[str, ...], str]],
-    *,
-    hierarchy: Hierarchy,
-    years: list[str],
-) -> dict[tuple[tuple[str, ...], str], ProtectedTable]:
-    """The protected tables (dimensions, measure), from the view's cache or computed once.
-
-    A table depends only on the release's data (the view), so it is kept with the view and
-    dropped with it. A `LINKED` measure's table needs its other measure's table first.
-    """
-    result: dict[tuple[tuple[str, ...], str], ProtectedTable] = {}
-    missing: dict[tuple[str, ...], list[str]] = {}
-    for dimensions, measure in dict.fromkeys(wanted):
-        for name in ([LINKED[measure]] if measure in LINKED else []) + [measure]:
-            cached = view.tables.get((dimensions, name))
-            if cached is not None:
-                result[(dimensions, name)] = cached
-            elif name not in missing.setdefault(dimensions, []):
-                missing[dimensions].append(name)
-    for dimensions, measures in missing.items():
-        axes = [categories(d, hierarchy=hierarchy, years=years) for d in dimensions]
-        _check_size(axes, list(dimensions))
-        nested: tuple[int, int, list[int]] | None = None
-        if "rhf" in dimensions and "provider" in dimensions:
-            rhfs, providers = axes[dimensions.index("rhf")], axes[dimensions.index("provider")]
-            parents = [rhfs.index(hierarchy.rhf_of(p).orgnr) for p in providers]
-            nested = (dimensions.index("rhf"), dimensions.index("provider"), parents)
-        tables = _cube(view, list(dimensions), axes, measures)
-        # The other measures before the linked ones.
-        for measure in sorted(tables, key=lambda m: m in LINKED):
-            table = tables[measure]
-            linked = None
-            if measure in LINKED:
-                other = result[(dimensions, LINKED[measure])]
-                same = (table.counts == other.counts) & (table.counts > 0)
-                linked = (same & other.mask, same & ~other.mask)
-            values, mask = protect(table, nested=nested, linked=linked)
-            protected = ProtectedTable(dimensions, axes, values, mask, table.counts)
-            view.tables[(dimensions, measure)] = protected
-            result[(dimensions, measure)] = protected
-    return result
-
-
 def aggregate(
     manifest: ReleaseManifest,
     request: AggregateCreate,
@@ -787,20 +481,21 @@ def aggregate(
 ) -> AggregatePublic:
     """The disclosure-controlled table of a researcher's query (see the module docstring).
 
-    Each measure is answered from its fixed protected table (`protected_dimensions`): the cells
-    of the requested dimensions (a provider's cell is its cell under all RHFs; a slice measure's
-    cell its category's cell, other categories of its dimension structural zeros); the filters
-    then pick the cells of their categories, and every margin shown is the full table's margin.
+    The full table of the query's dimensions is computed and protected; the filters then pick
+    the cells of their categories, and every margin shown is the full table's margin.
     """
-    dimensions = _check_request(request)
-    measures: list[str] = list(dict.fromkeys(str(m) for m in request.measures))
-    plans = {m: (protected_dimensions(dimensions, m), base_measure(m)) for m in measures}
-    needs_discharge = any(_needs_discharge(d, [m]) for d, m in plans.values())
-    if needs_discharge and "discharge" not in manifest.tables:
-        raise RejectedInput(f"release {manifest.release} has no discharge table")
-    view = episode_view(manifest, salt=cell_key_salt(pseudonym_key), hierarchy=hierarchy)
-    years = _years(view)
-    axes = [categories(d, hierarchy=hierarchy, years=years) for d in dimensions]
+    axes, tables = compute_tables(
+        manifest, request, salt=cell_key_salt(pseudonym_key), hierarchy=hierarchy
+    )
+    dimensions = [str(d) for d in request.dimensions]
+    canonical = canonical_dimensions(dimensions)
+    # From the canonical order (in which the table was protected) to the order asked for.
+    order = [canonical.index(d) for d in dimensions]
+    axes = [axes[i] for i in order]
+    protected: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]] = {}
+    for name, table in tables.items():
+        values, mask = protect(table)
+        protected[name] = (np.transpose(values, order), np.transpose(mask, order))
     selected: list[list[int]] = []
     for dimension, labels in zip(dimensions, axes, strict=True):
         kept = list(range(len(labels)))
@@ -810,47 +505,26 @@ def aggregate(
             if not kept:
                 raise RejectedInput(f"the filter on {dimension} leaves no category")
         selected.append([*kept, len(labels)])  # the full-population margin comes with them
-    tables = protected_tables(view, plans.values(), hierarchy=hierarchy, years=years)
     cells: list[AggregateCell] = []
     for cell in itertools.product(*selected):
-        values: dict[str, int | None] = {}
-        suppressed: dict[str, bool] = {}
-        for measure, plan in plans.items():
-            value, hidden = _answer_cell(tables[plan], measure, dimensions, cell)
-            values[measure], suppressed[measure] = value, hidden
         cells.append(
             AggregateCell(
                 dimensions={
                     name: axes[axis][cell[axis]] if cell[axis] < len(axes[axis]) else None
                     for axis, name in enumerate(dimensions)
                 },
-                values=values,
-                suppressed=suppressed,
+                values={
+                    name: None if mask[cell] else int(values[cell])
+                    for name, (values, mask) in protected.items()
+                },
+                suppressed={name: bool(mask[cell]) for name, (_, mask) in protected.items()},
             )
         )
     return AggregatePublic(
         release=manifest.release,
-        measures=measures,
+        measures=list(tables),
         dimensions=dimensions,
         threshold=THRESHOLD,
         method="cell-key perturbation (max ±2) + primary/secondary suppression (threshold 5)",
         cells=cells,
     )
-
-
-def _answer_cell(
-    table: ProtectedTable, measure: str, dimensions: list[str], cell: tuple[int, ...]
-) -> tuple[int | None, bool]:
-    """Published value (None when suppressed) and suppression of one requested cell."""
-    index: list[int] = []
-    for name, labels in zip(table.dimensions, table.axes, strict=True):
-        position = cell[dimensions.index(name)] if name in dimensions else len(labels)
-        if measure in SLICES and name == SLICES[measure][1]:
-            category = labels.index(SLICES[measure][2])
-            if position not in (category, len(labels)):
-                return 0, False  # a structural zero: no such record has another category
-            position = category
-        index.append(position)
-    if table.mask[tuple(index)]:
-        return None, True
-    return int(table.values[tuple(index)]), False
