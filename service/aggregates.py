@@ -95,6 +95,9 @@ PTABLE: Final = PerturbationTable(
 )
 
 
+MUTUAL_END: Final = 1  # the end_reason of mutual_end (schemas.codes.END_REASON)
+
+
 @dataclass(frozen=True)
 class MeasureSpec:
     unit: str  # episode | patient
@@ -106,7 +109,7 @@ MEASURES: Final[dict[str, MeasureSpec]] = {
     "episodes": MeasureSpec("episode", "TRUE"),
     "patients": MeasureSpec("patient", "TRUE"),
     # End reason 1 = mutual agreement (schemas.codes.END_REASON).
-    "mutual_end": MeasureSpec("episode", "d_end_reason = 1", needs_discharge=True),
+    "mutual_end": MeasureSpec("episode", f"d_end_reason = {MUTUAL_END}", needs_discharge=True),
     "followup_arranged": MeasureSpec("episode", "d_followup_arranged = 1", needs_discharge=True),
     "study": MeasureSpec("patient", "clinical_study_id IS NOT NULL"),
 }
@@ -364,6 +367,8 @@ def compute_tables(
             )
     dimensions = canonical_dimensions(requested)
     measures: list[str] = list(dict.fromkeys(str(m) for m in request.measures))
+    if _sliced(measures, dimensions):
+        measures.append("episodes")  # mutual_end is answered as its slice (`aggregate`)
     needs_discharge = "end_reason" in dimensions
     needs_discharge = needs_discharge or any(MEASURES[m].needs_discharge for m in measures)
     if needs_discharge and "discharge" not in manifest.tables:
@@ -472,6 +477,29 @@ def _additive(counts: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     return result
 
 
+def _sliced(measures: list[str], dimensions: list[str]) -> bool:
+    """Whether mutual_end is answered as a slice of the episodes table (`_mutual_end_slice`)."""
+    return "mutual_end" in measures and "end_reason" in dimensions
+
+
+def _mutual_end_slice(
+    episodes: tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]], dimensions: list[str]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """mutual_end over dimensions with end_reason, from the protected episodes table over the
+    same dimensions: its end-reason-1 cells are the episodes cells of end reason 1 (the same
+    records: the same cell key, the same published value) and so is its end-reason margin;
+    under every other end reason it is 0, shown. Protected on its own, the table showed the
+    end-reason-1 cell that the episodes table hid as the partner of a small cell, and the row
+    total gave the small cell away; as a slice it shows nothing the episodes table does not."""
+    axis = dimensions.index("end_reason")
+    mutual = sorted(END_REASON.values).index(MUTUAL_END)  # its position in `categories`
+    values, mask = np.moveaxis(episodes[0], axis, 0), np.moveaxis(episodes[1], axis, 0)
+    sliced_values, sliced_mask = np.zeros_like(values), np.zeros_like(mask)
+    for index in (mutual, len(values) - 1):  # end reason 1 and the end-reason margin
+        sliced_values[index], sliced_mask[index] = values[mutual], mask[mutual]
+    return np.moveaxis(sliced_values, 0, axis), np.moveaxis(sliced_mask, 0, axis)
+
+
 def aggregate(
     manifest: ReleaseManifest,
     request: AggregateCreate,
@@ -492,10 +520,18 @@ def aggregate(
     # From the canonical order (in which the table was protected) to the order asked for.
     order = [canonical.index(d) for d in dimensions]
     axes = [axes[i] for i in order]
+    measures = list(dict.fromkeys(str(m) for m in request.measures))
     protected: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]] = {}
     for name, table in tables.items():
-        values, mask = protect(table)
-        protected[name] = (np.transpose(values, order), np.transpose(mask, order))
+        if name == "mutual_end" and _sliced(measures, canonical):
+            continue
+        protected[name] = protect(table)
+    if _sliced(measures, canonical):
+        protected["mutual_end"] = _mutual_end_slice(protected["episodes"], canonical)
+    protected = {
+        name: (np.transpose(protected[name][0], order), np.transpose(protected[name][1], order))
+        for name in measures
+    }
     selected: list[list[int]] = []
     for dimension, labels in zip(dimensions, axes, strict=True):
         kept = list(range(len(labels)))
@@ -522,7 +558,7 @@ def aggregate(
         )
     return AggregatePublic(
         release=manifest.release,
-        measures=list(tables),
+        measures=measures,
         dimensions=dimensions,
         threshold=THRESHOLD,
         method="cell-key perturbation (max ±2) + primary/secondary suppression (threshold 5)",
