@@ -36,6 +36,22 @@ suppression, and "all providers but X" minus "all providers but X and the target
 question anyone can ask. (Before, a filter changed which records a cell counted, so each
 filtered population got its own noise: averaging the differences over many X cancelled it.)
 
+Linked measures and tables (what the LP audit does and does not see). mutual_end asked by
+dimensions that include end_reason is the end-reason-1 slice of the episodes table over the same
+dimensions (`_mutual_end_slice`), so one answer never shows the same records under two
+suppressions. Beyond that, each (measure, set of dimensions) table is protected on its own, and
+the cells two tables share are protected only by the perturbation layer, not by the audit:
+mutual_end by D against episodes by D and end_reason; [provider] against [rhf] (an RHF's total
+minus its published providers); a provider's total in [provider] and in [provider, age_group];
+a followup_arranged cell equal to the episodes cell when every episode in it had follow-up
+arranged. Each such difference carries the noise of every cell in it (exact only by chance,
+and the attacker cannot tell when). Protecting all of them by the audit means protecting the
+linked tables together; tried (every provider table as [rhf, provider, ...], audited whole), a
+two-dimension answer took over two minutes, so it was not kept. Comparing two releases shows
+which cells new records fell into (the salt is the same for every release, by design, and a
+cell going from 0 to suppressed shows that a record arrived): releases should add many records
+at a time.
+
 Categories of a dimension are fixed by the code lists and the organisation hierarchy (and the
 release's years), not by the data, so the shape of an answer does not reveal that a rare
 category exists.
