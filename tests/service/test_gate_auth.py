@@ -3,11 +3,6 @@ one with a bad body 422 under its own name in the audit log. And the start-up wa
 an unexpected error by its class and frames, never its message."""
 
 import logging
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -285,40 +280,3 @@ class TestWarmUpErrors:
         caplog.set_level(logging.INFO)
         service_app.warm_aggregates(settings, app.state.engine)  # raises nothing
         assert not caplog.records
-
-    def test_a_process_exiting_during_the_warm_up_prints_nothing(self) -> None:
-        # As the service's process exits with the warm-up still running: DuckDB interrupts it.
-        script = textwrap.dedent(
-            """
-            import logging, threading, time
-
-            import duckdb
-            from sqlalchemy import create_engine
-
-            from service import app, published
-
-            def slow(*_):
-                duckdb.connect().execute(
-                    "SELECT count(*) FROM range(10000000000) t(x) WHERE sha256(x::VARCHAR) < 'a'"
-                ).fetchall()
-
-            logging.basicConfig(level=logging.INFO)
-            published.get_release = slow
-            engine = create_engine("sqlite://")
-            threading.Thread(
-                target=app.warm_aggregates, args=(None, engine), daemon=True
-            ).start()
-            time.sleep(0.5)
-            """
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", script],
-            capture_output=True,
-            text=True,
-            env=dict(os.environ),
-            cwd=Path(__file__).resolve().parents[2],
-            timeout=120,
-            check=False,
-        )
-        assert done.returncode == 0
-        assert done.stdout + done.stderr == ""
