@@ -68,7 +68,8 @@ import itertools
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final, get_args
 
@@ -213,6 +214,30 @@ class EpisodeView:
 MAX_VIEWS: Final = 2
 _views: OrderedDict[tuple[object, ...], EpisodeView] = OrderedDict()
 _views_lock = threading.Lock()  # one build at a time: concurrent first queries share it
+# The connections of views being built, for `interrupt_builds`.
+_building: set[duckdb.DuckDBPyConnection] = set()
+_building_lock = threading.Lock()
+
+
+@contextmanager
+def _interruptible(connection: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """While the block runs, `interrupt_builds` interrupts the connection's query."""
+    with _building_lock:
+        _building.add(connection)
+    try:
+        yield
+    finally:
+        with _building_lock:
+            _building.discard(connection)
+
+
+def interrupt_builds() -> None:
+    """Interrupt every episode view being built (a service shutting down): its query raises
+    `duckdb.InterruptException`. A thread left inside a DuckDB query at interpreter exit can
+    abort the process ("FATAL: exception not rethrown")."""
+    with _building_lock:
+        for connection in _building:
+            connection.interrupt()
 
 
 def _signature(files: list[str]) -> tuple[tuple[str, int, int], ...] | None:
@@ -270,51 +295,65 @@ def _build_episode_view(
     # keys on disk where no erasure looks.
     connection = duckdb.connect(config={"preserve_insertion_order": False, "temp_directory": ""})
     try:
-        # The record key: first 4 bytes of sha256(salt || patient_key), see `record_key`;
-        # computed once per distinct patient, whose row number then stands for the key.
-        connection.execute(
-            "CREATE TEMP TABLE patient AS SELECT patient_key, "
-            "CAST(('0x' || substr(sha256($salt || patient_key), 1, 8)) AS UBIGINT) AS rkey "
-            "FROM (SELECT DISTINCT patient_key FROM read_parquet($basis, hive_partitioning = true) "
-            "WHERE patient_key IS NOT NULL)",
-            {"salt": salt, "basis": basis},
-        )
-        parameters: dict[str, object] = {"basis": basis, "map_orgnr": providers, "map_rhf": rhfs}
-        ctes = [
-            "rhf_map AS (SELECT unnest($map_orgnr) AS map_orgnr, unnest($map_rhf) AS rhf_orgnr)"
-        ]
-        discharge_join = ""
-        discharge_columns = "NULL::INTEGER AS d_end_reason, NULL::INTEGER AS d_followup_arranged"
-        if discharge:
-            parameters["discharge"] = discharge
-            # One discharge per episode (a duplicate is a validation error; take the latest).
-            ctes.append(
-                "discharge_one AS (SELECT patient_key, episode_id, "
-                "arg_max(end_reason, discharge_date) AS d_end_reason, "
-                "arg_max(followup_arranged, discharge_date) AS d_followup_arranged "
-                "FROM read_parquet($discharge, hive_partitioning = true) "
-                "GROUP BY patient_key, episode_id)"
+        with _interruptible(connection):
+            _fill_episode_view(
+                connection, basis, discharge, salt=salt, providers=providers, rhfs=rhfs
             )
-            discharge_join = (
-                "LEFT JOIN discharge_one d "
-                "ON d.patient_key = b.patient_key AND d.episode_id = b.episode_id"
-            )
-            discharge_columns = "d.d_end_reason, d.d_followup_arranged"
-        connection.execute(
-            f"CREATE TABLE episode AS WITH {', '.join(ctes)} "  # noqa: S608
-            "SELECT p.rowid AS patient, p.rkey, b.provider_orgnr, b.sex, b.age, b.treatment_type, "
-            "b.primary_substance, b.clinical_study_id, CAST(b.year AS INTEGER) AS year, "
-            f"m.rhf_orgnr, {discharge_columns} "
-            "FROM read_parquet($basis, hive_partitioning = true) b "
-            "LEFT JOIN patient p ON p.patient_key = b.patient_key "
-            f"LEFT JOIN rhf_map m ON m.map_orgnr = b.provider_orgnr {discharge_join}",
-            parameters,
-        )
-        connection.execute("DROP TABLE patient")
     except BaseException:
         connection.close()
         raise
     return connection
+
+
+def _fill_episode_view(
+    connection: duckdb.DuckDBPyConnection,
+    basis: list[str],
+    discharge: list[str],
+    *,
+    salt: str,
+    providers: list[str],
+    rhfs: list[str],
+) -> None:
+    """Create the `episode` table of `_build_episode_view` in `connection`."""
+    # The record key: first 4 bytes of sha256(salt || patient_key), see `record_key`;
+    # computed once per distinct patient, whose row number then stands for the key.
+    connection.execute(
+        "CREATE TEMP TABLE patient AS SELECT patient_key, "
+        "CAST(('0x' || substr(sha256($salt || patient_key), 1, 8)) AS UBIGINT) AS rkey "
+        "FROM (SELECT DISTINCT patient_key FROM read_parquet($basis, hive_partitioning = true) "
+        "WHERE patient_key IS NOT NULL)",
+        {"salt": salt, "basis": basis},
+    )
+    parameters: dict[str, object] = {"basis": basis, "map_orgnr": providers, "map_rhf": rhfs}
+    ctes = ["rhf_map AS (SELECT unnest($map_orgnr) AS map_orgnr, unnest($map_rhf) AS rhf_orgnr)"]
+    discharge_join = ""
+    discharge_columns = "NULL::INTEGER AS d_end_reason, NULL::INTEGER AS d_followup_arranged"
+    if discharge:
+        parameters["discharge"] = discharge
+        # One discharge per episode (a duplicate is a validation error; take the latest).
+        ctes.append(
+            "discharge_one AS (SELECT patient_key, episode_id, "
+            "arg_max(end_reason, discharge_date) AS d_end_reason, "
+            "arg_max(followup_arranged, discharge_date) AS d_followup_arranged "
+            "FROM read_parquet($discharge, hive_partitioning = true) "
+            "GROUP BY patient_key, episode_id)"
+        )
+        discharge_join = (
+            "LEFT JOIN discharge_one d "
+            "ON d.patient_key = b.patient_key AND d.episode_id = b.episode_id"
+        )
+        discharge_columns = "d.d_end_reason, d.d_followup_arranged"
+    connection.execute(
+        f"CREATE TABLE episode AS WITH {', '.join(ctes)} "  # noqa: S608
+        "SELECT p.rowid AS patient, p.rkey, b.provider_orgnr, b.sex, b.age, b.treatment_type, "
+        "b.primary_substance, b.clinical_study_id, CAST(b.year AS INTEGER) AS year, "
+        f"m.rhf_orgnr, {discharge_columns} "
+        "FROM read_parquet($basis, hive_partitioning = true) b "
+        "LEFT JOIN patient p ON p.patient_key = b.patient_key "
+        f"LEFT JOIN rhf_map m ON m.map_orgnr = b.provider_orgnr {discharge_join}",
+        parameters,
+    )
+    connection.execute("DROP TABLE patient")
 
 
 # The episode columns each dimension (and its filter) reads.

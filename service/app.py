@@ -3,6 +3,7 @@
 import gc
 import logging
 import threading
+import time
 import traceback
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,8 @@ MAX_BODY_BYTES: Final = 1024 * 1024
 MULTIPART_OVERHEAD_BYTES: Final = 64 * 1024
 UPLOAD_ROUTE: Final = ("POST", f"{API_PREFIX}/uploads")
 MAX_REMEMBERED_PATHS: Final = 4096
+# How long a shutdown waits for the aggregate warm-up to stop (interrupted, it stops at once).
+WARM_STOP_SECONDS: Final = 10.0
 
 logger = logging.getLogger("kvarus.api")
 
@@ -253,6 +256,16 @@ def warm_aggregates(settings: Settings, engine: Engine) -> None:
         )
 
 
+def stop_warming(warming: threading.Thread, *, timeout: float = WARM_STOP_SECONDS) -> None:
+    """Stop a running warm-up at shutdown: its DuckDB query is interrupted (and again, should
+    the build start only now) until the thread ends. Left inside a DuckDB query at interpreter
+    exit, the thread could abort the process ("FATAL: exception not rethrown")."""
+    deadline = time.monotonic() + timeout
+    while warming.is_alive() and time.monotonic() < deadline:
+        aggregates.interrupt_builds()
+        warming.join(0.05)
+
+
 def start_up_checks(settings: Settings) -> tuple[Engine, OidcVerifier]:
     """Every check a start-up makes, each raising `ConfigurationError`: the pseudonym key, the
     OIDC settings, the catalog (its engine, tables created). The catalog's engine and the OIDC
@@ -286,15 +299,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         swept = sweep_incoming(settings.data_dir)
         if swept:
             logger.info("removed %d stale upload file(s) from incoming/", len(swept))
-        threading.Thread(
+        warming = threading.Thread(
             target=warm_aggregates, args=(settings, engine), name="kvarus-warm", daemon=True
-        ).start()
+        )
+        warming.start()
         # Start-up objects (modules, SQLAlchemy's and pydantic's caches: ~190,000) leave the
         # collector's reach: each full collection walked them all, a ~90 ms pause of every
         # request about once a second under load (read benchmark: p99 132 → 49 ms).
         gc.collect()
         gc.freeze()
         yield
+        stop_warming(warming)
         gc.unfreeze()
         logging.getLogger("uvicorn.access").removeFilter(access_paths)
         audit_writer.close()  # every queued audit row is committed before the process ends

@@ -3,6 +3,8 @@ one with a bad body 422 under its own name in the audit log. And the start-up wa
 an unexpected error by its class and frames, never its message."""
 
 import logging
+import threading
+import time
 from typing import Any
 
 import duckdb
@@ -280,3 +282,59 @@ class TestWarmUpErrors:
         caplog.set_level(logging.INFO)
         service_app.warm_aggregates(settings, app.state.engine)  # raises nothing
         assert not caplog.records
+
+
+# A query that runs for minutes unless interrupted (no progress bar: it would print).
+SLOW = "SELECT count(*) FROM range(10000000000) t(x) WHERE sha256(x::VARCHAR) < 'a'"
+
+
+def slow_query() -> None:
+    connection = duckdb.connect()
+    connection.execute("SET enable_progress_bar = false")
+    with service_app.aggregates._interruptible(connection):
+        connection.execute(SLOW).fetchall()
+
+
+class TestWarmUpStops:
+    """A shutdown stops a running warm-up: left inside a DuckDB query at interpreter exit, the
+    thread sometimes aborted the process ("FATAL: exception not rethrown")."""
+
+    def test_interrupt_builds_stops_a_running_build(self) -> None:
+        outcome: list[BaseException] = []
+
+        def build() -> None:
+            try:
+                slow_query()
+            except BaseException as error:  # recorded for the assertion
+                outcome.append(error)
+
+        thread = threading.Thread(target=build)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not service_app.aggregates._building and time.monotonic() < deadline:
+            time.sleep(0.01)
+        service_app.aggregates.interrupt_builds()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert [type(e) for e in outcome] == [duckdb.InterruptException]
+        assert not service_app.aggregates._building  # deregistered
+
+    def test_stop_warming_ends_the_thread_quietly(
+        self,
+        app: FastAPI,
+        settings: Settings,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        monkeypatch.setattr(service_app.published, "get_release", lambda *_: slow_query())
+        caplog.set_level(logging.INFO)
+        warming = threading.Thread(
+            target=service_app.warm_aggregates, args=(settings, app.state.engine), daemon=True
+        )
+        warming.start()
+        time.sleep(0.2)  # inside the query, or about to be: both are stopped
+        started = time.monotonic()
+        service_app.stop_warming(warming)
+        assert not warming.is_alive()
+        assert time.monotonic() - started < 5
+        assert not caplog.records  # an interrupt at shutdown is not an error
