@@ -235,7 +235,8 @@ def _column_checks(
     return checks
 
 
-_TYPED: Final = ("integer", "date")
+# The column kinds the validation frame holds as values (`{column}__value`), not as text.
+TYPED_KINDS: Final = ("date", "integer")
 
 
 def _without_capture_groups(pattern: str) -> str:
@@ -267,7 +268,8 @@ def suite_checks(form: Form, *, known_providers: frozenset[str], today: date) ->
                 {
                     # The text of a text column; the value of a typed one ("2021" = "+2021").
                     "column_list": [
-                        name + (VALUE_SUFFIX if spec.column(name).kind in _TYPED else CODE_SUFFIX)
+                        name
+                        + (VALUE_SUFFIX if spec.column(name).kind in TYPED_KINDS else CODE_SUFFIX)
                         for name in key
                     ],
                     # A row without one of them fails its required/type check instead.
