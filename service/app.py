@@ -8,7 +8,7 @@ import traceback
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import Final, NamedTuple
 from urllib.parse import unquote
 
 import duckdb
@@ -29,10 +29,10 @@ from service.audit import (
     match_route,
     safe_query,
 )
-from service.auth import OidcVerifier
+from service.auth import OidcVerifier, Role, require
 from service.catalog_cache import CatalogCache
 from service.database import make_engine
-from service.deps import get_principal, principal_of
+from service.deps import ROUTE_ROLES, get_principal, principal_of
 from service.routers import aggregates as aggregates_routes
 from service.routers import audit, health, indicators, releases, uploads
 from service.settings import Settings
@@ -94,6 +94,12 @@ def body_limit(scope: Scope) -> int:
     return MAX_BODY_BYTES
 
 
+class _RouteKind(NamedTuple):
+    authenticates: bool  # asks for the principal
+    takes_body: bool
+    roles: tuple[Role, ...] | None  # the roles it admits; None: any
+
+
 class RequestGate:
     """Refuses what must not be read, before FastAPI reads (and parses, and spools) a body.
 
@@ -106,7 +112,8 @@ class RequestGate:
       dependency did): a malformed header, an unknown, malformed or revoked key, an invalid
       token is 401 (a token without a Kvarus role 403), the same answer the dependency gave.
       The principal is left on the request's state, where the dependency takes it and the
-      audit log reads it: a valid caller's later 413 or 422 names them.
+      audit log reads it: a valid caller's later 413 or 422 names them. A role the route does
+      not admit (`service.deps.ROUTE_ROLES`) is 403 here, its body unread.
     - A request to a route that takes a body without an `Authorization` header is 401: every
       such route needs credentials (README's role matrix: anonymous clients may only read
       published indicators, all GET routes).
@@ -119,21 +126,28 @@ class RequestGate:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        # (authenticates, takes a body) by (method, path); paths carry ids, so only so many
-        # are remembered.
-        self.routes: dict[tuple[str, str], tuple[bool, bool]] = {}
+        # The route kind by (method, path); paths carry ids, so only so many are remembered.
+        self.routes: dict[tuple[str, str], _RouteKind] = {}
 
-    def _route_kind(self, scope: Scope) -> tuple[bool, bool]:
-        """Whether the request's route asks for the principal, and whether it takes a body
-        (and so needs credentials). Neither for a path no route (or no method) serves."""
+    def _route_kind(self, scope: Scope) -> _RouteKind:
+        """Whether the request's route asks for the principal, whether it takes a body (and so
+        needs credentials), and the roles it admits (None: any). Nothing for a path no route
+        (or no method) serves."""
         key = (scope["method"], scope["path"])
         known = self.routes.get(key)
         if known is None:
             entry = match_route(scope["app"], *key)
             if entry is None or (entry.methods is not None and key[0] not in entry.methods):
-                known = (False, False)
+                known = _RouteKind(False, False, None)
             else:
-                known = (get_principal in entry.dependencies, entry.takes_body)
+                admitted = [ROUTE_ROLES[c] for c in entry.dependencies if c in ROUTE_ROLES]
+                known = _RouteKind(
+                    get_principal in entry.dependencies,
+                    entry.takes_body,
+                    tuple(r for r in admitted[0] if all(r in a for a in admitted))
+                    if admitted
+                    else None,
+                )
             if len(self.routes) < MAX_REMEMBERED_PATHS:
                 self.routes[key] = known
         return known
@@ -150,15 +164,18 @@ class RequestGate:
                 authorization = value
             elif name == b"content-length" and length is None:
                 length = value
-        authenticates, takes_body = self._route_kind(scope)
+        authenticates, takes_body, roles = self._route_kind(scope)
         if authorization is not None and authorization.strip():
             if authenticates:
                 try:
                     principal = await principal_of(scope["app"], authorization.decode("latin-1"))
+                    # Named in the audit row of a refusal too.
+                    scope.setdefault("state", {})["principal"] = principal
+                    if roles is not None:
+                        require(principal, *roles)
                 except KvarusError as error:
                     await self._refuse_error(scope, send, error)
                     return
-                scope.setdefault("state", {})["principal"] = principal
         elif takes_body:
             await self._refuse(scope, send, 401, "this route needs credentials")
             return

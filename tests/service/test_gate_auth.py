@@ -150,8 +150,57 @@ class TestWrongCredentialsBeforeTheBody:
         assert answer.status_code == 200
 
 
+# Every (role, body route) the role may not use.
+REFUSED_ROLES = [
+    ("trust", "aggregates"),
+    ("trust", "uploads"),
+    ("trust", "releases"),
+    ("researcher", "uploads"),
+    ("researcher", "releases"),
+]
+
+
+class TestRoleBeforeTheBody:
+    @pytest.mark.parametrize(("role", "route"), REFUSED_ROLES)
+    def test_a_role_the_route_refuses_is_403_and_no_body_byte_is_read(
+        self, app: FastAPI, client: TestClient, headers: dict[str, Headers], role: str, route: str
+    ) -> None:
+        path, content_type = BODY_ROUTES[route]
+        status, pulled, answer = post_chunked(
+            app, API + path, {**headers[role], "content-type": content_type}, 4 * 64 * 1024
+        )
+        assert (status, pulled) == (403, 0)
+        assert answer["detail"] == f"the {role} role may not use this route"
+        assert audit_rows(client, headers) == [
+            (API + path, key_subject(app, headers, role), role, 403)
+        ]
+
+    def test_reviewers_case_a_trust_key_with_broken_json_is_403(
+        self, client: TestClient, headers: dict[str, Headers]
+    ) -> None:
+        answer = client.post(
+            f"{API}/aggregates",
+            content=BAD_JSON,
+            headers={**headers["trust"], "content-type": "application/json"},
+        )
+        assert answer.status_code == 403
+        assert answer.headers["content-type"] == PROBLEM
+        assert answer.json()["title"] == "Forbidden"
+
+    def test_a_role_the_route_admits_passes_the_gate(
+        self, client: TestClient, headers: dict[str, Headers]
+    ) -> None:
+        # The registry may use every route: its bad body is the route's 422, not a 403.
+        answer = client.post(
+            f"{API}/aggregates",
+            content=BAD_JSON,
+            headers={**headers["registry"], "content-type": "application/json"},
+        )
+        assert answer.status_code == 422
+
+
 class TestValidCallerWithABadBody:
-    @pytest.mark.parametrize("role", ["researcher", "trust"])
+    @pytest.mark.parametrize("role", ["researcher", "registry"])
     def test_bad_json_is_422_and_the_audit_names_the_caller(
         self, app: FastAPI, client: TestClient, headers: dict[str, Headers], role: str
     ) -> None:
