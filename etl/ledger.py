@@ -9,15 +9,19 @@ An API upload has a second row, the request (`service/uploads.py`): `pending` un
 background job starts, then `loading` (never `running`: the job holds no lock while it reads and
 validates, and waits for the locks like any writer, so a repair must not take it for dead). Its
 load's ledger row has `uploaded_by` `api:{request id}`; when a repair finds that row `running`, the
-job died, and the request is marked `failed` too. A request left `loading` longer than
-`STALE_INCOMING` (its file is swept by then) is marked `failed` as well: its job died before its
-load reached the locks (and so is one left `pending`: its job never started).
+job died, and the request is marked `failed` too. A request is alive while a process holds its
+flock (`hold_request`: taken by the route before the request row is committed, released when the
+job ends, and by the kernel when the process dies): a repair marks a `pending` or `loading`
+request whose lock nobody holds `failed` (its job died before its load reached the locks, or
+never started), or gives it its load's outcome if that load finished. However long a request
+waits behind other loads, it is not taken for dead while its process lives.
 """
 
+import fcntl
 import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import IO, Final, cast
 
 from sqlmodel import Session, col, select
 
@@ -42,6 +46,42 @@ API_UPLOADER: Final = "api:"
 
 def api_uploader(request_id: int) -> str:
     return f"{API_UPLOADER}{request_id}"
+
+
+def _request_lock(warehouse: Warehouse, request_id: int) -> Path:
+    return warehouse.root / "requests" / f"{request_id}.lock"
+
+
+def hold_request(warehouse: Warehouse, request_id: int) -> IO[bytes]:
+    """Lock an API request's liveness file (exclusive flock) until `let_go`: call before the
+    request row is committed, so that no repair ever sees the row unheld while its job may run."""
+    path = _request_lock(warehouse, request_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("ab")
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    return handle
+
+
+def let_go(held: IO[bytes]) -> None:
+    """The request's job has ended: remove its liveness file and release the lock."""
+    Path(held.name).unlink(missing_ok=True)
+    held.close()
+
+
+def _request_alive(warehouse: Warehouse, request_id: int) -> bool:
+    """Whether a process holds the request's lock; a dead one's file is removed."""
+    path = _request_lock(warehouse, request_id)
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        path.unlink(missing_ok=True)
+    return False
 
 
 # The columns an API request takes over from the ledger row its job loaded.
@@ -118,9 +158,10 @@ def repair_interrupted(session: Session, warehouse: Warehouse) -> list[int]:
         if request is not None and request.status in ("pending", LOADING):
             _fail(request, now)
             session.add(request)
-    stale = now - STALE_INCOMING
     waiting = select(Upload).where(col(Upload.status).in_(("pending", LOADING)))
-    abandoned = [r for r in session.exec(waiting).all() if _aware(r.started_at) < stale]
+    abandoned = [
+        r for r in session.exec(waiting).all() if not _request_alive(warehouse, cast(int, r.id))
+    ]
     for request in abandoned:
         assert request.id is not None
         # A job that died after its load finished, before it told its request: the outcome stands.
@@ -149,11 +190,6 @@ def _request_of(session: Session, upload: Upload) -> Upload | None:
     if number == upload.uploaded_by or not number.isdigit():
         return None
     return session.get(Upload, int(number))
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes (stored in UTC).
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def repair(session: Session, warehouse: Warehouse) -> list[int]:

@@ -17,14 +17,14 @@ import tempfile
 import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import IO, Final
 from urllib.parse import unquote
 
 from fastapi import Request, UploadFile
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from etl.ledger import API_UPLOADER, LOADING, api_uploader, loaded_for, mirror
+from etl.ledger import API_UPLOADER, LOADING, api_uploader, let_go, loaded_for, mirror
 from etl.privacy import is_identity_number, safe_filename
 from schemas.catalog import Upload, ValidationRun
 from schemas.errors import Forbidden, KvarusError, NotFound, RejectedInput
@@ -150,8 +150,11 @@ def create_request(
     return upload
 
 
-def run_load(engine: Engine, settings: Settings, request_id: int, path: Path, form: Form) -> None:
-    """The background job: load the file with its own session, then mirror the outcome."""
+def run_load(
+    engine: Engine, settings: Settings, request_id: int, path: Path, form: Form, held: IO[bytes]
+) -> None:
+    """The background job: load the file with its own session, then mirror the outcome. `held`:
+    the request's lock (`etl.ledger.hold_request`), released when the job ends."""
     # Imported here: the ETL pulls in Great Expectations, seconds of import the API's other
     # routes should not wait for at start-up.
     from etl.load import load_file
@@ -209,6 +212,7 @@ def run_load(engine: Engine, settings: Settings, request_id: int, path: Path, fo
         _ensure_indicators(engine, settings, request_id)
     finally:
         path.unlink(missing_ok=True)
+        let_go(held)
 
 
 def _ensure_indicators(engine: Engine, settings: Settings, request_id: int) -> None:

@@ -5,6 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse
 
+from etl.ledger import hold_request, let_go
+from etl.warehouse import Warehouse
 from schemas.api import UploadAccepted, UploadDetail, UploadPage, UploadPublic
 from schemas.catalog import Upload
 from schemas.errors import NotFound
@@ -55,6 +57,7 @@ async def create_upload(
     """Receive an extract and load it in the background; answers with the upload id."""
     await uploads.single_parts(request)
     path, sha256 = await uploads.receive(file, settings)
+    held = None
     try:
         upload = uploads.create_request(
             session,
@@ -64,15 +67,19 @@ async def create_upload(
             uploaded_by=principal.subject,
         )
         assert upload.id is not None
+        # Held from before the row is seen until the job ends: no repair takes it for dead.
+        held = hold_request(Warehouse(settings.warehouse_dir), upload.id)
         # The job must see the committed row: commit before the response is sent.
         session.commit()
         background.add_task(
-            uploads.run_load, request.app.state.engine, settings, upload.id, path, form
+            uploads.run_load, request.app.state.engine, settings, upload.id, path, form, held
         )
     except BaseException:
         # No job will own the file: it must not stay under incoming/ (run_load deletes it
         # once the job runs; a process that dies before is `sweep_incoming`'s at start-up).
         path.unlink(missing_ok=True)
+        if held is not None:
+            let_go(held)
         raise
     audit.note(request, rows=1)
     return UploadAccepted(id=upload.id, status=upload.status)

@@ -16,6 +16,9 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlmodel import Session, select
 
+import etl.load as etl_load
+from etl.ledger import repair
+from etl.warehouse import Warehouse
 from schemas.catalog import AuditEvent, Upload, ValidationRun
 from schemas.errors import ConfigurationError
 from schemas.forms import Form
@@ -143,6 +146,40 @@ class TestUploads:
         assert html.status_code == 200
         assert html.headers["content-type"].startswith("text/html")
 
+    def test_an_upload_job_is_never_taken_for_dead_while_it_runs(
+        self,
+        client: TestClient,
+        app: FastAPI,
+        headers: dict[str, Headers],
+        settings: Settings,
+        write_extract: ExtractWriter,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The route holds the request's lock from before its row is committed: another writer's
+        repair in the middle of the job leaves the request alone; the lock goes with the job."""
+        real_load = etl_load.load_file
+        seen: list[str] = []
+
+        def load_file(*args: object, **kwargs: object) -> Upload:
+            with Session(app.state.engine) as other:
+                repair(other, Warehouse(settings.warehouse_dir))
+                seen.extend(r.status for r in other.exec(select(Upload)).all())
+            return real_load(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(etl_load, "load_file", load_file)
+        path = write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "p1")])
+        with path.open("rb") as handle:
+            response = client.post(
+                f"{API}/uploads",
+                files={"file": ("basis.csv", handle, "text/csv")},
+                data={"form": "basis"},
+                headers=headers["registry"],
+            )
+        assert response.status_code == 202
+        detail = client.get(f"{API}/uploads/{response.json()['id']}", headers=headers["registry"])
+        assert (seen, detail.json()["status"]) == (["loading"], "loaded")
+        assert list((settings.warehouse_dir / "requests").iterdir()) == []
+
     def test_a_file_name_holding_an_identity_number_is_not_kept(
         self, client: TestClient, app: FastAPI, headers: dict[str, Headers]
     ) -> None:
@@ -200,6 +237,8 @@ class TestUploads:
         )
         assert response.status_code == 500
         assert not any((settings.data_dir / "incoming").iterdir())
+        requests = settings.warehouse_dir / "requests"
+        assert not requests.exists() or not any(requests.iterdir())
 
     def test_list_filters_and_trust_scope(
         self, client: TestClient, app: FastAPI, headers: dict[str, Headers]

@@ -1,18 +1,18 @@
 """The API's background load job (`service.uploads.run_load`) beside other writers, and after an
-opt-out file: its request row is never taken for a dead load, and a replacement release gets its
-indicators."""
+opt-out file: its request row is never taken for a dead load while its process lives (however long
+it waits), and a replacement release gets its indicators."""
 
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 import etl.load
-from etl.ledger import INTERRUPTED, LOADING, api_uploader, mirror, repair
+from etl.ledger import INTERRUPTED, LOADING, api_uploader, hold_request, let_go, mirror, repair
 from etl.warehouse import Warehouse
 from indicators.results import RESULTS_FILE
 from schemas.catalog import IndicatorRun, Upload
@@ -34,6 +34,10 @@ def _request(engine: Engine, form: Form, name: str = "extract.csv") -> int:
         return request.id
 
 
+def _held(settings: Settings, request_id: int) -> IO[bytes]:
+    return hold_request(Warehouse(settings.warehouse_dir), request_id)
+
+
 def _upload(engine: Engine, settings: Settings, source: Path, form: Form) -> Upload:
     """As `POST /uploads` does: the file under incoming/, a request row, the background job."""
     incoming = settings.data_dir / "incoming"
@@ -41,7 +45,7 @@ def _upload(engine: Engine, settings: Settings, source: Path, form: Form) -> Upl
     path = incoming / source.name
     shutil.copy(source, path)
     request_id = _request(engine, form, source.name)
-    run_load(engine, settings, request_id, path, form)
+    run_load(engine, settings, request_id, path, form, _held(settings, request_id))
     with Session(engine) as session:
         request = session.get(Upload, request_id)
         assert request is not None
@@ -76,7 +80,7 @@ def test_another_writers_repair_leaves_a_running_upload_job_alone(
     shutil.copy(source, path)
     request_id = _request(catalog_engine, Form.BASIS)
 
-    run_load(catalog_engine, settings, request_id, path, Form.BASIS)
+    run_load(catalog_engine, settings, request_id, path, Form.BASIS, _held(settings, request_id))
 
     assert seen == [(LOADING, None)]
     with Session(catalog_engine) as session:
@@ -88,15 +92,28 @@ def test_another_writers_repair_leaves_a_running_upload_job_alone(
 def test_a_repair_fails_the_request_of_a_dead_api_load_and_of_an_abandoned_one(
     settings: Settings, catalog_engine: Engine, warehouse: Warehouse
 ) -> None:
+    """Dead: its load's ledger row left `running`. Abandoned: nobody holds its lock (its process
+    died before the load reached the write locks), even a minute old. Live: its lock is held,
+    even after two hours behind other loads (the repair failed it before, and the job then
+    flipped it to loaded)."""
     dead = _request(catalog_engine, Form.BASIS, "dead.csv")
     abandoned = _request(catalog_engine, Form.BASIS, "abandoned.csv")
     live = _request(catalog_engine, Form.BASIS, "live.csv")
+    waiting = _request(catalog_engine, Form.BASIS, "waiting.csv")
+    held = [_held(settings, live), _held(settings, waiting)]
+    # A process that died leaves its lock file behind, unheld.
+    _held(settings, abandoned).close()
     now = datetime.now(UTC)
     with Session(catalog_engine) as session:
-        for number, started in ((dead, now), (abandoned, now - timedelta(hours=2)), (live, now)):
+        for number, status, started in (
+            (dead, LOADING, now),
+            (abandoned, LOADING, now - timedelta(minutes=1)),
+            (live, LOADING, now - timedelta(hours=2)),
+            (waiting, "pending", now - timedelta(hours=2)),
+        ):
             request = session.get(Upload, number)
             assert request is not None
-            request.status, request.started_at = LOADING, started
+            request.status, request.started_at = status, started
             session.add(request)
         # The ledger row of `dead`'s load, left `running` by its killed process.
         ledger = Upload(file_sha256="1" * 64, form="basis", filename="dead.csv")
@@ -110,7 +127,7 @@ def test_a_repair_fails_the_request_of_a_dead_api_load_and_of_an_abandoned_one(
     assert len(repaired) == 1  # the ledger row
     with Session(catalog_engine) as session:
         statuses = {}
-        for number in (dead, abandoned, live, repaired[0]):
+        for number in (dead, abandoned, live, waiting, repaired[0]):
             row = session.get(Upload, number)
             assert row is not None
             statuses[number] = (row.status, row.error)
@@ -118,8 +135,15 @@ def test_a_repair_fails_the_request_of_a_dead_api_load_and_of_an_abandoned_one(
         dead: ("failed", INTERRUPTED),
         abandoned: ("failed", INTERRUPTED),
         live: (LOADING, None),
+        waiting: ("pending", None),
         repaired[0]: ("failed", INTERRUPTED),
     }
+    # The dead process's lock file is gone; the live ones stay until their jobs end.
+    locks = sorted(p.name for p in (warehouse.root / "requests").iterdir())
+    assert locks == sorted(f"{n}.lock" for n in (live, waiting))
+    for handle in held:
+        let_go(handle)
+    assert list((warehouse.root / "requests").iterdir()) == []
 
 
 def test_an_optout_uploaded_through_the_api_leaves_the_replacement_release_served(
@@ -172,8 +196,8 @@ def test_an_optout_upload_computes_the_replacement_results_before_it_is_served(
 def test_a_repair_gives_an_abandoned_request_the_outcome_of_its_finished_load(
     settings: Settings, catalog_engine: Engine, warehouse: Warehouse
 ) -> None:
-    """A job that died after its load was committed, before it told its request: the request is
-    past the hour, but its ledger row says loaded, so it is loaded (not failed and 'undone')."""
+    """A job that died after its load was committed, before it told its request: nobody holds
+    its lock, but its ledger row says loaded, so it is loaded (not failed and 'undone')."""
     request_id = _request(catalog_engine, Form.BASIS)
     with Session(catalog_engine) as session:
         request = session.get(Upload, request_id)
