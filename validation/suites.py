@@ -37,6 +37,7 @@ from types import ModuleType
 from typing import Any, Final, Literal
 
 from schemas.forms import FORMS, ICD10_PATTERN, SPEC_VERSION, ColumnSpec, Form
+from schemas.organisations import Hierarchy
 
 Category = Literal["conformance", "completeness", "plausibility"]
 Severity = Literal["fatal", "error", "warning"]
@@ -230,6 +231,21 @@ def _column_checks(
                 {"column": name, "value_set": sorted(known_providers)},
                 "provider_orgnr is not a provider known to the register",
                 per_job=frozenset({"value_set"}),
+            )
+        )
+    if name == "home_hf_orgnr":
+        # A warning: the row is kept (its caregiver indicators stand); the indicators leave it out
+        # of the resident context, which only an HF of the list has.
+        checks.append(
+            Check(
+                "home_hf_orgnr.known",
+                name,
+                "conformance",
+                "warning",
+                0.0,
+                "ExpectColumnValuesToBeInSet",
+                {"column": name, "value_set": sorted(o.orgnr for o in Hierarchy.default().hfs)},
+                "home_hf_orgnr is not a health trust (HF) of the register's list",
             )
         )
     return checks

@@ -41,6 +41,7 @@ BAD_RANGE = {
 # Checks that a row breaking another check necessarily fails too.
 ALSO_FAILS = {
     "provider_orgnr.pattern": {"provider_orgnr.known"},
+    "home_hf_orgnr.pattern": {"home_hf_orgnr.known"},
     "referral_date.future": {"referral_date.after_intake"},  # the future is after any intake
 }
 
@@ -420,3 +421,21 @@ def test_a_rows_verdicts_do_not_depend_on_the_other_rows() -> None:
     assert failing["age.range"] == ["r2", "r4", "r1"]
     assert whole.typed is not None
     assert whole.typed.equals(normalise(raw, Form.BASIS).table)
+
+
+def test_a_home_hf_not_on_the_hf_list_is_a_warning_and_the_row_is_kept() -> None:
+    # A private provider (a provider, not a catchment area), an RHF, and a well-formed number
+    # of no organisation: each reported, none quarantined, the file accepted. An HF passes.
+    rows = [
+        {"record_id": "private", "home_hf_orgnr": "991500006"},  # Fjellro (private_providers.csv)
+        {"record_id": "rhf", "home_hf_orgnr": "983658725"},  # Helse Vest RHF
+        {"record_id": "nobody", "home_hf_orgnr": "123456785"},
+        {"record_id": "hf", "home_hf_orgnr": OTHER_PROVIDER},  # UNN HF
+        {"record_id": "missing", "home_hf_orgnr": None},
+    ]
+    result = _validate(Form.BASIS, rows)
+    known = _by_id(result)["home_hf_orgnr.known"]
+    assert (known.status, known.severity) == ("failed", "warning")
+    assert sorted(known.failing_record_ids) == ["nobody", "private", "rhf"]
+    assert not result.rejected
+    assert result.row_failures.num_rows == 0
