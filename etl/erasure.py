@@ -27,6 +27,7 @@ before the locks are released (by the caller that holds them, when `locked=True`
 """
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
@@ -35,7 +36,7 @@ from pathlib import Path
 import pyarrow as pa
 from sqlmodel import Session, col, select
 
-from etl.ledger import repair_interrupted
+from etl.ledger import checkpoint_catalog, repair_interrupted
 from etl.privacy import rekey
 from etl.release import publish_locked
 from etl.warehouse import QUARANTINE, TABLES, Warehouse, schema_of
@@ -46,6 +47,8 @@ from schemas.manifest import ReleaseManifest
 from schemas.scratch import duckdb_connection
 
 REBUILT_NOTE = "rebuilt after erasure"
+# An upload's file name that held an erased patient's pseudonym.
+NAME_ERASED = "(name withheld: it held an erased patient's pseudonym)"
 # A release's indicator results beside its manifest (`indicators.results.RESULTS_FILE`; etl does
 # not import indicators/). A retired release's results go with it: they were computed from the
 # erased patients' records. `service.publishing.ensure_indicators` computes the replacement's.
@@ -95,7 +98,8 @@ def erase_patients(
             performed_by, before_commit,
         )  # fmt: skip
         session.commit()
-        return erasure
+    checkpoint_catalog(session)
+    return erasure
 
 
 def _erase(
@@ -120,6 +124,7 @@ def _erase(
     # catalog writer (the audit, upload requests, other processes) would wait for it and time out.
     with session.no_autoflush:
         _scrub_reports(session, records)
+        _withhold_names(session, pseudonyms)
         releases = session.exec(select(Release).where(col(Release.retired).is_(False))).all()
         retired: list[int] = []
         keep: set[str] = set()
@@ -235,6 +240,17 @@ def _scrub_reports(session: Session, records: list[_Record]) -> None:
         if changed:
             run.report = {**run.report, "checks": scrubbed}  # a new value: JSON is not tracked
             session.add(run)
+
+
+def _withhold_names(session: Session, pseudonyms: list[str]) -> None:
+    """Withhold every upload's file name that holds one of the erased source pseudonyms (any
+    case): a file named after its patient would keep the pseudonym in the ledger. A short
+    pseudonym may withhold names that merely contain it: the cheaper error."""
+    pattern = re.compile("|".join(map(re.escape, pseudonyms)), re.IGNORECASE)
+    for upload in session.exec(select(Upload)).all():
+        if pattern.search(upload.filename):
+            upload.filename = NAME_ERASED
+            session.add(upload)
 
 
 def _holds_patients(manifest: ReleaseManifest, keys: pa.Array) -> bool:

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Final, cast
 
+from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from etl.warehouse import Warehouse
@@ -37,6 +38,11 @@ INCOMING_DIR: Final = "incoming"
 # An upload is read within seconds of being received; a file older than this was left behind by a
 # load or a process that died (a 512 MB file loads in well under a minute on the load benchmark).
 STALE_INCOMING: Final = timedelta(hours=1)
+
+# What the ledger keeps for an opt-out file's hash and name (README, Privacy): the hash of a small
+# opt-out file would confirm a guessed pseudonym, and its name may hold one. Nor is an opt-out
+# ever skipped as a duplicate: the same file sent again erases what was loaded since.
+NOT_KEPT: Final = "(not kept: an opt-out file)"
 
 # The status of an API request whose background job runs (see the module docstring).
 LOADING: Final = "loading"
@@ -223,3 +229,15 @@ def sweep_incoming(
             path.unlink(missing_ok=True)
             deleted.append(path)
     return deleted
+
+
+def checkpoint_catalog(session: Session) -> None:
+    """After an erasure's commit: on SQLite, move the write-ahead log into the database and
+    truncate it (its frames hold the pages as they were, withheld file names included; the
+    database zeroes what it frees, `secure_delete`). Best effort: a reader holding an old snapshot
+    keeps the frames it reads until the next checkpoint."""
+    bind = session.get_bind()
+    if bind.dialect.name != "sqlite" or not isinstance(bind, Engine):
+        return
+    with bind.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")

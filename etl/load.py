@@ -43,7 +43,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlmodel import Session
 
-from etl.ledger import file_sha256, loaded_upload, repair_interrupted
+from etl.ledger import (
+    NOT_KEPT,
+    checkpoint_catalog,
+    file_sha256,
+    loaded_upload,
+    repair_interrupted,
+)
 from etl.privacy import guard, rekey, safe_filename
 from etl.read import read_extract
 from etl.warehouse import (
@@ -123,14 +129,15 @@ def load_file(
     under the write locks before it is committed: the service computes its indicators there)."""
     report: Progress = progress if progress is not None else _no_progress
     today = today if today is not None else date.today()
-    sha256 = file_sha256(path)
+    optout = form is Form.OPTOUT
+    sha256 = NOT_KEPT if optout else file_sha256(path)
     upload = Upload(
         file_sha256=sha256,
         form=form.value,
-        filename=safe_filename(path.name),
+        filename=NOT_KEPT if optout else safe_filename(path.name),
         uploaded_by=uploaded_by,
     )
-    if loaded_upload(session, sha256, form.value) is not None:
+    if not optout and loaded_upload(session, sha256, form.value) is not None:
         return _duplicate(session, upload)
 
     # 1. Read and validate: no side effects. Meanwhile another core re-keys the pseudonyms, until
@@ -174,7 +181,7 @@ def load_file(
         # 2-5. Write, under the locks.
         with warehouse.writing():
             repair_interrupted(session, warehouse)
-            if loaded_upload(session, sha256, form.value) is not None:
+            if not optout and loaded_upload(session, sha256, form.value) is not None:
                 # The same file finished loading while this one waited for the locks.
                 return _duplicate(session, upload)
             upload.status = "running"
@@ -199,6 +206,8 @@ def load_file(
                 session.add(upload)
                 session.add(_validation_run(upload, validation))
                 session.commit()
+                if optout:
+                    checkpoint_catalog(session)
             except BaseException as error:
                 # Undo at once what a kill would leave for the next writer: ours is the only
                 # `running` row while we hold the locks.

@@ -22,6 +22,9 @@ def make_engine(settings: Settings) -> Engine:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
+            # Deleted or overwritten content is zeroed, not left in free space: an erasure
+            # withholds file names that held a patient's pseudonym (`etl.erasure`).
+            cursor.execute("PRAGMA secure_delete=ON")
             cursor.close()
 
     else:

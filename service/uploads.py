@@ -24,7 +24,15 @@ from fastapi import Request, UploadFile
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from etl.ledger import API_UPLOADER, LOADING, api_uploader, let_go, loaded_for, mirror
+from etl.ledger import (
+    API_UPLOADER,
+    LOADING,
+    NOT_KEPT,
+    api_uploader,
+    let_go,
+    loaded_for,
+    mirror,
+)
 from etl.privacy import is_identity_number, safe_filename
 from schemas.catalog import Upload, ValidationRun
 from schemas.errors import Forbidden, KvarusError, NotFound, RejectedInput
@@ -139,10 +147,11 @@ async def receive(file: UploadFile, settings: Settings) -> tuple[Path, str]:
 def create_request(
     session: Session, *, form: Form, filename: str, sha256: str, uploaded_by: str
 ) -> Upload:
+    optout = form is Form.OPTOUT  # neither hash nor name kept (`etl.ledger.NOT_KEPT`)
     upload = Upload(
-        file_sha256=sha256,
+        file_sha256=NOT_KEPT if optout else sha256,
         form=form.value,
-        filename=ledger_filename(filename)[:255],
+        filename=NOT_KEPT if optout else ledger_filename(filename)[:255],
         uploaded_by=uploaded_by,
     )
     session.add(upload)

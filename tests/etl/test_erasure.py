@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlmodel import Session, col, select
 
-from etl.erasure import INDICATORS_FILE, REBUILT_NOTE, erase_patients
+from etl.erasure import INDICATORS_FILE, NAME_ERASED, REBUILT_NOTE, erase_patients
+from etl.ledger import NOT_KEPT
 from etl.load import load_file
 from etl.release import latest_release, publish_release, read_manifest
 from etl.warehouse import QUARANTINE, Warehouse
@@ -325,3 +326,34 @@ def test_a_retired_release_loses_its_indicator_results(
     assert results[1].exists()  # release 1 never held the patient: still served
     assert not results[2].exists()
     assert (warehouse.releases_dir / "2" / "manifest.json").exists()  # the record of what was
+
+
+def test_the_ledger_keeps_no_name_or_hash_of_an_optout_file_and_never_skips_one(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    settings: Settings,
+) -> None:
+    """Reviewer's case: an opt-out file named after its patient left the pseudonym in the ledger,
+    and its hash made the same file, sent again after the patient's records came back, a
+    duplicate that erased nothing. A file of any form named after an erased patient loses its
+    name too."""
+    _register(write_extract, warehouse, session, key)
+    named = write_extract(Form.BASIS, [episode_row(Form.BASIS, 6, ERASED)], f"intake_{ERASED}.csv")
+    _load(named, Form.BASIS, warehouse, session, key)
+    optout = write_extract(
+        Form.OPTOUT, [episode_row(Form.OPTOUT, 1, ERASED)], f"optout_{ERASED.lower()}.csv"
+    )
+    first = _load(optout, Form.OPTOUT, warehouse, session, key)
+    assert (first.filename, first.file_sha256) == (NOT_KEPT, NOT_KEPT)
+    assert first.rows_erased == 6  # 3 basis + 1 measurement + 2 quarantine (b5, m9)
+    again = write_extract(Form.BASIS, [episode_row(Form.BASIS, 7, ERASED)])
+    _load(again, Form.BASIS, warehouse, session, key)
+    second = _load(optout, Form.OPTOUT, warehouse, session, key)
+    assert (second.status, second.rows_erased) == ("loaded", 1)
+    session.commit()
+    names = [u.filename for u in session.exec(select(Upload).order_by(col(Upload.id))).all()]
+    assert names[2:] == [NAME_ERASED, NOT_KEPT, "basis-2.csv", NOT_KEPT]
+    session.close()
+    _assert_no_trace(settings.data_dir, key)
