@@ -331,13 +331,12 @@ def patient_levels(
     # grouping per (year, patient) and semi-joining the rows back (10.8 s CPU against 14.2 +
     # 5.8 s on the 10M-episode bench's 18.6M rows).
     in_year = ibis.window(group_by=[rows.year, *[rows[c] for c in patient]])
-    rows = materialise(
-        rows.mutate(
-            rows=rows.count().over(in_year).cast("int32"),
-            patient_num=rows.num.max().over(in_year),
-        ),
-        "patients",
+    rows = rows.mutate(
+        rows=rows.count().over(in_year).cast("int32"), patient_num=rows.num.max().over(in_year)
     )
+    # A patient is in the numerator of every level they are counted at if any of their records in
+    # the year meets the condition, wherever it was recorded (DOMAIN.md: a patient-year).
+    rows = materialise(rows.mutate(num=rows.patient_num), "patients")
     single = rows.filter(rows.rows == 1)
     single = single.group_by(*CELL).agg(
         n=single.count().cast("int64"), num=single.num.sum().cast("int64")
@@ -638,9 +637,9 @@ def _counts(
 
 def _two_cells(two: ir.Table, keys: ir.Table, levels: list[tuple[str, str]]) -> list[ir.Table]:
     """The level counts (year, key, numerator, denominator, level) of the patients with two
-    rows in two cells, from their per-patient row alone: the first cell's key counts them with
-    the first row's num, the last cell's key (when another) with the last row's (and a key
-    both cells share with the larger num); no group-by per patient and key."""
+    rows in two cells, from their per-patient row alone: the first cell's key counts them, and
+    the last cell's key when it is another, each with the patient-year's num; no group-by per
+    patient and key."""
     first = keys.select(
         key_first=keys.key_cell, **{f"first_{column}": keys[column] for column in keys.columns}
     )
@@ -653,14 +652,10 @@ def _two_cells(two: ir.Table, keys: ir.Table, levels: list[tuple[str, str]]) -> 
     for position, pair in enumerate(levels):
         column = _LEVEL_KEY[pair]
         one, other = table[f"first_{column}"], table[f"last_{column}"]
-        shared = other.notnull() & (one == other)
-        both = ibis.greatest(table.first_num, table.last_num)
         counted = [
-            table.filter(one.notnull()).select(
-                "year", key=one, num=shared.ifelse(both, table.first_num)
-            ),
+            table.filter(one.notnull()).select("year", key=one, num=table.patient_num),
             table.filter(other.notnull() & (one.isnull() | (one != other))).select(
-                "year", key=other, num=table.last_num
+                "year", key=other, num=table.patient_num
             ),
         ]
         union.append(_level_counts(ibis.union(*counted, distinct=False), position))
@@ -701,12 +696,13 @@ def coded_patient_levels(
     patient's columns, num) with `pairs` holding every (provider_orgnr, unit_code) of the rows.
 
     Each row's cell is coded as one integer (`_Cells`) and the narrow rows materialised; then
-    per (year, patient) its rows, largest num, and smallest and largest cell × 2 + num (num is
-    0 or 1). A patient whose rows all lie in one cell counts once at each level above that
-    cell: those are counted per cell and rolled up in Arrow as sums. A patient with two rows in
-    two cells is counted per level from those two values alone (`_two_cells`). The others
-    (three rows or more, several cells): one row per (year, patient, cell) with its largest
-    num is materialised and grouped per level key and patient. The caregiver nation counts
+    per (year, patient) its rows, largest num (the patient-year's: a patient is in the
+    numerator of every result they count in if any of their rows in the year is, DOMAIN.md),
+    and smallest and largest cell. A patient whose rows all lie in one cell counts once at each
+    level above that cell: those are counted per cell and rolled up in Arrow as sums. A patient
+    with two rows in two cells is counted per level from those two cells alone (`_two_cells`).
+    The others (three rows or more, several cells): one row per (year, patient, cell) is
+    materialised and grouped per level key and patient. The caregiver nation counts
     every several-cell patient once, the caregiver hf level repeats the provider rows of public
     HFs. The parts are disjoint sets of (year, patient), summed per (year, context, level,
     orgnr, unit_code).
@@ -716,27 +712,18 @@ def coded_patient_levels(
     instead of three strings, a group-by replaces the window over (year, patient) and the
     several-cell patients' rows are narrow. Counting the two-row patients without their rows
     took the steps after the coded rows from 12.1 s CPU to 8.1 s (per-level group-bys 7.3 ->
-    3.6 s); arg_min/arg_max of num by cell instead of the min/max of cell × 2 + num cost 3 s
-    CPU more in the per-patient group-by."""
+    3.6 s)."""
     patient = [c for c in rows.columns if c not in (*CELL, "num")]
     cells = _Cells.of(pairs, organisations)
     coded = materialise(cells.coded(rows, patient), "patients (coded)")
-    stored = materialise(
+    per_patient = stored = materialise(
         coded.group_by("year", *patient).agg(
             patient_num=coded.num.max(),
-            low=(coded.cell * 2 + coded.num).min(),
-            high=(coded.cell * 2 + coded.num).max(),
+            first=coded.cell.min(),
+            last=coded.cell.max(),
             rows=coded.count().cast("int32"),
         ),
         "patients (per patient)",
-    )
-    # num is 0 or 1: the smallest cell × 2 + num is the first cell's row (with its smallest
-    # num), the largest the last cell's (with its largest num).
-    per_patient = stored.mutate(
-        first=stored.low // 2,
-        last=stored.high // 2,
-        first_num=stored.low % 2,
-        last_num=stored.high % 2,
     )
     single = per_patient.filter(per_patient.first == per_patient.last)
     single = single.group_by("year", cell=single.first).agg(
@@ -757,9 +744,10 @@ def coded_patient_levels(
         counts = _counts(nation["year"], orgnr, no_unit, nation["num"], nation["n"])
         parts.append(_labelled(counts, "caregiver", "nation"))
     two = several.filter(several.rows == 2)
-    multi = coded.semi_join(several.filter(several.rows > 2), ["year", *patient])
+    three = several.filter(several.rows > 2).select("year", *patient, "patient_num")
+    multi = coded.inner_join(three, ["year", *patient])
     multi = materialise(
-        multi.group_by("year", *patient, "cell").agg(num=multi.num.max()),
+        multi.group_by("year", *patient, "cell").agg(num=multi.patient_num.max()),
         "patients (several cells)",
     )
     drop(coded)

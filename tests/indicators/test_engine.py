@@ -263,18 +263,18 @@ def test_study_counts_distinct_patients_per_year(tiny: Factory) -> None:
     rows = run(release, "study")
     # Bergen 2022: A (S1 at intake), B (S2 at a measurement), C (none) → 2/3.
     assert counts(pick(rows, "study", 2022, "provider", BERGEN)) == (2, 3)
-    # Stavanger 2022: A and D have records there, neither carries a study id there → 0/2.
-    assert counts(pick(rows, "study", 2022, "provider", STAVANGER)) == (0, 2)
+    # Stavanger 2022: A and D have records there; A is in a study in 2022 (S1, recorded at
+    # Bergen: enrolment is the patient's, DOMAIN.md), D only in 2021 → 1/2.
+    assert counts(pick(rows, "study", 2022, "provider", STAVANGER)) == (1, 2)
     # Stavanger 2021: A (a2 intake) and D (intake with S3) → 1/2.
     assert counts(pick(rows, "study", 2021, "provider", STAVANGER)) == (1, 2)
     # Nation and Helse Vest 2022: A, B, C, D once each (A at two providers) → A, B: 2/4.
     assert counts(pick(rows, "study", 2022, "nation", NATION)) == (2, 4)
     assert counts(pick(rows, "study", 2022, "rhf", HELSE_VEST)) == (2, 4)
-    # Resident Stavanger 2022: A (through a2) and D → 0/2.
-    assert counts(pick(rows, "study", 2022, "hf", STAVANGER, context="resident")) == (0, 2)
-    # Targets 5 % / 2.5 %: 2/4 high, 0/2 low.
+    # Resident Stavanger 2022: A (through a2) and D → 1/2.
+    assert counts(pick(rows, "study", 2022, "hf", STAVANGER, context="resident")) == (1, 2)
+    # Targets 5 % / 2.5 %: 2/4 high.
     assert pick(rows, "study", 2022, "nation", NATION)["target_level"] == "high"
-    assert pick(rows, "study", 2022, "provider", STAVANGER)["target_level"] == "low"
 
 
 def test_coverage_and_low_coverage_suppression(tiny: Factory) -> None:
@@ -535,17 +535,19 @@ def study_release(release: TinyRelease) -> TinyRelease:
 
 def test_study_with_one_and_several_cells_per_patient(tiny: Factory) -> None:
     rows = run(study_release(tiny()), "study")
-    # Bergen 2023: E (S1), F, G → 1/3; its units: U1 E, F, G → 1/3; U2 E (no study there) → 0/1.
-    assert counts(pick(rows, "study", 2023, "provider", BERGEN)) == (1, 3)
-    assert counts(pick(rows, "study", 2023, "unit", BERGEN, unit_code="U1")) == (1, 3)
-    assert counts(pick(rows, "study", 2023, "unit", BERGEN, unit_code="U2")) == (0, 1)
+    # In a study in 2023: E (S1), G (S2 at Stavanger), H (S3); not F, J. A patient in a study
+    # counts in the numerator wherever they are counted (DOMAIN.md: a patient-year).
+    # Bergen 2023: E, F, G → 2/3; its units: U1 E, F, G → 2/3; U2 E → 1/1.
+    assert counts(pick(rows, "study", 2023, "provider", BERGEN)) == (2, 3)
+    assert counts(pick(rows, "study", 2023, "unit", BERGEN, unit_code="U1")) == (2, 3)
+    assert counts(pick(rows, "study", 2023, "unit", BERGEN, unit_code="U2")) == (1, 1)
     # Stavanger 2023: G (S2), H (S3, no basis row: still treated there) → 2/2.
     assert counts(pick(rows, "study", 2023, "provider", STAVANGER)) == (2, 2)
     # Helse Vest and the nation: E, F, G, H, J once each; E, G, H in a study → 3/5.
     assert counts(pick(rows, "study", 2023, "rhf", HELSE_VEST)) == (3, 5)
     assert counts(pick(rows, "study", 2023, "nation", NATION)) == (3, 5)
     # Caregiver hf rows repeat the provider rows of public HFs; Vestly is private: none.
-    assert counts(pick(rows, "study", 2023, "hf", BERGEN)) == (1, 3)
+    assert counts(pick(rows, "study", 2023, "hf", BERGEN)) == (2, 3)
     assert counts(pick(rows, "study", 2023, "hf", STAVANGER)) == (2, 2)
     levels = {(r["context"], r["level"], r["orgnr"]) for r in rows}
     assert ("caregiver", "provider", VESTLY) in levels
@@ -578,8 +580,8 @@ def test_study_with_an_episode_condition_takes_the_general_path(tiny: Factory) -
     release = study_release(tiny())
     rows = run_adults_study(release)
     # H has no basis row, so no age: left out. Otherwise as above.
-    assert counts(pick(rows, "study", 2023, "provider", BERGEN)) == (1, 3)
-    assert counts(pick(rows, "study", 2023, "unit", BERGEN, unit_code="U2")) == (0, 1)
+    assert counts(pick(rows, "study", 2023, "provider", BERGEN)) == (2, 3)
+    assert counts(pick(rows, "study", 2023, "unit", BERGEN, unit_code="U2")) == (1, 1)
     assert counts(pick(rows, "study", 2023, "provider", STAVANGER)) == (1, 1)
     assert counts(pick(rows, "study", 2023, "nation", NATION)) == (2, 4)
     assert counts(pick(rows, "study", 2023, "hf", BERGEN, context="resident")) == (1, 3)
@@ -626,7 +628,7 @@ def test_study_with_several_home_hfs_in_one_unit(tiny: Factory) -> None:
     assert counts(pick(rows, "study", 2024, "rhf", HELSE_VEST)) == (2, 2)
     assert counts(pick(rows, "study", 2024, "nation", NATION)) == (2, 2)
     assert counts(pick(rows, "study", 2024, "hf", BERGEN, context="resident")) == (1, 1)
-    assert counts(pick(rows, "study", 2024, "hf", STAVANGER, context="resident")) == (0, 1)
+    assert counts(pick(rows, "study", 2024, "hf", STAVANGER, context="resident")) == (1, 1)
     assert counts(pick(rows, "study", 2024, "rhf", HELSE_VEST, context="resident")) == (1, 1)
     assert counts(pick(rows, "study", 2024, "nation", NATION, context="resident")) == (1, 1)
     resident = {r["orgnr"] for r in rows if r["context"] == "resident"}
@@ -634,8 +636,9 @@ def test_study_with_several_home_hfs_in_one_unit(tiny: Factory) -> None:
 
 
 def test_study_with_three_rows_per_patient(tiny: Factory) -> None:
-    """Patients with three rows: M in three cells (study only at Stavanger), N in two (two
-    Bergen U1 episodes, study at the first, and OUS)."""
+    """Patients with three rows: M in three cells (study recorded only at Stavanger), N in two
+    (two Bergen U1 episodes, study recorded at the first, and OUS). Both are in a study in 2024,
+    so in the numerator of every result they count in."""
     release = tiny()
     release.basis("m1", intake="2024-02-01", patient="M")
     release.basis("m2", intake="2024-03-01", patient="M", unit="U2")
@@ -644,20 +647,20 @@ def test_study_with_three_rows_per_patient(tiny: Factory) -> None:
     release.basis("n2", intake="2024-05-01", patient="N")
     release.basis("n3", OUS, intake="2024-06-01", patient="N")
     rows = run(release, "study")
-    assert counts(pick(rows, "study", 2024, "unit", BERGEN, unit_code="U1")) == (1, 2)
-    assert counts(pick(rows, "study", 2024, "unit", BERGEN, unit_code="U2")) == (0, 1)
-    assert counts(pick(rows, "study", 2024, "provider", BERGEN)) == (1, 2)
-    assert counts(pick(rows, "study", 2024, "hf", BERGEN)) == (1, 2)
+    assert counts(pick(rows, "study", 2024, "unit", BERGEN, unit_code="U1")) == (2, 2)
+    assert counts(pick(rows, "study", 2024, "unit", BERGEN, unit_code="U2")) == (1, 1)
+    assert counts(pick(rows, "study", 2024, "provider", BERGEN)) == (2, 2)
+    assert counts(pick(rows, "study", 2024, "hf", BERGEN)) == (2, 2)
     assert counts(pick(rows, "study", 2024, "provider", STAVANGER)) == (1, 1)
-    assert counts(pick(rows, "study", 2024, "provider", OUS)) == (0, 1)
+    assert counts(pick(rows, "study", 2024, "provider", OUS)) == (1, 1)
     assert counts(pick(rows, "study", 2024, "rhf", HELSE_VEST)) == (2, 2)
-    assert counts(pick(rows, "study", 2024, "rhf", HELSE_SOR_OST)) == (0, 1)
+    assert counts(pick(rows, "study", 2024, "rhf", HELSE_SOR_OST)) == (1, 1)
     assert counts(pick(rows, "study", 2024, "nation", NATION)) == (2, 2)
-    assert counts(pick(rows, "study", 2024, "hf", BERGEN, context="resident")) == (1, 2)
+    assert counts(pick(rows, "study", 2024, "hf", BERGEN, context="resident")) == (2, 2)
     assert counts(pick(rows, "study", 2024, "hf", STAVANGER, context="resident")) == (1, 1)
-    assert counts(pick(rows, "study", 2024, "hf", OUS, context="resident")) == (0, 1)
+    assert counts(pick(rows, "study", 2024, "hf", OUS, context="resident")) == (1, 1)
     assert counts(pick(rows, "study", 2024, "rhf", HELSE_VEST, context="resident")) == (2, 2)
-    assert counts(pick(rows, "study", 2024, "rhf", HELSE_SOR_OST, context="resident")) == (0, 1)
+    assert counts(pick(rows, "study", 2024, "rhf", HELSE_SOR_OST, context="resident")) == (1, 1)
     assert counts(pick(rows, "study", 2024, "nation", NATION, context="resident")) == (2, 2)
 
 
@@ -682,7 +685,7 @@ def test_study_patient_at_an_unknown_provider_and_bergen(tiny: Factory) -> None:
     release.basis("k1", "999999999", intake="2024-02-01", patient="K", home_hf_orgnr=BERGEN)
     release.basis("k2", intake="2024-06-01", patient="K", clinical_study_id="S1")
     rows = run(release, "study")
-    assert counts(pick(rows, "study", 2024, "provider", "999999999")) == (0, 1)
+    assert counts(pick(rows, "study", 2024, "provider", "999999999")) == (1, 1)
     assert counts(pick(rows, "study", 2024, "provider", BERGEN)) == (1, 1)
     assert counts(pick(rows, "study", 2024, "rhf", HELSE_VEST)) == (1, 1)
     assert counts(pick(rows, "study", 2024, "nation", NATION)) == (1, 1)
@@ -719,6 +722,6 @@ def test_study_with_a_hierarchy_without_hfs(tiny: Factory) -> None:
     rows: list[dict[str, Any]] = table.to_pylist()
     assert counts(pick(rows, "study", 2022, "provider", VESTLY)) == (1, 2)
     assert counts(pick(rows, "study", 2022, "unit", VESTLY, unit_code="U1")) == (1, 2)
-    assert counts(pick(rows, "study", 2022, "unit", VESTLY, unit_code="U2")) == (0, 1)
+    assert counts(pick(rows, "study", 2022, "unit", VESTLY, unit_code="U2")) == (1, 1)
     assert counts(pick(rows, "study", 2022, "nation", NATION)) == (1, 2)
     assert not [r for r in rows if r["context"] == "resident"]
