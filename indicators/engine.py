@@ -903,7 +903,14 @@ def _complementary(
 
 
 def _funnel(records: list[dict[str, Any]]) -> None:
-    """Funnel signals of the caregiver provider results against the national value of the year."""
+    """Funnel signals of the caregiver provider results against the national value of the year;
+    a public HF's caregiver hf result (its own provider's patients, the same numbers) carries its
+    provider result's signal."""
+    twins = {
+        (r["year"], r["orgnr"]): r
+        for r in records
+        if r["context"] == "caregiver" and r["level"] == "hf" and not r["suppressed"]
+    }
     national = {
         r["year"]: r["value"]
         for r in records
@@ -924,3 +931,6 @@ def _funnel(records: list[dict[str, Any]]) -> None:
         signals = funnel_significance([r["numerator"] for r in providers], limits)
         for record, signal in zip(providers, signals, strict=True):
             record["funnel_signal"] = signal
+            twin = twins.get((year, record["orgnr"]))
+            if twin is not None:
+                twin["funnel_signal"] = signal

@@ -352,6 +352,9 @@ def test_funnel_signals_against_national_value(tiny: Factory) -> None:
     assert pick(rows, "mutual_end", 2022, "provider", VESTLY)["funnel_signal"] == "not_significant"
     assert pick(rows, "mutual_end", 2022, "nation", NATION)["funnel_signal"] is None
     assert counts(pick(rows, "mutual_end", 2022, "rhf", HELSE_VEST)) == (18, 30)
+    # The public HFs' caregiver hf results are their provider results, signal included.
+    assert pick(rows, "mutual_end", 2022, "hf", BERGEN)["funnel_signal"] == "high_0.025"
+    assert pick(rows, "mutual_end", 2022, "hf", STAVANGER)["funnel_signal"] == "low_0.001"
 
 
 def test_target_levels_with_direction() -> None:
