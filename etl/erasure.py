@@ -7,26 +7,36 @@ Steps, holding the warehouse's write locks:
    .when_matched_delete()`: a literal predicate would write the key into the Delta log; the
    deleted rows' record ids are removed from the stored quality reports (`failing_record_ids`);
 3. releases whose files hold one of the keys (looked up in the files, with DuckDB) are marked
-   `retired` (their `indicators.parquet` deleted), and a replacement release noted "rebuilt after
-   erasure" is published from the current state (its indicators are computed at the edge:
-   `service.publishing.ensure_indicators`). We do not rewrite an old release in place: a release
-   is immutable, and a rewritten one would silently change its published numbers; retiring it is
-   honest and leaves its manifest (paths and counts, no record) as the record of what was
-   published.
-4. files no longer referenced (by the current table version or by a non-retired release) are
-   deleted. Delta's `vacuum(retention_hours=0, enforce_retention_duration=False, full=True,
-   dry_run=True)` lists them, and we delete its list minus the files of non-retired releases
-   (Delta's own `keep_versions` would need the older log files that step 5 removes);
-5. `create_checkpoint()` then `cleanup_metadata()`: with `delta.logRetentionDuration` 0 (set by
+   `retired`, and a replacement release noted "rebuilt after erasure" is published from the
+   current state (its indicators are computed at the edge: `service.publishing.ensure_indicators`).
+   We do not rewrite an old release in place: a release is immutable, and a rewritten one would
+   silently change its published numbers; retiring it is honest and leaves its manifest (paths and
+   counts, no record) as the record of what was published.
+4. the catalog is COMMITTED (retirements, the replacement, the scrubbed reports, the log row
+   `schemas.catalog.Erasure`: date, provider and row counts per table) before any file is deleted:
+   a process killed while deleting must not leave a release in service whose files are gone.
+5. `finish_pending` deletes the files: the retired releases' `indicators.parquet` (computed from
+   the erased records), and every data file no longer referenced (by the current table version or
+   by a non-retired release): Delta's `vacuum(retention_hours=0, enforce_retention_duration=False,
+   full=True, dry_run=True)` lists them, and we delete its list minus the files of non-retired
+   releases (Delta's own `keep_versions` would need the older log files removed next). Then
+   `create_checkpoint()` and `cleanup_metadata()`: with `delta.logRetentionDuration` 0 (set by
    `Warehouse.ensure`) every log JSON before the checkpoint is deleted; the older ones hold the
    `add` actions (and statistics) of the removed files. Afterwards we verify that no log JSON older
    than the checkpoint remains.
-The erasure log row (`schemas.catalog.Erasure`) keeps the date, provider and row counts per table.
-The catalog (retired releases, the replacement, the scrubbed reports, the log row) is committed
-before the locks are released (by the caller that holds them, when `locked=True`).
+
+Crash safety: a marker file (`PENDING`, under the warehouse root, holding nothing of a patient) is
+written and synced before the first delete and removed when step 5 is done. Every writer repairs
+first under the write locks (`etl.ledger.repair_interrupted`), and the repair runs step 5 again
+while the marker is there (each part of it is idempotent). A process killed after step 4 thus
+leaves an erasure that the next writer completes; one killed before it leaves the releases as they
+were (served, with their files) and no log row: the current tables no longer hold the patients,
+but a release may, so the erasure must be run again (the keys only ever live in memory, so a
+repair cannot retire the releases that hold them).
 """
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +63,8 @@ NAME_ERASED = "(name withheld: it held an erased patient's pseudonym)"
 # not import indicators/). A retired release's results go with it: they were computed from the
 # erased patients' records. `service.publishing.ensure_indicators` computes the replacement's.
 INDICATORS_FILE = "indicators.parquet"
+# Under the warehouse root while an erasure's files may still need deleting (module docstring).
+PENDING = "erasure.pending"
 
 
 class ErasureIncomplete(KvarusError):
@@ -73,13 +85,15 @@ def erase_patients(
     locked: bool = False,
     before_commit: Callable[[ReleaseManifest], None] | None = None,
 ) -> Erasure:
-    """Erase every record of these patients; returns the log row, COMMITTED (with the retired
-    releases and the replacement) before the write locks are released: a writer that takes the
-    locks next (a publish, another erasure) must find the replacement release, or it would not
-    retire it, nor keep its files.
+    """Erase every record of these patients; returns the log row.
 
-    `locked=True` when the caller already holds `warehouse.writing()` (loading an optout file):
-    then the row is added, not committed, and the caller must commit before it releases them.
+    COMMITS the catalog (the log row, the retired releases, the replacement, and whatever else
+    `session` holds) before it deletes any file, and so before the write locks are released: a
+    writer that takes the locks next (a publish, another erasure) must find the replacement
+    release, or it would not retire it, nor keep its files.
+
+    `locked=True` when the caller already holds `warehouse.writing()` (loading an optout file);
+    the caller's `running` upload row is committed with the erasure, unchanged.
     `before_commit(manifest)` runs under the locks for the replacement release, if one is published
     (the service computes its indicators there; it must not raise: the erasure would fail).
     """
@@ -97,7 +111,6 @@ def erase_patients(
             pseudonyms, warehouse, session, key, releases_dir, provider_orgnr, optout_date,
             performed_by, before_commit,
         )  # fmt: skip
-        session.commit()
     checkpoint_catalog(session)
     return erasure
 
@@ -115,6 +128,7 @@ def _erase(
 ) -> Erasure:
     keys = rekey(pa.array(pseudonyms, pa.string()), key)
     records = _records_of(warehouse, keys)
+    _mark_pending(warehouse)
     rows_erased: dict[str, int] = {}
     for table in TABLES:
         rows_erased[table] = warehouse.delete_patients(table, keys)
@@ -127,17 +141,11 @@ def _erase(
         _withhold_names(session, pseudonyms)
         releases = session.exec(select(Release).where(col(Release.retired).is_(False))).all()
         retired: list[int] = []
-        keep: set[str] = set()
         for release in releases:
-            manifest = ReleaseManifest.read(Path(release.manifest_path))
-            files = {f for snapshot in manifest.tables.values() for f in snapshot.files}
-            if _holds_patients(manifest, keys):
+            if _holds_patients(ReleaseManifest.read(Path(release.manifest_path)), keys):
                 release.retired = True
                 session.add(release)
                 retired.append(release.number)
-                (releases_dir / str(release.number) / INDICATORS_FILE).unlink(missing_ok=True)
-            else:
-                keep |= files
 
         rebuilt = ""
         if retired:
@@ -145,22 +153,55 @@ def _erase(
                 warehouse, releases_dir, session, REBUILT_NOTE, performed_by, before_commit
             )
             rebuilt = ",".join(str(n) for n in retired) + f"->{manifest.release}"
-    session.flush()
+        erasure = Erasure(
+            optout_date=datetime.combine(optout_date, time(), tzinfo=UTC) if optout_date else None,
+            provider_orgnr=provider_orgnr,
+            patients=len(pseudonyms),
+            rows_erased=rows_erased,
+            releases_rebuilt=rebuilt,
+            performed_by=performed_by,
+        )
+        session.add(erasure)
+    session.commit()  # step 4: before any file is deleted
+    finish_pending(session, warehouse)
+    return erasure
 
+
+def finish_pending(session: Session, warehouse: Warehouse) -> bool:
+    """Delete what an erasure that began left on disk (step 5 of the module docstring), if its
+    marker is there; True if it was. Call holding the write locks, with the catalog committed.
+
+    Works from the committed catalog, not from the erasure's own state (the process that began it
+    may be dead): retired releases lose their results, non-retired ones keep their files.
+    """
+    marker = warehouse.root / PENDING
+    if not marker.exists():
+        return False
+    keep: set[str] = set()
+    for release in session.exec(select(Release)).all():
+        path = Path(release.manifest_path)
+        if release.retired:
+            (path.parent / INDICATORS_FILE).unlink(missing_ok=True)
+        else:
+            manifest = ReleaseManifest.read(path)
+            keep |= {f for snapshot in manifest.tables.values() for f in snapshot.files}
     for table in TABLES:
         _purge(warehouse, table, keep)
+    marker.unlink()
+    return True
 
-    erasure = Erasure(
-        optout_date=datetime.combine(optout_date, time(), tzinfo=UTC) if optout_date else None,
-        provider_orgnr=provider_orgnr,
-        patients=len(pseudonyms),
-        rows_erased=rows_erased,
-        releases_rebuilt=rebuilt,
-        performed_by=performed_by,
-    )
-    session.add(erasure)
-    session.flush()
-    return erasure
+
+def _mark_pending(warehouse: Warehouse) -> None:
+    """Write the marker and sync it (and its directory) to disk before the first delete: the
+    catalog commit that follows is durable, and a lost marker would leave the files unpurged."""
+    marker = warehouse.root / PENDING
+    with marker.open("wb") as handle:
+        os.fsync(handle.fileno())
+    directory = os.open(warehouse.root, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 @dataclass(frozen=True)

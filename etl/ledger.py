@@ -27,11 +27,23 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from etl.warehouse import Warehouse
-from schemas.catalog import Upload
+from schemas.catalog import Erasure, Upload
+from schemas.forms import Form
 
 _CHUNK: Final = 1 << 20
 
 INTERRUPTED: Final = "interrupted: the load did not finish; its table changes were undone"
+# An opt-out's deletes are never undone (its Delta commits carry no upload id), so an interrupted
+# opt-out says what stands instead: whether its erasure was committed (and is then completed by
+# the repair, `etl.erasure.finish_pending`) or not (a release may still hold its patients).
+OPTOUT_ERASED: Final = (
+    "interrupted after its erasure was committed: the erasure stands and was completed (see the "
+    "erasure log); the file's row counts and quality report were not kept"
+)
+OPTOUT_INTERRUPTED: Final = (
+    "interrupted before its erasure was committed: records it deleted stay deleted, but a release "
+    "may still hold its patients; send the file again"
+)
 
 # Where the API streams an uploaded file before its load reads it (`service/uploads.py`).
 INCOMING_DIR: Final = "incoming"
@@ -147,22 +159,25 @@ def list_uploads(session: Session, limit: int | None = None) -> list[Upload]:
 
 
 def repair_interrupted(session: Session, warehouse: Warehouse) -> list[int]:
-    """Undo loads left `running` by a dead process. Call only while holding `writing()` locks.
+    """Undo loads left `running` by a dead process, then finish an erasure it left pending
+    (`etl.erasure.finish_pending`). Call only while holding `writing()` locks.
 
     Commits the catalog (the repair must stick even if the caller then fails).
     """
+    from etl.erasure import finish_pending  # etl.erasure imports this module
+
     stuck = session.exec(select(Upload).where(Upload.status == "running")).all()
     repaired: list[int] = []
     now = datetime.now(UTC)
     for upload in stuck:
         assert upload.id is not None
         warehouse.restore_before(upload.id)
-        _fail(upload, now)
+        _fail(upload, now, *_interrupted(session, upload))
         session.add(upload)
         repaired.append(upload.id)
         request = _request_of(session, upload)
         if request is not None and request.status in ("pending", LOADING):
-            _fail(request, now)
+            _fail(request, now, upload.error or INTERRUPTED, upload.rows_erased)
             session.add(request)
     waiting = select(Upload).where(col(Upload.status).in_(("pending", LOADING)))
     abandoned = [
@@ -179,14 +194,29 @@ def repair_interrupted(session: Session, warehouse: Warehouse) -> list[int]:
         session.add(request)
     if repaired or abandoned:
         session.commit()
+    # After the restores: they read the Delta history that the erasure's clean-up removes.
+    finish_pending(session, warehouse)
     return repaired
 
 
-def _fail(upload: Upload, now: datetime) -> None:
+def _interrupted(session: Session, upload: Upload) -> tuple[str, int]:
+    """An interrupted load's message and its rows erased. An opt-out's erasure was committed if
+    an erasure row was added after the load started: the load held the write locks from then on
+    until it died, and every writer after it repairs before it adds anything."""
+    if upload.form != Form.OPTOUT.value:
+        return INTERRUPTED, 0
+    statement = select(Erasure).where(col(Erasure.performed_at) >= upload.started_at)
+    erasure = session.exec(statement).first()
+    if erasure is None:
+        return OPTOUT_INTERRUPTED, 0
+    return OPTOUT_ERASED, sum(erasure.rows_erased.values())
+
+
+def _fail(upload: Upload, now: datetime, error: str = INTERRUPTED, rows_erased: int = 0) -> None:
     upload.status = "failed"
-    upload.error = INTERRUPTED
+    upload.error = error
     upload.rows_accepted = upload.rows_quarantined = upload.rows_superseded = 0
-    upload.rows_erased = 0
+    upload.rows_erased = rows_erased
     upload.finished_at = now
 
 

@@ -1,0 +1,236 @@
+"""An erasure killed with SIGKILL at its critical points: after the next writer's repair, no
+release in service lacks its files and, once the erasure was committed, it is complete (the
+patient in no byte under the data dir, the erasure log has its row); killed before its commit,
+the releases are as they were and running it again completes it."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import Engine, text
+from sqlmodel import Session, col, select
+
+from etl.erasure import INDICATORS_FILE, PENDING, erase_patients
+from etl.ledger import INTERRUPTED, OPTOUT_ERASED, OPTOUT_INTERRUPTED, repair
+from etl.release import publish_release
+from etl.warehouse import Warehouse
+from schemas.catalog import Erasure, Release, Upload
+from schemas.forms import Form
+from schemas.manifest import ReleaseManifest
+from service.settings import Settings
+from tests.conftest import PROVIDER_A, ExtractWriter, episode_row
+from tests.etl.test_erasure import ERASED, _assert_no_trace, _register
+
+# The erasing process: `erase_patients` (mode `erase`, as `kvarus erase`) or an optout file's
+# load (mode `load`). At `moment` it touches `signal_file` and sleeps, for the test to kill it
+# there: `before_commit` is the replacement release's hook (after the Delta deletes, before the
+# catalog commit); `before_purge` and `after_purge` wrap the first and the last table's purge of
+# the erasure's files. A hook, not polling: the moment of the kill is deterministic.
+CHILD = """
+import sys, time
+from datetime import date
+from pathlib import Path
+from sqlalchemy import create_engine
+from sqlmodel import Session
+import etl.erasure as erasure
+from etl.load import load_file
+from etl.warehouse import TABLES, Warehouse
+from schemas.forms import Form
+url, search_path, root, releases, key, signal_file, moment, mode, target = sys.argv[1:10]
+args = {"options": f"-csearch_path={search_path}"} if search_path else {}
+engine = create_engine(url, connect_args=args)
+def pause(*_: object) -> None:
+    Path(signal_file).touch()
+    time.sleep(120)
+purge = erasure._purge
+def paused_purge(warehouse: Warehouse, table: str, keep: set[str]) -> None:
+    if moment == "before_purge" and table == TABLES[0]:
+        pause()
+    purge(warehouse, table, keep)
+    if moment == "after_purge" and table == TABLES[-1]:
+        pause()
+erasure._purge = paused_purge
+hook = pause if moment == "before_commit" else None
+warehouse = Warehouse(Path(root), Path(releases))
+with Session(engine, expire_on_commit=False) as session:
+    if mode == "erase":
+        erasure.erase_patients([target], warehouse=warehouse, session=session, key=key.encode(),
+                               releases_dir=Path(releases), before_commit=hook)
+    else:
+        load_file(Path(target), Form.OPTOUT, warehouse=warehouse, session=session,
+                  key=key.encode(), known_providers=frozenset({sys.argv[10]}),
+                  today=date(2025, 11, 1), before_commit=hook)
+    session.commit()
+"""
+
+ROWS_ERASED = 5  # `_register`: 2 basis + 1 measurement + 2 quarantine
+
+
+def _kill_at(
+    moment: str, mode: str, target: str, *, warehouse: Warehouse, engine: Engine, key: bytes,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    search_path = ""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            search_path = str(connection.execute(text("SHOW search_path")).scalar())
+    signal_file = tmp_path / f"paused-{moment}"
+    url = engine.url.render_as_string(hide_password=False)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, url, search_path, str(warehouse.root),
+         str(warehouse.releases_dir), key.decode(), str(signal_file), moment, mode, target,
+         PROVIDER_A],
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not signal_file.exists():
+            assert child.poll() is None, "the erasing process ended before it could be killed"
+            assert time.monotonic() < deadline, "the erasure never reached the moment to kill it"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _published(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> Path:
+    """The register of `test_erasure` published as release 1, with (stand-in) results."""
+    _register(write_extract, warehouse, session, key)
+    publish_release(warehouse, warehouse.releases_dir, session, note="before")
+    results = warehouse.releases_dir / "1" / INDICATORS_FILE
+    pq.write_table(pa.table({"value": [0.5]}), results)
+    return results
+
+
+def _served(session: Session) -> dict[int, bool]:
+    """Each release in service: whether every file its manifest lists exists."""
+    session.expire_all()
+    live = session.exec(select(Release).where(col(Release.retired).is_(False))).all()
+    return {
+        r.number: all(
+            Path(f).exists()
+            for snapshot in ReleaseManifest.read(Path(r.manifest_path)).tables.values()
+            for f in snapshot.files
+        )
+        for r in live
+    }
+
+
+def _releases(session: Session) -> list[tuple[int, bool]]:
+    return [
+        (r.number, r.retired) for r in session.exec(select(Release).order_by(col(Release.number)))
+    ]
+
+
+@pytest.mark.parametrize("moment", ["before_purge", "after_purge"])
+def test_an_erasure_killed_after_its_commit_is_completed_by_the_next_writer(
+    moment: str,
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    catalog_engine: Engine,
+    settings: Settings,
+    key: bytes,
+    tmp_path: Path,
+) -> None:
+    results = _published(write_extract, warehouse, session, key)
+    session.commit()
+
+    _kill_at(moment, "erase", ERASED, warehouse=warehouse, engine=catalog_engine, key=key,
+             tmp_path=tmp_path)  # fmt: skip
+    # Committed before the kill: release 1 is retired and its replacement served at once (the old
+    # code served release 1 here, its files deleted after `after_purge`); files are left to delete.
+    assert _served(session) == {2: True}
+    assert (warehouse.root / PENDING).exists()
+
+    assert repair(session, warehouse) == []  # no load was running
+    assert _served(session) == {2: True}
+    assert _releases(session) == [(1, True), (2, False)]
+    erasure = session.exec(select(Erasure)).one()
+    assert (erasure.releases_rebuilt, sum(erasure.rows_erased.values())) == ("1->2", ROWS_ERASED)
+    assert not results.exists()
+    assert not (warehouse.root / PENDING).exists()
+    session.close()
+    _assert_no_trace(settings.data_dir, key)
+
+
+def test_an_optout_load_killed_after_its_erasure_was_committed_says_so_and_is_completed(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    catalog_engine: Engine,
+    settings: Settings,
+    key: bytes,
+    tmp_path: Path,
+) -> None:
+    results = _published(write_extract, warehouse, session, key)
+    session.commit()
+    optout = write_extract(Form.OPTOUT, [episode_row(Form.OPTOUT, 1, ERASED)])
+
+    _kill_at("before_purge", "load", str(optout), warehouse=warehouse, engine=catalog_engine,
+             key=key, tmp_path=tmp_path)  # fmt: skip
+    repaired = repair(session, warehouse)
+
+    upload = session.exec(select(Upload).where(Upload.form == "optout")).one()
+    assert repaired == [upload.id]
+    assert (upload.status, upload.error, upload.rows_erased) == (
+        "failed", OPTOUT_ERASED, ROWS_ERASED,
+    )  # fmt: skip
+    assert "undone" not in OPTOUT_ERASED
+    assert _served(session) == {2: True}
+    assert _releases(session) == [(1, True), (2, False)]
+    assert session.exec(select(Erasure)).one().releases_rebuilt == "1->2"
+    assert not results.exists()
+    session.close()
+    _assert_no_trace(settings.data_dir, key)
+
+
+@pytest.mark.parametrize("mode", ["erase", "load"])
+def test_an_erasure_killed_before_its_commit_leaves_the_releases_served_and_can_be_run_again(
+    mode: str,
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    catalog_engine: Engine,
+    settings: Settings,
+    key: bytes,
+    tmp_path: Path,
+) -> None:
+    results = _published(write_extract, warehouse, session, key)
+    session.commit()
+    target = ERASED
+    if mode == "load":
+        target = str(write_extract(Form.OPTOUT, [episode_row(Form.OPTOUT, 1, ERASED)]))
+
+    _kill_at("before_commit", mode, target, warehouse=warehouse, engine=catalog_engine, key=key,
+             tmp_path=tmp_path)  # fmt: skip
+    repair(session, warehouse)
+
+    # Release 1 is served as it was, with its files and its results; nothing was logged.
+    assert _served(session) == {1: True}
+    assert _releases(session) == [(1, False)]
+    assert results.exists()
+    assert session.exec(select(Erasure)).all() == []
+    assert not (warehouse.root / PENDING).exists()
+    if mode == "load":
+        upload = session.exec(select(Upload).where(Upload.form == "optout")).one()
+        assert (upload.status, upload.error) == ("failed", OPTOUT_INTERRUPTED)
+        assert "send the file again" in OPTOUT_INTERRUPTED
+        assert OPTOUT_INTERRUPTED != INTERRUPTED
+
+    # Run again, it finds release 1 holding the patient (number 2 was taken by the dead one).
+    again = erase_patients([ERASED], warehouse=warehouse, session=session, key=key,
+                           releases_dir=warehouse.releases_dir)  # fmt: skip
+    assert again.releases_rebuilt == "1->3"
+    assert _served(session) == {3: True}
+    session.close()
+    _assert_no_trace(settings.data_dir, key)
