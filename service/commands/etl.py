@@ -1,9 +1,10 @@
 """CLI: load files, publish releases, erase opted-out patients, list the upload ledger.
 
 `kvarus load FILE --form F`, `kvarus release [--note TEXT]`, `kvarus erase --pseudonyms-file PATH`
-(or `--stdin`, or `--pseudonym X`),
-`kvarus uploads`. Exit 0 when done, 1 when the file (or request) is rejected. Nothing printed here
-holds a pseudonym, a patient key or a record value: counts, statuses and check names only.
+(or `--stdin`, or `--pseudonym X`), `kvarus uploads`. Exit 0 when done, 1 when the file (or
+request) is rejected, 2 on a usage error (`kvarus erase` without any pseudonym option). Nothing
+printed here holds a pseudonym, a patient key or a record value: counts, statuses and check names
+only.
 """
 
 import re
@@ -146,6 +147,12 @@ def register(app: typer.Typer) -> None:
         Give the pseudonyms with --pseudonyms-file or --stdin: unlike --pseudonym, these keep
         them out of shell history and /proc/*/cmdline.
         """
+        if not pseudonym and pseudonyms_file is None and not stdin:
+            # A usage error (exit 2), as the README's convention has it, not rejected input.
+            raise typer.BadParameter(
+                "one of them is required",
+                param_hint="'--pseudonyms-file', '--stdin' or '--pseudonym'",
+            )
         pseudonym = list(pseudonym or [])
         if pseudonyms_file is not None:
             pseudonym += _lines(pseudonyms_file.read_text(encoding="utf-8-sig"))
@@ -221,8 +228,21 @@ def _lines(text: str) -> list[str]:
 
 
 def _ensure_indicators(engine: Engine, config: Settings) -> None:
-    """Compute the indicators of releases that lack them (a replacement after an erasure)."""
-    with session_scope(engine) as session:
-        computed = ensure_indicators(config, session)
+    """Compute the indicators of releases that lack them (a replacement after an erasure).
+
+    The file is loaded (or the patients erased) by then: a failure here is a warning, and the
+    command still exits 0, as the API's upload job does (`service.uploads`).
+    """
+    try:
+        with session_scope(engine) as session:
+            computed = ensure_indicators(config, session)
+    except Exception as error:
+        # The class only: an engine's message may quote a record value.
+        console.print(
+            f"[bold yellow]Warning:[/] indicators not computed ({type(error).__name__}); the next "
+            "load, erase or release computes them",
+            highlight=False,
+        )
+        return
     if computed:
         typer.echo(f"indicators computed for release(s) {', '.join(map(str, computed))}")
