@@ -4,6 +4,12 @@ A release is a manifest (`releases/{N}/manifest.json`: per table its Delta versi
 files as absolute paths and its row count) plus a `schemas.catalog.Release` row. Nothing in the
 warehouse deletes a file that a non-retired release lists, except an erasure (`etl.erasure`), which
 retires the releases that held an erased patient and publishes a replacement.
+
+The release is its file list; its Delta version is informational. An erasure removes every log
+entry before its checkpoint (those entries' file statistics hold the erased records' values), so
+afterwards a release's Delta version no longer resolves (`DeltaTable(path, version=v)` fails),
+while its files, kept, still read its rows. Keeping the versions resolvable would mean keeping
+those entries.
 """
 
 import shutil

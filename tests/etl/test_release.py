@@ -5,8 +5,11 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 from sqlmodel import Session, col, select
 
+from etl.erasure import erase_patients
 from etl.load import load_file
 from etl.release import latest_release, publish_release, read_manifest
 from etl.warehouse import Warehouse
@@ -74,3 +77,25 @@ def test_releases_are_numbered_immutable_snapshots(
     assert [r.number for r in session.exec(select(Release).order_by(col(Release.number)))] == [1, 2]
     with pytest.raises(NotFound):
         read_manifest(warehouse.releases_dir, 3)
+
+
+def test_a_release_is_its_file_list_and_its_delta_version_is_informational(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    _load(write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-KEEP")]), Form.BASIS,
+          warehouse, session, key)  # fmt: skip
+    first = publish_release(warehouse, warehouse.releases_dir, session)
+    version = first.tables["basis"].delta_version
+    assert DeltaTable(str(warehouse.path("basis")), version=version).file_uris() == first.files(
+        "basis"
+    )
+    _load(write_extract(Form.BASIS, [episode_row(Form.BASIS, 2, "P-GONE")]), Form.BASIS,
+          warehouse, session, key)  # fmt: skip
+    erasure = erase_patients(["P-GONE"], warehouse=warehouse, session=session, key=key,
+                             releases_dir=warehouse.releases_dir)  # fmt: skip
+    assert erasure.releases_rebuilt == ""  # release 1 never held the patient: still served
+    # The erasure's log clean-up removed the log entries that version 1 resolved through; the
+    # release's own file list still reads its rows.
+    with pytest.raises(TableNotFoundError):
+        DeltaTable(str(warehouse.path("basis")), version=version)
+    assert _count(read_manifest(warehouse.releases_dir, 1).files("basis")) == 1
