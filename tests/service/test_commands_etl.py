@@ -58,7 +58,7 @@ def test_erase_reads_pseudonyms_from_a_file_or_stdin(
     assert "erased 1 rows of 1 patient(s)" in output
     assert "P-CLI" not in output
     result = CliRunner().invoke(app, ["erase"], env=env)
-    assert result.exit_code == 1  # nothing to erase
+    assert result.exit_code == 2  # a usage error: no pseudonym option given
 
 
 def test_erase_help_says_the_file_and_stdin_forms_keep_pseudonyms_out_of_history() -> None:
