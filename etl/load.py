@@ -6,7 +6,9 @@ nothing written but the ledger row and its report) → the typed table (the suit
 result, `ValidationResult.typed`: typing 1M rows twice cost seconds) → rows with a row-level error
 (the suite's `row_failures` and `cross_record.check` against the warehouse) go to quarantine with
 check and reason; the accepted rows get `patient_key` (HMAC of the pseudonym; the pseudonym itself
-is never written anywhere), `year` and `upload_id` and are merged into their form's table. An
+is never written anywhere), `year` and `upload_id` and are merged into their form's table. A
+record sent again (same record_id and provider) replaces its earlier quarantine rows, whether it
+is stored or quarantined again. An
 `optout` file is not stored: its patients are erased (`etl.erasure`), every patient of the file,
 also on a row that fails a row-level check (a missing or impossible optout_date, a malformed
 provider_orgnr, no record_id): an opt-out is the patient's right, and erasing is the safe side.
@@ -394,6 +396,8 @@ def _store(
     accepted = staged if not bad.any() else staged.filter(pa.array(~bad))
     quarantined = quarantine_rows(form, upload.id, staged, failed)
     counts = warehouse.write(form, accepted, upload_id=upload.id)
+    # Before this file's own quarantine rows: every record of the file replaces its earlier ones.
+    warehouse.clear_quarantined(form, staged, upload_id=upload.id)
     warehouse.append_quarantine(quarantined, upload_id=upload.id)
     report("stored", accepted.num_rows)
     upload.rows_accepted = accepted.num_rows

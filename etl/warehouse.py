@@ -365,7 +365,7 @@ class Warehouse:
         self, form: Form, versions: Iterable[tuple[str, int]], *, upload_id: int | None
     ) -> int:
         """Delete the quarantine rows of `form` of these (record_id, upload_id) versions (they
-        were stored, or superseded)."""
+        were stored, or superseded). Returns the rows deleted."""
         pairs = sorted(set(versions))
         if not pairs:
             return 0
@@ -390,6 +390,54 @@ class Warehouse:
             .execute()
         )
         return int(metrics["num_target_rows_deleted"])
+
+    def clear_quarantined(self, form: Form, rows: pa.Table, *, upload_id: int) -> int:
+        """Delete the quarantine rows that earlier uploads left of these rows' records (per
+        `record_id` and `provider_orgnr`, a missing provider included): a record sent again, stored
+        or quarantined again, replaces its earlier versions, so a fixed record leaves the
+        quarantine and a file loaded again does not double it. Returns the rows deleted.
+
+        The quarantine has no provider column (it is in each row's `values` JSON), so only the
+        few rows whose record_id matches are read whole; a file that re-sends no quarantined
+        record costs one look-up of the quarantine's `record_id` column."""
+        files = self.files(QUARANTINE)
+        if "record_id" not in MERGE_KEYS[form] or rows.num_rows == 0 or not files:
+            return 0
+        with duckdb_connection() as connection:
+            connection.register("incoming", rows.select(["record_id"]))
+            matched = connection.sql(
+                "SELECT DISTINCT t.record_id FROM read_parquet($files) AS t "
+                "WHERE t.form = $form AND t.upload_id <> $upload "
+                "AND t.record_id IN (SELECT record_id FROM incoming)",
+                params={"files": files, "form": form.value, "upload": upload_id},
+            ).to_arrow_table()
+        if matched.num_rows == 0:
+            return 0
+        record_ids = matched.column("record_id")
+        resent = rows.filter(pc.is_in(rows.column("record_id"), value_set=record_ids))
+        provider = dict(
+            zip(
+                resent.column("record_id").to_pylist(),
+                resent.column("provider_orgnr").to_pylist(),
+                strict=True,
+            )
+        )
+        earlier = self.select_in(
+            QUARANTINE, ["record_id", "upload_id", "values"], "record_id", record_ids,
+            where={"form": form.value},
+        )  # fmt: skip
+        versions = [
+            (record_id, upload)
+            for record_id, upload, values in zip(
+                earlier.column("record_id").to_pylist(),
+                earlier.column("upload_id").to_pylist(),
+                earlier.column("values").to_pylist(),
+                strict=True,
+            )
+            if upload != upload_id
+            and json.loads(values).get("provider_orgnr") == provider[record_id]
+        ]
+        return self.release_quarantined(form, versions, upload_id=upload_id)
 
     def delete_patients(self, table: str, keys: pa.Array) -> int:
         """Delete every row of these patient keys (merge from a source table: no literal)."""

@@ -210,7 +210,8 @@ def test_an_older_held_version_never_replaces_the_latest(
     ]
     stored, held = _held_then_intakes(steps, write_extract, warehouse, session, key)
     assert stored == []
-    assert held == [("m7", "e7"), ("m7", "e8")]
+    # The re-sent version replaced the first in the quarantine (same record_id and provider).
+    assert held == [("m7", "e8")]
     _load(write_extract(b, [episode_row(b, 8, "P7")]), b, warehouse, session, key)
     assert [
         (r["record_id"], r["episode_id"], r["use_days_30"])
