@@ -6,9 +6,12 @@ nothing written but the ledger row and its report) → the typed table (the suit
 result, `ValidationResult.typed`: typing 1M rows twice cost seconds) → rows with a row-level error
 (the suite's `row_failures` and `cross_record.check` against the warehouse) go to quarantine with
 check and reason; the accepted rows get `patient_key` (HMAC of the pseudonym; the pseudonym itself
-is never written anywhere), `year` and `upload_id` and are merged into their form's table. A
-record sent again (same record_id and provider) replaces its earlier quarantine rows, whether it
-is stored or quarantined again. An
+is never written anywhere), `year` and `upload_id` and are merged into their form's table. The
+upload's stored report lists the warehouse checks' failures beside the suite's, and its
+`quarantined_rows` is the ledger's. A record sent again (same record_id and provider) replaces
+its earlier quarantine rows, whether it is stored or quarantined again. Follow-on rows held for
+their intake (`cross.no_intake`) are stored when a basis file brings it: they then count as
+accepted, no longer quarantined, in the ledger row and report of the upload that sent them. An
 `optout` file is not stored: its patients are erased (`etl.erasure`), every patient of the file,
 also on a row that fails a row-level check (a missing or impossible optout_date, a malformed
 provider_orgnr, no record_id): an opt-out is the patient's right, and erasing is the safe side.
@@ -34,8 +37,10 @@ Atomicity protocol (a load commits fully or leaves no trace, even under SIGKILL)
    commit that never happened (`Warehouse.restore_before`).
 """
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,7 +48,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlmodel import Session
+from sqlmodel import Session, col, or_, select
 
 from etl.ledger import (
     NOT_KEPT,
@@ -74,6 +79,7 @@ from schemas.forms import (
 from schemas.manifest import ReleaseManifest
 from schemas.parsing import normalise
 from validation import cross_record, validate_extract
+from validation.report import with_warehouse_checks
 
 Progress = Callable[[str, int], None]
 
@@ -192,22 +198,28 @@ def load_file(
             session.commit()  # step 4: the running row must outlive this process
             assert upload.id is not None
             try:
+                run = _validation_run(upload, validation)
                 if form is Form.OPTOUT:
                     _optout(
                         typed, validation, warehouse=warehouse, session=session, key=key,
                         upload=upload, before_commit=before_commit,
                     )  # fmt: skip
                 else:
-                    _store(
+                    stored = _store(
                         typed, validation, form, warehouse=warehouse, keys=keys, upload=upload,
                         report=report,
                     )  # fmt: skip
+                    run.report = with_warehouse_checks(
+                        run.report, stored.failures, quarantined_rows=upload.rows_quarantined
+                    )
+                    if stored.released:
+                        run.report["released"] = _count_released(session, stored.released)
                 report("written", upload.rows_accepted)
                 upload.status = "loaded"
                 upload.finished_at = datetime.now(UTC)
                 session.add(upload)
-                session.add(_validation_run(upload, validation))
-                session.commit()
+                session.add(run)
+                session.commit()  # step 5: the counts of released rows' uploads with it
                 if optout:
                     checkpoint_catalog(session)
             except BaseException as error:
@@ -326,9 +338,10 @@ def stage(typed: pa.Table, form: Form, *, patient_key: pa.Array | None, upload_i
 
 def _failures(
     typed: pa.Table, form: Form, row_failures: pa.Table, warehouse: Warehouse
-) -> tuple[pa.Table, np.ndarray[Any, np.dtype[np.bool_]]]:
-    """The row-level errors (FAILURE_SCHEMA) of the suite and of the cross-record checks, and
-    which rows have one.
+) -> tuple[pa.Table, pa.Table, np.ndarray[Any, np.dtype[np.bool_]]]:
+    """The row-level errors (FAILURE_SCHEMA) of the suite and of the checks against the
+    warehouse (cross-record, another provider's record_id); those of the latter alone (for the
+    report: the suite's are in it already); and which rows have one.
 
     The cross-record errors read no `patient_key`, so they are checked on the typed rows while
     the keys are still being computed; without the pseudonym, which never reaches DuckDB (a
@@ -339,7 +352,7 @@ def _failures(
     bad = np.zeros(typed.num_rows, dtype=bool)
     bad[failed.column("row_index").to_numpy()] = True
     if form is Form.NPR_COUNTS or bad.all():
-        return failed, bad
+        return failed, FAILURE_SCHEMA.empty_table(), bad
     candidates_index = np.flatnonzero(~bad)
     incoming = typed.drop_columns([n for n in typed.column_names if n == PSEUDONYM_COLUMN])
     candidates = incoming if failed.num_rows == 0 else incoming.take(pa.array(candidates_index))
@@ -355,9 +368,9 @@ def _failures(
         cross = cross.set_column(
             cross.schema.get_field_index("row_index"), "row_index", pa.array(original)
         )
-        failed = pa.concat_tables([failed, cross.select(FAILURE_SCHEMA.names).cast(FAILURE_SCHEMA)])
+        failed = pa.concat_tables([failed, cross])
         bad[original] = True
-    return failed, bad
+    return failed, cross, bad
 
 
 def _other_provider(incoming: pa.Table, form: Form, warehouse: Warehouse) -> pa.Table:
@@ -377,6 +390,17 @@ def _cross_check(incoming: pa.Table, form: Form, warehouse: Warehouse) -> pa.Tab
     return cross_record.check(incoming, form, existing, warnings=False)
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """What a stored file's report and the ledger need beyond the upload's own counts."""
+
+    # The rows the checks against the warehouse quarantined (FAILURE_SCHEMA; row_index into the
+    # file): the suite's report does not know them.
+    failures: pa.Table
+    # Rows of earlier uploads held for their intake and stored now, per upload id.
+    released: dict[int, int]
+
+
 def _store(
     typed: pa.Table,
     validation: _Validation,
@@ -386,9 +410,9 @@ def _store(
     keys: Future[pa.Array] | None,
     upload: Upload,
     report: Progress,
-) -> None:
+) -> _Stored:
     assert upload.id is not None
-    failed, bad = _failures(typed, form, validation.row_failures, warehouse)
+    failed, warehouse_failures, bad = _failures(typed, form, validation.row_failures, warehouse)
     report("checked", int((~bad).sum()))
     patient_key = None if keys is None else keys.result()
     staged = stage(typed, form, patient_key=patient_key, upload_id=upload.id)
@@ -403,12 +427,53 @@ def _store(
     upload.rows_accepted = accepted.num_rows
     upload.rows_quarantined = int(bad.sum())
     upload.rows_superseded = counts.superseded
+    released: dict[int, int] = {}
     if form is Form.BASIS and accepted.num_rows > 0:
-        _release_held(warehouse, upload.id)
+        released = _release_held(warehouse, upload.id)
+        if released:
+            report("released", sum(released.values()))
+    return _Stored(failures=warehouse_failures, released=released)
 
 
-def _release_held(warehouse: Warehouse, upload_id: int) -> int:
-    """Rows held for `cross.no_intake` whose intake has now arrived are re-checked and stored.
+def _count_released(session: Session, released: Mapping[int, int]) -> list[dict[str, object]]:
+    """Count released rows as accepted, no longer quarantined, by the uploads that sent them
+    (their ledger rows, an API request's mirror of one too, and their reports'
+    `quarantined_rows`, which the report's `released_rows` explains); returns the releasing
+    upload's account of them (form, upload id, rows). Added to the session: committed with the
+    releasing load, or rolled back with it."""
+    account: list[dict[str, object]] = []
+    for upload_id, rows in sorted(released.items()):
+        owners = session.exec(
+            select(Upload).where(or_(Upload.id == upload_id, Upload.loaded_as == upload_id))
+        ).all()
+        for owner in owners:
+            owner.rows_accepted += rows
+            owner.rows_quarantined -= rows
+            session.add(owner)
+        sender = session.get(Upload, upload_id)
+        assert sender is not None  # the held rows carry the id of the upload that wrote them
+        account.append({"form": sender.form, "upload_id": upload_id, "rows": rows})
+        run = session.exec(
+            select(ValidationRun)
+            .where(ValidationRun.upload_id == upload_id)
+            .order_by(col(ValidationRun.id).desc())
+        ).first()
+        if run is not None:
+            released_rows = run.report.get("released_rows", 0)
+            assert isinstance(released_rows, int)
+            # A new dict: the JSON column does not track changes inside it.
+            run.report = {
+                **run.report,
+                "quarantined_rows": sender.rows_quarantined,
+                "released_rows": released_rows + rows,
+            }
+            session.add(run)
+    return account
+
+
+def _release_held(warehouse: Warehouse, upload_id: int) -> dict[int, int]:
+    """Rows held for `cross.no_intake` whose intake has now arrived are re-checked and stored;
+    returns how many were stored per upload that sent them (the `upload_id` they keep).
 
     A record held more than once (re-sent while its intake was still missing) is released in its
     latest version only (the highest upload id, per record_id and provider: a re-sent record
@@ -419,11 +484,12 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
     row's JSON, most of its bytes); only the held versions of the records concerned are read
     whole."""
     quarantine = warehouse.read(QUARANTINE, columns=["form", "record_id", "episode_id", "check"])
+    released: dict[int, int] = {}
     if quarantine.num_rows == 0:
-        return 0
+        return released
     held = quarantine.filter(pc.equal(quarantine.column("check"), NO_INTAKE))
     if held.num_rows == 0:
-        return 0
+        return released
     # Only records held for nothing but a missing intake (by episode too: another provider's
     # record of the same record_id may be quarantined for something else).
     other = quarantine.filter(pc.not_equal(quarantine.column("check"), NO_INTAKE))
@@ -440,7 +506,6 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
             Form.BASIS.value, ["episode_id"], "episode_id", held.column("episode_id")
         ).column("episode_id")
     )
-    released = 0
     for form in (Form.MEASUREMENT, Form.DISCHARGE, Form.FOLLOWUP):
         rows = held.filter(
             pc.and_(
@@ -538,7 +603,8 @@ def _release_held(warehouse: Warehouse, upload_id: int) -> int:
             mine = errors.filter(pc.is_in(errors.column("row_index"), pa.array(rows)))
             quarantined = quarantine_rows(form, int(held_upload), candidates, mine)
             warehouse.append_quarantine(quarantined, upload_id=upload_id)
-        released += passed.num_rows
+        for sender, rows in Counter(passed.column("upload_id").to_pylist()).items():
+            released[sender] = released.get(sender, 0) + rows
     return released
 
 

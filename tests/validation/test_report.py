@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -10,7 +11,14 @@ import pytest
 from schemas.forms import Form
 from tests.validation.conftest import KNOWN, TODAY, raw_table
 from validation import validate_extract
-from validation.report import quality_report, render_html, render_text
+from validation.report import (
+    WAREHOUSE_CHECK_CATEGORIES,
+    WAREHOUSE_CHECK_DEFAULT_CATEGORY,
+    quality_report,
+    render_html,
+    render_text,
+    with_warehouse_checks,
+)
 
 # Values that must never leave the file: a pseudonym, dates, scores, codes, free text.
 SENTINELS = {
@@ -130,3 +138,74 @@ def test_an_empty_row_failures_table_reports_zero() -> None:
     result = validate_extract(raw, Form.BASIS, known_providers=KNOWN, today=TODAY)
     assert result.row_failures.schema.field("row_index").type == pa.int64()
     assert quality_report(result)["quarantined_rows"] == 0
+
+
+def _failures(rows: list[tuple[int, str, str]]) -> pa.Table:
+    """A loader's failures table: (row_index, record_id, check) of severity error."""
+    return pa.table(
+        {
+            "row_index": pa.array([r[0] for r in rows], pa.int64()),
+            "record_id": pa.array([r[1] for r in rows], pa.string()),
+            "check": pa.array([r[2] for r in rows], pa.string()),
+            "severity": pa.array(["error"] * len(rows), pa.string()),
+        }
+    )
+
+
+def test_warehouse_checks_are_listed_after_the_suites_and_rendered() -> None:
+    raw = raw_table(Form.BASIS, [{}, {}, {}, {"age": "7"}])
+    suite = quality_report(validate_extract(raw, Form.BASIS, known_providers=KNOWN, today=TODAY))
+    failures = _failures(
+        [
+            (2, "r3", "record_id.other_provider"),
+            (1, "r2", "cross.inconsistent_demographics"),
+            (0, "r1", "record_id.other_provider"),
+        ]
+    )
+    report = with_warehouse_checks(suite, failures, quarantined_rows=4)
+    assert report["quarantined_rows"] == 4
+    assert report["categories"] == suite["categories"]
+    assert report["checks"][: len(suite["checks"])] == suite["checks"]
+    added = report["checks"][len(suite["checks"]) :]
+    assert [(c["check_id"], c["category"], c["column"]) for c in added] == [
+        ("cross.inconsistent_demographics", "plausibility", None),
+        ("record_id.other_provider", "conformance", "record_id"),
+    ]
+    assert [(c["failing_count"], c["failing_percent"], c["failing_record_ids"]) for c in added] == [
+        (1, 25.0, ["r2"]),
+        (2, 50.0, ["r1", "r3"]),  # in file order
+    ]
+    html = render_html(report)
+    assert "<code>record_id.other_provider</code>" in html
+    assert "r1, r3" in html
+    text = render_text(report)
+    assert text.splitlines()[0].endswith("accepted; 4 row(s) to quarantine")
+    assert (
+        "failed         error   record_id.other_provider: 2 (50.00 %, tolerated 0 %) "
+        "record ids: r1, r3"
+    ) in text
+
+
+def test_a_warehouse_checks_record_ids_are_capped_and_linked() -> None:
+    raw = raw_table(Form.MEASUREMENT, [{}] * 101)
+    suite = quality_report(
+        validate_extract(raw, Form.MEASUREMENT, known_providers=KNOWN, today=TODAY)
+    )
+    failures = _failures([(n, f"r{n + 1}", "cross.no_intake") for n in range(101)])
+    report = with_warehouse_checks(suite, failures, quarantined_rows=101)
+    (check,) = [c for c in report["checks"] if c["check_id"] == "cross.no_intake"]
+    assert check["failing_record_ids"] == [f"r{n}" for n in range(1, 101)]
+    assert (check["failing_record_ids_total"], check["category"]) == (101, "completeness")
+    html = render_html(report, failing_ids_url="/uploads/7/failing")
+    assert 'href="/uploads/7/failing?check=cross.no_intake">all 101</a>' in html
+
+
+def test_warehouse_check_categories_are_those_of_the_interface_doc() -> None:
+    # docs/interfaces.md's table of check ids is the shared contract of categories.
+    doc = (Path(__file__).parents[2] / "docs" / "interfaces.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `((?:cross\.\w+)|record_id\.other_provider)` \| (\w+) \|", doc, re.M)
+    assert len(rows) == 8
+    for check_id, category in rows:
+        assert WAREHOUSE_CHECK_CATEGORIES.get(check_id, WAREHOUSE_CHECK_DEFAULT_CATEGORY) == (
+            category
+        ), check_id
