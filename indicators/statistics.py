@@ -54,8 +54,13 @@ def wilson_interval(
     Formula exactly as PHEindicatormethods `wilson_lower`/`wilson_upper` (Wilson 1927; Newcombe &
     Altman, Statistics with confidence, 2nd edn, 2000):
         (2x + z² ∓ z·sqrt(z² + 4x(1 - x/n))) / 2 / (n + z²)
-    x = 0 gives lower = 0, x = n gives upper = 1; n = 0 gives NaN (PHE stops instead; the engine
-    shows "fewer than 5 observations" for such cells anyway).
+    x = 0 gives lower = 0 and x = n gives upper = 1, exactly; n = 0 gives NaN (PHE stops instead;
+    the engine shows "fewer than 5 observations" for such cells anyway).
+
+    In floating point z·sqrt(z²) is not always z², so the formula alone puts the upper limit at
+    x = n a rounding error either side of 1 (1.0000000000000002 for about half of n): the limits
+    are set exactly at the edges and clipped to [0, 1], which moves no other limit by more than
+    that rounding error.
     """
     x = _as_float_array(numerator, "numerator")
     n = _as_float_array(denominator, "denominator")
@@ -66,6 +71,8 @@ def wilson_interval(
         spread = z * np.sqrt(z**2 + 4.0 * x * (1.0 - x / n))
         lower = (2.0 * x + z**2 - spread) / 2.0 / (n + z**2)
         upper = (2.0 * x + z**2 + spread) / 2.0 / (n + z**2)
+    lower = np.where(x == 0, 0.0, np.clip(lower, 0.0, 1.0))
+    upper = np.where(x == n, 1.0, np.clip(upper, 0.0, 1.0))
     empty = n == 0
     lower = np.where(empty, np.nan, lower)
     upper = np.where(empty, np.nan, upper)
