@@ -28,6 +28,8 @@ IndicatorType = Literal["proportion", "median", "mean", "count", "coverage"]
 Context = Literal["caregiver", "resident"]
 CaseMixVariable = Literal["age_group", "sex", "treatment_type"]
 CONTEXTS: Final[tuple[Context, ...]] = ("caregiver", "resident")
+# Types whose value is x/n: their target levels and display threshold are fractions.
+FRACTION_TYPES: Final[frozenset[IndicatorType]] = frozenset({"proportion", "coverage"})
 
 # DOMAIN.md: results are not shown where the denominator is under 5 ("fewer than 5 observations").
 DEFAULT_MIN_DENOMINATOR: Final = 5
@@ -41,7 +43,7 @@ class CatalogueError(RejectedInput):
 
 
 class Text(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     no: str = Field(min_length=1)
     en: str = Field(min_length=1)
@@ -49,9 +51,12 @@ class Text(BaseModel):
 
 class Target(BaseModel):
     """Target levels as the national portal: `green` reached → high, `yellow` not reached → low,
-    moderate between. With direction `lower` the comparisons flip (≤ green high, > yellow low)."""
+    moderate between. With direction `lower` the comparisons flip (≤ green high, > yellow low).
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    The levels are on the indicator's own scale: for a proportion a fraction (0.8, not 80), which
+    `IndicatorDefinition` checks since only it knows the type."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     green: float
     yellow: float
@@ -67,7 +72,10 @@ class Target(BaseModel):
 
 
 class IndicatorDefinition(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """One indicator. Strict, as TOML types are exact: `min_denominator = true` or
+    `outcome = "yes"` is refused, not read as 1 or True (an integer is still taken for a float)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     title: Text
@@ -122,6 +130,8 @@ class IndicatorDefinition(BaseModel):
             raise ValueError("type: coverage is over basis episodes, caregiver context only")
         if self.unit == "patient" and self.population.first_per_episode is not None:
             raise ValueError("population.first_per_episode: not with unit patient")
+        if self.type in FRACTION_TYPES:
+            self._fractions()
         if self.target is not None:
             ordered = (
                 self.target.green >= self.target.yellow
@@ -138,6 +148,26 @@ class IndicatorDefinition(BaseModel):
         if not self.contexts:
             raise ValueError("contexts: at least one context")
         return self
+
+    def _fractions(self) -> None:
+        """Targets and display threshold of a proportion or coverage are fractions in [0, 1].
+
+        The engine compares them with x/n: `green = 80` (a percentage) would label every result
+        low, `display_min_value = 60` would suppress every result as low_coverage.
+        """
+        fields = {"display_min_value": self.display_min_value}
+        if self.target is not None:
+            fields |= {"target.green": self.target.green, "target.yellow": self.target.yellow}
+        outside = [
+            f"{where}: {value:g} is outside [0, 1]"
+            for where, value in fields.items()
+            if value is not None and not 0.0 <= value <= 1.0
+        ]
+        if outside:
+            raise ValueError(
+                f"{'; '.join(outside)} (a {self.type} indicator's target levels and "
+                f"display_min_value are fractions: 0.8 for 80 %)"
+            )
 
     def _date_column(self, name: str, where: str) -> None:
         variable = TABLE_VARIABLES[self.population.table].get(name)

@@ -15,10 +15,18 @@ at least one of its conditions is true.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
-from typing import Any, Final, Literal
+from datetime import date, datetime, time
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 from schemas.forms import FORMS, PATIENT_KEY_COLUMN, PSEUDONYM_COLUMN, ColumnKind, Form
 
@@ -133,14 +141,65 @@ YEAR_DATES: Final[dict[str, str]] = {
     "any": "record_date",
 }
 
-Scalar = int | str
-Value = Scalar | list[int] | list[str] | None
+
+def _toml_kind(value: Any) -> str:
+    """What TOML wrote, in the words of a definition's author (for messages)."""
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return f"a decimal number ({value})"
+    if isinstance(value, str):
+        return f"a string ({value!r})"
+    if isinstance(value, datetime | date | time):
+        return f"an unquoted TOML date or time ({value.isoformat()}; dates are strings here)"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+_EXPECTED_VALUE: Final = "an integer, a string, or a list of integers or of strings"
+
+
+def _plain_value(value: Any) -> Any:
+    """Refuse, before pydantic sees it, a condition value no column can hold.
+
+    The value is compared with codes, counts, text and dates as written, so nothing is converted:
+    in lax mode `true` became the code 1 and `[1, "2"]` became `[1, 2]`. A boolean, a decimal
+    number, a TOML date and a list mixing integers and strings are refused here with one message
+    (a strict union alone would report one error per member of the union); whether an integer or
+    a string fits the named column is `check_condition`'s question.
+    """
+    if value is None or (isinstance(value, int | str) and not isinstance(value, bool)):
+        return value
+    if not isinstance(value, list):
+        raise ValueError(f"expected {_EXPECTED_VALUE}, not {_toml_kind(value)}")
+    for index, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise ValueError(
+                f"expected a list of integers or of strings, but item {index} is {_toml_kind(item)}"
+            )
+    if len({type(item) for item in value}) > 1:
+        raise ValueError(
+            "expected a list of integers or of strings, not a list mixing integers and strings"
+        )
+    return value
+
+
+Scalar = StrictInt | StrictStr
+Value = Annotated[Scalar | list[StrictInt] | list[StrictStr] | None, BeforeValidator(_plain_value)]
 
 
 class Condition(BaseModel):
-    """One condition: `column op value`, or `any_of` a list of conditions."""
+    """One condition: `column op value`, or `any_of` a list of conditions.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict: TOML's own types are taken as written, never converted (see `_plain_value`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     column: str | None = None
     op: Op
@@ -204,7 +263,14 @@ def check_condition(condition: Condition, table: str, where: str) -> None:
 def _check_value(variable: Variable, value: Any, op: str, where: str) -> None:
     if variable.kind == "integer":
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"{where}: column {variable.name} takes integers")
+            codes = (
+                ""
+                if variable.codes is None
+                else f" (codes: {', '.join(str(code) for code in sorted(variable.codes))})"
+            )
+            raise ValueError(
+                f"{where}: column {variable.name} takes integers{codes}, not {_toml_kind(value)}"
+            )
         if variable.codes is not None and value not in variable.codes:
             raise ValueError(
                 f"{where}: {value} is not a code of column {variable.name} "
@@ -219,19 +285,24 @@ def _check_value(variable: Variable, value: Any, op: str, where: str) -> None:
             raise ValueError(f"{where}: {value} is outside the range of column {variable.name}")
     elif variable.kind == "date":
         if not isinstance(value, str):
-            raise ValueError(f"{where}: column {variable.name} takes ISO dates (yyyy-mm-dd)")
+            raise ValueError(
+                f"{where}: column {variable.name} takes ISO dates as strings (yyyy-mm-dd), "
+                f"not {_toml_kind(value)}"
+            )
         try:
             date.fromisoformat(value)
         except ValueError:
             raise ValueError(f"{where}: not an ISO date (yyyy-mm-dd)") from None
     elif not isinstance(value, str):
-        raise ValueError(f"{where}: column {variable.name} takes text")
+        raise ValueError(
+            f"{where}: column {variable.name} takes text (strings), not {_toml_kind(value)}"
+        )
 
 
 class Population(BaseModel):
     """The rows an indicator is computed over."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     table: TableName
     first_per_episode: str | None = Field(
@@ -245,6 +316,6 @@ class Population(BaseModel):
 class Numerator(BaseModel):
     """The population rows that count in the numerator."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     where: list[Condition] = Field(min_length=1)
