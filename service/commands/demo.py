@@ -69,7 +69,10 @@ def demo(
                 known_providers=known_providers,
                 uploaded_by="demo",
             )
-        changed = changed or upload.status == "loaded"
+        # An opt-out file is loaded every time (never a duplicate: `etl.ledger.NOT_KEPT`); it
+        # changed something only if it erased rows.
+        erased = form is not Form.OPTOUT or upload.rows_erased > 0
+        changed = changed or (upload.status == "loaded" and erased)
         summary.add_row(
             form.value,
             upload.status,
