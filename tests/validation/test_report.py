@@ -209,3 +209,17 @@ def test_warehouse_check_categories_are_those_of_the_interface_doc() -> None:
         assert WAREHOUSE_CHECK_CATEGORIES.get(check_id, WAREHOUSE_CHECK_DEFAULT_CATEGORY) == (
             category
         ), check_id
+
+
+def test_a_report_with_record_ids_withheld_says_so(report: dict[str, Any]) -> None:
+    """A trust's view of an upload that holds other providers' rows (`counts_only`): the failing
+    checks say the ids are withheld, not '(first 0 of 1)'."""
+    from service.uploads import counts_only
+
+    page = render_html(counts_only(report))
+    # age.type, sex.codes, icd10.pattern (row rX) and dudit.completeness (2 rows, tolerated)
+    failing = sum(1 for check in report["checks"] if check["failing_record_ids_total"])
+    assert failing == 4
+    assert page.count("record ids withheld") == failing
+    assert "first 0 of" not in page
+    assert "rX" not in page
