@@ -46,6 +46,7 @@ from pathlib import Path
 import pyarrow as pa
 from sqlmodel import Session, col, select
 
+from etl.keycheck import check_key
 from etl.ledger import checkpoint_catalog, repair_interrupted
 from etl.privacy import rekey
 from etl.release import publish_locked
@@ -96,7 +97,10 @@ def erase_patients(
     the caller's `running` upload row is committed with the erasure, unchanged.
     `before_commit(manifest)` runs under the locks for the replacement release, if one is published
     (the service computes its indicators there; it must not raise: the erasure would fail).
+    A key other than the register's (`etl.keycheck`) raises `ConfigurationError` before anything
+    is read or written: under it the patients' keys match none of their rows.
     """
+    check_key(warehouse.root, key)
     pseudonyms = sorted({p for p in source_pseudonyms if p})
     if not pseudonyms:
         raise RejectedInput("No pseudonym given to erase")

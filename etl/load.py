@@ -50,6 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlmodel import Session, col, or_, select
 
+from etl.keycheck import check_key
 from etl.ledger import (
     NOT_KEPT,
     checkpoint_catalog,
@@ -133,8 +134,12 @@ def load_file(
 ) -> Upload:
     """Load one file; returns its ledger row (status loaded, rejected or duplicate).
 
+    A key other than the register's (`etl.keycheck`) raises `ConfigurationError` before anything
+    is read or written, and leaves no ledger row: the file is not at fault (under the register's
+    key it loads), and a `rejected` row would say it is.
     `before_commit`: for an optout file, `erase_patients`' hook for the replacement release (runs
     under the write locks before it is committed: the service computes its indicators there)."""
+    check_key(warehouse.root, key)
     report: Progress = progress if progress is not None else _no_progress
     today = today if today is not None else date.today()
     optout = form is Form.OPTOUT

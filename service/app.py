@@ -18,6 +18,7 @@ from sqlmodel import Session
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from etl.keycheck import check_key
 from etl.ledger import sweep_incoming
 from schemas.errors import KvarusError, Unauthorised
 from schemas.organisations import Hierarchy
@@ -284,7 +285,8 @@ def stop_warming(warming: threading.Thread, *, timeout: float = WARM_STOP_SECOND
 
 
 def start_up_checks(settings: Settings) -> tuple[Engine, OidcVerifier]:
-    """Every check a start-up makes, each raising `ConfigurationError`: the pseudonym key, the
+    """Every check a start-up makes, each raising `ConfigurationError`: the pseudonym key (also
+    against the register's key check value, `etl.keycheck`, which a first start-up writes), the
     OIDC settings, the catalog (its engine, tables created). The catalog's engine and the OIDC
     verifier are returned for the app.
 
@@ -294,8 +296,12 @@ def start_up_checks(settings: Settings) -> tuple[Engine, OidcVerifier]:
     # Raises ConfigurationError outside demo mode without a proper key: uploads re-key pseudonyms
     # and aggregates derive their cell keys from it, so the service is useless (and unsafe) without.
     # First: nothing is created (not even the catalog) for a service that may not start.
-    settings.key_bytes()
+    key = settings.key_bytes()
     oidc = OidcVerifier(settings)  # an issuer without a JWKS URL is refused (no network here)
+    # Before the catalog: another key would re-key uploads' patients as patients never seen and
+    # give the aggregates other cell keys. Writes only the check value, so comes after the checks
+    # that create nothing.
+    check_key(settings.warehouse_dir, key)
     return make_engine(settings), oidc
 
 
