@@ -5,17 +5,31 @@ Suppressed rows (denominator under the indicator's minimum, a provider under 60 
 complementary: a sibling hidden so that a suppressed result cannot be recovered by subtracting
 published ones from their parent; rules in `indicators.engine`) keep their denominator but carry
 no numerator, value, interval, target level or funnel signal.
+
+The results file also carries, in its Parquet key-value metadata (`VARIATION_KEY`), the
+standardised variation figures of the release's outcome indicators
+(`indicators.variation_report.standardised_variation`): they need the release's records, so they
+are computed with the results, and kept in the same file so that they are written atomically with
+the results they were computed from, read with them (the API's cache of the file holds them) and
+deleted with them when an erasure retires the release. A file without the key (written before it
+existed) has no stored figures: the API then serves none.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.manifest import ReleaseManifest
+
+if TYPE_CHECKING:
+    from indicators.catalogue import IndicatorDefinition
+    from indicators.episodes import EngineName
 
 RESULT_SCHEMA: Final = pa.schema(
     [
@@ -44,26 +58,100 @@ RESULT_SCHEMA: Final = pa.schema(
 )
 
 RESULTS_FILE: Final = "indicators.parquet"
+# Parquet key-value metadata of the results file: {"version": 1, "entries": [...]}, one entry per
+# standardised indicator × year × context (`standardised_variation`). Another version is not read.
+VARIATION_KEY: Final = b"kvarus.variation"
+VARIATION_VERSION: Final = 1
+
+
+def with_variation(table: pa.Table, entries: Sequence[dict[str, Any]]) -> pa.Table:
+    """`table` carrying the standardised variation `entries` in its schema metadata."""
+    document = {"version": VARIATION_VERSION, "entries": list(entries)}
+    # allow_nan=False: a NaN would be invalid JSON; the figures are None where they do not exist.
+    encoded = json.dumps(document, allow_nan=False, separators=(",", ":")).encode()
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), VARIATION_KEY: encoded})
+
+
+def stored_variation(schema: pa.Schema) -> list[dict[str, Any]] | None:
+    """The standardised variation entries a results table (or file schema) carries; None when it
+    carries none (results computed before they were stored) or of another version."""
+    encoded = (schema.metadata or {}).get(VARIATION_KEY)
+    if encoded is None:
+        return None
+    document = json.loads(encoded)
+    if not isinstance(document, dict) or document.get("version") != VARIATION_VERSION:
+        return None
+    entries = document.get("entries")
+    return entries if isinstance(entries, list) else None
 
 
 def write(table: pa.Table, path: Path) -> None:
-    """Write results as Parquet (the schema is enforced: a wrong column fails here)."""
+    """Write results as Parquet (the schema is enforced: a wrong column fails here), with the
+    stored variation figures the table carries."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table.select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA), path)
+    written = table.select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA)  # cast drops the metadata
+    encoded = (table.schema.metadata or {}).get(VARIATION_KEY)
+    if encoded is not None:
+        written = written.replace_schema_metadata({VARIATION_KEY: encoded})
+    pq.write_table(written, path)
 
 
 def read(path: Path) -> pa.Table:
-    return pq.read_table(path, schema=RESULT_SCHEMA)
+    table = pq.read_table(path, schema=RESULT_SCHEMA)  # read with a schema: without metadata
+    encoded = (pq.read_schema(path).metadata or {}).get(VARIATION_KEY)
+    return table if encoded is None else table.replace_schema_metadata({VARIATION_KEY: encoded})
+
+
+def compute_with_variation(
+    manifest: ReleaseManifest,
+    *,
+    engine: EngineName = "duckdb",
+    spark_session: Any = None,
+    catalogue: list[IndicatorDefinition] | None = None,
+) -> pa.Table:
+    """The packaged catalogue over a release (`indicators.engine.compute`), carrying its
+    standardised variation figures."""
+    from indicators.engine import compute  # the engine loads on first use
+    from schemas.organisations import Hierarchy
+
+    table = compute(
+        manifest,
+        hierarchy=Hierarchy.default(),
+        engine=engine,
+        catalogue=catalogue,
+        spark_session=spark_session,
+    )
+    return attach_variation(
+        manifest, table, engine=engine, spark_session=spark_session, catalogue=catalogue
+    )
+
+
+def attach_variation(
+    manifest: ReleaseManifest,
+    table: pa.Table,
+    *,
+    engine: EngineName = "duckdb",
+    spark_session: Any = None,
+    catalogue: list[IndicatorDefinition] | None = None,
+) -> pa.Table:
+    """Results `table` of `manifest`'s release with its standardised variation figures (computed
+    over the release's records, on `engine`)."""
+    from indicators.variation_report import standardised_variation
+
+    entries = standardised_variation(
+        manifest, table, catalogue=catalogue, engine=engine, spark_session=spark_session
+    )
+    return with_variation(table, entries)
 
 
 def compute_and_store(
     manifest: ReleaseManifest, releases_dir: Path, *, engine: str = "duckdb"
 ) -> Path:
-    """Compute the packaged catalogue over a release and write `releases/{N}/indicators.parquet`."""
-    from indicators.engine import compute, engine_name
-    from schemas.organisations import Hierarchy
+    """Compute the packaged catalogue over a release and write `releases/{N}/indicators.parquet`
+    (with its standardised variation figures)."""
+    from indicators.engine import engine_name
 
-    table = compute(manifest, hierarchy=Hierarchy.default(), engine=engine_name(engine))
+    table = compute_with_variation(manifest, engine=engine_name(engine))
     path = releases_dir / str(manifest.release) / RESULTS_FILE
     write(table, path)
     return path

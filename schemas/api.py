@@ -160,10 +160,32 @@ class VariationPublic(BaseModel):
     indicator_id: str
     year: int
     context: str
-    providers: int
+    providers: int = Field(description="Providers with a shown (not suppressed) result")
     national_value: float | None
-    extremal_quotient: float | None
-    coefficient_of_variation: float | None
+    extremal_quotient: float | None = Field(
+        description="Max / min of the crude proportions (kept for compatibility; see eq1)"
+    )
+    coefficient_of_variation: float | None = Field(
+        description="CV of the crude proportions (kept for compatibility; see cv)"
+    )
+    # The variation statistics (DOMAIN.md): on indirectly standardised rates for outcome
+    # indicators (`standardised`), on the crude proportions otherwise. Null where a statistic does
+    # not exist (EQk needs 2k providers and a k-th lowest rate above 0; CV 2 providers) and, for an
+    # outcome indicator, where no standardised figures were stored with the release's results
+    # (computed before they were, or the resident context, which is not standardised).
+    eq1: float | None = Field(default=None, description="Extremal quotient: highest / lowest")
+    eq2: float | None = Field(default=None, description="2nd highest / 2nd lowest")
+    eq3: float | None = Field(default=None, description="3rd highest / 3rd lowest")
+    cv: float | None = Field(default=None, description="Coefficient of variation (sd n−1 / mean)")
+    scv: float | None = Field(
+        default=None,
+        description="McPherson's systematic component of variation, ×100 (can be negative)",
+    )
+    standardised: bool = Field(
+        default=False,
+        description="eq1-scv are on rates indirectly standardised by the indicator's case-mix "
+        "variables (observed / expected by age group, sex, treatment type)",
+    )
     # normal: θ ± z·√(θ(1−θ)/n) (the engine's funnel_signal); overdispersed: Spiegelhalter's
     # additive random-effects limits, with the over-dispersion ratio φ and the between-provider
     # variance τ² (arcsine-square-root scale; τ² = 0 when φ shows no over-dispersion).

@@ -6,13 +6,18 @@ not depend on how `value` is scaled.
 """
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import numpy as np
 
 from indicators.funnel import funnel_significance, normal_funnel_limits, overdispersed_funnel
-from indicators.variation import coefficient_of_variation, extremal_quotients
+from indicators.variation_report import (
+    crude_variation,
+    figures,
+    national_proportion,
+    shown,
+)
 from schemas.api import (
     FunnelPoint,
     IndicatorResultPublic,
@@ -34,6 +39,8 @@ PROVIDER_LEVEL: Final[dict[str, str]] = {"caregiver": "provider", "resident": "h
 # studies by 2025 (DOMAIN.md).
 STUDY_TARGET: Final = 0.05
 STUDY_INDICATOR: Final = "study"
+# The variation statistics of `VariationPublic` (named as `indicators.variation_report.figures`).
+STATISTICS: Final = ("eq1", "eq2", "eq3", "cv", "scv")
 
 Row = dict[str, Any]
 
@@ -90,10 +97,19 @@ def variation(
     year: int,
     context: str,
     overdispersion: bool = False,
+    case_mix_adjusted: bool = False,
+    stored: Mapping[str, Any] | None = None,
 ) -> VariationPublic:
     """Variation between providers, with funnel points and 95 % / 99.8 % limits: normal limits
     (the engine's signals), or with `overdispersion` Spiegelhalter's additive random-effects
-    limits and the signals against them."""
+    limits and the signals against them.
+
+    The statistics eq1-scv: for a `case_mix_adjusted` (outcome) indicator the `stored`
+    standardised figures (computed with the release's results, `indicators.variation_report`),
+    or none; for another indicator the crude ones, from the shown providers' numerators and
+    denominators. The funnel, `extremal_quotient` and `coefficient_of_variation` stay on the
+    crude proportions.
+    """
     selected = [
         r
         for r in rows
@@ -102,44 +118,44 @@ def variation(
     if not selected:
         raise NotFound(f"no results of {indicator} in {year} ({context})")
     nation = next((r for r in selected if r["level"] == "nation"), None)
-    theta = _proportion(nation) if nation is not None else None
-    providers = [
-        r
-        for r in selected
-        if r["level"] == PROVIDER_LEVEL[context]
-        and not r["suppressed"]
-        and _proportion(r) is not None
-    ]
-    rates = np.array([_proportion(r) for r in providers], dtype=np.float64)
+    theta = national_proportion(nation)
+    # Suppressed providers never enter the figures, whoever asks (a trust sees its own
+    # suppressed rows' numbers): every principal gets the same statistics.
+    providers = [r for r in selected if r["level"] == PROVIDER_LEVEL[context] and shown(r)]
+    numerators = np.array([float(r["numerator"]) for r in providers], dtype=np.float64)
+    denominators = np.array([float(r["denominator"]) for r in providers], dtype=np.float64)
+    crude = crude_variation(numerators, denominators, theta) if providers else None
     points: list[FunnelPoint] = []
     phi = tau2 = None
     if theta is not None and providers:
-        denominators = np.array([float(r["denominator"]) for r in providers])
-        numerators = [float(r["numerator"]) for r in providers]
         if overdispersion:
-            funnel = overdispersed_funnel(numerators, denominators, theta)
+            funnel = overdispersed_funnel(list(numerators), denominators, theta)
             limits, phi, tau2 = funnel.limits, funnel.phi, funnel.tau2
         else:
             limits = normal_funnel_limits(theta, denominators)
         # The engine's labels (high_0.001 ... not_significant), by the engine's own function.
-        signals = funnel_significance(numerators, limits)
+        signals = funnel_significance(list(numerators), limits)
         for i, row in enumerate(providers):
-            value = float(rates[i])
-            signal = signals[i]
             points.append(
                 FunnelPoint(
                     orgnr=row["orgnr"],
                     name=row["name"] or row["orgnr"],
-                    numerator=float(row["numerator"]),
-                    denominator=float(row["denominator"]),
-                    value=value,
+                    numerator=float(numerators[i]),
+                    denominator=float(denominators[i]),
+                    value=float(numerators[i] / denominators[i]),
                     lower95=float(limits.lower_0_025[i]),
                     upper95=float(limits.upper_0_025[i]),
                     lower998=float(limits.lower_0_001[i]),
                     upper998=float(limits.upper_0_001[i]),
-                    signal=signal,
+                    signal=signals[i],
                 )
             )
+    # An outcome indicator's figures are the standardised ones or none: its crude ones would
+    # answer another question (they stay in extremal_quotient and coefficient_of_variation).
+    source: Mapping[str, Any] | None = stored if case_mix_adjusted else None
+    if not case_mix_adjusted and crude is not None:
+        source = figures(crude)
+    statistics = {name: source.get(name) for name in STATISTICS} if source is not None else {}
     return VariationPublic(
         release=release,
         indicator_id=indicator,
@@ -147,8 +163,10 @@ def variation(
         context=context,
         providers=len(providers),
         national_value=theta,
-        extremal_quotient=extremal_quotients(rates).eq1 if len(rates) else None,
-        coefficient_of_variation=coefficient_of_variation(rates) if len(rates) else None,
+        extremal_quotient=crude.extremal_quotients.eq1 if crude is not None else None,
+        coefficient_of_variation=crude.coefficient_of_variation if crude is not None else None,
+        **statistics,
+        standardised=case_mix_adjusted and stored is not None,
         funnel="overdispersed" if overdispersion else "normal",
         phi=phi,
         tau2=tau2,

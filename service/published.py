@@ -24,8 +24,10 @@ from sqlalchemy import Connection, Engine
 from sqlmodel import Session, col, select
 
 from etl import release as etl_release
+from indicators import results as result_files
 from indicators.catalogue import load_catalogue
 from indicators.results import RESULT_SCHEMA, RESULTS_FILE
+from indicators.variation_report import STANDARDISED, case_mix_adjusted
 from schemas.catalog import Release
 from schemas.errors import NotFound
 from schemas.manifest import ReleaseManifest
@@ -204,6 +206,35 @@ def etag(release: int, query: ResultQuery, principal: Principal, results_mtime_n
 def catalogue_ids() -> frozenset[str]:
     """The ids of the packaged indicator catalogue (read once: it ships with the code)."""
     return frozenset(d.id for d in load_catalogue())
+
+
+@cache
+def case_mix_adjusted_ids() -> frozenset[str]:
+    """The indicators whose variation figures are on indirectly standardised rates."""
+    return frozenset(d.id for d in load_catalogue() if case_mix_adjusted(d))
+
+
+def stored_variation(
+    table: pa.Table, indicator: str, year: int, context: str
+) -> dict[str, Any] | None:
+    """The standardised variation figures of `indicator` in `year` and `context` stored in the
+    results file `table` was read from (`indicators.results.VARIATION_KEY`); None when the file
+    holds none for them (computed before they were stored, or not standardised there).
+
+    From the table's schema metadata, read with the table and cached with it: no release data
+    is read per request. The figures are over the shown providers alone, the same for every
+    principal.
+    """
+    entries = result_files.stored_variation(table.schema)
+    for entry in entries or ():
+        if (
+            entry.get("indicator_id") == indicator
+            and entry.get("year") == year
+            and entry.get("context") == context
+            and entry.get("method") == STANDARDISED
+        ):
+            return entry
+    return None
 
 
 def select_results(

@@ -3,6 +3,10 @@
 `etl/` cannot import `indicators/` (the engine must run without the loader), so the two steps meet
 here, at the edge, for the CLI and the API alike.
 
+A release's indicators are its results and, in the same file, the standardised variation figures
+of its outcome indicators (`indicators.results.compute_with_variation`): one computation, one
+atomic write.
+
 Erasures retire releases and delete their `indicators.parquet` while holding the warehouse's write
 locks. So results are only ever written under those locks, after checking (in the committed
 catalog) that the release is not retired: a computation that ran while an erasure retired its
@@ -115,7 +119,20 @@ def write_results(
     number: int, table: pa.Table, settings: Settings, session: Session, *, engine: str
 ) -> Path | None:
     """Write release `number`'s computed results under the write locks and index them (added to
-    `session`); None, writing nothing, when the release is retired (or gone) by then."""
+    `session`); None, writing nothing, when the release is retired (or gone) by then.
+
+    Results computed without their standardised variation figures (`indicators.engine.compute`
+    alone, as `kvarus indicators` does) get them first, on DuckDB, without the locks.
+    """
+    if result_files.stored_variation(table.schema) is None:
+        try:
+            manifest = read_manifest(settings.releases_dir, number)
+            table = result_files.attach_variation(manifest, table)
+        except Exception:
+            # An erasure may have retired the release and deleted its files meanwhile.
+            if _retired(session, number):
+                return None
+            raise
     with _warehouse(settings).writing():
         if _retired(session, number):
             return None
@@ -151,15 +168,15 @@ def _warehouse(settings: Settings) -> Warehouse:
 
 
 def _compute(manifest: ReleaseManifest, engine: str) -> pa.Table:
-    from indicators.engine import compute, engine_name  # the engine loads on first use
-    from schemas.organisations import Hierarchy
+    """The release's results with their standardised variation figures."""
+    from indicators.engine import engine_name  # the engine loads on first use
 
-    return compute(manifest, hierarchy=Hierarchy.default(), engine=engine_name(engine))
+    return result_files.compute_with_variation(manifest, engine=engine_name(engine))
 
 
 def _write_file(number: int, table: pa.Table, settings: Settings) -> Path:
-    """Write the results whole or not at all (the API may read the file at any moment). Call
-    under the write locks."""
+    """Write the results (and the variation figures they carry) whole or not at all (the API may
+    read the file at any moment). Call under the write locks."""
     path = settings.releases_dir / str(number) / RESULTS_FILE
     partial = path.with_name(f".{RESULTS_FILE}.partial")
     result_files.write(table, partial)

@@ -179,18 +179,23 @@ def indicator_variation(
     """Variation between providers in one year: statistics, funnel points and limits.
 
     Providers are the `provider` rows in the caregiver context and the `hf` rows in the
-    resident context; signals use the engine's labels (`high_0.001`, `high_0.025`, `low_0.025`,
-    `low_0.001`, `not_significant`). With `overdispersion=true` the limits and signals are
-    Spiegelhalter's additive random-effects ones (arcsine-square-root scale, 10 % winsorised
-    z-scores), with φ and τ² in the answer; the stored results' `funnel_signal` stays normal.
-    Limitation: the rates are the published crude rates, also for outcome indicators; the
-    indirectly standardised rates of
-    `indicators.variation_report.variation_report` (which recomputes expected counts over the
-    release's records) are not served here.
+    resident context, those shown (suppressed ones never enter any figure); signals use the
+    engine's labels (`high_0.001`, `high_0.025`, `low_0.025`, `low_0.001`, `not_significant`).
+    With `overdispersion=true` the limits and signals are Spiegelhalter's additive
+    random-effects ones (arcsine-square-root scale, 10 % winsorised z-scores), with φ and τ² in
+    the answer; the stored results' `funnel_signal` stays normal.
+
+    `eq1`, `eq2`, `eq3` (extremal quotients), `cv` and `scv` (McPherson's systematic component):
+    for outcome indicators on rates indirectly standardised by age group, sex and treatment type
+    (`standardised: true`), computed with the release's results; null when the release's results
+    were computed before these figures were stored, and in the resident context (standardised
+    over treating providers only). For other indicators on the crude proportions. The funnel and
+    `extremal_quotient` / `coefficient_of_variation` are on the crude proportions.
     """
     number = published.get_release(session, release).number
+    table = published.results_table(settings, number)
     rows = published.select_results(
-        published.results_table(settings, number),
+        table,
         published.ResultQuery(indicator=indicator_id, years=(year,), context=context),
         principal,
     )
@@ -201,6 +206,8 @@ def indicator_variation(
         year=year,
         context=context,
         overdispersion=overdispersion,
+        case_mix_adjusted=indicator_id in published.case_mix_adjusted_ids(),
+        stored=published.stored_variation(table, indicator_id, year, context),
     )
     audit.note(request, rows=len(result.points), release=number)
     return result
