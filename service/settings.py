@@ -17,10 +17,11 @@ from schemas.errors import ConfigurationError
 DEMO_PSEUDONYM_KEY: Final = "kvarus-demo-key-not-for-production"
 # A keyed HMAC needs a key at least as long as its output (RFC 2104 §3): 32 bytes for SHA-256.
 MIN_KEY_LENGTH: Final = 32
+ENV_PREFIX: Final = "KVARUS_"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KVARUS_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=None, extra="ignore")
 
     data_dir: Path = Field(default=Path("var"), description="Warehouse, releases, catalog, logs")
     database_url: str | None = Field(
@@ -63,8 +64,10 @@ class Settings(BaseSettings):
         key = self.pseudonym_key.get_secret_value()
         if key == DEMO_PSEUDONYM_KEY and not self.demo:
             raise ConfigurationError("the demo pseudonym key is refused outside demo mode")
-        if len(key) < MIN_KEY_LENGTH and key != DEMO_PSEUDONYM_KEY:
+        # Spaces around a key add no secret: 35 spaces would pass a plain length check.
+        if len(key.strip()) < MIN_KEY_LENGTH and key != DEMO_PSEUDONYM_KEY:
             raise ConfigurationError(
-                f"KVARUS_PSEUDONYM_KEY must be at least {MIN_KEY_LENGTH} characters"
+                f"KVARUS_PSEUDONYM_KEY must be at least {MIN_KEY_LENGTH} characters, not counting "
+                "spaces around it"
             )
         return key.encode()

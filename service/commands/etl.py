@@ -1,22 +1,27 @@
 """CLI: load files, publish releases, erase opted-out patients, list the upload ledger.
 
 `kvarus load FILE --form F`, `kvarus release [--note TEXT]`, `kvarus erase --pseudonyms-file PATH`
-(or `--stdin`, or `--pseudonym X`), `kvarus uploads`. Exit 0 when done, 1 when the file (or
-request) is rejected, 2 on a usage error (`kvarus erase` without any pseudonym option). Nothing
-printed here holds a pseudonym, a patient key or a record value: counts, statuses and check names
-only.
+(or `--stdin`, or `--pseudonym X`), `kvarus uploads`. Exit codes as `service.commands.common` says:
+0 done, 1 the file (or request) rejected, 2 a usage error, 130 interrupted. Nothing printed here
+holds a pseudonym, a patient key or a record value: counts, statuses and check names only.
+
+An erasure (`kvarus erase`, `kvarus load --form optout`) holds SIGINT and SIGTERM until it is done:
+stopped between its deletes and its catalog commit, it would leave its patients in the release
+still served, and a repair cannot finish it (the keys live only in its memory).
 """
 
 import re
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import datetime
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 import typer
+from rich import box
+from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import Engine
@@ -25,15 +30,39 @@ from etl.erasure import erase_patients
 from etl.ledger import list_uploads
 from etl.load import load_file
 from etl.warehouse import Warehouse
+from schemas.errors import RejectedInput
 from schemas.forms import Form
-from schemas.organisations import Hierarchy
-from service.commands.common import console, reports_errors, settings
+from schemas.organisations import Hierarchy, is_valid_orgnr
+from service.commands.common import (
+    EXIT_INTERRUPTED,
+    console,
+    fail,
+    reports_errors,
+    settings,
+    signals_deferred,
+)
 from service.database import make_engine, session_scope
 from service.publishing import ResultsUnderLocks, ensure_indicators, publish
 from service.settings import Settings
 from service.uploads import NAME_WITHHELD, ledger_filename
 
-_STEPS = {"read": "Read", "validated": "Validated", "written": "Written"}
+# What `etl.load.load_file` runs after each step it reports done: the spinner names the step now
+# running (named when done, `guarded` stayed on screen through the seconds of validation).
+_RUNNING: Final = {
+    "read": "Checking {rows:,} rows for direct identifiers",
+    "guarded": "Validating {rows:,} rows",
+    "validated": "Checking {rows:,} rows against the warehouse",
+    "checked": "Staging the rows ({rows:,} passed every check)",
+    "staged": "Writing {rows:,} rows to the warehouse",
+    "stored": "Recording the upload ({rows:,} rows stored)",
+    "released": "Recording the upload ({rows:,} held rows released)",
+    "written": "Recording the upload",
+}
+ERASURE_CONTINUES: Final = "Finishing the erasure first: it cannot be left half done"
+# SQL's LIMIT is a signed 64-bit integer (SQLite, PostgreSQL): a larger one overflows the driver.
+MAX_LIMIT: Final = 2**63 - 1
+# The uploads table to standard output: it is the command's answer (and piped, the pipe's input).
+output = Console()
 
 
 def register(app: typer.Typer) -> None:
@@ -62,35 +91,48 @@ def register(app: typer.Typer) -> None:
         engine = make_engine(config)
         # An opt-out's replacement release gets its indicators under the locks, before it is served.
         results = ResultsUnderLocks(config, required=False)
-        with (
-            _ledger_named(file) as source,
-            Progress(
-                SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                console=console, transient=True,
-            ) as bar,
-            session_scope(engine) as session,
-        ):  # fmt: skip
-            task = bar.add_task(f"Loading {source.name} ({form.value})")
+        # An opt-out file's load is an erasure.
+        erasing: AbstractContextManager[list[int]] = (
+            signals_deferred(ERASURE_CONTINUES) if form is Form.OPTOUT else nullcontext([])
+        )
+        loaded: int | None = None
+        try:
+            with (
+                erasing as received,
+                _ledger_named(file) as source,
+                Progress(
+                    SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                    console=console, transient=True,
+                ) as bar,
+                session_scope(engine) as session,
+            ):  # fmt: skip
+                task = bar.add_task(f"Reading {source.name} ({form.value})…")
 
-            def progress(step: str, rows: int) -> None:
-                bar.update(task, description=f"{_STEPS.get(step, step)}: {rows:,} rows")
+                def progress(step: str, rows: int) -> None:
+                    bar.update(task, description=_running(step, rows, form))
 
-            upload = load_file(
-                source, form, warehouse=warehouse, session=session, key=key,
-                known_providers=known, uploaded_by=uploaded_by, progress=progress,
-                before_commit=results,
-            )  # fmt: skip
-            results.index(session)
-            status, error = upload.status, upload.error
-            summary = (
-                f"upload {upload.id}: {status}; read {upload.rows_read}, accepted "
-                f"{upload.rows_accepted}, quarantined {upload.rows_quarantined}, superseded "
-                f"{upload.rows_superseded}, erased {upload.rows_erased}"
-            )
+                upload = load_file(
+                    source, form, warehouse=warehouse, session=session, key=key,
+                    known_providers=known, uploaded_by=uploaded_by, progress=progress,
+                    before_commit=results,
+                )  # fmt: skip
+                status, error = upload.status, upload.error
+                loaded = upload.id if status == "loaded" else None
+                results.index(session)
+                summary = (
+                    f"upload {upload.id}: {status}; read {upload.rows_read}, accepted "
+                    f"{upload.rows_accepted}, quarantined {upload.rows_quarantined}, superseded "
+                    f"{upload.rows_superseded}, erased {upload.rows_erased}"
+                )
+        except KeyboardInterrupt:
+            # `load_file` undoes a load it is stopped in (`etl.load`): only a returned one stands.
+            done = "nothing was stored" if loaded is None else f"upload {loaded} was loaded"
+            fail("Interrupted", done, EXIT_INTERRUPTED)
         if status == "rejected":
-            console.print(f"[bold red]Rejected:[/] {error}", highlight=False)
-            raise typer.Exit(1)
+            fail("Rejected", str(error), 1)
         typer.echo(summary)
+        if received:
+            _interrupted_after_erasure(received)
         # Should the replacement's indicators have failed under the locks (logged): compute them.
         _ensure_indicators(engine, config)
 
@@ -101,7 +143,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Publish the warehouse's current state as the next numbered release, with indicators."""
         config = settings()
-        with session_scope(make_engine(config)) as session:
+        with (
+            console.status("Publishing the next release and computing its indicators…"),
+            session_scope(make_engine(config)) as session,
+        ):
             manifest, results = publish(config, session, note=note)
         counts = ", ".join(f"{name} {t.row_count}" for name, t in manifest.tables.items())
         typer.echo(f"release {manifest.release}: {counts}; indicators in {results}")
@@ -136,16 +181,22 @@ def register(app: typer.Typer) -> None:
                 "of shell history and the process list",
             ),
         ] = False,
-        provider: Annotated[str | None, typer.Option(help="Provider that reported")] = None,
+        provider: Annotated[
+            str | None,
+            typer.Option(
+                callback=_provider, help="Organisation number of the provider that reported"
+            ),
+        ] = None,
         optout_date: Annotated[
             datetime | None,
-            typer.Option(formats=["%Y-%m-%d"], help="Date of the opt-out, yyyy-mm-dd"),
+            typer.Option(
+                formats=["%Y-%m-%d"], callback=_optout_date, help="Date of the opt-out, yyyy-mm-dd"
+            ),
         ] = None,
     ) -> None:
         """Erase every record of the patients physically; logs counts, never the pseudonym.
 
-        Give the pseudonyms with --pseudonyms-file or --stdin: unlike --pseudonym, these keep
-        them out of shell history and /proc/*/cmdline.
+        --pseudonyms-file and --stdin keep the pseudonyms out of shell history and /proc/*/cmdline.
         """
         if not pseudonym and pseudonyms_file is None and not stdin:
             # A usage error (exit 2), as the README's convention has it, not rejected input.
@@ -153,54 +204,62 @@ def register(app: typer.Typer) -> None:
                 "one of them is required",
                 param_hint="'--pseudonyms-file', '--stdin' or '--pseudonym'",
             )
-        pseudonym = list(pseudonym or [])
-        if pseudonyms_file is not None:
-            pseudonym += _lines(pseudonyms_file.read_text(encoding="utf-8-sig"))
-        if stdin:
-            pseudonym += _lines(sys.stdin.read())
+        try:  # standard input may be read from a terminal, where Ctrl-C ends the typing
+            sources = _pseudonyms(pseudonym or [], pseudonyms_file, stdin)
+        except KeyboardInterrupt:
+            fail("Interrupted", "nothing was erased", EXIT_INTERRUPTED)
         config = settings()
+        key = config.key_bytes()
         warehouse = Warehouse(config.warehouse_dir, config.releases_dir)
         when = optout_date.date() if optout_date is not None else None
         engine = make_engine(config)
         # The replacement release gets its indicators before it is committed (and served).
         results = ResultsUnderLocks(config, required=False)
-        with session_scope(engine) as session:
+        with signals_deferred(ERASURE_CONTINUES) as received, session_scope(engine) as session:
             # Commits before it releases the write locks: a writer waiting for them (another
             # erasure, a publish) must find the replacement release.
             erasure = erase_patients(
-                pseudonym, warehouse=warehouse, session=session, key=config.key_bytes(),
+                sources, warehouse=warehouse, session=session, key=key,
                 releases_dir=config.releases_dir, provider_orgnr=provider, optout_date=when,
                 before_commit=results,
             )  # fmt: skip
             results.index(session)
             rows = sum(erasure.rows_erased.values())
             rebuilt = erasure.releases_rebuilt
-        typer.echo(f"erased {rows} rows of {len(set(pseudonym))} patient(s)")
+        typer.echo(f"erased {rows} rows of {len(set(sources))} patient(s)")
         if rebuilt:
             typer.echo(f"releases retired and rebuilt: {rebuilt}")
+        if received:
+            _interrupted_after_erasure(received)
         _ensure_indicators(engine, config)
 
     @app.command("uploads")
     @reports_errors
     def uploads(
-        limit: Annotated[int, typer.Option(help="How many, newest first")] = 50,
+        limit: Annotated[
+            int, typer.Option(min=1, max=MAX_LIMIT, help="How many, newest first")
+        ] = 50,
     ) -> None:
         """List the upload ledger, newest first."""
         config = settings()
-        table = Table()
+        # Fits 80 columns: no borders, one space between columns, and the columns that may fold
+        # (started, by and the file's name) share the last one. The others are never folded or
+        # cut, however narrow the terminal.
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0))
         for name in ("id", "form", "status"):
-            # Never folded or cut, however narrow the terminal.
-            table.add_column(name, no_wrap=True, min_width=len("duplicate") if name != "id" else 3)
-        for name in ("read", "accepted", "quarantined", "superseded", "file", "by", "started"):
-            table.add_column(name)
+            table.add_column(name, no_wrap=True)
+        for name in ("read", "accepted", "quarantined", "superseded"):
+            table.add_column(name, no_wrap=True, justify="right")
+        table.add_column("started · by · file", overflow="fold")
         with session_scope(make_engine(config)) as session:
             for u in list_uploads(session, limit):
+                started = u.started_at.strftime("%Y-%m-%d %H:%M")
                 table.add_row(
                     str(u.id), u.form, u.status, str(u.rows_read), str(u.rows_accepted),
-                    str(u.rows_quarantined), str(u.rows_superseded), u.filename, u.uploaded_by,
-                    u.started_at.strftime("%Y-%m-%d %H:%M"),
+                    str(u.rows_quarantined), str(u.rows_superseded),
+                    f"{started} · {u.uploaded_by} · {u.filename}",
                 )  # fmt: skip
-        console.print(table)
+        output.print(table)
 
 
 # The suffix (the reader picks the format by it) kept on a withheld name: a plain one only.
@@ -222,9 +281,72 @@ def _ledger_named(file: Path) -> Iterator[Path]:
         yield link
 
 
+def _running(step: str, rows: int, form: Form) -> str:
+    """The spinner's text once `load_file` reported `step` done for `rows` rows."""
+    if form is Form.OPTOUT and step == "validated":
+        return f"Erasing the patients of {rows:,} opt-outs…"
+    return _RUNNING.get(step, "{step}: {rows:,} rows").format(step=step, rows=rows) + "…"
+
+
+def _provider(value: str | None) -> str | None:
+    if value is not None and not is_valid_orgnr(value):
+        raise typer.BadParameter(
+            "expected an organisation number: 9 digits, the last a check digit"
+        )
+    return value
+
+
+def _optout_date(value: datetime | None) -> datetime | None:
+    if value is not None and value.date() > date.today():
+        raise typer.BadParameter("an opt-out date cannot lie in the future")
+    return value
+
+
+def _pseudonyms(given: list[str], file: Path | None, stdin: bool) -> list[str]:
+    """The pseudonyms of the options, the file's and standard input's lines, checked as UTF-8.
+
+    The re-keying hashes their UTF-8 bytes. The decoder's own message would quote the offending
+    byte, a part of a pseudonym: the error names only where the text came from.
+    """
+    if any(not _is_utf8(p) for p in given):
+        raise RejectedInput("a --pseudonym is not UTF-8 text")
+    pseudonyms = list(given)
+    if file is not None:
+        pseudonyms += _lines(_decoded(file.read_bytes(), "the pseudonyms file"))
+    if stdin:
+        pseudonyms += _lines(_decoded(sys.stdin.buffer.read(), "the standard input"))
+    return pseudonyms
+
+
+def _is_utf8(text: str) -> bool:
+    """False for an argument of bytes the locale could not decode (held as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _decoded(data: bytes, source: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise RejectedInput(f"{source} is not UTF-8 text") from None
+
+
 def _lines(text: str) -> list[str]:
     """One pseudonym per line, surrounding spaces stripped, blank lines skipped."""
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _interrupted_after_erasure(received: list[int]) -> None:
+    """Exit as interrupted by the first signal that an erasure held back until it was done."""
+    fail(
+        "Interrupted after the erasure finished",
+        "the patients are erased from the tables and the releases served; the next load, erase "
+        "or release computes any indicators missing",
+        128 + received[0],
+    )
 
 
 def _ensure_indicators(engine: Engine, config: Settings) -> None:
@@ -236,6 +358,12 @@ def _ensure_indicators(engine: Engine, config: Settings) -> None:
     try:
         with session_scope(engine) as session:
             computed = ensure_indicators(config, session)
+    except KeyboardInterrupt:
+        fail(
+            "Interrupted",
+            "indicators not computed; the next load, erase or release computes them",
+            EXIT_INTERRUPTED,
+        )
     except Exception as error:
         # The class only: an engine's message may quote a record value.
         console.print(

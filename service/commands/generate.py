@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from etl.generate import generate_register
-from service.commands.common import console, reports_errors
+from service.commands.common import check_output_directory, console, reports_errors
 
 
 def _error_rate(value: float) -> float:
@@ -55,8 +55,8 @@ def register(app: typer.Typer) -> None:
             int, typer.Option(min=1, hidden=True, help="Episodes per chunk (memory bound)")
         ] = 100_000,
     ) -> None:
-        """Write a realistic synthetic register: every form's extract file, planted errors and
-        reject files, deterministic for a seed."""
+        """Write a synthetic register: every form's extract file, planted errors, reject files."""
+        check_output_directory(out)
         first, last = (int(y) for y in years.split("-"))
         with Progress(
             TextColumn("Generating"),

@@ -1,10 +1,11 @@
 """CLI: compute the indicator catalogue over a release.
 
-`kvarus indicators [--release N] [--engine duckdb|spark] [--format json|csv|parquet] [--out PATH]`
+`kvarus indicators [--release N] [--engine duckdb|spark] [--out PATH [--format json|csv|parquet]]`
 reads `{data_dir}/releases/{N}/manifest.json` (default: the highest N present), writes
 `{data_dir}/releases/{N}/indicators.parquet` (and `--out` in the chosen format) and records an
-`IndicatorRun` in the catalog. Results are aggregates with small cells suppressed: nothing printed
-or written holds a record value of a single patient.
+`IndicatorRun` in the catalog. `--out` is checked before the computation (seconds on a large
+register), which a path that cannot be written would waste. Results are aggregates with small
+cells suppressed: nothing printed or written holds a record value of a single patient.
 
 The results are computed without locks and written under the warehouse's write locks, after
 checking (in the committed catalog) that the release is not retired, as `service.publishing` does:
@@ -29,7 +30,7 @@ from indicators.engine import compute, engine_name
 from schemas.errors import Conflict, NotFound
 from schemas.manifest import ReleaseManifest
 from schemas.organisations import Hierarchy
-from service.commands.common import console, reports_errors, settings
+from service.commands.common import check_output_file, console, reports_errors, settings
 from service.database import make_engine, session_scope
 from service.publishing import release_retired, write_results
 
@@ -65,7 +66,6 @@ def latest_release(releases_dir: Path) -> int:
 
 
 def write_output(table: pa.Table, path: Path, output_format: OutputFormat) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     if output_format is OutputFormat.PARQUET:
         results.write(table, path)
     elif output_format is OutputFormat.CSV:
@@ -99,13 +99,22 @@ def register(app: typer.Typer) -> None:
         ] = None,
         engine: Annotated[Engine, typer.Option("--engine", help="Query engine")] = Engine.DUCKDB,
         output_format: Annotated[
-            OutputFormat, typer.Option("--format", help="Format of --out")
-        ] = OutputFormat.PARQUET,
+            OutputFormat | None,
+            typer.Option("--format", help="Format of --out [default: parquet]"),
+        ] = None,
         out: Annotated[
-            Path | None, typer.Option("--out", help="Also write the results here")
+            Path | None,
+            typer.Option("--out", dir_okay=False, help="Also write the results here"),
         ] = None,
     ) -> None:
         """Compute every indicator of the catalogue over a release."""
+        if output_format is not None and out is None:
+            # Said rather than ignored: the results go to the release's indicators.parquet.
+            raise typer.BadParameter(
+                "--format is the format of --out: give --out PATH as well", param_hint="'--format'"
+            )
+        if out is not None:
+            check_output_file(out)
         config = settings()
         number = release if release is not None else latest_release(config.releases_dir)
         manifest_path = config.releases_dir / str(number) / "manifest.json"
@@ -116,29 +125,30 @@ def register(app: typer.Typer) -> None:
         with session_scope(database) as session:
             _check_servable(session, number)  # before a long computation; again under the locks
         started = time.perf_counter()
-        spark = _spark_session() if engine is Engine.SPARK else None
-        try:
-            table = compute(
-                manifest,
-                hierarchy=Hierarchy.default(),
-                engine=engine_name(engine.value),
-                spark_session=spark,
-            )
-        except Exception:
-            # An erasure may have retired the release and deleted its files meanwhile.
-            with session_scope(database) as session:
-                _check_servable(session, number)
-            raise
-        finally:
-            if spark is not None:
-                spark.stop()
-        with session_scope(database) as session:
+        with console.status(f"Computing the indicators of release {number} on {engine.value}…"):
+            spark = _spark_session() if engine is Engine.SPARK else None
+            try:
+                table = compute(
+                    manifest,
+                    hierarchy=Hierarchy.default(),
+                    engine=engine_name(engine.value),
+                    spark_session=spark,
+                )
+            except Exception:
+                # An erasure may have retired the release and deleted its files meanwhile.
+                with session_scope(database) as session:
+                    _check_servable(session, number)
+                raise
+            finally:
+                if spark is not None:
+                    spark.stop()
+        with console.status("Writing the results…"), session_scope(database) as session:
             path = write_results(number, table, config, session, engine=engine.value)
             if path is None:  # retired (or gone) while computing: say which
                 _check_servable(session, number)
                 raise AssertionError("a release write_results refused is not servable")
         if out is not None:
-            write_output(table, out, output_format)
+            write_output(table, out, output_format or OutputFormat.PARQUET)
         console.print(
             f"Release {number}: {table.num_rows:,} indicator results on {engine.value} in "
             f"{time.perf_counter() - started:.1f} s → {path}",

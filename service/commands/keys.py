@@ -11,6 +11,13 @@ from service.database import make_engine, session_scope
 MAX_CLIENT_ID: Final = 2**63 - 1
 
 
+def _client_role(value: str) -> str:
+    """A role outside the API's is a usage error (exit 2), as a mistyped option is."""
+    if value not in auth.CLIENT_ROLES:
+        raise typer.BadParameter(f"expected one of {', '.join(auth.CLIENT_ROLES)}")
+    return value
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `kvarus` app."""
     keys = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
@@ -18,7 +25,9 @@ def register(app: typer.Typer) -> None:
     @keys.command("create")
     @reports_errors
     def create(
-        role: Annotated[str, typer.Option(help="registry, trust or researcher")],
+        role: Annotated[
+            str, typer.Option(callback=_client_role, help=" or ".join(auth.CLIENT_ROLES))
+        ],
         provider: Annotated[
             str | None, typer.Option(help="Organisation number (trust keys only)")
         ] = None,

@@ -13,7 +13,7 @@ import typer
 from etl.read import read_extract
 from schemas.forms import Form
 from schemas.organisations import Hierarchy
-from service.commands.common import console, reports_errors
+from service.commands.common import check_output_file, console, reports_errors
 from validation import validate_extract
 from validation.report import quality_report, render_html, render_text
 
@@ -39,6 +39,8 @@ def register(app: typer.Typer) -> None:
         """Validate an extract file against its form's suite and print the quality report."""
         import json
 
+        if out is not None:
+            check_output_file(out)
         raw = read_extract(file, form)
         known = frozenset(o.orgnr for o in Hierarchy.default().providers)
         result = validate_extract(raw, form, known_providers=known, today=date.today())
