@@ -3,7 +3,7 @@ or as a child process of its own (`python -I -S hmac_worker.py`).
 
 The loop holds the GIL (about 0.35 s for 500,000 pseudonyms), while the loader validates the same
 file beside it, Python-heavy work that wants the GIL too. As a child process the loop runs on the
-other core instead. The child imports only the standard library's `hashlib`, `sys` and
+other core instead. The child imports only the standard library's `hashlib`, `signal`, `sys` and
 `collections.abc` (it starts in ~20 ms), is started with an empty environment and talks over its
 standard streams only: the key never appears in its arguments or environment.
 
@@ -14,6 +14,7 @@ status 0.
 """
 
 import hashlib
+import signal
 import sys
 from collections.abc import Iterable
 
@@ -46,6 +47,9 @@ def digests(key: bytes, offsets: Iterable[int], data: bytes | memoryview) -> byt
 
 
 def _main() -> int:
+    # The terminal's Ctrl-C reaches the whole process group: the parent decides (an erasure
+    # finishes first, `service.commands.common`); a child that died of it failed the load.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin = sys.stdin.buffer
 
     def exactly(size: int) -> bytes:

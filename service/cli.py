@@ -1,12 +1,19 @@
 """The `kvarus` command line.
 
-Exit codes: 0 ok, 1 rejected input (a `KvarusError`), 2 usage error (typer/click's own).
-Each command group lives in its own module under `service/commands/` and registers itself here.
+Exit codes (README, "The command line"): 0 ok, 1 rejected input or a runtime failure, 2 usage or
+configuration error, 130 interrupted. Each command group lives in its own module under
+`service/commands/` and registers itself here.
 """
+
+import sys
 
 import typer
 
-from service.commands import demo, etl, generate, indicators, keys, serve, validate
+try:  # the command modules take seconds to import: a Ctrl-C then is no traceback either
+    from service.commands import demo, etl, generate, indicators, keys, serve, validate
+except KeyboardInterrupt:  # pragma: no cover (timing-dependent; nothing has run yet)
+    print("Interrupted: nothing was done", file=sys.stderr)
+    raise SystemExit(130) from None
 
 app = typer.Typer(
     name="kvarus",
