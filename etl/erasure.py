@@ -25,21 +25,24 @@ Steps, holding the warehouse's write locks:
    `add` actions (and statistics) of the removed files. Afterwards we verify that no log JSON older
    than the checkpoint remains.
 
-Crash safety: a marker file (`PENDING`, under the warehouse root, holding nothing of a patient) is
-written and synced before the first delete and removed when step 5 is done. Every writer repairs
-first under the write locks (`etl.ledger.repair_interrupted`), and the repair runs step 5 again
-while the marker is there (each part of it is idempotent). A process killed after step 4 thus
-leaves an erasure that the next writer completes; one killed before it leaves the releases as they
-were (served, with their files) and no log row: the current tables no longer hold the patients,
-but a release may, so the erasure must be run again (the keys only ever live in memory, so a
-repair cannot retire the releases that hold them).
+Crash safety: a marker file (`PENDING`, under the warehouse root) is written and synced before the
+first delete and removed when step 5 is done. It holds no pseudonym or key, only the (form, upload,
+record id, provider) of the rows to be erased, which the quality reports name: once the rows are
+deleted nothing else could tell which ids to scrub. Every writer repairs first under the write
+locks (`etl.ledger.repair_interrupted`), and the repair scrubs the reports and runs step 5 again
+while the marker is there (each part is idempotent). A process killed after step 4 thus leaves an
+erasure that the next writer completes; one killed before it leaves the releases as they were
+(served, with their files) and no log row: the current tables no longer hold the patients, but a
+release may, so the erasure must be run again (the keys only ever live in memory, so a repair
+cannot retire the releases that hold them). A kill before the deletes scrubs ids of rows that
+stay: a report then names fewer failing rows than it counts, never more.
 """
 
 import json
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 
@@ -132,7 +135,7 @@ def _erase(
 ) -> Erasure:
     keys = rekey(pa.array(pseudonyms, pa.string()), key)
     records = _records_of(warehouse, keys)
-    _mark_pending(warehouse)
+    _mark_pending(warehouse, records)
     rows_erased: dict[str, int] = {}
     for table in TABLES:
         rows_erased[table] = warehouse.delete_patients(table, keys)
@@ -181,6 +184,10 @@ def finish_pending(session: Session, warehouse: Warehouse) -> bool:
     marker = warehouse.root / PENDING
     if not marker.exists():
         return False
+    # The reports name the rows by id: scrubbed again here (an erasure killed before its commit
+    # deleted the rows, and a rerun would find none to scrub).
+    _scrub_reports(session, [_Record(*row) for row in json.loads(marker.read_text() or "[]")])
+    session.commit()
     keep: set[str] = set()
     for release in session.exec(select(Release)).all():
         path = Path(release.manifest_path)
@@ -195,11 +202,14 @@ def finish_pending(session: Session, warehouse: Warehouse) -> bool:
     return True
 
 
-def _mark_pending(warehouse: Warehouse) -> None:
-    """Write the marker and sync it (and its directory) to disk before the first delete: the
-    catalog commit that follows is durable, and a lost marker would leave the files unpurged."""
+def _mark_pending(warehouse: Warehouse, records: list["_Record"]) -> None:
+    """Write the marker with the records to be erased and sync it (and its directory) to disk
+    before the first delete: the catalog commit that follows is durable, and a lost marker would
+    leave the files unpurged and the reports unscrubbed."""
     marker = warehouse.root / PENDING
-    with marker.open("wb") as handle:
+    with marker.open("w", encoding="utf-8") as handle:
+        json.dump([astuple(record) for record in records], handle)
+        handle.flush()
         os.fsync(handle.fileno())
     directory = os.open(warehouse.root, os.O_RDONLY)
     try:

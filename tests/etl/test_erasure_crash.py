@@ -20,7 +20,7 @@ from etl.erasure import INDICATORS_FILE, PENDING, erase_patients
 from etl.ledger import INTERRUPTED, OPTOUT_ERASED, OPTOUT_INTERRUPTED, repair
 from etl.release import publish_release
 from etl.warehouse import Warehouse
-from schemas.catalog import Erasure, Release, Upload
+from schemas.catalog import Erasure, Release, Upload, ValidationRun
 from schemas.forms import Form
 from schemas.manifest import ReleaseManifest
 from service.settings import Settings
@@ -211,10 +211,18 @@ def test_an_erasure_killed_before_its_commit_leaves_the_releases_served_and_can_
     if mode == "load":
         target = str(write_extract(Form.OPTOUT, [episode_row(Form.OPTOUT, 1, ERASED)]))
 
+    named = str([run.report for run in session.exec(select(ValidationRun)).all()])
+    assert "'b5'" in named
+    assert "'m9'" in named
     _kill_at("before_commit", mode, target, warehouse=warehouse, engine=catalog_engine, key=key,
              tmp_path=tmp_path)  # fmt: skip
     repair(session, warehouse)
 
+    # The reports no longer name the erased rows (b5 age.type, m9 held for its intake): the
+    # repair scrubbed them from the marker, as no rerun could (the rows are gone).
+    reports = str([run.report for run in session.exec(select(ValidationRun)).all()])
+    assert "'b5'" not in reports
+    assert "'m9'" not in reports
     # Release 1 is served as it was, with its files and its results; nothing was logged.
     assert _served(session) == {1: True}
     assert _releases(session) == [(1, False)]
