@@ -716,7 +716,7 @@ def coded_patient_levels(
     patient = [c for c in rows.columns if c not in (*CELL, "num")]
     cells = _Cells.of(pairs, organisations)
     coded = materialise(cells.coded(rows, patient), "patients (coded)")
-    per_patient = stored = materialise(
+    per_patient = materialise(
         coded.group_by("year", *patient).agg(
             patient_num=coded.num.max(),
             first=coded.cell.min(),
@@ -765,5 +765,5 @@ def coded_patient_levels(
         parts.append(cells.level_rows(grouped, grouped_levels))
         if ("caregiver", "hf") in levels:
             parts.append(_public_hfs(parts[-1], organisations))
-    drop(stored)
+    drop(per_patient)
     return _summed(counted, _concat(parts))
