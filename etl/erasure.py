@@ -4,20 +4,21 @@ Steps, holding the warehouse's write locks:
 1. re-key the source pseudonyms (the keys only live in memory);
 2. per table (every stored form and the quarantine), delete the patients' rows with
    `merge(source=pa.table({"patient_key": keys}), "t.patient_key = s.patient_key")
-   .when_matched_delete()`: a literal predicate would write the key into the Delta log; the
-   deleted rows' record ids are removed from the stored quality reports (`failing_record_ids`);
+   .when_matched_delete()`: a literal predicate would write the key into the Delta log;
 3. releases whose files hold one of the keys (looked up in the files, with DuckDB) are marked
    `retired`, and a replacement release noted "rebuilt after erasure" is published from the
    current state (its indicators are computed at the edge: `service.publishing.ensure_indicators`).
    We do not rewrite an old release in place: a release is immutable, and a rewritten one would
    silently change its published numbers; retiring it is honest and leaves its manifest (paths and
    counts, no record) as the record of what was published.
-4. the catalog is COMMITTED (retirements, the replacement, the scrubbed reports, the log row
+4. the catalog is COMMITTED (retirements, the replacement, the withheld upload names, the log row
    `schemas.catalog.Erasure`: date, provider and row counts per table) before any file is deleted:
    a process killed while deleting must not leave a release in service whose files are gone.
-5. `finish_pending` deletes the files: the retired releases' `indicators.parquet` (computed from
-   the erased records), and every data file no longer referenced (by the current table version or
-   by a non-retired release): Delta's `vacuum(retention_hours=0, enforce_retention_duration=False,
+5. `finish_pending` removes the deleted rows' record ids from the stored quality reports
+   (`failing_record_ids`, from the marker) and commits, then deletes the files: the retired
+   releases' `indicators.parquet` (computed from the erased records), and every data file no
+   longer referenced (by the current table version or by a non-retired release): Delta's
+   `vacuum(retention_hours=0, enforce_retention_duration=False,
    full=True, dry_run=True)` lists them, and we delete its list minus the files of non-retired
    releases (Delta's own `keep_versions` would need the older log files removed next). Then
    `create_checkpoint()` and `cleanup_metadata()`: with `delta.logRetentionDuration` 0 (set by
@@ -144,7 +145,7 @@ def _erase(
     # large register) is done: a flushed change opens SQLite's write transaction, and every other
     # catalog writer (the audit, upload requests, other processes) would wait for it and time out.
     with session.no_autoflush:
-        _scrub_reports(session, records)
+        # The reports are scrubbed by `finish_pending`, from the marker, after the commit.
         _withhold_names(session, pseudonyms)
         releases = session.exec(select(Release).where(col(Release.retired).is_(False))).all()
         retired: list[int] = []
@@ -184,8 +185,8 @@ def finish_pending(session: Session, warehouse: Warehouse) -> bool:
     marker = warehouse.root / PENDING
     if not marker.exists():
         return False
-    # The reports name the rows by id: scrubbed again here (an erasure killed before its commit
-    # deleted the rows, and a rerun would find none to scrub).
+    # The reports name the rows by id: scrubbed from the marker, never from the tables (an
+    # erasure killed before its commit deleted the rows, and a rerun would find none to scrub).
     _scrub_reports(session, [_Record(*row) for row in json.loads(marker.read_text() or "[]")])
     session.commit()
     keep: set[str] = set()

@@ -4,6 +4,7 @@ PostgreSQL (a fresh schema per test), the warehouse, and a writer of tiny extrac
 import socket
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from sqlmodel import Session, SQLModel, create_engine
 
 import schemas.catalog  # noqa: F401  (registers the catalog tables)
 from etl.warehouse import Warehouse
+from schemas.catalog import Upload
 from schemas.forms import FORMS, Form
 from service.database import make_engine
 from service.settings import Settings
@@ -81,6 +83,34 @@ def session(catalog_engine: Engine) -> Iterator[Session]:
 @pytest.fixture
 def warehouse(settings: Settings) -> Warehouse:
     return Warehouse(settings.warehouse_dir, settings.releases_dir)
+
+
+# The day the ETL tests validate on (the rows' dates lie before it) and the providers they know.
+LOAD_DAY = date(2025, 11, 1)
+
+
+def load_ok(
+    path: Path,
+    form: Form,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    *,
+    commit: bool = False,
+) -> "Upload":
+    """Load a file as the ETL tests do (the register's providers, validated on `LOAD_DAY`),
+    assert that it loaded, and commit the catalog if asked."""
+    from etl.load import load_file  # Great Expectations: imported by the tests that load only
+    from schemas.organisations import Hierarchy
+
+    upload = load_file(
+        path, form, warehouse=warehouse, session=session, key=key, today=LOAD_DAY,
+        known_providers=frozenset(o.orgnr for o in Hierarchy.default().providers),
+    )  # fmt: skip
+    if commit:
+        session.commit()
+    assert upload.status == "loaded"
+    return upload
 
 
 # Values of a valid row per form, apart from the common columns.

@@ -11,7 +11,6 @@ from sqlmodel import Session, col, select
 
 from etl.erasure import INDICATORS_FILE, NAME_ERASED, REBUILT_NOTE, erase_patients
 from etl.ledger import NOT_KEPT
-from etl.load import load_file
 from etl.release import latest_release, publish_release, read_manifest
 from etl.warehouse import QUARANTINE, Warehouse
 from indicators.results import RESULTS_FILE
@@ -19,19 +18,10 @@ from schemas.catalog import Erasure, Release, Upload, ValidationRun
 from schemas.forms import Form
 from schemas.organisations import Hierarchy
 from service.settings import Settings
-from tests.conftest import PROVIDER_A, ExtractWriter, episode_row
+from tests.conftest import PROVIDER_A, ExtractWriter, episode_row, load_ok
 
 KNOWN = frozenset(o.orgnr for o in Hierarchy.default().providers)
 ERASED = "P-ERASE-ME-4711"
-
-
-def _load(path: Path, form: Form, warehouse: Warehouse, session: Session, key: bytes) -> Upload:
-    upload = load_file(
-        path, form, warehouse=warehouse, session=session, key=key, known_providers=KNOWN,
-        today=date(2025, 11, 1),
-    )  # fmt: skip
-    assert upload.status == "loaded"
-    return upload
 
 
 def _register(write: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes) -> None:
@@ -43,13 +33,13 @@ def _register(write: ExtractWriter, warehouse: Warehouse, session: Session, key:
         episode_row(Form.BASIS, 4, "P-KEEP-2"),
         episode_row(Form.BASIS, 5, ERASED, age="abc"),  # quarantined: age.type
     ]
-    _load(write(Form.BASIS, basis), Form.BASIS, warehouse, session, key)
+    load_ok(write(Form.BASIS, basis), Form.BASIS, warehouse, session, key)
     measurements = [
         episode_row(Form.MEASUREMENT, 1, "P-KEEP-1"),
         episode_row(Form.MEASUREMENT, 2, ERASED),
         episode_row(Form.MEASUREMENT, 9, ERASED),  # held: cross.no_intake
     ]
-    _load(write(Form.MEASUREMENT, measurements), Form.MEASUREMENT, warehouse, session, key)
+    load_ok(write(Form.MEASUREMENT, measurements), Form.MEASUREMENT, warehouse, session, key)
     session.commit()
 
 
@@ -149,7 +139,7 @@ def test_loading_an_optout_file_erases_its_patients(
 ) -> None:
     _register(write_extract, warehouse, session, key)
     optout = [episode_row(Form.OPTOUT, 1, ERASED)]
-    upload = _load(write_extract(Form.OPTOUT, optout), Form.OPTOUT, warehouse, session, key)
+    upload = load_ok(write_extract(Form.OPTOUT, optout), Form.OPTOUT, warehouse, session, key)
     session.commit()
     assert upload.rows_erased == 5  # 2 basis + 1 measurement + 2 quarantine (b5, m9)
     assert upload.rows_accepted == 1
@@ -177,7 +167,7 @@ def test_an_optout_sent_by_a_provider_outside_the_register_list_still_erases(
     unknown = "990010005"
     assert unknown not in KNOWN
     optout = [episode_row(Form.OPTOUT, 1, ERASED, provider_orgnr=unknown)]
-    upload = _load(write_extract(Form.OPTOUT, optout), Form.OPTOUT, warehouse, session, key)
+    upload = load_ok(write_extract(Form.OPTOUT, optout), Form.OPTOUT, warehouse, session, key)
     session.commit()
     assert upload.rows_erased == 5
     assert upload.rows_accepted == 1
@@ -204,7 +194,7 @@ def test_optout_rows_failing_a_check_still_erase_and_are_counted_as_quarantined(
         episode_row(Form.OPTOUT, 3, "P-KEEP-2"),
         episode_row(Form.OPTOUT, 4, "", optout_date="01.02.2025"),  # nobody to erase
     ]
-    upload = _load(write_extract(Form.OPTOUT, optout), Form.OPTOUT, warehouse, session, key)
+    upload = load_ok(write_extract(Form.OPTOUT, optout), Form.OPTOUT, warehouse, session, key)
     session.commit()
     assert upload.rows_read == 4
     assert upload.rows_accepted == 1
@@ -242,10 +232,10 @@ def test_releases_without_the_patient_survive_and_a_second_erasure_also_leaves_n
     key: bytes,
     settings: Settings,
 ) -> None:
-    _load(write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-KEEP-1")]), Form.BASIS,
+    load_ok(write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-KEEP-1")]), Form.BASIS,
           warehouse, session, key)  # fmt: skip
     publish_release(warehouse, warehouse.releases_dir, session, note="one patient")
-    _load(write_extract(Form.BASIS, [episode_row(Form.BASIS, 2, ERASED)]), Form.BASIS,
+    load_ok(write_extract(Form.BASIS, [episode_row(Form.BASIS, 2, ERASED)]), Form.BASIS,
           warehouse, session, key)  # fmt: skip
     publish_release(warehouse, warehouse.releases_dir, session, note="both")
     session.commit()
@@ -308,10 +298,10 @@ def test_a_retired_release_loses_its_indicator_results(
     write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
 ) -> None:
     assert INDICATORS_FILE == RESULTS_FILE  # etl/ cannot import indicators/: one name, twice
-    _load(write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-KEEP-1")]), Form.BASIS,
+    load_ok(write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-KEEP-1")]), Form.BASIS,
           warehouse, session, key)  # fmt: skip
     publish_release(warehouse, warehouse.releases_dir, session, note="one patient")
-    _load(write_extract(Form.BASIS, [episode_row(Form.BASIS, 2, ERASED)]), Form.BASIS,
+    load_ok(write_extract(Form.BASIS, [episode_row(Form.BASIS, 2, ERASED)]), Form.BASIS,
           warehouse, session, key)  # fmt: skip
     publish_release(warehouse, warehouse.releases_dir, session, note="both")
     session.commit()
@@ -341,16 +331,16 @@ def test_the_ledger_keeps_no_name_or_hash_of_an_optout_file_and_never_skips_one(
     name too."""
     _register(write_extract, warehouse, session, key)
     named = write_extract(Form.BASIS, [episode_row(Form.BASIS, 6, ERASED)], f"intake_{ERASED}.csv")
-    _load(named, Form.BASIS, warehouse, session, key)
+    load_ok(named, Form.BASIS, warehouse, session, key)
     optout = write_extract(
         Form.OPTOUT, [episode_row(Form.OPTOUT, 1, ERASED)], f"optout_{ERASED.lower()}.csv"
     )
-    first = _load(optout, Form.OPTOUT, warehouse, session, key)
+    first = load_ok(optout, Form.OPTOUT, warehouse, session, key)
     assert (first.filename, first.file_sha256) == (NOT_KEPT, NOT_KEPT)
     assert first.rows_erased == 6  # 3 basis + 1 measurement + 2 quarantine (b5, m9)
     again = write_extract(Form.BASIS, [episode_row(Form.BASIS, 7, ERASED)])
-    _load(again, Form.BASIS, warehouse, session, key)
-    second = _load(optout, Form.OPTOUT, warehouse, session, key)
+    load_ok(again, Form.BASIS, warehouse, session, key)
+    second = load_ok(optout, Form.OPTOUT, warehouse, session, key)
     assert (second.status, second.rows_erased) == ("loaded", 1)
     session.commit()
     names = [u.filename for u in session.exec(select(Upload).order_by(col(Upload.id))).all()]

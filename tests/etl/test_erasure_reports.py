@@ -1,30 +1,20 @@
 """An erasure removes the patient's record ids from the stored quality reports, and only theirs."""
 
-from datetime import date
-from pathlib import Path
+from functools import partial
 
 from sqlmodel import Session, col, select
 
 from etl.erasure import erase_patients
-from etl.load import load_file
 from etl.warehouse import Warehouse
-from schemas.catalog import Upload, ValidationRun
+from schemas.catalog import ValidationRun
 from schemas.forms import Form
-from schemas.organisations import Hierarchy
-from tests.conftest import PROVIDER_A, PROVIDER_B, ExtractWriter, episode_row
+from tests.conftest import PROVIDER_A, PROVIDER_B, ExtractWriter, episode_row, load_ok
 
-KNOWN = frozenset(o.orgnr for o in Hierarchy.default().providers)
 ERASED = "P-ERASE-REPORTS-2718"
 
 
-def _load(path: Path, form: Form, warehouse: Warehouse, session: Session, key: bytes) -> Upload:
-    upload = load_file(
-        path, form, warehouse=warehouse, session=session, key=key, known_providers=KNOWN,
-        today=date(2025, 11, 1),
-    )  # fmt: skip
-    assert upload.status == "loaded"
-    session.commit()
-    return upload
+# Each load committed, as a CLI load is.
+_load = partial(load_ok, commit=True)
 
 
 def _named(session: Session) -> dict[int, list[str]]:

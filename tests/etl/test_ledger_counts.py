@@ -2,7 +2,6 @@
 against the warehouse are named in the report, and rows released from quarantine when their
 intake arrives count as accepted by the upload that sent them."""
 
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +15,11 @@ from etl.warehouse import QUARANTINE, Warehouse
 from schemas.catalog import Upload, ValidationRun
 from schemas.forms import Form
 from schemas.organisations import Hierarchy
-from tests.conftest import PROVIDER_A, PROVIDER_B, ExtractWriter, episode_row
+from tests.conftest import LOAD_DAY, PROVIDER_A, PROVIDER_B, ExtractWriter, episode_row, load_ok
 from validation import validate_extract
 from validation.report import render_text
 
 KNOWN = frozenset(o.orgnr for o in Hierarchy.default().providers)
-TODAY = date(2025, 11, 1)
-
-
-def _load(path: Path, form: Form, warehouse: Warehouse, session: Session, key: bytes) -> Upload:
-    upload = load_file(
-        path, form, warehouse=warehouse, session=session, key=key, known_providers=KNOWN,
-        today=TODAY,
-    )  # fmt: skip
-    assert upload.status == "loaded"
-    return upload
 
 
 def _report(session: Session, upload_id: int | None) -> dict[str, Any]:
@@ -48,7 +37,7 @@ def test_report_names_the_rows_the_cross_record_checks_quarantined(
 ) -> None:
     d = Form.DISCHARGE
     basis = [episode_row(Form.BASIS, n, f"P{n}") for n in (1, 2, 7)]  # intake 10.01.2024
-    _load(write_extract(Form.BASIS, basis), Form.BASIS, warehouse, session, key)
+    load_ok(write_extract(Form.BASIS, basis), Form.BASIS, warehouse, session, key)
     rows = [
         episode_row(d, 1, "P1", discharge_date="01.01.2024"),  # before the intake
         episode_row(d, 2, "P2"),  # d2 and d5: two discharges of e2
@@ -59,11 +48,11 @@ def test_report_names_the_rows_the_cross_record_checks_quarantined(
         episode_row(d, 7, "P7"),  # stored
     ]
     path = write_extract(d, rows)
-    upload = _load(path, d, warehouse, session, key)
+    upload = load_ok(path, d, warehouse, session, key)
     assert (upload.rows_read, upload.rows_accepted, upload.rows_quarantined) == (7, 1, 6)
 
     report = _report(session, upload.id)
-    suite = validate_extract(read_extract(path, d), d, known_providers=KNOWN, today=TODAY)
+    suite = validate_extract(read_extract(path, d), d, known_providers=KNOWN, today=LOAD_DAY)
     assert suite.to_report()["quarantined_rows"] == 1  # the suite alone knows d6 only
     assert report["quarantined_rows"] == 6
     suite_checks = suite.to_report()["checks"]
@@ -119,10 +108,10 @@ def test_report_names_the_rows_the_cross_record_checks_quarantined(
 def test_report_names_a_record_id_stored_under_another_provider(
     write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
 ) -> None:
-    _load(write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P1")]), Form.BASIS, warehouse,
+    load_ok(write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P1")]), Form.BASIS, warehouse,
           session, key)  # fmt: skip
     correction = [episode_row(Form.BASIS, 1, "Q1", provider_orgnr=PROVIDER_B, age="70")]
-    upload = _load(write_extract(Form.BASIS, correction), Form.BASIS, warehouse, session, key)
+    upload = load_ok(write_extract(Form.BASIS, correction), Form.BASIS, warehouse, session, key)
     assert (upload.rows_accepted, upload.rows_quarantined) == (0, 1)
     report = _report(session, upload.id)
     assert report["quarantined_rows"] == 1
@@ -139,7 +128,7 @@ def test_report_lists_at_most_100_record_ids_of_a_warehouse_check(
     write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
 ) -> None:
     rows = [episode_row(Form.MEASUREMENT, n, f"P{n}") for n in range(101)]  # no intake at all
-    upload = _load(write_extract(Form.MEASUREMENT, rows), Form.MEASUREMENT, warehouse, session,
+    upload = load_ok(write_extract(Form.MEASUREMENT, rows), Form.MEASUREMENT, warehouse, session,
                    key)  # fmt: skip
     check = _check(_report(session, upload.id), "cross.no_intake")
     assert check["failing_record_ids"] == [f"m{n}" for n in range(100)]
@@ -150,10 +139,10 @@ def _measurements_then_intake(
     write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
 ) -> tuple[Upload, Path]:
     """Basis e1; measurements m1 (e1), m2 and m3 (no intake yet); the intake of e2 to load."""
-    _load(write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P1")]), Form.BASIS, warehouse,
+    load_ok(write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P1")]), Form.BASIS, warehouse,
           session, key)  # fmt: skip
     rows = [episode_row(Form.MEASUREMENT, n, f"P{n}") for n in (1, 2, 3)]
-    measured = _load(write_extract(Form.MEASUREMENT, rows), Form.MEASUREMENT, warehouse, session,
+    measured = load_ok(write_extract(Form.MEASUREMENT, rows), Form.MEASUREMENT, warehouse, session,
                      key)  # fmt: skip
     session.commit()
     assert (measured.rows_read, measured.rows_accepted, measured.rows_quarantined) == (3, 1, 2)
@@ -172,7 +161,7 @@ def test_released_rows_count_as_accepted_by_the_upload_that_sent_them(
     session.add(request)
     session.commit()
 
-    basis = _load(intake, Form.BASIS, warehouse, session, key)
+    basis = load_ok(intake, Form.BASIS, warehouse, session, key)
     session.commit()
     session.expire_all()
 
@@ -191,7 +180,7 @@ def test_released_rows_count_as_accepted_by_the_upload_that_sent_them(
     assert "released: 1 row(s) held for their intake" in render_text(sent)
 
     # m3's intake later: the same upload's counts move again.
-    _load(write_extract(Form.BASIS, [episode_row(Form.BASIS, 3, "P3")]), Form.BASIS, warehouse,
+    load_ok(write_extract(Form.BASIS, [episode_row(Form.BASIS, 3, "P3")]), Form.BASIS, warehouse,
           session, key)  # fmt: skip
     session.commit()
     session.expire_all()
@@ -203,7 +192,7 @@ def test_released_rows_count_as_accepted_by_the_upload_that_sent_them(
     assert warehouse.count(QUARANTINE) == 0
 
 
-def test_counts_of_a_release_are_undone_with_a_failed_load(
+def test_counts_of_a_release_are_undone_with_a_failedload_ok(
     write_extract: ExtractWriter,
     warehouse: Warehouse,
     session: Session,
@@ -220,7 +209,7 @@ def test_counts_of_a_release_are_undone_with_a_failed_load(
     with pytest.raises(LoadFailed):
         load_file(
             intake, Form.BASIS, warehouse=warehouse, session=session, key=key,
-            known_providers=KNOWN, today=TODAY,
+            known_providers=KNOWN, today=LOAD_DAY,
         )  # fmt: skip
     session.expire_all()
     uploads = session.exec(select(Upload).order_by(col(Upload.id))).all()
@@ -241,14 +230,14 @@ def test_a_held_record_of_another_provider_keeps_counting_as_quarantined(
     """A's f1 and B's f1, both held; both intakes arrive: A's is stored, B's stays quarantined
     (another provider's record_id): only A's upload counts a row accepted."""
     f = Form.FOLLOWUP
-    a = _load(write_extract(f, [episode_row(f, 1, "P1")]), f, warehouse, session, key)
+    a = load_ok(write_extract(f, [episode_row(f, 1, "P1")]), f, warehouse, session, key)
     b_row = episode_row(f, 2, "P2", record_id="f1", provider_orgnr=PROVIDER_B)
-    b = _load(write_extract(f, [b_row]), f, warehouse, session, key)
+    b = load_ok(write_extract(f, [b_row]), f, warehouse, session, key)
     intakes = [
         episode_row(Form.BASIS, 1, "P1", provider_orgnr=PROVIDER_A),
         episode_row(Form.BASIS, 2, "P2", provider_orgnr=PROVIDER_B),
     ]
-    basis = _load(write_extract(Form.BASIS, intakes), Form.BASIS, warehouse, session, key)
+    basis = load_ok(write_extract(Form.BASIS, intakes), Form.BASIS, warehouse, session, key)
     session.commit()
     session.expire_all()
     counts = {
@@ -264,10 +253,10 @@ def test_an_erasure_scrubs_the_record_ids_of_the_warehouse_checks(
     write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
 ) -> None:
     d = Form.DISCHARGE
-    _load(write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P1")]), Form.BASIS, warehouse,
+    load_ok(write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P1")]), Form.BASIS, warehouse,
           session, key)  # fmt: skip
     rows = [episode_row(d, 1, "P1"), episode_row(d, 3, "P-ERASED"), episode_row(d, 4, "P4")]
-    upload = _load(write_extract(d, rows), d, warehouse, session, key)
+    upload = load_ok(write_extract(d, rows), d, warehouse, session, key)
     session.commit()
     assert _check(_report(session, upload.id), "cross.no_intake")["failing_record_ids"] == [
         "d3",

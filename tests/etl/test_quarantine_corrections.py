@@ -1,8 +1,7 @@
 """A record sent again (same record_id and provider) replaces its earlier quarantine rows, in the
 same atomic load: a correction clears the quarantine, a file loaded again does not double it."""
 
-from datetime import date
-from pathlib import Path
+from functools import partial
 
 import pytest
 from sqlmodel import Session, col, select
@@ -12,20 +11,13 @@ from etl.warehouse import QUARANTINE, Warehouse
 from schemas.catalog import Upload
 from schemas.forms import Form
 from schemas.organisations import Hierarchy
-from tests.conftest import PROVIDER_A, PROVIDER_B, ExtractWriter, episode_row
+from tests.conftest import LOAD_DAY, PROVIDER_A, PROVIDER_B, ExtractWriter, episode_row, load_ok
 
 KNOWN = frozenset(o.orgnr for o in Hierarchy.default().providers)
-TODAY = date(2025, 11, 1)
 
 
-def _load(path: Path, form: Form, warehouse: Warehouse, session: Session, key: bytes) -> Upload:
-    upload = load_file(
-        path, form, warehouse=warehouse, session=session, key=key, known_providers=KNOWN,
-        today=TODAY,
-    )  # fmt: skip
-    session.commit()
-    assert upload.status == "loaded"
-    return upload
+# Each load committed, as a CLI load is.
+_load = partial(load_ok, commit=True)
 
 
 def _quarantine(warehouse: Warehouse) -> list[tuple[str, str, int, str]]:
@@ -129,7 +121,7 @@ def test_a_failed_load_puts_the_cleared_rows_back(
     with pytest.raises(LoadFailed):
         load_file(
             write_extract(b, resent), b, warehouse=warehouse, session=session, key=key,
-            known_providers=KNOWN, today=TODAY,
+            known_providers=KNOWN, today=LOAD_DAY,
         )  # fmt: skip
     assert _quarantine(warehouse) == [("basis", "b2", first.id, "age.type")]
     assert warehouse.table(b).column("record_id").to_pylist() == ["b1"]

@@ -1,6 +1,5 @@
 """Releases: numbered manifests with exact row counts, readable as plain Parquet, immutable."""
 
-from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -10,24 +9,12 @@ from deltalake.exceptions import TableNotFoundError
 from sqlmodel import Session, col, select
 
 from etl.erasure import erase_patients
-from etl.load import load_file
 from etl.release import latest_release, publish_release, read_manifest
 from etl.warehouse import Warehouse
 from schemas.catalog import Release
 from schemas.errors import NotFound
 from schemas.forms import Form
-from schemas.organisations import Hierarchy
-from tests.conftest import ExtractWriter, episode_row
-
-KNOWN = frozenset(o.orgnr for o in Hierarchy.default().providers)
-
-
-def _load(path: Path, form: Form, warehouse: Warehouse, session: Session, key: bytes) -> None:
-    upload = load_file(
-        path, form, warehouse=warehouse, session=session, key=key, known_providers=KNOWN,
-        today=date(2025, 11, 1),
-    )  # fmt: skip
-    assert upload.status == "loaded"
+from tests.conftest import ExtractWriter, episode_row, load_ok
 
 
 def _count(files: list[str]) -> int:
@@ -46,8 +33,8 @@ def test_releases_are_numbered_immutable_snapshots(
 ) -> None:
     assert latest_release(session) is None
     basis = [episode_row(Form.BASIS, n, f"P{n}") for n in (1, 2, 3)]
-    _load(write_extract(Form.BASIS, basis), Form.BASIS, warehouse, session, key)
-    _load(
+    load_ok(write_extract(Form.BASIS, basis), Form.BASIS, warehouse, session, key)
+    load_ok(
         write_extract(Form.MEASUREMENT, [episode_row(Form.MEASUREMENT, 1, "P1")]),
         Form.MEASUREMENT, warehouse, session, key,
     )  # fmt: skip
@@ -63,7 +50,7 @@ def test_releases_are_numbered_immutable_snapshots(
 
     # A correction supersedes b1 and adds b4: release 2 sees 4 rows, release 1 still reads 3.
     second_file = [episode_row(Form.BASIS, 1, "P1", age="60"), episode_row(Form.BASIS, 4, "P4")]
-    _load(write_extract(Form.BASIS, second_file), Form.BASIS, warehouse, session, key)
+    load_ok(write_extract(Form.BASIS, second_file), Form.BASIS, warehouse, session, key)
     second = publish_release(warehouse, warehouse.releases_dir, session)
     assert second.release == 2
     assert second.tables["basis"].row_count == 4
@@ -82,14 +69,14 @@ def test_releases_are_numbered_immutable_snapshots(
 def test_a_release_is_its_file_list_and_its_delta_version_is_informational(
     write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
 ) -> None:
-    _load(write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-KEEP")]), Form.BASIS,
+    load_ok(write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-KEEP")]), Form.BASIS,
           warehouse, session, key)  # fmt: skip
     first = publish_release(warehouse, warehouse.releases_dir, session)
     version = first.tables["basis"].delta_version
     assert DeltaTable(str(warehouse.path("basis")), version=version).file_uris() == first.files(
         "basis"
     )
-    _load(write_extract(Form.BASIS, [episode_row(Form.BASIS, 2, "P-GONE")]), Form.BASIS,
+    load_ok(write_extract(Form.BASIS, [episode_row(Form.BASIS, 2, "P-GONE")]), Form.BASIS,
           warehouse, session, key)  # fmt: skip
     erasure = erase_patients(["P-GONE"], warehouse=warehouse, session=session, key=key,
                              releases_dir=warehouse.releases_dir)  # fmt: skip
