@@ -25,6 +25,7 @@ import pyarrow.csv as pacsv
 import typer
 from sqlmodel import Session
 
+from etl.release import latest_release
 from indicators import results
 from indicators.engine import compute, engine_name
 from schemas.errors import Conflict, NotFound
@@ -54,15 +55,13 @@ class ReleaseRetired(Conflict):
     exit_code = 2  # a usage error: the release may not be computed, whatever the input
 
 
-def latest_release(releases_dir: Path) -> int:
-    numbers = [
-        int(p.name)
-        for p in releases_dir.glob("*")
-        if p.name.isdigit() and (p / "manifest.json").exists()
-    ]
-    if not numbers:
-        raise NotFound(f"no release with a manifest.json under {releases_dir}")
-    return max(numbers)
+def latest_served(session: Session) -> int:
+    """The newest release in service, from the catalog: a directory under releases/ may be a
+    publish that never committed (killed), or a retired release."""
+    latest = latest_release(session)
+    if latest is None:
+        raise NotFound("no release in service: publish one with `kvarus release`")
+    return latest.number
 
 
 def write_output(table: pa.Table, path: Path, output_format: OutputFormat) -> None:
@@ -95,7 +94,8 @@ def register(app: typer.Typer) -> None:
     @reports_errors
     def indicators(
         release: Annotated[
-            int | None, typer.Option("--release", help="Release number (default: the latest)")
+            int | None,
+            typer.Option("--release", help="Release number (default: the newest in service)"),
         ] = None,
         engine: Annotated[Engine, typer.Option("--engine", help="Query engine")] = Engine.DUCKDB,
         output_format: Annotated[
@@ -116,14 +116,14 @@ def register(app: typer.Typer) -> None:
         if out is not None:
             check_output_file(out)
         config = settings()
-        number = release if release is not None else latest_release(config.releases_dir)
+        database = make_engine(config)
+        with session_scope(database) as session:
+            number = release if release is not None else latest_served(session)
+            _check_servable(session, number)  # before a long computation; again under the locks
         manifest_path = config.releases_dir / str(number) / "manifest.json"
         if not manifest_path.exists():
             raise NotFound(f"release {number} has no manifest.json")
         manifest = ReleaseManifest.read(manifest_path)
-        database = make_engine(config)
-        with session_scope(database) as session:
-            _check_servable(session, number)  # before a long computation; again under the locks
         started = time.perf_counter()
         with console.status(f"Computing the indicators of release {number} on {engine.value}…"):
             spark = _spark_session() if engine is Engine.SPARK else None

@@ -1,6 +1,7 @@
 """`kvarus indicators`: results are written under the write locks, never for a retired release."""
 
 import fcntl
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +126,26 @@ def test_results_are_written_under_the_write_locks(
     stored = results.read(releases / "1" / results.RESULTS_FILE)
     assert set(stored.column("release").to_pylist()) == {1}
     assert _runs() == [*runs_before, (1, "duckdb")]
+
+
+def test_the_default_release_is_the_newest_in_the_catalog(
+    write_extract: ExtractWriter, env: dict[str, str]
+) -> None:
+    releases = _published(write_extract, env)
+    runs_before = _runs()
+    # A publish killed after writing its manifest, before its catalog commit, leaves release 2
+    # on disk only (the old default, the newest directory, failed: "not in the catalog").
+    shutil.copytree(releases / "1", releases / "2")
+    result = CliRunner().invoke(app, ["indicators"], env=env)
+    assert result.exit_code == 0, result.output
+    assert _runs() == [*runs_before, (1, "duckdb")]
+    assert (releases / "1" / results.RESULTS_FILE).exists()
+    assert not (releases / "2" / results.RESULTS_FILE).exists()
+
+
+def test_without_a_release_in_service_the_default_says_how_to_publish_one(
+    env: dict[str, str],
+) -> None:
+    result = CliRunner().invoke(app, ["indicators"], env=env)
+    assert result.exit_code == 1, result.output
+    assert "no release in service: publish one with `kvarus release`" in result.output
