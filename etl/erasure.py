@@ -27,15 +27,17 @@ Steps, holding the warehouse's write locks:
    than the checkpoint remains.
 
 Crash safety: a marker file (`PENDING`, under the warehouse root) is written and synced before the
-first delete and removed when step 5 is done. It holds no pseudonym or key, only the (form, upload,
-record id, provider) of the rows to be erased, which the quality reports name: once the rows are
-deleted nothing else could tell which ids to scrub. Every writer repairs first under the write
-locks (`etl.ledger.repair_interrupted`), and the repair scrubs the reports and runs step 5 again
-while the marker is there (each part is idempotent). A process killed after step 4 thus leaves an
+first delete, rewritten after each, and removed when step 5 is done. It holds no pseudonym or key,
+only the (form, upload, record id, provider) of the rows to be erased, which the quality reports
+name (once the rows are deleted nothing else could tell which ids to scrub), and the erasure's log
+row with the rows deleted so far. Every writer repairs first under the write locks
+(`etl.ledger.repair_interrupted`), and the repair scrubs the reports and runs step 5 again while
+the marker is there (each part is idempotent). A process killed after step 4 thus leaves an
 erasure that the next writer completes; one killed before it leaves the releases as they were
-(served, with their files) and no log row: the current tables no longer hold the patients, but a
-release may, so the erasure must be run again (the keys only ever live in memory, so a repair
-cannot retire the releases that hold them). A kill before the deletes scrubs ids of rows that
+(served, with their files), and the repair logs its row from the marker (`NOT_REBUILT`, with the
+rows it deleted): the current tables may no longer hold the patients, but a release may, so the
+erasure must be run again (the keys only ever live in memory, so a repair cannot retire the
+releases that hold them). A kill before the deletes scrubs ids of rows that
 stay: a report then names fewer failing rows than it counts, never more.
 """
 
@@ -55,13 +57,17 @@ from etl.ledger import checkpoint_catalog, repair_interrupted
 from etl.privacy import rekey
 from etl.release import publish_locked
 from etl.warehouse import QUARANTINE, TABLES, Warehouse, schema_of
-from schemas.catalog import Erasure, Release, Upload, ValidationRun
+from schemas.catalog import Erasure, Release, Upload, ValidationRun, utcnow
 from schemas.errors import KvarusError, RejectedInput
 from schemas.forms import PATIENT_KEY_COLUMN, Form
 from schemas.manifest import ReleaseManifest
 from schemas.scratch import duckdb_connection
 
 REBUILT_NOTE = "rebuilt after erasure"
+# The log's `releases_rebuilt` of an erasure killed before its commit (logged by the repair).
+NOT_REBUILT = (
+    "none: interrupted before its commit; a release may still hold the patients: run it again"
+)
 # An upload's file name that held an erased patient's pseudonym.
 NAME_ERASED = "(name withheld: it held an erased patient's pseudonym)"
 # A release's indicator results beside its manifest (`indicators.results.RESULTS_FILE`; etl does
@@ -136,10 +142,18 @@ def _erase(
 ) -> Erasure:
     keys = rekey(pa.array(pseudonyms, pa.string()), key)
     records = _records_of(warehouse, keys)
-    _mark_pending(warehouse, records)
-    rows_erased: dict[str, int] = {}
+    erasure = Erasure(
+        optout_date=datetime.combine(optout_date, time(), tzinfo=UTC) if optout_date else None,
+        provider_orgnr=provider_orgnr,
+        patients=len(pseudonyms),
+        rows_erased={},
+        releases_rebuilt=NOT_REBUILT,
+        performed_by=performed_by,
+    )
+    _mark_pending(warehouse, records, erasure)
     for table in TABLES:
-        rows_erased[table] = warehouse.delete_patients(table, keys)
+        erasure.rows_erased = {**erasure.rows_erased, table: warehouse.delete_patients(table, keys)}
+        _mark_pending(warehouse, records, erasure)  # deleted rows stay deleted: count them
 
     # Nothing reaches the catalog until `before_commit` (the indicators, tens of seconds on a
     # large register) is done: a flushed change opens SQLite's write transaction, and every other
@@ -155,20 +169,13 @@ def _erase(
                 session.add(release)
                 retired.append(release.number)
 
-        rebuilt = ""
+        erasure.releases_rebuilt = ""
         if retired:
             manifest = publish_locked(
                 warehouse, releases_dir, session, REBUILT_NOTE, performed_by, before_commit
             )
-            rebuilt = ",".join(str(n) for n in retired) + f"->{manifest.release}"
-        erasure = Erasure(
-            optout_date=datetime.combine(optout_date, time(), tzinfo=UTC) if optout_date else None,
-            provider_orgnr=provider_orgnr,
-            patients=len(pseudonyms),
-            rows_erased=rows_erased,
-            releases_rebuilt=rebuilt,
-            performed_by=performed_by,
-        )
+            erasure.releases_rebuilt = ",".join(map(str, retired)) + f"->{manifest.release}"
+        erasure.performed_at = utcnow()  # after the marker's: the repair tells them apart
         session.add(erasure)
     session.commit()  # step 4: before any file is deleted
     finish_pending(session, warehouse)
@@ -183,11 +190,17 @@ def finish_pending(session: Session, warehouse: Warehouse) -> bool:
     may be dead): retired releases lose their results, non-retired ones keep their files.
     """
     marker = warehouse.root / PENDING
+    marker.with_name(f"{PENDING}.new").unlink(missing_ok=True)  # a rewrite killed half-way
     if not marker.exists():
         return False
+    pending = json.loads(marker.read_text() or "[]")
+    if isinstance(pending, list):  # the marker of an earlier version: the records alone
+        pending = {"records": pending}
     # The reports name the rows by id: scrubbed from the marker, never from the tables (an
     # erasure killed before its commit deleted the rows, and a rerun would find none to scrub).
-    _scrub_reports(session, [_Record(*row) for row in json.loads(marker.read_text() or "[]")])
+    _scrub_reports(session, [_Record(*row) for row in pending["records"]])
+    if "erasure" in pending:
+        _log_uncommitted(session, Erasure.model_validate(pending["erasure"]))
     session.commit()
     keep: set[str] = set()
     for release in session.exec(select(Release)).all():
@@ -203,15 +216,32 @@ def finish_pending(session: Session, warehouse: Warehouse) -> bool:
     return True
 
 
-def _mark_pending(warehouse: Warehouse, records: list["_Record"]) -> None:
-    """Write the marker with the records to be erased and sync it (and its directory) to disk
-    before the first delete: the catalog commit that follows is durable, and a lost marker would
-    leave the files unpurged and the reports unscrubbed."""
+def _log_uncommitted(session: Session, erasure: Erasure) -> None:
+    """Log the marker's erasure if it was killed before its commit: its deletes stand (they are
+    never undone), so its rows are counted, but no release was retired (`NOT_REBUILT`). Its
+    row, committed, would be the first after the marker's (the row's time is taken after)."""
+    begun = select(Erasure).where(col(Erasure.performed_at) >= erasure.performed_at)
+    if session.exec(begun).first() is None:
+        session.add(erasure)
+
+
+def _mark_pending(warehouse: Warehouse, records: list["_Record"], erasure: Erasure) -> None:
+    """(Re)write the marker with the records to be erased and the erasure's log row (its time,
+    the rows deleted so far), synced to disk with its directory, before the first delete and
+    after each: the catalog commit that follows is durable, and a lost marker would leave the
+    files unpurged, the reports unscrubbed and an erasure killed before its commit unlogged.
+    Replaced atomically: a kill while writing leaves the previous marker."""
     marker = warehouse.root / PENDING
-    with marker.open("w", encoding="utf-8") as handle:
-        json.dump([astuple(record) for record in records], handle)
+    pending = {
+        "records": [astuple(record) for record in records],
+        "erasure": erasure.model_dump(mode="json", exclude={"id"}),
+    }
+    written = marker.with_name(f"{PENDING}.new")
+    with written.open("w", encoding="utf-8") as handle:
+        json.dump(pending, handle)
         handle.flush()
         os.fsync(handle.fileno())
+    os.replace(written, marker)
     directory = os.open(warehouse.root, os.O_RDONLY)
     try:
         os.fsync(directory)

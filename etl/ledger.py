@@ -15,10 +15,14 @@ job ends, and by the kernel when the process dies): a repair marks a `pending` o
 request whose lock nobody holds `failed` (its job died before its load reached the locks, or
 never started), or gives it its load's outcome if that load finished. However long a request
 waits behind other loads, it is not taken for dead while its process lives.
+
+The repair also deletes release directories the catalog does not know: a publish (or an
+erasure's replacement release) killed after writing its manifest and before its commit.
 """
 
 import fcntl
 import hashlib
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Final, cast
@@ -27,7 +31,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from etl.warehouse import Warehouse
-from schemas.catalog import Erasure, Upload
+from schemas.catalog import Erasure, Release, Upload
 from schemas.forms import Form
 
 _CHUNK: Final = 1 << 20
@@ -166,6 +170,7 @@ def repair_interrupted(session: Session, warehouse: Warehouse) -> list[int]:
     """
     from etl.erasure import finish_pending  # etl.erasure imports this module
 
+    _remove_unpublished(session, warehouse)
     stuck = session.exec(select(Upload).where(Upload.status == "running")).all()
     repaired: list[int] = []
     now = datetime.now(UTC)
@@ -197,6 +202,16 @@ def repair_interrupted(session: Session, warehouse: Warehouse) -> list[int]:
     # After the restores: they read the Delta history that the erasure's clean-up removes.
     finish_pending(session, warehouse)
     return repaired
+
+
+def _remove_unpublished(session: Session, warehouse: Warehouse) -> None:
+    """Delete the release directories the catalog does not know. Under the write locks no publish
+    is between writing its manifest and committing its row, so such a directory is one that never
+    will be: never served, its number taken from the next release (`etl.release._next_number`)."""
+    known = set(session.exec(select(Release.number)).all())
+    for path in warehouse.releases_dir.glob("*"):
+        if path.name.isdigit() and int(path.name) not in known and path.is_dir():
+            shutil.rmtree(path)
 
 
 def _interrupted(session: Session, upload: Upload) -> tuple[str, int]:

@@ -1,7 +1,8 @@
 """An erasure killed with SIGKILL at its critical points: after the next writer's repair, no
 release in service lacks its files and, once the erasure was committed, it is complete (the
 patient in no byte under the data dir, the erasure log has its row); killed before its commit,
-the releases are as they were and running it again completes it."""
+the releases are as they were, the log counts the rows it deleted, and running it again
+completes it."""
 
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session, col, select
 
-from etl.erasure import INDICATORS_FILE, PENDING, erase_patients
+from etl.erasure import INDICATORS_FILE, NOT_REBUILT, PENDING, erase_patients
 from etl.ledger import INTERRUPTED, OPTOUT_ERASED, OPTOUT_INTERRUPTED, repair
 from etl.release import publish_release
 from etl.warehouse import Warehouse
@@ -30,8 +31,9 @@ from tests.etl.test_erasure import ERASED, _assert_no_trace, _register
 # The erasing process: `erase_patients` (mode `erase`, as `kvarus erase`) or an optout file's
 # load (mode `load`). At `moment` it touches `signal_file` and sleeps, for the test to kill it
 # there: `before_commit` is the replacement release's hook (after the Delta deletes, before the
-# catalog commit); `before_purge` and `after_purge` wrap the first and the last table's purge of
-# the erasure's files. A hook, not polling: the moment of the kill is deterministic.
+# catalog commit); `after_first_delete` follows the first table's delete (and its marker);
+# `before_purge` and `after_purge` wrap the first and the last table's purge of the erasure's
+# files. A hook, not polling: the moment of the kill is deterministic.
 CHILD = """
 import sys, time
 from datetime import date
@@ -56,6 +58,14 @@ def paused_purge(warehouse: Warehouse, table: str, keep: set[str]) -> None:
     if moment == "after_purge" and table == TABLES[-1]:
         pause()
 erasure._purge = paused_purge
+mark = erasure._mark_pending
+marks = []
+def paused_mark(*args: object) -> None:
+    mark(*args)
+    marks.append(1)
+    if moment == "after_first_delete" and len(marks) == 2:
+        pause()
+erasure._mark_pending = paused_mark
 hook = pause if moment == "before_commit" else None
 warehouse = Warehouse(Path(root), Path(releases))
 with Session(engine, expire_on_commit=False) as session:
@@ -223,22 +233,60 @@ def test_an_erasure_killed_before_its_commit_leaves_the_releases_served_and_can_
     reports = str([run.report for run in session.exec(select(ValidationRun)).all()])
     assert "'b5'" not in reports
     assert "'m9'" not in reports
-    # Release 1 is served as it was, with its files and its results; nothing was logged.
+    # Release 1 is served as it was, with its files and its results. The deletes stand and are
+    # logged from the marker, with no release rebuilt (the old code logged nothing: the rerun
+    # below counts 0 rows, so the erased rows were counted nowhere).
     assert _served(session) == {1: True}
     assert _releases(session) == [(1, False)]
     assert results.exists()
-    assert session.exec(select(Erasure)).all() == []
+    logged = session.exec(select(Erasure)).one()
+    assert (logged.patients, sum(logged.rows_erased.values())) == (1, ROWS_ERASED)
+    assert logged.rows_erased["quarantine"] == 2
+    assert logged.releases_rebuilt == NOT_REBUILT
     assert not (warehouse.root / PENDING).exists()
+    # The replacement release it had begun (its manifest written, never committed) is gone.
+    assert sorted(p.name for p in warehouse.releases_dir.iterdir()) == ["1"]
     if mode == "load":
         upload = session.exec(select(Upload).where(Upload.form == "optout")).one()
         assert (upload.status, upload.error) == ("failed", OPTOUT_INTERRUPTED)
         assert "send the file again" in OPTOUT_INTERRUPTED
         assert OPTOUT_INTERRUPTED != INTERRUPTED
 
-    # Run again, it finds release 1 holding the patient (number 2 was taken by the dead one).
+    # Run again, it finds release 1 holding the patient and replaces it (as number 2: the dead
+    # one's directory was removed); no row is left to erase.
     again = erase_patients([ERASED], warehouse=warehouse, session=session, key=key,
                            releases_dir=warehouse.releases_dir)  # fmt: skip
-    assert again.releases_rebuilt == "1->3"
-    assert _served(session) == {3: True}
+    assert (again.releases_rebuilt, sum(again.rows_erased.values())) == ("1->2", 0)
+    assert _served(session) == {2: True}
+    assert len(session.exec(select(Erasure)).all()) == 2
+    session.close()
+    _assert_no_trace(settings.data_dir, key)
+
+
+def test_an_erasure_killed_between_its_deletes_logs_what_it_deleted(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    catalog_engine: Engine,
+    settings: Settings,
+    key: bytes,
+    tmp_path: Path,
+) -> None:
+    _published(write_extract, warehouse, session, key)
+    session.commit()
+
+    _kill_at("after_first_delete", "erase", ERASED, warehouse=warehouse, engine=catalog_engine,
+             key=key, tmp_path=tmp_path)  # fmt: skip
+    repair(session, warehouse)
+    # Only the basis table's 2 rows were deleted: the log says so, not the 5 it set out to erase.
+    logged = session.exec(select(Erasure)).one()
+    assert (logged.rows_erased, logged.releases_rebuilt) == ({"basis": 2}, NOT_REBUILT)
+    assert _releases(session) == [(1, False)]
+
+    again = erase_patients([ERASED], warehouse=warehouse, session=session, key=key,
+                           releases_dir=warehouse.releases_dir)  # fmt: skip
+    assert again.rows_erased["basis"] == 0
+    assert sum(again.rows_erased.values()) == ROWS_ERASED - 2
+    assert again.releases_rebuilt == "1->2"
     session.close()
     _assert_no_trace(settings.data_dir, key)
