@@ -75,6 +75,7 @@ from schemas.forms import (
     PSEUDONYM_COLUMN,
     Form,
     extract_schema,
+    register_today,
     warehouse_schema,
 )
 from schemas.manifest import ReleaseManifest
@@ -141,7 +142,7 @@ def load_file(
     under the write locks before it is committed: the service computes its indicators there)."""
     check_key(warehouse.root, key)
     report: Progress = progress if progress is not None else _no_progress
-    today = today if today is not None else date.today()
+    today = today if today is not None else register_today()
     optout = form is Form.OPTOUT
     sha256 = NOT_KEPT if optout else file_sha256(path)
     upload = Upload(
@@ -686,15 +687,21 @@ def _optout(
 ) -> None:
     """Erase every patient of an optout file, rows with a row-level error included (see the
     module docstring): those rows count as quarantined, not accepted; no quarantine row is
-    written. The erasure's optout_date is the latest valid one."""
+    written. The erasure's optout_date is the latest of the rows that failed no check (a date
+    in the future is a date, but not a valid one)."""
     from etl.erasure import erase_patients  # erasure imports this module's neighbours
 
     failed = validation.row_failures.filter(
         pc.equal(validation.row_failures.column("severity"), "error")
     )
-    quarantined = len(pc.unique(failed.column("row_index")))
+    failed_rows = set(pc.unique(failed.column("row_index")).to_pylist())
+    quarantined = len(failed_rows)
     pseudonyms = [p for p in typed.column(PSEUDONYM_COLUMN).to_pylist() if p is not None]
-    dates = [d for d in typed.column("optout_date").to_pylist() if d is not None]
+    dates = [
+        d
+        for row, d in enumerate(typed.column("optout_date").to_pylist())
+        if d is not None and row not in failed_rows
+    ]
     erasure = erase_patients(
         pseudonyms,
         warehouse=warehouse,

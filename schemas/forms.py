@@ -12,9 +12,10 @@ Two shapes of every form:
 """
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any, Final, Literal
+from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -34,6 +35,17 @@ from schemas.codes import (
 )
 
 SPEC_VERSION: Final = 1
+
+# The register's day is Norway's: a date "after today" is judged by it, not by the machine's zone
+# (a container runs on UTC, one or two hours behind Oslo after midnight). pandas requires tzdata,
+# so the zone is known where the system has no zone files.
+REGISTER_ZONE: Final = ZoneInfo("Europe/Oslo")
+
+
+def register_today() -> date:
+    """Today's date in Norway."""
+    return datetime.now(REGISTER_ZONE).date()
+
 
 ColumnKind = Literal["text", "orgnr", "date", "integer"]
 

@@ -105,9 +105,14 @@ class Check:
 
 
 def _column_checks(
-    column: ColumnSpec, *, known_providers: frozenset[str] | None, today: date
+    column: ColumnSpec,
+    *,
+    known_providers: frozenset[str] | None,
+    today: date,
+    future: Severity = "fatal",
 ) -> list[Check]:
-    """The checks of one column; `known_providers` None: no `provider_orgnr.known` check."""
+    """The checks of one column; `known_providers` None: no `provider_orgnr.known` check;
+    `future` the severity of a date after `today`."""
     name = column.name
     value = name + VALUE_SUFFIX
     checks: list[Check] = []
@@ -198,7 +203,7 @@ def _column_checks(
                 f"{name}.future",
                 name,
                 "plausibility",
-                "fatal",
+                future,
                 0.0,
                 "ExpectColumnValuesToBeBetween",
                 {"column": value, "max_value": float((today - EPOCH).days)},
@@ -265,12 +270,17 @@ def suite_checks(form: Form, *, known_providers: frozenset[str], today: date) ->
 
     An `optout` file has no `provider_orgnr.known` check (its 9-digit pattern is checked): an
     opt-out is the patient's right to be erased, which a provider missing from the register's list
-    must not block (the erasure is of every record of the patient, whoever sent it)."""
+    must not block (the erasure is of every record of the patient, whoever sent it). For the same
+    reason its `optout_date.future` fails the row (the patient is erased, the row counted as
+    quarantined, as for an impossible date), not the file: a typo in one row must not keep every
+    patient of the file in the register."""
     spec = FORMS[form]
-    providers = None if form is Form.OPTOUT else known_providers
+    optout = form is Form.OPTOUT
+    providers = None if optout else known_providers
+    future: Severity = "error" if optout else "fatal"
     checks: list[Check] = []
     for column in spec.columns:
-        checks.extend(_column_checks(column, known_providers=providers, today=today))
+        checks.extend(_column_checks(column, known_providers=providers, today=today, future=future))
     if form in FILE_KEYS:
         check_id, key = FILE_KEYS[form]
         checks.append(

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Final
 
@@ -31,7 +31,7 @@ from etl.ledger import list_uploads
 from etl.load import load_file
 from etl.warehouse import Warehouse
 from schemas.errors import RejectedInput
-from schemas.forms import Form
+from schemas.forms import Form, register_today
 from schemas.organisations import Hierarchy, is_valid_orgnr
 from service.commands.common import (
     EXIT_INTERRUPTED,
@@ -297,7 +297,7 @@ def _provider(value: str | None) -> str | None:
 
 
 def _optout_date(value: datetime | None) -> datetime | None:
-    if value is not None and value.date() > date.today():
+    if value is not None and value.date() > register_today():
         raise typer.BadParameter("an opt-out date cannot lie in the future")
     return value
 

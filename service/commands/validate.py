@@ -4,14 +4,13 @@ Exit codes: 0 the file would be accepted (rows failing `error` checks would go t
 1 the file would be rejected (a `fatal` check, or the reader refused it), 2 usage error.
 """
 
-from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
 from etl.read import read_extract
-from schemas.forms import Form
+from schemas.forms import Form, register_today
 from schemas.organisations import Hierarchy
 from service.commands.common import check_output_file, console, reports_errors
 from validation import validate_extract
@@ -43,7 +42,7 @@ def register(app: typer.Typer) -> None:
             check_output_file(out)
         raw = read_extract(file, form)
         known = frozenset(o.orgnr for o in Hierarchy.default().providers)
-        result = validate_extract(raw, form, known_providers=known, today=date.today())
+        result = validate_extract(raw, form, known_providers=known, today=register_today())
         report = quality_report(result)
         if output_format == "json":
             text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"

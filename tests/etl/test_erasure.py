@@ -184,28 +184,30 @@ def test_optout_rows_failing_a_check_still_erase_and_are_counted_as_quarantined(
     key: bytes,
     settings: Settings,
 ) -> None:
-    # An opt-out is the patient's right: a missing or impossible optout_date does not keep the
-    # records, but the row is not counted as accepted; it is reported as the load's row failures
-    # are, by record_id and check, never by pseudonym.
+    # An opt-out is the patient's right: a missing, impossible or future optout_date does not
+    # keep the records (a future one rejected the whole file, erasing no one), but the row is not
+    # counted as accepted; it is reported as the load's row failures are, by record_id and
+    # check, never by pseudonym.
     _register(write_extract, warehouse, session, key)
     optout = [
         episode_row(Form.OPTOUT, 1, ERASED, optout_date=""),
         episode_row(Form.OPTOUT, 2, "P-KEEP-1", optout_date="31.02.2025"),
-        episode_row(Form.OPTOUT, 3, "P-KEEP-2"),
+        episode_row(Form.OPTOUT, 3, "P-KEEP-2", optout_date="02.11.2025"),  # the day after LOAD_DAY
         episode_row(Form.OPTOUT, 4, "", optout_date="01.02.2025"),  # nobody to erase
+        episode_row(Form.OPTOUT, 5, "P-NOT-IN-REGISTER", optout_date="01.03.2025"),
     ]
     upload = load_ok(write_extract(Form.OPTOUT, optout), Form.OPTOUT, warehouse, session, key)
     session.commit()
-    assert upload.rows_read == 4
+    assert upload.rows_read == 5
     assert upload.rows_accepted == 1
-    assert upload.rows_quarantined == 3
+    assert upload.rows_quarantined == 4
     assert upload.rows_erased == 8  # ERASED 5, P-KEEP-1 2 (b1, m1), P-KEEP-2 1 (b4)
     assert warehouse.count("basis") == 0
     assert warehouse.count(QUARANTINE) == 0  # nothing of an optout file is stored
     erasure = session.exec(select(Erasure)).one()
-    assert erasure.patients == 3
+    assert erasure.patients == 4
     assert erasure.optout_date is not None
-    assert erasure.optout_date.date() == date(2025, 3, 1)  # the latest valid one
+    assert erasure.optout_date.date() == date(2025, 3, 1)  # the latest valid one, not o3's
     run = session.exec(select(ValidationRun).where(ValidationRun.upload_id == upload.id)).one()
     failing = {
         check["check_id"]: check["failing_record_ids"]
@@ -215,10 +217,11 @@ def test_optout_rows_failing_a_check_still_erase_and_are_counted_as_quarantined(
     assert failing == {
         "optout_date.required": ["o1"],
         "optout_date.type": ["o2"],
+        "optout_date.future": ["o3"],
         "patient_pseudonym.required": ["o4"],
     }
-    assert run.report["quarantined_rows"] == 3
-    for text in (ERASED, "P-KEEP-1", "P-KEEP-2"):
+    assert run.report["quarantined_rows"] == 4
+    for text in (ERASED, "P-KEEP-1", "P-KEEP-2", "P-NOT-IN-REGISTER"):
         assert text not in str(run.report)
         assert text not in str(upload.model_dump())
     session.close()

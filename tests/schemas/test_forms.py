@@ -1,7 +1,7 @@
 """The data dictionary: Arrow schemas, record models, organisation numbers, the hierarchy."""
 
 import csv
-from datetime import date
+from datetime import UTC, date, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
+import schemas.forms as forms
 from schemas.forms import (
     EPISODE_FORMS,
     FORMS,
@@ -171,3 +172,25 @@ def test_rhf_of_a_private_provider() -> None:
     assert hierarchy.rhf_of("991505482").short_name == "Helse Vest"
     assert hierarchy.rhf_of("983974880").short_name == "Helse Nord"  # an HF
     assert hierarchy.rhf_of("991324968").orgnr == "991324968"  # an RHF is its own
+
+
+@pytest.mark.parametrize(
+    ("utc", "oslo"),
+    [
+        (datetime(2025, 6, 30, 22, 30, tzinfo=UTC), date(2025, 7, 1)),  # 00:30 summer time
+        (datetime(2025, 1, 1, 23, 30, tzinfo=UTC), date(2025, 1, 2)),  # 00:30 winter time
+        (datetime(2025, 1, 1, 22, 30, tzinfo=UTC), date(2025, 1, 1)),  # 23:30 winter time
+    ],
+)
+def test_the_register_day_is_norways_not_the_machines(
+    utc: datetime, oslo: date, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A record dated today in Norway, loaded after midnight there, was "in the future" by the
+    # UTC date of a container (and its file rejected whole).
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]
+            return utc.astimezone(tz)
+
+    monkeypatch.setattr(forms, "datetime", Clock)
+    assert forms.register_today() == oslo
