@@ -146,13 +146,21 @@ def file_sha256(path: Path) -> str:
 
 
 def loaded_upload(session: Session, sha256: str, form: str) -> Upload | None:
-    """The earlier upload that loaded this very file for this form, if any."""
-    statement = (
-        select(Upload)
-        .where(Upload.file_sha256 == sha256, Upload.form == form, Upload.status == "loaded")
-        .order_by(col(Upload.id))
-    )
-    return session.exec(statement).first()
+    """The earlier upload that loaded this very file for this form, unless a file of the form
+    from one of its providers was loaded after it: then the file is sent again after a
+    correction, and its records supersede the corrected ones, as any re-sent record does
+    (EXTRACT_SPEC.md); otherwise loading it would change nothing."""
+    loaded = select(Upload).where(Upload.form == form, Upload.status == "loaded")
+    earlier = session.exec(
+        loaded.where(Upload.file_sha256 == sha256).order_by(col(Upload.id).desc())
+    ).first()
+    if earlier is None:
+        return None
+    providers = set(earlier.providers.split(","))
+    for later in session.exec(loaded.where(col(Upload.id) > earlier.id)).all():
+        if providers.intersection(later.providers.split(",")):
+            return None
+    return earlier
 
 
 def list_uploads(session: Session, limit: int | None = None) -> list[Upload]:

@@ -84,6 +84,25 @@ def test_same_file_twice_is_a_duplicate_and_changes_nothing(
     assert warehouse.count("basis") == 1
 
 
+def test_an_earlier_file_sent_again_after_a_correction_supersedes_it(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    # EXTRACT_SPEC.md: a re-sent record_id supersedes the earlier record. The old duplicate rule
+    # (any earlier load of the same bytes) kept the correction's age 31 after v1 came again.
+    v1 = write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P1", age="30")])
+    v2 = write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P1", age="31")])
+    other = write_extract(Form.BASIS, [episode_row(Form.BASIS, 9, "P9", provider_orgnr=PROVIDER_B)])
+    statuses = [_load(path, Form.BASIS, warehouse, session, key).status for path in (v1, other, v1)]
+    # Another provider's file in between does not make v1 new again.
+    assert statuses == ["loaded", "loaded", "duplicate"]
+    assert _load(v2, Form.BASIS, warehouse, session, key).rows_superseded == 1
+    again = _load(v1, Form.BASIS, warehouse, session, key)
+    assert (again.status, again.rows_accepted, again.rows_superseded) == ("loaded", 1, 1)
+    stored = warehouse.table(Form.BASIS).sort_by("record_id")
+    assert stored.column("age").to_pylist() == [30, 34]
+    assert _load(v1, Form.BASIS, warehouse, session, key).status == "duplicate"
+
+
 def test_resent_record_supersedes_and_identical_one_is_unchanged(
     write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
 ) -> None:
