@@ -31,7 +31,7 @@ import re
 import threading
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from types import ModuleType
 from typing import Any, Final, Literal
@@ -273,7 +273,12 @@ def suite_checks(form: Form, *, known_providers: frozenset[str], today: date) ->
     must not block (the erasure is of every record of the patient, whoever sent it). For the same
     reason its `optout_date.future` fails the row (the patient is erased, the row counted as
     quarantined, as for an impossible date), not the file: a typo in one row must not keep every
-    patient of the file in the register."""
+    patient of the file in the register.
+
+    In an `npr_counts` file a provider outside the register's list fails its row (quarantined,
+    reported), not the file: NPR counts the episodes of every provider, also of those that do not
+    report to the register (EXTRACT_SPEC.md asks only for 9 digits), and coverage is computed for
+    the providers of the list."""
     spec = FORMS[form]
     optout = form is Form.OPTOUT
     providers = None if optout else known_providers
@@ -281,6 +286,11 @@ def suite_checks(form: Form, *, known_providers: frozenset[str], today: date) ->
     checks: list[Check] = []
     for column in spec.columns:
         checks.extend(_column_checks(column, known_providers=providers, today=today, future=future))
+    if form is Form.NPR_COUNTS:
+        checks = [
+            replace(check, severity="error") if check.check_id == "provider_orgnr.known" else check
+            for check in checks
+        ]
     if form in FILE_KEYS:
         check_id, key = FILE_KEYS[form]
         checks.append(

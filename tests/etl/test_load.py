@@ -367,6 +367,27 @@ def test_npr_counts_merge_on_provider_and_year(
     assert pc.sum(stored.column("episodes")).as_py() == 180
 
 
+def test_npr_counts_of_a_provider_outside_the_register_are_quarantined_not_the_file(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    # NPR counts every provider; EXTRACT_SPEC.md asks npr_counts only for 9 digits. One valid
+    # orgnr outside the register's list rejected the whole file before.
+    outside = "912345688"
+    assert outside not in KNOWN
+    rows = [
+        {"provider_orgnr": PROVIDER_A, "year": "2024", "episodes": "100"},
+        {"provider_orgnr": outside, "year": "2024", "episodes": "7"},
+    ]
+    upload = _load(write_extract(Form.NPR_COUNTS, rows), Form.NPR_COUNTS, warehouse, session, key)
+    assert (upload.status, upload.rows_accepted, upload.rows_quarantined) == ("loaded", 1, 1)
+    stored = warehouse.table(Form.NPR_COUNTS)
+    assert stored.select(["provider_orgnr", "episodes"]).to_pylist() == [
+        {"provider_orgnr": PROVIDER_A, "episodes": 100}
+    ]
+    quarantine = warehouse.read(QUARANTINE)
+    assert quarantine.column("check").to_pylist() == ["provider_orgnr.known"]
+
+
 def test_npr_counts_with_a_provider_and_year_twice_is_rejected(
     write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
 ) -> None:

@@ -181,6 +181,13 @@ def test_an_optout_is_not_refused_for_a_provider_outside_the_register_list() -> 
     for form in (Form.BASIS, Form.NPR_COUNTS):
         assert "provider_orgnr.known" in _check_ids(form)
 
+    def severity(form: Form) -> str:
+        checks = suite_checks(form, known_providers=KNOWN, today=TODAY)
+        return next(c.severity for c in checks if c.check_id == "provider_orgnr.known")
+
+    # NPR counts every provider: one outside the list fails its row, not the file.
+    assert (severity(Form.BASIS), severity(Form.NPR_COUNTS)) == ("fatal", "error")
+
 
 def test_a_provider_and_year_twice_in_an_npr_counts_file_rejects_it() -> None:
     # The table's key (etl.warehouse.MERGE_KEYS): two rows would both be stored and a later
