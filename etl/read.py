@@ -6,8 +6,10 @@ empty cells as null, columns in the file's order and rows that are entirely empt
 
 A file the register cannot read exactly is refused whole with `RejectedInput`. The messages name the
 column, the line number or the count, never a value from the file: a value may be a pseudonym or an
-identity number, and a header cell that is not a column of some form in the data dictionary may be
-a record (a file without its header row), so such names are not echoed either.
+identity number. An unexpected column is named (EXTRACT_SPEC.md: "an error naming the column"), but
+only from a header row that is evidently one (`_is_header`): in a file without its header row the
+first record's values stand in the header, and such a file is refused as lacking its header, its
+cells unnamed. A header name that could itself be a value (`_shown`) is named by position only.
 """
 
 import csv
@@ -79,10 +81,13 @@ def _utf8_of(characters: frozenset[str]) -> re.Pattern[bytes]:
 # mixed (in Windows-1252 each reads as 'Ã' or 'Â' and a sign, a non-Norwegian letter and a
 # sign, 'â€' and a sign...).
 _UTF8_EVIDENCE: Final = _utf8_of(PLAUSIBLE_CHARACTERS)
-# A header cell is echoed in a message only when it is a column of some form in the data dictionary:
-# in a file without its header row the first record's values stand in the header, and a letters-only
-# pseudonym or name looks just like a column name.
 _ALL_COLUMNS: Final = frozenset(name for spec in FORMS.values() for name in spec.column_names)
+# A name of an evidently real header is shown unless it could be a value itself: six digits or more
+# (a birth date DDMMYY, an identity number in any layout, a phone number, an id), or longer than a
+# column name plausibly is (a free text). The column names of the data dictionary have at most 17
+# characters and no digit.
+_SHOWN_NAME_MAX_LENGTH: Final = 64
+_SHOWN_NAME_MAX_DIGITS: Final = 5
 
 
 def read_extract(path: Path, form: Form, *, max_bytes: int = DEFAULT_MAX_BYTES) -> pa.Table:
@@ -96,12 +101,11 @@ def read_extract(path: Path, form: Form, *, max_bytes: int = DEFAULT_MAX_BYTES) 
         raise RejectedInput(f"The extract file is {size} bytes, over the limit of {max_bytes}")
     kind = _file_kind(path)
     if kind == "xlsx":
-        names, columns, numeric = _read_xlsx(path)
+        names, columns, numeric = _read_xlsx(path, form)
     elif kind == "parquet":
-        names, columns, numeric = _read_parquet(path)
+        names, columns, numeric = _read_parquet(path, form)
     else:
         return _finish(*_read_csv(path, form), form)
-    _check_header(names, form)
     return _finish(names, columns, form, numeric=numeric)
 
 
@@ -120,16 +124,43 @@ def _file_kind(path: Path) -> str:
     return kind
 
 
+def _is_header(names: Sequence[str], form: Form) -> bool:
+    """Whether the first row is evidently a header: every required column of `form` is in it, or
+    most of its cells are column names of some form.
+
+    A record cannot pass: its cells are a record's values, and no form's values are column names
+    (a pseudonym or a unit code that happens to be one is a cell or two, never most of the row).
+    An unknown name beside these is then the name of an unexpected column, and safe to show.
+    """
+    present = set(names)
+    if set(FORMS[form].required_columns) <= present:
+        return True
+    return 2 * sum(name in _ALL_COLUMNS for name in names) > len(names)
+
+
+def _shown(name: str) -> bool:
+    """Whether a name of an evidently real header may be quoted (see `_SHOWN_NAME_MAX_LENGTH`)."""
+    digits = sum(character.isdigit() for character in name)
+    return len(name) <= _SHOWN_NAME_MAX_LENGTH and digits <= _SHOWN_NAME_MAX_DIGITS
+
+
 def _display(name: str, position: int) -> str:
-    """How a header cell is named in a message: its name if it is a column of some form, else its
-    position."""
-    if name in _ALL_COLUMNS:
+    """How a cell of an evidently real header (`_is_header`) is named in a message: its name, or its
+    position when the name could be a value."""
+    if _shown(name):
         return f"'{name}'"
-    return f"column {position} (name not shown)"
+    return f"column {position} (name not shown: it could be a value)"
 
 
 def _check_header(names: Sequence[str], form: Form) -> None:
     spec = FORMS[form]
+    if not _is_header(names, form):
+        # Checked first: a record's cells are often blank or equal (duplicate "names").
+        raise RejectedInput(
+            f"The first row is not a header of form '{form.value}' (too few of its cells are "
+            "column names): was the header row left out? Its cells are not shown, as they may be "
+            "a record's values"
+        )
     counts = Counter(names)
     duplicates = sorted(name for name, count in counts.items() if count > 1)
     if duplicates:
@@ -390,8 +421,9 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _read_xlsx(path: Path) -> tuple[list[str], list[pa.Array], set[int]]:
-    """Names, text columns and the positions (0-based) of columns with a number cell."""
+def _read_xlsx(path: Path, form: Form) -> tuple[list[str], list[pa.Array], set[int]]:
+    """Names (a header of `form`), text columns and the positions (0-based) of columns with a number
+    cell."""
     _check_zip(path)
     # Imported here: openpyxl is slow to import and only needed for workbooks.
     import openpyxl
@@ -416,6 +448,7 @@ def _read_xlsx(path: Path) -> tuple[list[str], list[pa.Array], set[int]]:
         if not header_cells:
             raise RejectedInput("The workbook's first row (the header) is empty")
         names = [(_cell_text(cell) or "").strip().lower() for cell in header_cells]
+        _check_header(names, form)
         width = len(names)
         columns: list[list[str | None]] = [[] for _ in names]
         numeric: set[int] = set()
@@ -472,13 +505,16 @@ def _parquet_text(values: pa.Array) -> pa.Array:
     return pc.cast(values, pa.string())
 
 
-def _read_parquet(path: Path) -> tuple[list[str], list[pa.Array], set[int]]:
-    """Names, text columns and the positions (0-based) of integer or floating columns."""
+def _read_parquet(path: Path, form: Form) -> tuple[list[str], list[pa.Array], set[int]]:
+    """Names (a header of `form`), text columns and the positions (0-based) of integer or floating
+    columns."""
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError):
         raise RejectedInput("The .parquet file is not a readable Parquet file") from None
     names = [name.strip().lower() for name in table.column_names]
+    # Before the columns: a column that cannot be read is then a column of the form, named below.
+    _check_header(names, form)
     numeric = {i for i, field in enumerate(table.schema) if _numeric_type(field.type)}
     columns: list[pa.Array] = []
     for position, name in enumerate(names, start=1):

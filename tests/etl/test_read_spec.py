@@ -1,0 +1,59 @@
+"""etl.read.read_extract against the file conventions of EXTRACT_SPEC.md that a review found it
+broke: each test is a file an exporter may write, read as the specification says.
+
+Refusals go through `test_read.rejected`, which asserts that the message never carries SENTINEL.
+"""
+
+from pathlib import Path
+
+import openpyxl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from etl.read import read_extract
+from schemas.forms import Form
+from tests.etl.test_read import BASIS, SENTINEL, basis_row, csv_text, rejected, write
+
+UNEXPECTED = (
+    "Column(s) not part of form 'basis': '{}'; an unexpected column may carry identifying data, "
+    "so the file is rejected whole"
+)
+
+# --- an unexpected column is named ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["patient_name", "comment", "fodselsnummer"])
+def test_an_unexpected_csv_column_is_named(tmp_path: Path, name: str) -> None:
+    rows = [basis_row(**{name: SENTINEL})]
+    message = rejected(write(tmp_path, "b.csv", csv_text(rows, ";", [*BASIS, name])))
+    assert message == UNEXPECTED.format(name)
+
+
+def test_an_unexpected_workbook_column_is_named(tmp_path: Path) -> None:
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.append([*BASIS, " Patient_Name "])
+    sheet.append([*basis_row().values(), SENTINEL])
+    workbook.save(tmp_path / "b.xlsx")
+    assert rejected(tmp_path / "b.xlsx") == UNEXPECTED.format("patient_name")
+
+
+def test_an_unexpected_parquet_column_is_named(tmp_path: Path) -> None:
+    columns = {name: [value] for name, value in basis_row().items()}
+    pq.write_table(pa.table(columns | {"comment": [SENTINEL]}), tmp_path / "b.parquet")
+    assert rejected(tmp_path / "b.parquet") == UNEXPECTED.format("comment")
+
+
+def test_a_header_missing_a_required_column_still_names_the_unexpected_one(tmp_path: Path) -> None:
+    # 'alder' for 'age': the rest of the row is column names, so it is a header.
+    header = ["alder" if name == "age" else name for name in BASIS]
+    rows = [basis_row(alder="35")]
+    message = rejected(write(tmp_path, "b.csv", csv_text(rows, ";", header)))
+    assert message == UNEXPECTED.format("alder")
+
+
+def test_an_expected_file_is_still_read(tmp_path: Path) -> None:
+    raw = read_extract(write(tmp_path, "b.csv", csv_text([basis_row()])), Form.BASIS)
+    assert raw.column_names == BASIS
