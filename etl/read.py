@@ -275,8 +275,14 @@ def _windows_1252(data: bytes, first_bad_line: int) -> bytes:
 
 
 def _detect_delimiter(header: str) -> tuple[str, list[str]]:
-    """The one delimiter that splits the header into (mostly) known column names."""
-    viable: list[tuple[str, list[str]]] = []
+    """The delimiter under which the header has the most known column names.
+
+    Not a majority of known names: a header with several unexpected columns (an npr_counts file of
+    three columns and three extra) must get the error that names them (`_check_header`), not this
+    one. At least two fields (no form has fewer than three) and one known name: a header that has
+    none under either delimiter gives no evidence, nor does a tie.
+    """
+    known_names: dict[str, tuple[int, list[str]]] = {}
     for delimiter in _DELIMITERS:
         try:
             fields = next(csv.reader([header], delimiter=delimiter, quotechar='"'), [])
@@ -284,15 +290,16 @@ def _detect_delimiter(header: str) -> tuple[str, list[str]]:
             fields = []
         names = [field.strip().lower() for field in fields]
         known = sum(name in _ALL_COLUMNS for name in names)
-        # At least two columns (no form has fewer than three) and a majority of known names, so
-        # that a file with one unexpected column still gets "unknown column", not this error.
-        if len(names) >= 2 and 2 * known > len(names):
-            viable.append((delimiter, names))
-    if len(viable) != 1:
+        if len(names) >= 2 and known >= 1:
+            known_names[delimiter] = (known, names)
+    best = max((known for known, _ in known_names.values()), default=0)
+    chosen = [delimiter for delimiter, (known, _) in known_names.items() if known == best]
+    if len(chosen) != 1:
         raise RejectedInput(
-            "Undetectable delimiter: the header must be column names separated by ';' or ','"
+            "Undetectable delimiter: the first row must be the column names, separated by "
+            "';' or ','"
         )
-    return viable[0]
+    return chosen[0], known_names[chosen[0]][1]
 
 
 class _RaggedRows:

@@ -57,3 +57,50 @@ def test_a_header_missing_a_required_column_still_names_the_unexpected_one(tmp_p
 def test_an_expected_file_is_still_read(tmp_path: Path) -> None:
     raw = read_extract(write(tmp_path, "b.csv", csv_text([basis_row()])), Form.BASIS)
     assert raw.column_names == BASIS
+
+
+# --- several unexpected columns: the delimiter is still found ------------------------------------
+
+
+@pytest.mark.parametrize("delimiter", [";", ","])
+def test_npr_counts_with_several_unexpected_columns_names_them(
+    tmp_path: Path, delimiter: str
+) -> None:
+    header = delimiter.join(["provider_orgnr", "year", "episodes", "a1", "a2", "a3"])
+    row = delimiter.join(["983974880", "2024", "3", SENTINEL, "y", "z"])
+    message = rejected(write(tmp_path, "n.csv", f"{header}\r\n{row}\r\n"), Form.NPR_COUNTS)
+    assert message == (
+        "Column(s) not part of form 'npr_counts': 'a1', 'a2', 'a3'; an unexpected column may "
+        "carry identifying data, so the file is rejected whole"
+    )
+
+
+def test_optout_with_more_unexpected_than_expected_columns_names_them(tmp_path: Path) -> None:
+    names = ["record_id", "patient_pseudonym", "provider_orgnr", "optout_date"]
+    extra = ["name", "address", "phone", "email", "note"]
+    row = ["o1", SENTINEL, "983974880", "01.06.2024", SENTINEL, "x", "x", "x", "x"]
+    text = ",".join(names + extra) + "\n" + ",".join(row) + "\n"
+    message = rejected(write(tmp_path, "o.csv", text), Form.OPTOUT)
+    assert message.startswith(
+        "Column(s) not part of form 'optout': 'name', 'address', 'phone', 'email', 'note'; "
+    )
+
+
+def test_a_csv_without_its_header_row_never_echoes_the_first_record(tmp_path: Path) -> None:
+    # A value that is a column name ('sex' as a unit code) gives the delimiter; the row is still
+    # no header, and nothing of it is quoted.
+    rows = [basis_row(unit_code="sex", patient_pseudonym="olanordmann"), basis_row()]
+    lines = [";".join(row.values()) for row in rows]
+    message = rejected(write(tmp_path, "b.csv", "\r\n".join(lines) + "\r\n"))
+    assert message == (
+        "The first row is not a header of form 'basis' (too few of its cells are column names): "
+        "was the header row left out? Its cells are not shown, as they may be a record's values"
+    )
+
+
+def test_a_csv_whose_first_row_has_no_column_name_has_no_delimiter(tmp_path: Path) -> None:
+    lines = [";".join(basis_row().values())] * 2
+    message = rejected(write(tmp_path, "b.csv", "\r\n".join(lines) + "\r\n"))
+    assert message == (
+        "Undetectable delimiter: the first row must be the column names, separated by ';' or ','"
+    )
