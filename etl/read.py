@@ -428,6 +428,28 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _check_other_sheets_empty(sheets: Sequence[Any], opened: list[Any], order: list[str]) -> None:
+    """Refuse a workbook with a value on a sheet after the first (EXTRACT_SPEC.md: "first sheet").
+
+    Empty sheets are accepted (Excel's old default Ark2/Ark3, an unused notes sheet); a value
+    elsewhere makes it unclear which sheet is the extract, and would be left unread. A blank text
+    counts as empty, as in the extract itself. `opened` collects the row iterators to close.
+    """
+    for sheet in sheets:
+        # Read-only openpyxl trusts the sheet's <dimension> tag, which some writers leave stale.
+        sheet.reset_dimensions()
+        rows = sheet.iter_rows(values_only=True)
+        opened.append(rows)
+        for row in rows:
+            if any(cell is not None and (_cell_text(cell) or "").strip() for cell in row):
+                position = order.index(sheet.title) + 1
+                raise RejectedInput(
+                    f"Sheet {position} of the workbook holds data too: an extract must be on the "
+                    "first sheet alone, or which sheet is the extract is unclear and data would "
+                    "be left unread"
+                )
+
+
 def _read_xlsx(path: Path, form: Form) -> tuple[list[str], list[pa.Array], set[int]]:
     """Names (a header of `form`), text columns and the positions (0-based) of columns with a number
     cell."""
@@ -441,12 +463,11 @@ def _read_xlsx(path: Path, form: Form) -> tuple[list[str], list[pa.Array], set[i
         raise RejectedInput("The .xlsx file is not a readable workbook") from None
     opened: list[Any] = []
     try:
-        if len(workbook.sheetnames) != 1:
-            raise RejectedInput(
-                f"The workbook has {len(workbook.sheetnames)} sheets; an extract must have "
-                "exactly one"
-            )
-        rows = workbook.worksheets[0].iter_rows(values_only=True)
+        sheets = workbook.worksheets
+        if not sheets or sheets[0].title != workbook.sheetnames[0]:
+            raise RejectedInput("The workbook's first sheet is not a sheet of cells (a chart?)")
+        _check_other_sheets_empty(sheets[1:], opened, workbook.sheetnames)
+        rows = sheets[0].iter_rows(values_only=True)
         # Closed explicitly (finally below): a half-read sheet otherwise keeps its file open.
         opened.append(rows)
         header_cells = list(next(rows, ()))

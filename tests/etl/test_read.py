@@ -452,16 +452,20 @@ def test_magic_bytes_must_match_the_suffix(tmp_path: Path) -> None:
     assert "binary file" in rejected(tmp_path / "x.csv")
 
 
-def test_xlsx_with_several_sheets(tmp_path: Path) -> None:
+def test_xlsx_with_data_on_several_sheets(tmp_path: Path) -> None:
     workbook = openpyxl.Workbook()
     sheet = workbook.active
     assert sheet is not None
     sheet.append(["provider_orgnr", "year", "episodes"])
     sheet.append([SENTINEL, 2021, 1])
-    workbook.create_sheet("notes")
+    workbook.create_sheet("Ark2")
+    workbook.create_sheet("notes")["C4"] = SENTINEL
     workbook.save(tmp_path / "n.xlsx")
     message = rejected(tmp_path / "n.xlsx", Form.NPR_COUNTS)
-    assert "has 2 sheets" in message
+    assert message == (
+        "Sheet 3 of the workbook holds data too: an extract must be on the first sheet alone, or "
+        "which sheet is the extract is unclear and data would be left unread"
+    )
 
 
 def test_xlsx_zip_bomb_is_refused_before_opening(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ broke: each test is a file an exporter may write, read as the specification says
 Refusals go through `test_read.rejected`, which asserts that the message never carries SENTINEL.
 """
 
+import re
+import zipfile
 from pathlib import Path
 
 import openpyxl
@@ -104,3 +106,66 @@ def test_a_csv_whose_first_row_has_no_column_name_has_no_delimiter(tmp_path: Pat
     assert message == (
         "Undetectable delimiter: the first row must be the column names, separated by ';' or ','"
     )
+
+
+# --- XLSX: the first sheet; empty other sheets are no data ---------------------------------------
+
+
+def _npr_workbook() -> openpyxl.Workbook:
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.title = "Ark1"
+    sheet.append(["provider_orgnr", "year", "episodes"])
+    sheet.append(["983974880", 2021, 12])
+    sheet.append(["983974899", 2022, 3])
+    return workbook
+
+
+def test_a_workbook_with_empty_other_sheets_is_read_from_the_first(tmp_path: Path) -> None:
+    workbook = _npr_workbook()
+    workbook.create_sheet("Ark2")
+    notes = workbook.create_sheet("Ark3")
+    notes["B2"] = "   "  # a blank text, as in the extract itself: empty
+    notes["C3"].number_format = "0.00"  # a formatted cell without a value
+    workbook.save(tmp_path / "n.xlsx")
+    raw = read_extract(tmp_path / "n.xlsx", Form.NPR_COUNTS)
+    assert raw.to_pylist() == [
+        {"provider_orgnr": "983974880", "year": "2021", "episodes": "12"},
+        {"provider_orgnr": "983974899", "year": "2022", "episodes": "3"},
+    ]
+
+
+@pytest.mark.parametrize("value", [SENTINEL, 0, "x"])
+def test_a_value_on_another_sheet_refuses_the_workbook(tmp_path: Path, value: object) -> None:
+    workbook = _npr_workbook()
+    hidden = workbook.create_sheet("hidden")
+    hidden.sheet_state = "hidden"
+    hidden["Z900"] = value
+    workbook.create_sheet("Ark3")
+    workbook.save(tmp_path / "n.xlsx")
+    message = rejected(tmp_path / "n.xlsx", Form.NPR_COUNTS)
+    assert message.startswith("Sheet 2 of the workbook holds data too")
+
+
+def test_a_value_on_another_sheet_behind_a_stale_dimension_is_found(tmp_path: Path) -> None:
+    workbook = _npr_workbook()
+    workbook.create_sheet("notes")["D40"] = SENTINEL
+    workbook.save(tmp_path / "n.xlsx")
+    _rewrite_dimension(tmp_path / "n.xlsx", "xl/worksheets/sheet2.xml", "A1")
+    message = rejected(tmp_path / "n.xlsx", Form.NPR_COUNTS)
+    assert message.startswith("Sheet 2 of the workbook holds data too")
+
+
+def _rewrite_dimension(path: Path, member: str, ref: str) -> None:
+    """Set the `<dimension>` of one sheet, as a tool that leaves it stale writes it."""
+    with zipfile.ZipFile(path) as source:
+        items = [(item, source.read(item.filename)) for item in source.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as target:
+        for item, data in items:
+            if item.filename == member:
+                data, count = re.subn(
+                    rb'<dimension ref="[^"]*"\s*/>', f'<dimension ref="{ref}"/>'.encode(), data
+                )
+                assert count == 1
+            target.writestr(item, data)
