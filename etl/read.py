@@ -13,6 +13,7 @@ cells unnamed. A header name that could itself be a value (`_shown`) is named by
 """
 
 import csv
+import itertools
 import os
 import re
 import zipfile
@@ -50,7 +51,7 @@ _CP1252_UNDEFINED: Final = re.compile(rb"[\x81\x8d\x8f\x90\x9d]")
 # The non-ASCII characters a Norwegian or Sami extract plausibly holds: Latin-1 (æøå, é, á, the
 # no-break space, °), the Sami letters beyond it (North Č č Đ đ Ŋ ŋ Š š Ŧ ŧ Ž ž, Lule Ń ń, Skolt
 # Ǥ ǥ Ǧ ǧ Ǩ ǩ Ǯ ǯ Ʒ ʒ), combining diacritics (decomposed letters, as some exports write them), and
-# punctuation (dashes, quotes, …, €, ™). See `_decode`.
+# punctuation (dashes, quotes, …, €, ™). Never taken for Windows-1252 bytes (see `_decode`).
 _SAMI_LETTERS: Final = "ČčĐđŊŋŃńŠšŦŧŽžǤǥǦǧǨǩǮǯƷʒ"
 PLAUSIBLE_CHARACTERS: Final = frozenset(
     [chr(code) for code in range(0xA0, 0x100)]
@@ -60,27 +61,39 @@ PLAUSIBLE_CHARACTERS: Final = frozenset(
     + ["€", "™"]
 )
 _ASCII: Final = bytes(range(0x80))
+# Windows-1252 text is valid UTF-8 only by accident, and the one accident a Norwegian text has is a
+# letter whose byte is a UTF-8 lead byte directly followed by signs, whose bytes are continuation
+# bytes: 'Ø–' (D8 96) is the UTF-8 of U+0616, 'Æ°' of 'ư', 'Å’' of 'Œ', 'æ––' of a CJK ideograph.
+# The letters: capitals Æ Ø Å É Ö Ü (two-byte leads) and æ å é á (three-byte leads); ø ö ü and
+# the other lower-case letters from F5 up are no lead byte. The signs: those that follow a word.
+# A sequence that is in UTF-8 a character of a Norwegian or Sami text is no accident ('Å' and a
+# no-break space is the Sami 'Š': UTF-8).
+_LEAD_LETTERS: Final = "ÆØÅÉÖÜæåéá"
+_SIGNS_AFTER_A_WORD: Final = "–—‘’“”\xa0°€…•«»"
 
 
-def _utf8_of(characters: frozenset[str]) -> re.Pattern[bytes]:
-    """A bytes pattern of these characters' UTF-8 encodings (alternatives grouped by all but the
-    last byte)."""
-    last_bytes: dict[bytes, list[int]] = {}
-    for character in characters:
-        encoded = character.encode("utf-8")
-        last_bytes.setdefault(encoded[:-1], []).append(encoded[-1])
-    return re.compile(
-        b"|".join(
-            re.escape(prefix) + b"[" + b"".join(re.escape(bytes([b])) for b in sorted(ends)) + b"]"
-            for prefix, ends in sorted(last_bytes.items())
-        )
-    )
+def _accidents() -> frozenset[bytes]:
+    found: set[bytes] = set()
+    for letter in _LEAD_LETTERS:
+        for length in (1, 2):
+            for signs in itertools.product(_SIGNS_AFTER_A_WORD, repeat=length):
+                encoded = (letter + "".join(signs)).encode("cp1252")
+                try:
+                    character = encoded.decode("utf-8")
+                except UnicodeDecodeError:
+                    continue
+                if character not in PLAUSIBLE_CHARACTERS:
+                    found.add(encoded)
+    return frozenset(found)
 
 
-# In a file that is not valid UTF-8 as a whole, one of these sequences means two encodings were
-# mixed (in Windows-1252 each reads as 'Ã' or 'Â' and a sign, a non-Norwegian letter and a
-# sign, 'â€' and a sign...).
-_UTF8_EVIDENCE: Final = _utf8_of(PLAUSIBLE_CHARACTERS)
+CP1252_ACCIDENTS: Final = _accidents()
+# A well-formed UTF-8 sequence of two to four bytes (RFC 3629, no surrogates, no overlong forms).
+_UTF8_SEQUENCE: Final = re.compile(
+    rb"[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}"
+    rb"|\xed[\x80-\x9f][\x80-\xbf]|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}"
+    rb"|\xf4[\x80-\x8f][\x80-\xbf]{2}"
+)
 _ALL_COLUMNS: Final = frozenset(name for spec in FORMS.values() for name in spec.column_names)
 # A name of an evidently real header is shown unless it could be a value itself: six digits or more
 # (a birth date DDMMYY, an identity number in any layout, a phone number, an id), or longer than a
@@ -203,25 +216,23 @@ def _form_of(names: Sequence[str], *, exclude: Form) -> Form | None:
 
 
 def _decode(data: bytes) -> bytes:
-    """The file's bytes as UTF-8 (without BOM): UTF-8 or Windows-1252, by which one reads as a
-    Norwegian or Sami text (`PLAUSIBLE_CHARACTERS`).
+    """The file's bytes as UTF-8 (without BOM): UTF-8 or Windows-1252 (EXTRACT_SPEC.md).
 
-    - ASCII, or valid UTF-8 whose characters are all plausible: UTF-8 (its Sami letters too).
-    - Not valid UTF-8: Windows-1252, unless a well-formed UTF-8 sequence of a plausible character
-      is in it (UTF-8 æøå beside Windows-1252 bytes: refused as mixed) or a byte that Windows-1252
-      leaves undefined (refused). A Windows-1252 capital letter followed by a byte 0x80-0xBF (an
-      en dash, a curly quote, the no-break space, °) is well-formed UTF-8 too, but not of a
-      plausible character ('Ø–' would be U+0616): no evidence.
-    - Valid UTF-8 with a character that is not plausible: refused as mixed when plausible
-      characters are in it too ('Blåbær' in UTF-8 beside 'Ø–' in Windows-1252, which reads as
-      U+0616: either reading would store something false); else Windows-1252 when every byte is
-      defined there ('Ø–' alone in a file: valid UTF-8 by accident); else UTF-8 (a script that
-      Windows-1252 cannot have written).
+    - Valid UTF-8: UTF-8 (any script or sign: 'Tønsberg ≥18 år', 'Łódź', 'Studie-α', '✓'), but
+      for Windows-1252 text that is valid UTF-8 by accident (`CP1252_ACCIDENTS`: 'Avd. Ø–2' is
+      D8 96, U+0616). A file whose every non-ASCII character is such an accident is Windows-1252;
+      one with an accident beside other non-ASCII characters is refused as mixed (UTF-8 'Blåbær'
+      beside Windows-1252 'Ø–': either reading would store something false).
+    - Not valid UTF-8: Windows-1252, unless a well-formed UTF-8 sequence that is no accident is in
+      it (UTF-8 'æ' or '≥' beside Windows-1252 bytes: refused as mixed, not stored as 'Ã¦' or
+      'â‰¥') or a byte that Windows-1252 leaves undefined (refused).
     What stays ambiguous: 'Å' followed by ƒ „ Š ‹ ¡ ¦ § ½ ¾ or the no-break space, 'Æ' by '·'
     (and a few pairs of a letter that is not Norwegian, Ä Ç Ê, and a sign) are the UTF-8 of Sami
     letters (Ń ń Ŋ ŋ š Ŧ ŧ Ž ž Š, Ʒ): in a file that is not UTF-8 they count as UTF-8 (the file is
     refused as mixed: saying so rather than guessing), in a file that is valid UTF-8 they are
-    read as the Sami letters.
+    read as the Sami letters. And a character that is an accident's UTF-8 (among them 'Œ' 'œ' 'Ż'
+    'ő' 'Ű' 'ū' 'ư' 'ƒ', Arabic, Hebrew, Syriac, some CJK) is read as Windows-1252 where it is
+    the file's only kind of non-ASCII character, refused as mixed beside others.
     """
     if data.startswith(_UTF8_BOM):
         data = data[len(_UTF8_BOM) :]
@@ -240,17 +251,16 @@ def _decode(data: bytes) -> bytes:
     # Valid UTF-8 stays valid without its ASCII bytes (never part of a multibyte character): the
     # set of its other characters costs a decode of those alone (1M basis rows: 0.1 s).
     characters = set(data.translate(None, _ASCII).decode("utf-8"))
-    odd = characters - PLAUSIBLE_CHARACTERS
-    if not odd:
+    accidents = {c for c in characters if c.encode("utf-8") in CP1252_ACCIDENTS}
+    if not accidents:
         return data
-    if characters & PLAUSIBLE_CHARACTERS:
-        text = data.decode("utf-8")
-        first = re.search("[" + "".join(map(re.escape, sorted(odd))) + "]", text)
-        assert first is not None
-        raise RejectedInput(_mixed(text.count("\n", 0, first.start()) + 1))
-    if _CP1252_UNDEFINED.search(data) is None:
+    if accidents == characters:
+        # Every byte of an accident is defined in Windows-1252.
         return data.decode("cp1252").encode("utf-8")
-    return data
+    text = data.decode("utf-8")
+    first = re.search("[" + "".join(map(re.escape, sorted(accidents))) + "]", text)
+    assert first is not None
+    raise RejectedInput(_mixed(text.count("\n", 0, first.start()) + 1))
 
 
 def _mixed(line: int) -> str:
@@ -262,8 +272,9 @@ def _mixed(line: int) -> str:
 
 def _windows_1252(data: bytes, first_bad_line: int) -> bytes:
     """A file that is not valid UTF-8, as UTF-8 from Windows-1252 (see `_decode`)."""
-    if _UTF8_EVIDENCE.search(data):
-        raise RejectedInput(_mixed(first_bad_line))
+    for sequence in _UTF8_SEQUENCE.finditer(data):
+        if sequence.group() not in CP1252_ACCIDENTS:
+            raise RejectedInput(_mixed(first_bad_line))
     undefined = _CP1252_UNDEFINED.search(data)
     if undefined is not None:
         line = data.count(b"\n", 0, undefined.start()) + 1

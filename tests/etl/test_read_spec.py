@@ -12,7 +12,10 @@ import openpyxl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
+import etl.read
 from etl.read import read_extract
 from schemas.forms import Form
 from tests.etl.test_read import BASIS, SENTINEL, basis_row, csv_text, rejected, write
@@ -169,3 +172,53 @@ def _rewrite_dimension(path: Path, member: str, ref: str) -> None:
                 )
                 assert count == 1
             target.writestr(item, data)
+
+
+# --- encoding: valid UTF-8 is UTF-8 ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "units",
+    [
+        ["Tønsberg ≥18 år"],
+        ["Tønsberg", "Łódź"],
+        ["Voksne ≥18"],
+        ["Studie-α"],
+        ["Avd ✓"],
+        ["Wrocław", "Kraków"],
+        ["Ærø", "Ş"],
+        ["½ dose → 0,5 mg ± 10 %"],
+    ],
+)
+def test_valid_utf8_is_read_as_utf8(tmp_path: Path, units: list[str]) -> None:
+    rows = [basis_row(record_id=f"r{i}", unit_code=unit) for i, unit in enumerate(units)]
+    raw = read_extract(write(tmp_path, "b.csv", csv_text(rows)), Form.BASIS)
+    assert raw.column("unit_code").to_pylist() == units
+
+
+def test_utf8_sign_beside_cp1252_letters_is_refused_as_mixed(tmp_path: Path) -> None:
+    # UTF-8 '≥' in a Windows-1252 file: read as Windows-1252 it would be stored as 'â‰¥'.
+    rows = [basis_row(unit_code="Blåbær"), basis_row(record_id="r2", unit_code="X")]
+    data = csv_text(rows).encode("cp1252").replace(b"X", "≥18".encode())
+    message = rejected(write(tmp_path, "b.csv", data))
+    assert message == (
+        "Mixed or undecodable encoding: UTF-8 and other bytes mixed (first bad byte on line 2); "
+        "send UTF-8 or Windows-1252"
+    )
+
+
+_WIDE = (
+    "abcXYZ019 .-/æøåÆØÅéáüöÄ–—‘’“”\xa0°€…•«»"  # Norwegian text and its signs
+    "ŁłŚśŹźŻżĄąĘęĆćŃńŐőŰűŠšŽžČčĐđŋŦŧ"  # Latin Extended-A: Polish, Hungarian, Sami
+    "αβγΔΩπµЖжНина"  # Greek, Cyrillic
+    "≥≤±×÷→←✓✗½™©®§¶"  # signs
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=_WIDE, min_size=1, max_size=40))
+def test_utf8_without_a_cp1252_accident_reads_as_itself(text: str) -> None:
+    encoded = text.encode("utf-8")
+    assume(not any(character.encode() in etl.read.CP1252_ACCIDENTS for character in text))
+    data = b"record_id;unit_code\r\nr1;" + encoded + b"\r\n"
+    assert etl.read._decode(data) == data
