@@ -295,12 +295,45 @@ def counts_only(report: dict[str, object]) -> dict[str, object]:
     return result
 
 
+# The checks of the column the upload's provider list is read from (`etl.load`): the list holds
+# only well-formed orgnrs, so a row whose provider_orgnr is empty or malformed is in no one's
+# list and may be any provider's. `validation.run.run_checks` reports every check of the suite
+# (`not_applicable` when the column is missing, `error` when it could not be evaluated).
+PROVIDER_CHECKS: Final = frozenset({"provider_orgnr.required", "provider_orgnr.pattern"})
+
+
+def _provider_checks_passed(report: dict[str, object]) -> bool:
+    """Whether no check of provider_orgnr in the report failed, was in error or was not
+    applicable: then every row names a well-formed provider, one of the upload's list. A report
+    that is not a suite's (no `checks` list) lists no record ids."""
+    checks = report.get("checks")
+    if not isinstance(checks, list):
+        return True
+    for check in checks:
+        if not isinstance(check, dict):
+            return False
+        concerns_provider = (
+            check.get("column") == "provider_orgnr" or check.get("check_id") in PROVIDER_CHECKS
+        )
+        if concerns_provider and check.get("status") != "passed":
+            return False
+    return True
+
+
 def report_for(
     upload: Upload, principal: Principal, report: dict[str, object]
 ) -> dict[str, object]:
-    """The report as `principal` may see it: in full for the registry and for a trust whose
-    provider is the only one in the upload; counts only when other providers' rows are in it."""
-    if principal.role == "registry" or set(providers_of(upload)) <= {principal.provider}:
+    """The report as `principal` may see it: in full for the registry, and for a trust only when
+    every row of the upload is provably its own (its provider the only one listed, and every
+    row's provider_orgnr checked well-formed); counts only otherwise: a row with an empty or
+    malformed provider_orgnr is in no provider's list and may be another provider's record."""
+    if principal.role == "registry":
+        return report
+    if (
+        principal.provider is not None
+        and providers_of(upload) == [principal.provider]
+        and _provider_checks_passed(report)
+    ):
         return report
     return counts_only(report)
 
