@@ -6,8 +6,12 @@ Steps, holding the warehouse's write locks:
    `merge(source=pa.table({"patient_key": keys}), "t.patient_key = s.patient_key")
    .when_matched_delete()`: a literal predicate would write the key into the Delta log;
 3. releases whose files hold one of the keys (looked up in the files, with DuckDB) are marked
-   `retired`, and a replacement release noted "rebuilt after erasure" is published from the
-   current state (its indicators are computed at the edge: `service.publishing.ensure_indicators`).
+   `retired`. If the release in service was one of them, a replacement noted "rebuilt after
+   erasure" is published: that release without the patients (its files that hold them copied
+   without them, `Warehouse.copy_without`), not the current tables, which may hold loads that
+   staff have not published (its indicators are computed at the edge:
+   `service.publishing.ensure_indicators`). The log's `releases_rebuilt` reads "1,2->3" (1 and 2
+   retired, 3 the replacement), or "1" (retired; the release in service held none of them).
    We do not rewrite an old release in place: a release is immutable, and a rewritten one would
    silently change its published numbers; retiring it is honest and leaves its manifest (paths and
    counts, no record) as the record of what was published.
@@ -60,7 +64,7 @@ from etl.warehouse import QUARANTINE, TABLES, Warehouse, schema_of
 from schemas.catalog import Erasure, Release, Upload, ValidationRun, utcnow
 from schemas.errors import KvarusError, RejectedInput
 from schemas.forms import PATIENT_KEY_COLUMN, Form
-from schemas.manifest import ReleaseManifest
+from schemas.manifest import ReleaseManifest, TableSnapshot
 from schemas.scratch import duckdb_connection
 
 REBUILT_NOTE = "rebuilt after erasure"
@@ -161,7 +165,8 @@ def _erase(
     with session.no_autoflush:
         # The reports are scrubbed by `finish_pending`, from the marker, after the commit.
         _withhold_names(session, pseudonyms)
-        releases = session.exec(select(Release).where(col(Release.retired).is_(False))).all()
+        served = select(Release).where(col(Release.retired).is_(False))
+        releases = session.exec(served.order_by(col(Release.number))).all()
         retired: list[int] = []
         for release in releases:
             if _holds_patients(ReleaseManifest.read(Path(release.manifest_path)), keys):
@@ -169,12 +174,15 @@ def _erase(
                 session.add(release)
                 retired.append(release.number)
 
-        erasure.releases_rebuilt = ""
-        if retired:
+        erasure.releases_rebuilt = ",".join(map(str, retired))
+        if retired and retired[-1] == releases[-1].number:
+            # The release in service held them: its replacement is it without them.
+            latest = ReleaseManifest.read(Path(releases[-1].manifest_path))
             manifest = publish_locked(
-                warehouse, releases_dir, session, REBUILT_NOTE, performed_by, before_commit
-            )
-            erasure.releases_rebuilt = ",".join(map(str, retired)) + f"->{manifest.release}"
+                warehouse, releases_dir, session, REBUILT_NOTE, performed_by, before_commit,
+                tables=_without_patients(warehouse, latest, keys),
+            )  # fmt: skip
+            erasure.releases_rebuilt += f"->{manifest.release}"
         erasure.performed_at = utcnow()  # after the marker's: the repair tells them apart
         session.add(erasure)
     session.commit()  # step 4: before any file is deleted
@@ -362,6 +370,36 @@ def _holds_patients(manifest: ReleaseManifest, keys: pa.Array) -> bool:
             if int(found[0][0]) > 0:
                 return True
     return False
+
+
+def _without_patients(
+    warehouse: Warehouse, manifest: ReleaseManifest, keys: pa.Array
+) -> dict[str, TableSnapshot] | None:
+    """A release's tables without these patients' rows: each file that holds none is listed as
+    it is, each that holds some is copied without them (`Warehouse.copy_without`). Not the
+    current tables: they may hold loads that staff have not published. None (then the current
+    tables are published) if some file of the release is gone (an earlier erasure's purge)."""
+    if any(not Path(f).exists() for s in manifest.tables.values() for f in s.files):
+        return None
+    tables: dict[str, TableSnapshot] = {}
+    with duckdb_connection() as connection:
+        connection.register("erased", pa.table({PATIENT_KEY_COLUMN: keys}))
+        for name, snapshot in manifest.tables.items():
+            if not snapshot.files or PATIENT_KEY_COLUMN not in schema_of(name).names:
+                tables[name] = snapshot
+                continue
+            holding = connection.sql(
+                # The SQL holds only our column-name constant; the keys are a registered table.
+                f"SELECT DISTINCT filename FROM read_parquet($files, filename=true) AS t "  # noqa: S608
+                f"SEMI JOIN erased AS s USING ({PATIENT_KEY_COLUMN})",
+                params={"files": snapshot.files},
+            ).fetchall()
+            held = {row[0] for row in holding}
+            files = [warehouse.copy_without(f, keys) if f in held else f for f in snapshot.files]
+            tables[name] = snapshot.model_copy(
+                update={"files": files, "row_count": warehouse.count(name, files)}
+            )
+    return tables
 
 
 def _purge(warehouse: Warehouse, table: str, keep: set[str]) -> None:

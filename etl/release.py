@@ -74,17 +74,21 @@ def publish_locked(
     note: str | None,
     published_by: str,
     before_commit: Callable[[ReleaseManifest], None] | None = None,
+    tables: dict[str, TableSnapshot] | None = None,
 ) -> ReleaseManifest:
     """`publish_release` for a caller that already holds the warehouse's write locks: adds and
-    flushes the row, never commits; the caller must commit before it releases the locks."""
+    flushes the row, never commits; the caller must commit before it releases the locks.
+    `tables`: the release's tables (an erasure's replacement of a release); default the
+    warehouse's current tables."""
     number = _next_number(releases_dir, session)
     directory = releases_dir / str(number)
     # exist_ok=False: two publishers can never both claim a number.
     directory.mkdir(parents=True, exist_ok=False)
     try:
         return _write_release(
-            warehouse, directory, session, number, note, published_by, before_commit
-        )
+            warehouse, directory, session, number, note, published_by, before_commit,
+            tables if tables is not None else _current(warehouse),
+        )  # fmt: skip
     except BaseException:
         # A release that never reached the catalog leaves no manifest behind.
         shutil.rmtree(directory, ignore_errors=True)
@@ -99,17 +103,8 @@ def _write_release(
     note: str | None,
     published_by: str,
     before_commit: Callable[[ReleaseManifest], None] | None,
+    tables: dict[str, TableSnapshot],
 ) -> ReleaseManifest:
-    tables: dict[str, TableSnapshot] = {}
-    for form in STORED_FORMS:
-        delta = warehouse.delta(form.value)
-        files = sorted(str(Path(uri).resolve()) for uri in delta.file_uris())
-        tables[form.value] = TableSnapshot(
-            name=form.value,
-            delta_version=int(delta.version()),
-            files=files,
-            row_count=warehouse.count(form.value, files),
-        )
     manifest = ReleaseManifest(
         release=number, created_at=datetime.now(UTC), note=note, tables=tables
     )
@@ -128,6 +123,21 @@ def _write_release(
     )
     session.flush()
     return manifest
+
+
+def _current(warehouse: Warehouse) -> dict[str, TableSnapshot]:
+    """The warehouse's tables as they are now."""
+    tables: dict[str, TableSnapshot] = {}
+    for form in STORED_FORMS:
+        delta = warehouse.delta(form.value)
+        files = sorted(str(Path(uri).resolve()) for uri in delta.file_uris())
+        tables[form.value] = TableSnapshot(
+            name=form.value,
+            delta_version=int(delta.version()),
+            files=files,
+            row_count=warehouse.count(form.value, files),
+        )
+    return tables
 
 
 def _next_number(releases_dir: Path, session: Session) -> int:

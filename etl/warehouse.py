@@ -26,6 +26,7 @@ SIGKILL, which the load protocol in `etl.load` relies on.
 import fcntl
 import json
 import logging
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from urllib.parse import unquote
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from deltalake import (
     ColumnProperties,
     CommitProperties,
@@ -458,6 +460,19 @@ class Warehouse:
             .execute()
         )
         return int(metrics["num_target_rows_deleted"])
+
+    def copy_without(self, path: str, keys: pa.Array) -> str:
+        """A copy of a data file without these patients' rows, beside it (in its partition
+        directory), with the warehouse's statistics rule (none of `NO_STATISTICS`); its path.
+        For a release rebuilt after an erasure: in no Delta commit, the copy is kept while a
+        release lists it (`_delete_left_behind`, `etl.erasure._purge`)."""
+        source = Path(path)
+        table = pq.ParquetFile(source).read()
+        kept = table.filter(pc.invert(pc.is_in(table[PATIENT_KEY_COLUMN], value_set=keys)))
+        target = source.with_name(f"release-copy-{uuid.uuid4().hex}.parquet")
+        statistics = [name for name in kept.column_names if name not in NO_STATISTICS]
+        pq.write_table(kept, target, write_statistics=statistics)
+        return str(target.resolve())
 
     # -- repair -----------------------------------------------------------------------------
     def restore_before(self, upload_id: int) -> dict[str, int]:

@@ -350,3 +350,72 @@ def test_the_ledger_keeps_no_name_or_hash_of_an_optout_file_and_never_skips_one(
     assert names[2:] == [NAME_ERASED, NOT_KEPT, "basis-2.csv", NOT_KEPT]
     session.close()
     _assert_no_trace(settings.data_dir, key)
+
+
+def _basis(release: int, warehouse: Warehouse) -> list[str]:
+    files = read_manifest(warehouse.releases_dir, release).files("basis")
+    return sorted(
+        pa.concat_tables(pq.ParquetFile(f).read() for f in files)["record_id"].to_pylist()
+    )
+
+
+def test_the_replacement_is_the_release_in_service_without_the_patient_not_unpublished_loads(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    settings: Settings,
+) -> None:
+    _register(write_extract, warehouse, session, key)
+    publish_release(warehouse, warehouse.releases_dir, session, note="before")
+    session.commit()
+    # Loaded after release 1, not published: staff have not released it (the old replacement,
+    # the current tables, published it with the erasure).
+    later = [
+        episode_row(Form.BASIS, 6, "P-LATER"),
+        episode_row(Form.BASIS, 1, "P-KEEP-1", age="50"),
+    ]
+    load_ok(write_extract(Form.BASIS, later), Form.BASIS, warehouse, session, key)
+    session.commit()
+
+    erasure = erase_patients([ERASED], warehouse=warehouse, session=session, key=key,
+                             releases_dir=warehouse.releases_dir)  # fmt: skip
+    session.commit()
+    assert erasure.releases_rebuilt == "1->2"
+    assert _basis(2, warehouse) == ["b1", "b4"]  # release 1's b1, b2, b3, b4 without b2, b3
+    files = read_manifest(warehouse.releases_dir, 2).files("basis")
+    ages = pa.concat_tables(pq.ParquetFile(f).read() for f in files)["age"].to_pylist()
+    assert 50 not in ages  # release 1's b1, not the later correction
+    rebuilt = read_manifest(warehouse.releases_dir, 2)
+    assert (rebuilt.tables["basis"].row_count, rebuilt.tables["measurement"].row_count) == (2, 1)
+    # The current tables keep the unpublished load, for the next release.
+    assert sorted(warehouse.table(Form.BASIS).column("record_id").to_pylist()) == ["b1", "b4", "b6"]
+    # A copy holds no statistics of the patient key (nor does any file: the scan below).
+    for path in files:
+        metadata = pq.ParquetFile(path).metadata
+        column = metadata.schema.names.index("patient_key")
+        for group in range(metadata.num_row_groups):
+            assert not metadata.row_group(group).column(column).is_stats_set
+    session.close()
+    _assert_no_trace(settings.data_dir, key)
+
+
+def test_a_release_in_service_without_the_patient_stays_and_older_ones_are_retired(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    load_ok(write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, ERASED)]), Form.BASIS,
+            warehouse, session, key)  # fmt: skip
+    publish_release(warehouse, warehouse.releases_dir, session, note="first")
+    # The record was the wrong patient's: corrected, the patient is in release 2 no more.
+    load_ok(write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-RIGHT")]), Form.BASIS,
+            warehouse, session, key)  # fmt: skip
+    publish_release(warehouse, warehouse.releases_dir, session, note="second")
+    session.commit()
+
+    erasure = erase_patients([ERASED], warehouse=warehouse, session=session, key=key,
+                             releases_dir=warehouse.releases_dir)  # fmt: skip
+    session.commit()
+    assert erasure.releases_rebuilt == "1"  # retired; release 2 needs no replacement
+    releases = session.exec(select(Release).order_by(col(Release.number))).all()
+    assert [(r.number, r.retired) for r in releases] == [(1, True), (2, False)]
+    assert _basis(2, warehouse) == ["b1"]
