@@ -447,8 +447,7 @@ def _check_other_sheets_empty(sheets: Sequence[Any], opened: list[Any], order: l
     counts as empty, as in the extract itself. `opened` collects the row iterators to close.
     """
     for sheet in sheets:
-        # Read-only openpyxl trusts the sheet's <dimension> tag, which some writers leave stale.
-        sheet.reset_dimensions()
+        sheet.reset_dimensions()  # as for the first sheet (`_read_xlsx`)
         rows = sheet.iter_rows(values_only=True)
         opened.append(rows)
         for row in rows:
@@ -478,6 +477,9 @@ def _read_xlsx(path: Path, form: Form) -> tuple[list[str], list[pa.Array], set[i
         if not sheets or sheets[0].title != workbook.sheetnames[0]:
             raise RejectedInput("The workbook's first sheet is not a sheet of cells (a chart?)")
         _check_other_sheets_empty(sheets[1:], opened, workbook.sheetnames)
+        # Read-only openpyxl reads only the range of the sheet's <dimension> tag, which some writers
+        # leave stale: rows and columns beyond it were lost without a word. Every row is read.
+        sheets[0].reset_dimensions()
         rows = sheets[0].iter_rows(values_only=True)
         # Closed explicitly (finally below): a half-read sheet otherwise keeps its file open.
         opened.append(rows)

@@ -222,3 +222,32 @@ def test_utf8_without_a_cp1252_accident_reads_as_itself(text: str) -> None:
     assume(not any(character.encode() in etl.read.CP1252_ACCIDENTS for character in text))
     data = b"record_id;unit_code\r\nr1;" + encoded + b"\r\n"
     assert etl.read._decode(data) == data
+
+
+# --- XLSX: a stale <dimension> tag loses no row ---------------------------------------------------
+
+
+@pytest.mark.parametrize("ref", ["A1:C2", "A1", "B2:B2"])
+def test_a_stale_dimension_tag_loses_no_row(tmp_path: Path, ref: str) -> None:
+    workbook = _npr_workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    for year in range(2010, 2015):
+        sheet.append(["983974880", year, year - 2000])
+    workbook.save(tmp_path / "n.xlsx")
+    _rewrite_dimension(tmp_path / "n.xlsx", "xl/worksheets/sheet1.xml", ref)
+    raw = read_extract(tmp_path / "n.xlsx", Form.NPR_COUNTS)
+    assert raw.column_names == ["provider_orgnr", "year", "episodes"]
+    assert raw.column("year").to_pylist() == ["2021", "2022", *map(str, range(2010, 2015))]
+    assert raw.column("episodes").to_pylist() == ["12", "3", *map(str, range(10, 15))]
+
+
+def test_values_beyond_the_header_behind_a_stale_dimension_are_found(tmp_path: Path) -> None:
+    workbook = _npr_workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet["E9"] = SENTINEL
+    workbook.save(tmp_path / "n.xlsx")
+    _rewrite_dimension(tmp_path / "n.xlsx", "xl/worksheets/sheet1.xml", "A1:C3")
+    message = rejected(tmp_path / "n.xlsx", Form.NPR_COUNTS)
+    assert message == "Row 9 of the workbook has values beyond the header's 3 columns"
