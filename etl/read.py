@@ -540,6 +540,9 @@ def _parquet_text(values: pa.Array) -> pa.Array:
     if pa.types.is_boolean(kind):
         return pc.cast(pc.cast(values, pa.int8()), pa.string())
     if pa.types.is_floating(kind):
+        # NaN is how pandas and numpy write a missing number (a float column with a gap): null, not
+        # the text "nan" that the form's check would refuse as not a number.
+        values = pc.if_else(pc.is_nan(values), pa.scalar(None, kind), values)
         whole = pc.equal(values, pc.trunc(values))
         as_int = pc.cast(pc.cast(pc.if_else(whole, values, None), pa.int64()), pa.string())
         return pc.if_else(whole, as_int, pc.cast(values, pa.string()))

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import etl.read
 from etl.read import read_extract
 from schemas.forms import Form
+from schemas.parsing import normalise
 from tests.etl.test_read import BASIS, SENTINEL, basis_row, csv_text, rejected, write
 
 UNEXPECTED = (
@@ -251,3 +252,32 @@ def test_values_beyond_the_header_behind_a_stale_dimension_are_found(tmp_path: P
     _rewrite_dimension(tmp_path / "n.xlsx", "xl/worksheets/sheet1.xml", "A1:C3")
     message = rejected(tmp_path / "n.xlsx", Form.NPR_COUNTS)
     assert message == "Row 9 of the workbook has values beyond the header's 3 columns"
+
+
+# --- Parquet: NaN is a missing number ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [pa.float64(), pa.float32()])
+def test_a_parquet_nan_is_missing(tmp_path: Path, kind: pa.DataType) -> None:
+    columns = {name: [value, value] for name, value in basis_row().items()}
+    columns["record_id"] = ["r1", "r2"]
+    audit = pa.array([12.0, float("nan")], kind)
+    pq.write_table(pa.table(columns).set_column(13, "audit", audit), tmp_path / "b.parquet")
+    raw = read_extract(tmp_path / "b.parquet", Form.BASIS)
+    assert raw.column("audit").to_pylist() == ["12", None]
+    typed = normalise(raw, Form.BASIS)
+    assert typed.table.column("audit").to_pylist() == [12, None]
+    assert typed.invalid["audit"].to_pylist() == [False, False]
+
+
+def test_a_pandas_float_column_with_a_gap_loads_as_missing(tmp_path: Path) -> None:
+    # The same gap written by pandas (which stores it as null): both writers read alike.
+    import pandas as pd
+
+    frame = pd.DataFrame([basis_row(), basis_row(record_id="r2")])
+    frame["audit"] = [12, None]  # float64 with NaN: pandas types an integer column with a gap so
+    frame["age"] = frame["age"].astype(int)
+    frame.to_parquet(tmp_path / "b.parquet")
+    raw = read_extract(tmp_path / "b.parquet", Form.BASIS)
+    assert raw.column("audit").to_pylist() == ["12", None]
+    assert raw.column("age").to_pylist() == ["35", "35"]
