@@ -60,6 +60,16 @@ class Principal:
             return True
         return self.role == "trust" and self.provider == orgnr and is_provider(orgnr)
 
+    def may_see_result(self, orgnr: str, context: str) -> bool:
+        """Unit-level rows and the numbers behind suppressed indicator results of `orgnr` in
+        `context`: registry; a trust for its own provider's caregiver rows only (provider, its
+        caregiver hf twin and its units: its own patients, whose records it holds). Never for a
+        resident row, although its orgnr is the trust's: an HF's resident row counts the
+        patients living in its catchment area, most of them treated by other providers."""
+        if self.role == "registry":
+            return True
+        return context == "caregiver" and self.may_see_provider(orgnr)
+
 
 ANONYMOUS: Final = Principal(subject="anonymous", role="anonymous")
 

@@ -3,7 +3,8 @@
 Results are read from `{data_dir}/releases/{N}/indicators.parquet` (written by the indicator
 job) and kept in memory per release: a release is immutable, so the cache key is the file's path
 and modification time. Rows are then scoped to the principal: unit-level rows (`level == "unit"`)
-and the numbers behind suppressed rows only for the registry and for a trust's own provider.
+and the numbers behind suppressed rows only for the registry and for a trust's own provider's
+caregiver rows (never a resident row: it counts an HF's residents, mostly others' patients).
 """
 
 import csv
@@ -267,7 +268,7 @@ def select_results(
         selected = table.filter(mask)
     rows: list[dict[str, Any]] = []
     for row in selected.to_pylist():
-        privileged = principal.may_see_provider(str(row["orgnr"]))
+        privileged = principal.may_see_result(str(row["orgnr"]), str(row["context"]))
         if row["level"] in RESTRICTED_LEVELS and not privileged:
             continue
         if row["suppressed"] and not privileged:
