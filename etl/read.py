@@ -543,7 +543,10 @@ def _parquet_text(values: pa.Array) -> pa.Array:
         # NaN is how pandas and numpy write a missing number (a float column with a gap): null, not
         # the text "nan" that the form's check would refuse as not a number.
         values = pc.if_else(pc.is_nan(values), pa.scalar(None, kind), values)
-        whole = pc.equal(values, pc.trunc(values))
+        # Whole numbers within int64 become integer text; the rest (2.5, an infinity, 1e+20) stay
+        # as their text, which the form's check refuses in that row alone. Cast to int64, an
+        # infinity or 1e+20 raised and the whole file was refused as an unreadable column type.
+        whole = pc.and_(pc.less(pc.abs(values), float(2**63)), pc.equal(values, pc.trunc(values)))
         as_int = pc.cast(pc.cast(pc.if_else(whole, values, None), pa.int64()), pa.string())
         return pc.if_else(whole, as_int, pc.cast(values, pa.string()))
     return pc.cast(values, pa.string())

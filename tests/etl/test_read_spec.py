@@ -281,3 +281,15 @@ def test_a_pandas_float_column_with_a_gap_loads_as_missing(tmp_path: Path) -> No
     raw = read_extract(tmp_path / "b.parquet", Form.BASIS)
     assert raw.column("audit").to_pylist() == ["12", None]
     assert raw.column("age").to_pylist() == ["35", "35"]
+
+
+def test_a_parquet_infinity_or_huge_float_fails_its_row_not_the_file(tmp_path: Path) -> None:
+    values = [12.0, float("inf"), float("-inf"), 1e20, 2.5]
+    columns = {name: [value] * len(values) for name, value in basis_row().items()}
+    columns["record_id"] = [f"r{i}" for i in range(len(values))]
+    table = pa.table(columns).set_column(13, "audit", pa.array(values, pa.float64()))
+    pq.write_table(table, tmp_path / "b.parquet")
+    raw = read_extract(tmp_path / "b.parquet", Form.BASIS)
+    assert raw.column("audit").to_pylist() == ["12", "inf", "-inf", "1e+20", "2.5"]
+    typed = normalise(raw, Form.BASIS)
+    assert typed.invalid["audit"].to_pylist() == [False, True, True, True, True]
