@@ -2,8 +2,17 @@
 
 A middleware writes an `AuditEvent` after every request under `/api/v1` (subject, role, method,
 route template, query string, status, rows returned, release). Routes say how many rows they
-returned and from which release with `note(...)`. Bodies are never logged: an aggregate's filters
-or an upload's content stay out of the log, and so do pseudonyms and record values.
+returned, from which release and which object they created with `note(...)`. Bodies are never
+logged: an aggregate's filters or an upload's content stay out of the log, and so do pseudonyms
+and record values.
+
+Which object was asked for: the row's `query` begins with the request's path parameters, each as
+`{name}=value` under the name the route template gives it (`/api/v1/uploads/{upload_id}` with
+`{upload_id}=12`), then the query string's parameters as `name=value`, joined by `&`. A request
+that creates an object names it the same way, under the name of the object's own route
+(`POST /api/v1/uploads` with `{upload_id}=13`): every row about upload 13 holds `{upload_id}=13`.
+The audit table has no column of its own for them (`schemas.catalog.AuditEvent`); braces cannot
+start a stored query name (undeclared names are stored as `UNKNOWN_NAME`).
 
 What a client typed is not stored as typed: a client may type anything, an identity number
 included, into a path or a query. So the row holds the route *template*
@@ -15,7 +24,9 @@ indicator ids), and never a value with ten or more digits (a superset of what
 `etl.privacy.is_identity_number` flags, also after a lost leading zero or with separators).
 Every other value is `WITHHELD`, every undeclared name `UNKNOWN_NAME`. A whitelist, not a
 blacklist: free text (an upload's `status`, the audit route's `subject`) is never stored, since
-no check can tell a typed name or number from a harmless word.
+no check can tell a typed name or number from a harmless word. Path parameters follow the same
+rules (`safe_path`): an upload id or release number (validated integers), a 9-digit organisation
+number, a catalogue indicator id are kept; a value failing the route's validation is `WITHHELD`.
 """
 
 import logging
@@ -27,7 +38,7 @@ import traceback
 import types
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin
 from urllib.parse import parse_qsl, quote
@@ -59,7 +70,7 @@ UNKNOWN_NAME: Final = "<unknown>"
 # after a lost leading zero. No query parameter of the API needs so long a number.
 MAX_STORED_DIGITS: Final = 9
 # Free-text query parameters whose values are kept when they belong to a closed vocabulary.
-CLOSED_VOCABULARIES: Final = {"indicator": catalogue_ids}
+CLOSED_VOCABULARIES: Final = {"indicator": catalogue_ids, "indicator_id": catalogue_ids}
 
 AuditRow = dict[str, Any]
 
@@ -75,6 +86,8 @@ class RouteEntry:
     takes_body: bool = False
     # The callables of the route's dependencies (the request gate looks for the principal's).
     dependencies: tuple[Callable[..., Any], ...] = ()
+    # Path parameters: name in the template -> FastAPI's ModelField.
+    path: dict[str, Any] = field(default_factory=dict)
 
     def matches(self, path: str) -> bool:
         return self.regex.match(path) is not None
@@ -87,6 +100,17 @@ def _query_fields(dependant: Dependant) -> dict[str, Any]:
         current = pending.pop()
         pending.extend(current.dependencies)
         for param in current.query_params:
+            fields[param.alias] = param
+    return fields
+
+
+def _path_fields(dependant: Dependant) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    pending = [dependant]
+    while pending:
+        current = pending.pop()
+        pending.extend(current.dependencies)
+        for param in current.path_params:
             fields[param.alias] = param
     return fields
 
@@ -140,6 +164,7 @@ def route_table(app: FastAPI) -> tuple[RouteEntry, ...]:
                 dependencies=(
                     _dependency_calls(original.dependant) if isinstance(original, APIRoute) else ()
                 ),
+                path=_path_fields(original.dependant) if isinstance(original, APIRoute) else {},
             )
         )
     table = tuple(entries)
@@ -205,12 +230,66 @@ def safe_query(entry: RouteEntry | None, query_string: bytes) -> str:
     return "&".join(parts)[:MAX_QUERY_LENGTH]
 
 
-def note(request: Request, *, rows: int | None = None, release: int | None = None) -> None:
-    """Tell the audit log how many rows a route returned and from which release."""
+def _path_part(name: str, value: str) -> str:
+    return f"{{{name}}}={value}"
+
+
+def safe_path(entry: RouteEntry | None, path: str) -> list[str]:
+    """The path parameters of `path` on its route, as the audit log stores them (`{name}=value`,
+    in template order): a value only where `safe_query` would keep it, else `WITHHELD`."""
+    if entry is None:
+        return []
+    match = entry.regex.match(path)
+    if match is None:
+        return []
+    parts: list[str] = []
+    for name, value in match.groupdict().items():
+        spec = entry.path.get(name)
+        kept = spec is not None and _keeps_value(name, spec, value)
+        parts.append(_path_part(name, quote(value, safe="") if kept else WITHHELD))
+    return parts
+
+
+def created_part(created: tuple[str, int]) -> str:
+    """A created object as the audit log stores it: `{name}=id`, `name` the path parameter of
+    the object's own route (`upload_id`)."""
+    name, object_id = created
+    value = str(object_id)
+    return _path_part(name, value if len(value) <= MAX_STORED_DIGITS else WITHHELD)
+
+
+def audited_query(
+    entry: RouteEntry | None,
+    path: str,
+    query_string: bytes,
+    created: tuple[str, int] | None = None,
+) -> str:
+    """The audit row's `query`: path parameters, the created object, then `safe_query`'s."""
+    parts = safe_path(entry, path)
+    if created is not None:
+        parts.append(created_part(created))
+    query = safe_query(entry, query_string)
+    if query:
+        parts.append(query)
+    return "&".join(parts)[:MAX_QUERY_LENGTH]
+
+
+def note(
+    request: Request,
+    *,
+    rows: int | None = None,
+    release: int | None = None,
+    created: tuple[str, int] | None = None,
+) -> None:
+    """Tell the audit log how many rows a route returned, from which release, and which object
+    it created: `created` (the path parameter name of the object's own route, its id), such as
+    `("upload_id", upload.id)`."""
     if rows is not None:
         request.state.audit_rows = rows
     if release is not None:
         request.state.audit_release = release
+    if created is not None:
+        request.state.audit_created = created
 
 
 class AuditWriter:
@@ -421,7 +500,7 @@ class AuditMiddleware:
             "role": principal.role if principal is not None else "none",
             "method": scope["method"],
             "route": route.template if route is not None else UNMATCHED_ROUTE,
-            "query": safe_query(route, query),
+            "query": audited_query(route, scope["path"], query, state.get("audit_created")),
             "status": status,
             "rows": state.get("audit_rows"),
             "release": state.get("audit_release"),
