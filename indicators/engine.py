@@ -70,8 +70,13 @@ Rules (DOMAIN.md, and choices documented here):
   enough observations for its quality, not for privacy, so a lone `low_coverage` child (or
   parent) sets nothing off, though as an unknown in the sum it protects a sibling from the
   public like any suppressed child (not from its own trust: a `low_coverage` row and a small
-  one under a published RHF get a third). The rule keeps at least two unknowns in every sum for
-  every single reader; it is not a proof that a suppressed count cannot be narrowed down
+  one under a published RHF get a third). Proportions: two unknowns are not enough when they are
+  all 0 % or all 100 % together (a parent minus its published children, 13/13, tells every
+  hidden child's value; a hidden child counts as its hidden children, the published ones
+  subtracted), so for every reader a published row under 100 % (or above 0 %) is hidden too,
+  the smallest, or with none left the parent (never the nation); see `_complementary`. The rule
+  keeps at least two unknowns in every sum for every single reader, not all 0 % or all 100 %
+  in a proportion; it is not a proof that a suppressed count cannot be narrowed down
   (researcher aggregates use `indicators.disclosure` for that), and it guards neither against
   trusts that pool their rows nor against a nation with too few children (with two providers
   in the country, each has the other as the nation minus itself). Across the two contexts the
@@ -646,6 +651,12 @@ def _statistics(
         return
     numerator = np.array([r["numerator"] or 0 for r in records], dtype=np.float64)
     denominator = np.array([r["denominator"] for r in records], dtype=np.float64)
+    # Kept before suppression empties them: hidden rows must not be all 0 % or all 100 %.
+    numerators = (
+        {id(r): int(r["numerator"] or 0) for r in records}
+        if definition.type == "proportion"
+        else None
+    )
     is_proportion = definition.type in ("proportion", "coverage")
     # Coverage can exceed 100 % (more registered than NPR counted): no interval then.
     valid = (denominator > 0) & (numerator <= denominator)
@@ -709,7 +720,12 @@ def _statistics(
             record["numerator"] = None
     if definition.type != "median":
         # A median is not a sum: no subtraction recovers a hidden one from its siblings.
-        _complementary(records, organisations, min_denominator=definition.min_denominator)
+        _complementary(
+            records,
+            organisations,
+            min_denominator=definition.min_denominator,
+            numerators=numerators,
+        )
     if definition.type == "proportion":
         _funnel(records)
 
@@ -754,6 +770,7 @@ def _complementary(
     organisations: Organisations,
     *,
     min_denominator: int,
+    numerators: dict[int, int] | None = None,
 ) -> None:
     """Complementary suppression within each parent group (the engine's docstring has the
     rule), in place on one indicator's sorted results.
@@ -781,12 +798,29 @@ def _complementary(
     rows: as one gap they would protect a small one only when alone). The rows without a
     usable home HF are published only as a difference (the caregiver nation minus the resident
     nation): with 1 ... min_denominator − 1 rows they count as a hidden child, so the resident
-    nation is hidden, and the resident groups below then hide an RHF and an HF."""
+    nation is hidden, and the resident groups below then hide an RHF and an HF.
+
+    `numerators` (a proportion's, by id of its record, from before suppression) adds the rule
+    for the values: a reader that knows a parent knows the sum of the hidden rows below it
+    that it does not know, and when that sum is all 0 % (numerator 0) or all 100 % (numerator
+    = denominator) every one of them is known to be so. A hidden row that the reader does not
+    know is itself the sum of its children, so it is replaced by its hidden ones (the
+    published ones subtracted): the finest hidden rows are what subtraction tells most about
+    (a hidden provider's published units make its hidden units' sum known). When those
+    finest rows, one of them hidden for disclosure, are all 0 % or all 100 %, the published
+    row below the parent with the smallest denominator (ties: result order) whose own value
+    breaks that (a numerator above 0, or under its denominator) is hidden too; with no such
+    row the parent itself is (its own value then says the same: 0 % or 100 %), never the
+    nation. The rule acts only when the rule of one unknown above has nothing left to do,
+    so that every hidden parent has its hidden children."""
     by_key = {(r["year"], r["context"], r["level"], r["orgnr"], r["unit_code"]): r for r in records}
 
     def small(gap: int) -> bool:
         return 0 < gap < min_denominator
 
+    # The caregiver nation with, as its children, the resident nation and the small group of
+    # rows without a home HF (a row of its own, never published): for the rule on values.
+    gaps: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
     for record in records:
         if (record["context"], record["level"]) != ("resident", "nation"):
             continue
@@ -798,6 +832,19 @@ def _complementary(
             and small(caregiver["denominator"] - record["denominator"])
         ):
             _hide(record, COMPLEMENTARY)
+            gap = {
+                "year": record["year"],
+                "context": "resident",
+                "level": "gap",
+                "orgnr": "",
+                "unit_code": None,
+                "suppressed": True,
+                "suppression_reason": MIN_DENOMINATOR,
+                "denominator": caregiver["denominator"] - record["denominator"],
+            }
+            if numerators is not None:
+                numerators[id(gap)] = numerators[id(caregiver)] - numerators[id(record)]
+            gaps.append((caregiver, [record, gap]))
 
     def parent_orgnr(record: dict[str, Any], level: str) -> str | None:
         if level == "nation":
@@ -873,6 +920,68 @@ def _complementary(
             if twin is not None and not twin["suppressed"]:
                 _hide(twin, COMPLEMENTARY)
 
+    below = {id(parent): children for parent, children in families}
+    position = {id(record): index for index, record in enumerate(records)}
+    # (parent, reader, the finest hidden rows) that nothing can protect: let be.
+    accepted: set[tuple[int, str | None, frozenset[int]]] = set()
+
+    def finest(
+        reader: str | None, children: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """Below a parent, for `reader`: the finest hidden rows it does not know, the rows it
+        knows (published or not), and the hidden rows it does not know that it sees through."""
+        hidden: list[dict[str, Any]] = []
+        known: list[dict[str, Any]] = []
+        through: list[dict[str, Any]] = []
+        pending = list(children)
+        while pending:
+            row = pending.pop()
+            if not row["suppressed"] or {None, reader} & known_by(row):
+                known.append(row)
+            elif id(row) in below:
+                through.append(row)
+                pending += below[id(row)]
+            else:
+                hidden.append(row)
+        return hidden, known, through
+
+    def all_alike(
+        parent: dict[str, Any], children: list[dict[str, Any]]
+    ) -> tuple[tuple[int, str | None, frozenset[int]], list[dict[str, Any]]] | None:
+        """A reader that knows `parent` and finds the hidden rows below it all 0 % or all
+        100 %: its key in `accepted`, and the published rows that would break that."""
+        assert numerators is not None
+        hidden, _, through = finest(None, children)
+        readers: list[str | None] = [None]
+        owners = known_by(parent).union(*(known_by(row) for row in hidden + through))
+        readers += sorted(o for o in owners if o is not None)
+        for reader in readers:
+            if parent["suppressed"] and not {None, reader} & known_by(parent):
+                continue
+            hidden, known, _ = finest(reader, children)
+            if not any(row["suppression_reason"] in _DISCLOSURE for row in hidden):
+                continue
+            # The hidden rows' own sums, and the parent minus the known rows: the same but for
+            # distinct patients, each counted once in the parent, at each child it was at.
+            count = sum(numerators[id(row)] for row in hidden)
+            total = sum(cast(int, row["denominator"]) for row in hidden)
+            found = numerators[id(parent)] - sum(numerators[id(row)] for row in known)
+            of = parent["denominator"] - sum(cast(int, row["denominator"]) for row in known)
+            zero = (total > 0 and count == 0) or (of > 0 and found == 0)
+            full = (total > 0 and count == total) or (of > 0 and found == of)
+            key = (id(parent), reader, frozenset(id(row) for row in hidden))
+            if not (zero or full) or key in accepted:
+                continue
+            return key, [
+                row
+                for row in known
+                if not row["suppressed"]
+                and reader not in known_by(row)
+                and (not zero or numerators[id(row)] > 0)
+                and (not full or numerators[id(row)] < row["denominator"])
+            ]
+        return None
+
     changed = True
     while changed:
         changed = False
@@ -900,6 +1009,28 @@ def _complementary(
                 else:
                     known_by(row).add(reader)
                 changed = True
+        if changed or numerators is None:
+            continue
+        # One row at a time in a year (the rule of one unknown first gives a newly hidden row
+        # its own); the years are apart.
+        acted: set[int] = set()
+        for parent, children in families + gaps:
+            if parent["year"] in acted or (alike := all_alike(parent, children)) is None:
+                continue
+            key, breakers = alike
+            if breakers:
+                # min() by denominator, then result order, as for the rule above.
+                suppress(
+                    min(
+                        breakers, key=lambda row: (cast(int, row["denominator"]), position[id(row)])
+                    )
+                )
+            elif not parent["suppressed"] and parent["level"] != "nation":
+                suppress(parent)
+            else:
+                accepted.add(key)
+            acted.add(parent["year"])
+        changed = bool(acted)
 
 
 def _funnel(records: list[dict[str, Any]]) -> None:

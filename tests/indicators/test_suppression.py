@@ -107,6 +107,86 @@ def determined(
     return found
 
 
+def alike(
+    rows: list[dict[str, Any]],
+    truth: list[dict[str, Any]],
+    indicator: str,
+    year: int,
+    reader: str | None,
+) -> set[Key]:
+    """The parents `reader` knows (published, or its own rows) below which it finds the hidden
+    rows it does not know all 0 % or all 100 %. A hidden row it does not know is the sum of its
+    children, so it counts as its hidden children (the published ones subtracted); the rows
+    without a home HF, when the resident nation is hidden, are a hidden child of the caregiver
+    nation beside the resident nation. `truth` is the same release with nothing suppressed:
+    the reader's own numbers and the sums the subtraction gives."""
+    organisations = Organisations.of(Hierarchy.default())
+    chosen = {
+        (r["context"], r["level"], r["orgnr"], r["unit_code"]): r
+        for r in rows
+        if (r["indicator_id"], r["year"]) == (indicator, year)
+    }
+    value = {
+        (r["context"], r["level"], r["orgnr"], r["unit_code"]): (r["numerator"], r["denominator"])
+        for r in truth
+        if (r["indicator_id"], r["year"]) == (indicator, year)
+    }
+    caregiver, resident = (
+        ("caregiver", "nation", NATION, None),
+        ("resident", "nation", NATION, None),
+    )
+    below: dict[Key, list[Key]] = {}
+    for key in chosen:
+        context, level, orgnr, _ = key
+        if level == "unit":
+            up: Key | None = (context, "provider", orgnr, None)
+        elif (context, level) in (("caregiver", "provider"), ("resident", "hf")):
+            lookup = organisations.providers if context == "caregiver" else organisations.homes
+            rhf = lookup.get(orgnr, (None, None))[1]
+            up = (context, "rhf", rhf, None) if rhf else (context, "nation", NATION, None)
+        elif level == "rhf":
+            up = (context, "nation", NATION, None)
+        else:
+            up = None
+        if up is not None and up in chosen:
+            below.setdefault(up, []).append(key)
+    families = list(below.items())
+    if resident in chosen and chosen[resident]["suppressed"]:
+        families.append((caregiver, [resident, GAP]))
+        value[GAP] = (
+            value[caregiver][0] - value[resident][0],
+            value[caregiver][1] - value[resident][1],
+        )
+
+    def known(key: Key) -> bool:
+        owned = key[1] in ("provider", "hf", "unit") and key[2] == reader
+        return key != GAP and (not chosen[key]["suppressed"] or owned)
+
+    found: set[Key] = set()
+    for parent, children in families:
+        if not known(parent):
+            continue
+        hidden: list[Key] = []
+        count, total = value[parent]
+        pending = list(children)
+        while pending:
+            key = pending.pop()
+            if known(key):
+                count, total = count - value[key][0], total - value[key][1]
+            elif key in below:
+                pending += below[key]
+            else:
+                hidden.append(key)
+        protected = [
+            k
+            for k in hidden
+            if k == GAP or chosen[k]["suppression_reason"] in ("min_denominator", "complementary")
+        ]
+        if protected and total > 0 and count in (0, total):
+            found.add(parent)
+    return found
+
+
 def readers(rows: list[dict[str, Any]], indicator: str, year: int) -> list[str | None]:
     """The public and every trust that owns a hidden row."""
     owners = {
@@ -478,3 +558,177 @@ def test_a_low_coverage_provider_beside_a_small_one_hides_a_third(tiny: Factory)
     assert counts(row("rhf", HELSE_VEST)) == (18, 23)
     assert determined(rows, "screening", 2022, STAVANGER) == set()
     assert_nobody_recovers(rows, "screening", 2022)
+
+
+def assert_nothing_alike(rows: list[dict[str, Any]], truth: list[dict[str, Any]]) -> None:
+    for reader in readers(rows, "screening", 2022):
+        assert alike(rows, truth, "screening", 2022, reader) == set(), reader
+
+
+def test_hidden_units_all_100_or_all_0_percent_hide_a_unit_that_breaks_it(tiny: Factory) -> None:
+    """The reviewer's pattern within a provider. Screening 2022, minimum 5.
+
+    Bergen 22/28: U1 3/3, U2 6/6, U3 5/9, U4 8/10. U1 is under the minimum, U2 (6, the smallest
+    published) hidden beside it: 22 − 5 − 8 = 9 of 6 + 3 = 9, every hidden intake screened, so
+    U1's 3 are known to be 3/3. The smallest published unit under 100 %, U3 (9), is hidden too
+    (hidden 14/18); U4 stays shown (before, U3 was shown).
+    Stavanger 4/24: U1 0/2, U2 0/6, U3 0/7, U4 4/9. U1 and U2 hidden: 4 − 0 − 4 = 0 of 8. U3
+    (7) would not help (0/7), so U4 (9), the smallest with a screened intake, is hidden
+    (hidden 4/17); U3 stays shown (before, U4 was shown). The providers, the RHF (26/52) and
+    the resident rows keep two unknowns nowhere: nothing else is hidden."""
+    release = tiny()
+    for unit, screened, total in (("U1", 3, 3), ("U2", 6, 6), ("U3", 5, 9), ("U4", 8, 10)):
+        intakes(release, BERGEN, unit, screened, total)
+    for unit, screened, total in (("U1", 0, 2), ("U2", 0, 6), ("U3", 0, 7), ("U4", 4, 9)):
+        intakes(release, STAVANGER, unit, screened, total)
+    rows = run(release, "screening", min_denominator=5)
+
+    def unit(orgnr: str, code: str) -> dict[str, Any]:
+        return pick(rows, "screening", 2022, "unit", orgnr, unit_code=code)
+
+    assert reason(unit(BERGEN, "U1")) == ("min_denominator", None, None)
+    assert reason(unit(BERGEN, "U2")) == ("complementary", None, None)
+    assert (reason(unit(BERGEN, "U3")), unit(BERGEN, "U3")["denominator"]) == (
+        ("complementary", None, None),
+        9,
+    )
+    assert counts(unit(BERGEN, "U4")) == (8, 10)
+    assert reason(unit(STAVANGER, "U1")) == ("min_denominator", None, None)
+    assert reason(unit(STAVANGER, "U2")) == ("complementary", None, None)
+    assert counts(unit(STAVANGER, "U3")) == (0, 7)
+    assert (reason(unit(STAVANGER, "U4")), unit(STAVANGER, "U4")["denominator"]) == (
+        ("complementary", None, None),
+        9,
+    )
+    assert counts(pick(rows, "screening", 2022, "provider", BERGEN)) == (22, 28)
+    assert counts(pick(rows, "screening", 2022, "provider", STAVANGER)) == (4, 24)
+    assert counts(pick(rows, "screening", 2022, "rhf", HELSE_VEST)) == (26, 52)
+    assert not [r for r in rows if r["level"] != "unit" and r["suppressed"]]
+    assert_nobody_recovers(rows, "screening", 2022)
+    assert_nothing_alike(rows, run(release, "screening"))
+
+
+def test_hidden_rows_below_a_hidden_provider_all_100_percent_to_a_trust(tiny: Factory) -> None:
+    """Screening 2022, minimum 5, Helse Vest (homes: the providers' own HFs): Fonna 3/3 (U1),
+    Stavanger 11/13 (U1 6/6, U2 5/7), Førde 14/16 (U1), Bergen 20/25 (U1); the RHF 48/57.
+
+    Fonna is under the minimum; Stavanger (13, the smallest published) is hidden beside it,
+    and Førde (16) under the respondent rule (Stavanger would find Fonna as the RHF minus
+    itself and Bergen); under Stavanger its smaller unit U1 (6 < 7), under Førde its only unit.
+    Each hidden provider, as a group, is not all 100 %: Fonna and Stavanger are 14/16. But
+    Stavanger's U2 is published: Førde, which knows its own 14/16, finds 48 − 20 − 14 − 5 = 9
+    of 57 − 25 − 16 − 7 = 9 for Fonna and Stavanger's U1, 100 %: Fonna's 3 are known to be
+    screened. Of the published rows below the RHF under 100 %, Stavanger's U2 (7) is the
+    smallest (Bergen 25): it is hidden too (before, it was shown). Førde then has 14/16 hidden,
+    and the other readers: the public 28/32, Stavanger 17/19, Fonna 25/29. The resident
+    context has no units: Fonna, Stavanger and Førde are hidden there, Bergen is shown (20/25),
+    and no reader finds the hidden HFs alike (Førde: Fonna and Stavanger, 14/16)."""
+    fonna = "983974694"
+    release = tiny()
+    intakes(release, fonna, "U1", 3, 3)
+    intakes(release, STAVANGER, "U1", 6, 6)
+    intakes(release, STAVANGER, "U2", 5, 7)
+    intakes(release, FORDE, "U1", 14, 16)
+    intakes(release, BERGEN, "U1", 20, 25)
+    rows = run(release, "screening", min_denominator=5)
+
+    def row(level: str, orgnr: str, **keys: Any) -> dict[str, Any]:
+        return pick(rows, "screening", 2022, level, orgnr, **keys)
+
+    hidden = row("unit", STAVANGER, unit_code="U2")
+    assert (reason(hidden), hidden["denominator"]) == (("complementary", None, None), 7)
+    assert reason(row("unit", STAVANGER, unit_code="U1")) == ("complementary", None, None)
+    assert reason(row("provider", fonna)) == ("min_denominator", None, None)
+    for orgnr in (STAVANGER, FORDE):
+        assert reason(row("provider", orgnr)) == ("complementary", None, None)
+        assert reason(row("hf", orgnr, context="resident")) == ("complementary", None, None)
+    assert reason(row("hf", fonna, context="resident")) == ("min_denominator", None, None)
+    assert counts(row("provider", BERGEN)) == (20, 25)
+    assert counts(row("hf", BERGEN, context="resident")) == (20, 25)
+    for context in ("caregiver", "resident"):
+        assert counts(row("rhf", HELSE_VEST, context=context)) == (48, 57)
+    assert_nobody_recovers(rows, "screening", 2022)
+    assert_nothing_alike(rows, run(release, "screening"))
+
+
+def test_small_providers_all_100_percent_hide_a_large_one_then_the_rhf(tiny: Factory) -> None:
+    """The reviewer's case (plan 2019: the RHF 26/34 minus a provider's 13/21 left 13/13 for
+    the three hidden ones). Screening 2022, minimum 5, homes the providers' own HFs. Helse
+    Vest: Fonna 2/2 and Førde 4/4 under the minimum, Stavanger 9/9, Bergen 13/21 (the RHF
+    28/36); Helse Sør-Øst: OUS 10/12; the nation 38/48.
+
+    Fonna and Førde are hidden, Stavanger (9) beside them under the respondent rule (Fonna
+    would find Førde). Then the RHF minus Bergen is 15/15: all three 100 %. Bergen, the one
+    published provider, is under 100 %: it is hidden (before, shown). Bergen knows its own
+    13/21 and still finds the other three 15/15, and no published provider is left: the RHF
+    is hidden (before, shown). The nation's group then has one hidden RHF: Helse Sør-Øst is
+    hidden as the smallest (only) other, and OUS, its only provider, below it. OUS knows its
+    own row and so Helse Sør-Øst and Helse Vest (38/48 − 10/12 = 28/36), which leaves it four
+    hidden providers at 28/36. The same in the resident context. The nation stays shown."""
+    fonna = "983974694"
+    release = tiny()
+    intakes(release, fonna, "U1", 2, 2)
+    intakes(release, FORDE, "U1", 4, 4)
+    intakes(release, STAVANGER, "U1", 9, 9)
+    intakes(release, BERGEN, "U1", 13, 21)
+    intakes(release, OUS, "U1", 10, 12)
+    rows = run(release, "screening", min_denominator=5)
+
+    def row(level: str, orgnr: str, context: str) -> dict[str, Any]:
+        return pick(rows, "screening", 2022, level, orgnr, context=context)
+
+    for context, child in (("caregiver", "provider"), ("resident", "hf")):
+        for orgnr in (fonna, FORDE):
+            assert reason(row(child, orgnr, context)) == ("min_denominator", None, None)
+        for orgnr in (STAVANGER, BERGEN, OUS):
+            assert reason(row(child, orgnr, context)) == ("complementary", None, None)
+        for orgnr, denominator in ((HELSE_VEST, 36), (HELSE_SOR_OST, 12)):
+            hidden = row("rhf", orgnr, context)
+            assert (reason(hidden), hidden["denominator"]) == (
+                ("complementary", None, None),
+                denominator,
+            )
+        assert counts(row("nation", NATION, context)) == (38, 48)
+    assert reason(row("hf", BERGEN, "caregiver")) == ("complementary", None, None)
+    assert_nobody_recovers(rows, "screening", 2022)
+    assert_nothing_alike(rows, run(release, "screening"))
+
+
+def test_rows_without_a_home_hf_all_100_percent_with_the_hidden_hfs(tiny: Factory) -> None:
+    """Screening 2022, minimum 5: Bergen U1 10/12 (homes Bergen) and U2 3/3 without a home HF,
+    Stavanger 8/8, OUS 9/9. The caregiver nation (30/32) minus the resident nation (27/29)
+    would be the 3 rows: the resident nation is hidden, then Helse Sør-Øst and OUS, Helse
+    Vest and Stavanger (as in the test of 3/3 rows above). Left shown: Bergen's resident
+    row, 10/12. The caregiver nation minus it is 20/20: the 3 rows, Stavanger's 8 and OUS's 9
+    residents all screened. Bergen, under 100 %, is hidden as well (before, shown); the public
+    then has 30/32 for the four. (Bergen itself, knowing its own 10/12, still has the 20/20:
+    nothing below the nation is left to hide and the nation is never hidden; the 3 rows are
+    Bergen's own patients here.) Caregiver: Bergen's U2 and, beside it, U1 hidden (13/15)."""
+    release = tiny()
+    intakes(release, BERGEN, "U1", 10, 12)
+    intakes(release, BERGEN, "U2", 3, 3, home_hf_orgnr=None)
+    intakes(release, STAVANGER, "U1", 8, 8)
+    intakes(release, OUS, "U1", 9, 9)
+    rows = run(release, "screening", min_denominator=5)
+
+    def row(level: str, orgnr: str, context: str = "resident") -> dict[str, Any]:
+        return pick(rows, "screening", 2022, level, orgnr, context=context)
+
+    assert counts(row("nation", NATION, "caregiver")) == (30, 32)
+    hidden = [
+        ("nation", NATION),
+        ("rhf", HELSE_SOR_OST),
+        ("hf", OUS),
+        ("rhf", HELSE_VEST),
+        ("hf", STAVANGER),
+        ("hf", BERGEN),
+    ]
+    for level, orgnr in hidden:
+        assert reason(row(level, orgnr)) == ("complementary", None, None)
+    assert row("hf", BERGEN)["denominator"] == 12
+    for orgnr, shown in ((BERGEN, (13, 15)), (STAVANGER, (8, 8)), (OUS, (9, 9))):
+        assert counts(row("provider", orgnr, "caregiver")) == shown
+    assert_nobody_recovers(rows, "screening", 2022)
+    truth = run(release, "screening")
+    assert alike(rows, truth, "screening", 2022, None) == set()
+    assert alike(rows, truth, "screening", 2022, BERGEN) == {("caregiver", "nation", NATION, None)}
