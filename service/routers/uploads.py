@@ -81,7 +81,7 @@ async def create_upload(
         if held is not None:
             let_go(held)
         raise
-    audit.note(request, rows=1)
+    audit.note(request, rows=1, created=("upload_id", upload.id))
     return UploadAccepted(id=upload.id, status=upload.status)
 
 

@@ -86,3 +86,18 @@ def test_a_created_object_is_recorded_under_its_routes_name(
 def test_audited_query_on_no_route_keeps_nothing_of_the_path() -> None:
     assert audit.audited_query(None, f"/api/v1/x/{IDENTITY}", b"") == ""
     assert audit.created_part(("upload_id", 10**10)) == "{upload_id}=<withheld>"
+
+
+def test_an_upload_request_is_audited_with_the_id_it_created(
+    client: TestClient, headers: dict[str, Headers]
+) -> None:
+    response = client.post(
+        f"{API}/uploads",
+        files={"file": ("basis.csv", b"x;y\n1;2\n", "text/csv")},
+        data={"form": "basis"},
+        headers=headers["registry"],
+    )
+    assert response.status_code == 202, response.text
+    created = response.json()["id"]
+    posted = [row for row in audit_queries(client, headers) if row[0] == "POST"]
+    assert posted == [("POST", f"{API}/uploads", f"{{upload_id}}={created}")]
