@@ -31,9 +31,10 @@ Rules (DOMAIN.md, and choices documented here):
   and nation levels both sums run over the providers that have an NPR count. A provider with
   coverage under 60 % in a year gets its caregiver results that year (levels unit, provider, hf)
   suppressed with reason `low_coverage`; its rows still count in the RHF and the nation.
-- Complementary (secondary) suppression, per indicator × year × context (not of medians: a
-  median is not a sum, so no subtraction recovers a hidden one): a parent's numerator is
-  the sum over all its children, suppressed ones included, so a single suppressed child would be
+- Complementary (secondary) suppression, per indicator × year × context (of medians too: a
+  median is not a sum, but its denominator is, and the API shows it beside a published median):
+  a parent's numerator and denominator are the sums over all its children, suppressed ones
+  included, so a single suppressed child would be
   its parent minus the published siblings (DOMAIN.md asks this of researcher aggregates; the
   indicators follow it within each hierarchy). Parents and children: nation → RHFs (both
   contexts), RHF → providers (caregiver), provider → units (caregiver), RHF → HFs (resident);
@@ -718,20 +719,23 @@ def _statistics(
             _hide(record, reason)
         elif definition.type not in ("proportion", "count", "coverage"):
             record["numerator"] = None
-    if definition.type != "median":
-        # A median is not a sum: no subtraction recovers a hidden one from its siblings.
-        _complementary(
-            records,
-            organisations,
-            min_denominator=definition.min_denominator,
-            numerators=numerators,
-        )
+    # Medians too: a median is not a sum, but its denominator (the number of intakes) is, and
+    # the API shows it beside a published median: a lone hidden child's would be the parent's
+    # minus the published siblings' (a reviewer found 1 intake so, 112 - 37 - 18 - 32 - 11 - 13).
+    _complementary(
+        records,
+        organisations,
+        min_denominator=definition.min_denominator,
+        numerators=numerators,
+    )
     if definition.type == "proportion":
         _funnel(records)
 
 
 def _hide(record: dict[str, Any], reason: str) -> None:
-    """Suppress a result: it keeps its denominator, nothing else that came from its numerator."""
+    """Suppress a result: it keeps its denominator (the API shows it only to whoever may see the
+    row's numbers, `service.published`), nothing else: numerator, value (a proportion, a median),
+    intervals, target level, funnel signal."""
     record.update(
         suppressed=True,
         suppression_reason=reason,

@@ -285,30 +285,45 @@ def test_unit_hidden_beside_a_small_unit_of_the_same_provider(tiny: Factory) -> 
     assert not [r for r in rows if r["level"] != "unit" and r["suppressed"]]
 
 
-def test_medians_take_no_complementary_suppression(tiny: Factory) -> None:
-    """waiting_days 2022, minimum 5, Helse Vest: Vestly 3 intakes (hidden), Bergen 6, Stavanger
-    9. A median is not a sum: no subtraction gives Vestly's back, so Bergen, the smallest
-    sibling, stays shown. Intakes on 1 March; Bergen's referrals on 1-6 February wait
-    28, 27, 26, 25, 24, 23 days (median 25.5), Stavanger's on 1-9 January 59 ... 51 (55)."""
+def test_median_denominators_take_complementary_suppression(tiny: Factory) -> None:
+    """The reviewer's case: waiting_days 2019, Helse Vest 112 intakes, its published providers
+    37 + 18 + 32 + 11 + 13 = 111, so Haraldsplass (hidden) had 1. A median is not a sum, but the
+    API shows each published median's denominator. waiting_days 2022, minimum 5, Helse Vest
+    (homes: the providers' own HFs): Haraldsplass 1 intake, Bergen 6, Stavanger 9, Førde 12.
+
+    Haraldsplass is under the minimum; Bergen (6, the smallest published) is hidden beside it,
+    and Stavanger (9) under the respondent rule (Bergen would find 28 − 12 − 9 − 6 = 1). Førde
+    stays shown: 28 − 12 = 16 for the three hidden. (Before, Bergen and Stavanger were shown.)
+    Intakes on 1 March; referrals: Haraldsplass 1 February (28 days), Bergen 1-6 February
+    (28 ... 23, median 25.5), Stavanger 1-9 January (59 ... 51, 55), Førde 10-21 February
+    (19 ... 8, median 13.5). The RHF's 28: 8 ... 19, 23 ... 27, 28 twice, 51 ... 59; the 14th
+    and 15th are 24 and 25: 24.5. The same in the resident context."""
+    haraldsplass = "984027737"
     release = tiny()
-    for i in range(3):
-        release.basis(f"v{i}", VESTLY, referral="2022-02-01")
+    release.basis("h0", haraldsplass, referral="2022-02-01")
     for i in range(6):
         release.basis(f"b{i}", BERGEN, referral=f"2022-02-0{i + 1}")
     for i in range(9):
         release.basis(f"s{i}", STAVANGER, referral=f"2022-01-0{i + 1}")
+    for i in range(12):
+        release.basis(f"f{i}", FORDE, referral=f"2022-02-{i + 10}")
     rows = run(release, "waiting_days", min_denominator=5)
 
-    def value(level: str, orgnr: str) -> tuple[str | None, float | None, int]:
-        row = pick(rows, "waiting_days", 2022, level, orgnr)
+    def value(context: str, level: str, orgnr: str) -> tuple[str | None, float | None, int]:
+        row = pick(rows, "waiting_days", 2022, level, orgnr, context=context)
+        assert row["numerator"] is None
         return row["suppression_reason"], row["value"], row["denominator"]
 
-    assert value("provider", VESTLY) == ("min_denominator", None, 3)
-    assert value("provider", BERGEN) == (None, 25.5, 6)
-    assert value("provider", STAVANGER) == (None, 55.0, 9)
-    # The RHF's 18: 23 ... 27, then 28 four times (Bergen's and Vestly's), then 51 ... 59: the
-    # 9th and 10th are 28 and 51.
-    assert value("rhf", HELSE_VEST) == (None, 39.5, 18)
+    for context, level in (("caregiver", "provider"), ("resident", "hf")):
+        assert value(context, level, haraldsplass) == ("min_denominator", None, 1)
+        assert value(context, level, BERGEN) == ("complementary", None, 6)
+        assert value(context, level, STAVANGER) == ("complementary", None, 9)
+        assert value(context, level, FORDE) == (None, 13.5, 12)
+        assert value(context, "rhf", HELSE_VEST) == (None, 24.5, 28)
+        assert value(context, "nation", NATION) == (None, 24.5, 28)
+    hidden = pick(rows, "waiting_days", 2022, "hf", BERGEN)
+    assert (hidden["suppression_reason"], hidden["value"]) == ("complementary", None)
+    assert_nobody_recovers(rows, "waiting_days", 2022)
 
 
 def test_rows_without_a_home_hf_are_a_hidden_group_of_the_nation(tiny: Factory) -> None:
