@@ -760,9 +760,11 @@ _PARENTS: Final = (
 )
 
 # The levels whose rows a trust knows although suppressed: a trust key is scoped to one
-# provider (`service.auth`) and sees every row of its orgnr (`service.published`): its
-# provider, caregiver hf and unit rows (a unit row carries its provider's orgnr) and, for an
-# HF, its resident hf row. Its own records tell it the same numbers.
+# provider (`service.auth`) and sees the numbers of its own caregiver rows
+# (`Principal.may_see_result`): its provider, caregiver hf and unit rows (a unit row carries its
+# provider's orgnr). Its own records tell it the same numbers. An HF's resident hf row is counted
+# as known too, although the API no longer shows it to the trust: assuming it known hides more,
+# never less.
 _OWNED_LEVELS: Final = frozenset({"provider", "hf", "unit"})
 
 # Who knows a hidden row: trusts by orgnr, or everybody (None).
