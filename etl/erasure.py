@@ -52,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 from sqlmodel import Session, col, select
@@ -63,7 +64,7 @@ from etl.release import publish_locked
 from etl.warehouse import QUARANTINE, TABLES, Warehouse, schema_of
 from schemas.catalog import Erasure, Release, Upload, ValidationRun, utcnow
 from schemas.errors import KvarusError, RejectedInput
-from schemas.forms import PATIENT_KEY_COLUMN, Form
+from schemas.forms import PATIENT_KEY_COLUMN
 from schemas.manifest import ReleaseManifest, TableSnapshot
 from schemas.scratch import duckdb_connection
 
@@ -358,18 +359,20 @@ def _holds_patients(manifest: ReleaseManifest, keys: pa.Array) -> bool:
         return True
     with duckdb_connection() as connection:
         connection.register("erased", pa.table({PATIENT_KEY_COLUMN: keys}))
-        for snapshot in manifest.tables.values():
-            if not snapshot.files or snapshot.name == Form.NPR_COUNTS.value:
-                continue
-            found = connection.sql(
-                # The SQL holds only our column-name constant; the keys are a registered table.
-                f"SELECT count(*) FROM read_parquet($files) AS t "  # noqa: S608
-                f"SEMI JOIN erased AS s USING ({PATIENT_KEY_COLUMN})",
-                params={"files": snapshot.files},
-            ).fetchall()
-            if int(found[0][0]) > 0:
-                return True
-    return False
+        return any(_holding(connection, s) for s in manifest.tables.values())
+
+
+def _holding(connection: Any, snapshot: TableSnapshot) -> set[str]:
+    """The files of a table that hold a row of the keys registered as `erased`."""
+    if not snapshot.files or PATIENT_KEY_COLUMN not in schema_of(snapshot.name).names:
+        return set()
+    rows = connection.sql(
+        # The SQL holds only our column-name constant; the keys are a registered table.
+        f"SELECT DISTINCT filename FROM read_parquet($files, filename=true) AS t "  # noqa: S608
+        f"SEMI JOIN erased AS s USING ({PATIENT_KEY_COLUMN})",
+        params={"files": snapshot.files},
+    ).fetchall()
+    return {row[0] for row in rows}
 
 
 def _without_patients(
@@ -385,16 +388,10 @@ def _without_patients(
     with duckdb_connection() as connection:
         connection.register("erased", pa.table({PATIENT_KEY_COLUMN: keys}))
         for name, snapshot in manifest.tables.items():
-            if not snapshot.files or PATIENT_KEY_COLUMN not in schema_of(name).names:
+            held = _holding(connection, snapshot)
+            if not held:
                 tables[name] = snapshot
                 continue
-            holding = connection.sql(
-                # The SQL holds only our column-name constant; the keys are a registered table.
-                f"SELECT DISTINCT filename FROM read_parquet($files, filename=true) AS t "  # noqa: S608
-                f"SEMI JOIN erased AS s USING ({PATIENT_KEY_COLUMN})",
-                params={"files": snapshot.files},
-            ).fetchall()
-            held = {row[0] for row in holding}
             files = [warehouse.copy_without(f, keys) if f in held else f for f in snapshot.files]
             tables[name] = snapshot.model_copy(
                 update={"files": files, "row_count": warehouse.count(name, files)}

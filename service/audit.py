@@ -93,24 +93,14 @@ class RouteEntry:
         return self.regex.match(path) is not None
 
 
-def _query_fields(dependant: Dependant) -> dict[str, Any]:
+def _fields(dependant: Dependant, kind: Literal["query", "path"]) -> dict[str, Any]:
+    """A route's query or path parameters, its dependencies' included, by name."""
     fields: dict[str, Any] = {}
     pending = [dependant]
     while pending:
         current = pending.pop()
         pending.extend(current.dependencies)
-        for param in current.query_params:
-            fields[param.alias] = param
-    return fields
-
-
-def _path_fields(dependant: Dependant) -> dict[str, Any]:
-    fields: dict[str, Any] = {}
-    pending = [dependant]
-    while pending:
-        current = pending.pop()
-        pending.extend(current.dependencies)
-        for param in current.path_params:
+        for param in current.query_params if kind == "query" else current.path_params:
             fields[param.alias] = param
     return fields
 
@@ -154,17 +144,16 @@ def route_table(app: FastAPI) -> tuple[RouteEntry, ...]:
             continue
         original = context.original_route
         methods = context.methods
+        dependant = original.dependant if isinstance(original, APIRoute) else None
         entries.append(
             RouteEntry(
                 template=str(template),
                 methods=frozenset(methods) if methods else None,
                 regex=regex,
-                query=_query_fields(original.dependant) if isinstance(original, APIRoute) else {},
-                takes_body=isinstance(original, APIRoute) and _takes_body(original.dependant),
-                dependencies=(
-                    _dependency_calls(original.dependant) if isinstance(original, APIRoute) else ()
-                ),
-                path=_path_fields(original.dependant) if isinstance(original, APIRoute) else {},
+                query=_fields(dependant, "query") if dependant is not None else {},
+                takes_body=dependant is not None and _takes_body(dependant),
+                dependencies=_dependency_calls(dependant) if dependant is not None else (),
+                path=_fields(dependant, "path") if dependant is not None else {},
             )
         )
     table = tuple(entries)
