@@ -141,14 +141,23 @@ def _is_header(names: Sequence[str], form: Form) -> bool:
     """Whether the first row is evidently a header: every required column of `form` is in it, or
     most of its cells are column names of some form.
 
-    A record cannot pass: its cells are a record's values, and no form's values are column names
-    (a pseudonym or a unit code that happens to be one is a cell or two, never most of the row).
-    An unknown name beside these is then the name of an unexpected column, and safe to show.
+    A record alone cannot pass: its cells are a record's values, and no form's values are column
+    names (a pseudonym or a unit code that happens to be one is a cell or two, never most of the
+    row). A header and a record glued together can (a line break lost after the header): whether
+    its unknown cells may be quoted is `_named`'s question.
     """
     present = set(names)
     if set(FORMS[form].required_columns) <= present:
         return True
     return 2 * sum(name in _ALL_COLUMNS for name in names) > len(names)
+
+
+def _named(names: Sequence[str]) -> bool:
+    """Whether the unknown cells of a header may be quoted as column names: at least half of its
+    cells are column names. A header with a record glued to it (its last name merged with the
+    record's first value) has fewer known cells than other cells, the record's values, which are
+    then named by position only."""
+    return 2 * sum(name in _ALL_COLUMNS for name in names) >= len(names)
 
 
 def _shown(name: str) -> bool:
@@ -157,10 +166,10 @@ def _shown(name: str) -> bool:
     return len(name) <= _SHOWN_NAME_MAX_LENGTH and digits <= _SHOWN_NAME_MAX_DIGITS
 
 
-def _display(name: str, position: int) -> str:
+def _display(name: str, position: int, named: bool) -> str:
     """How a cell of an evidently real header (`_is_header`) is named in a message: its name, or its
-    position when the name could be a value."""
-    if _shown(name):
+    position when the name could be a value (`_shown`) or the header a record's too (`_named`)."""
+    if named and _shown(name):
         return f"'{name}'"
     return f"column {position} (name not shown: it could be a value)"
 
@@ -174,10 +183,11 @@ def _check_header(names: Sequence[str], form: Form) -> None:
             "column names): was the header row left out? Its cells are not shown, as they may be "
             "a record's values"
         )
+    named = _named(names)
     counts = Counter(names)
     duplicates = sorted(name for name, count in counts.items() if count > 1)
     if duplicates:
-        shown = ", ".join(_display(name, names.index(name) + 1) for name in duplicates)
+        shown = ", ".join(_display(name, names.index(name) + 1, named) for name in duplicates)
         raise RejectedInput(f"Duplicate column name(s) in the header: {shown}")
     for position, name in enumerate(names, start=1):
         if name == "":
@@ -193,7 +203,7 @@ def _check_header(names: Sequence[str], form: Form) -> None:
             "was the file uploaded as the wrong form?"
         )
     if unknown:
-        shown = ", ".join(_display(name, names.index(name) + 1) for name in unknown)
+        shown = ", ".join(_display(name, names.index(name) + 1, named) for name in unknown)
         raise RejectedInput(
             f"Column(s) not part of form '{form.value}': {shown}; an unexpected column may carry "
             "identifying data, so the file is rejected whole"
@@ -569,8 +579,8 @@ def _read_parquet(path: Path, form: Form) -> tuple[list[str], list[pa.Array], se
             columns.append(_parquet_text(table.column(position - 1).combine_chunks()))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise RejectedInput(
-                f"Column {_display(name, position)} of the Parquet file has a type that cannot be "
-                "read as text"
+                f"Column {_display(name, position, True)} of the Parquet file has a type that "
+                "cannot be read as text"
             ) from None
     return names, columns, numeric
 

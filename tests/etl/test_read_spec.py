@@ -81,15 +81,36 @@ def test_npr_counts_with_several_unexpected_columns_names_them(
     )
 
 
-def test_optout_with_more_unexpected_than_expected_columns_names_them(tmp_path: Path) -> None:
+def test_optout_with_more_unexpected_than_expected_columns_names_them_by_position(
+    tmp_path: Path,
+) -> None:
+    # Fewer column names than other cells is also what a header with a record glued to it looks
+    # like (next test): the cells are then named by position, never quoted.
     names = ["record_id", "patient_pseudonym", "provider_orgnr", "optout_date"]
     extra = ["name", "address", "phone", "email", "note"]
     row = ["o1", SENTINEL, "983974880", "01.06.2024", SENTINEL, "x", "x", "x", "x"]
     text = ",".join(names + extra) + "\n" + ",".join(row) + "\n"
     message = rejected(write(tmp_path, "o.csv", text), Form.OPTOUT)
-    assert message.startswith(
-        "Column(s) not part of form 'optout': 'name', 'address', 'phone', 'email', 'note'; "
-    )
+    hidden = ", ".join(f"column {n} (name not shown: it could be a value)" for n in range(5, 10))
+    assert message.startswith(f"Column(s) not part of form 'optout': {hidden}; ")
+
+
+def test_a_record_glued_to_the_header_is_never_quoted(tmp_path: Path) -> None:
+    # The line break after the header lost: the header's last name and the record's first value
+    # make one cell, and every required column is there. Its values were quoted as column names.
+    # No two cells alike (a repeated one would be refused as a duplicate name first).
+    distinct = {
+        "patient_pseudonym": "olanordmann", "sex": "2", "treatment_type": "3",
+        "primary_substance": "5", "housing": "4", "employment": "6", "severity": "7",
+        "research_consent": "0", "audit": "21", "dudit": "13", "injecting_6m": "9",
+        "clinical_study_id": "studie-a", "home_hf_orgnr": "983974899", "age": "44",
+    }  # fmt: skip
+    header = ";".join(basis_row())  # the column names, in the form's order
+    record = ";".join(basis_row(**distinct).values())
+    message = rejected(write(tmp_path, "g.csv", header + record + "\r\n" + record + "\r\n"))
+    assert message.startswith("Column(s) not part of form 'basis': column 21 (name not shown")
+    for value in distinct.values():
+        assert f"'{value}'" not in message
 
 
 def test_a_csv_without_its_header_row_never_echoes_the_first_record(tmp_path: Path) -> None:
