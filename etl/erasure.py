@@ -52,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 from sqlmodel import Session, col, select
@@ -200,11 +200,9 @@ def finish_pending(session: Session, warehouse: Warehouse) -> bool:
     """
     marker = warehouse.root / PENDING
     marker.with_name(f"{PENDING}.new").unlink(missing_ok=True)  # a rewrite killed half-way
-    if not marker.exists():
+    pending = _pending(warehouse)
+    if pending is None:
         return False
-    pending = json.loads(marker.read_text() or "[]")
-    if isinstance(pending, list):  # the marker of an earlier version: the records alone
-        pending = {"records": pending}
     # The reports name the rows by id: scrubbed from the marker, never from the tables (an
     # erasure killed before its commit deleted the rows, and a rerun would find none to scrub).
     _scrub_reports(session, [_Record(*row) for row in pending["records"]])
@@ -223,6 +221,26 @@ def finish_pending(session: Session, warehouse: Warehouse) -> bool:
         _purge(warehouse, table, keep)
     marker.unlink()
     return True
+
+
+def _pending(warehouse: Warehouse) -> dict[str, Any] | None:
+    """The marker's contents (`_mark_pending`), None without one."""
+    marker = warehouse.root / PENDING
+    if not marker.exists():
+        return None
+    pending = json.loads(marker.read_text() or "[]")
+    if isinstance(pending, list):  # the marker of an earlier version: the records alone
+        return {"records": pending}
+    return cast(dict[str, Any], pending)
+
+
+def rows_deleted_pending(warehouse: Warehouse) -> int:
+    """The rows the erasure of the marker had deleted (0 without one, or before its first
+    delete): an opt-out load killed before its erasure's commit counts them as erased."""
+    pending = _pending(warehouse)
+    if pending is None or "erasure" not in pending:
+        return 0
+    return sum(Erasure.model_validate(pending["erasure"]).rows_erased.values())
 
 
 def _log_uncommitted(session: Session, erasure: Erasure) -> None:

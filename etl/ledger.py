@@ -185,7 +185,7 @@ def repair_interrupted(session: Session, warehouse: Warehouse) -> list[int]:
     for upload in stuck:
         assert upload.id is not None
         warehouse.restore_before(upload.id)
-        _fail(upload, now, *_interrupted(session, upload))
+        _fail(upload, now, *_interrupted(session, upload, warehouse))
         session.add(upload)
         repaired.append(upload.id)
         request = _request_of(session, upload)
@@ -222,16 +222,19 @@ def _remove_unpublished(session: Session, warehouse: Warehouse) -> None:
             shutil.rmtree(path)
 
 
-def _interrupted(session: Session, upload: Upload) -> tuple[str, int]:
+def _interrupted(session: Session, upload: Upload, warehouse: Warehouse) -> tuple[str, int]:
     """An interrupted load's message and its rows erased. An opt-out's erasure was committed if
     an erasure row was added after the load started: the load held the write locks from then on
-    until it died, and every writer after it repairs before it adds anything."""
+    until it died, and every writer after it repairs before it adds anything. Not committed, its
+    deletes still stand: counted from its marker, as its log row will be (`finish_pending`)."""
+    from etl.erasure import rows_deleted_pending  # etl.erasure imports this module
+
     if upload.form != Form.OPTOUT.value:
         return INTERRUPTED, 0
     statement = select(Erasure).where(col(Erasure.performed_at) >= upload.started_at)
     erasure = session.exec(statement).first()
     if erasure is None:
-        return OPTOUT_INTERRUPTED, 0
+        return OPTOUT_INTERRUPTED, rows_deleted_pending(warehouse)
     return OPTOUT_ERASED, sum(erasure.rows_erased.values())
 
 
