@@ -30,7 +30,7 @@ from service.audit import (
     match_route,
     safe_query,
 )
-from service.auth import OidcVerifier, Role, require
+from service.auth import OidcVerifier, RevokedKey, Role, require
 from service.catalog_cache import CatalogCache
 from service.database import make_engine
 from service.deps import ROUTE_ROLES, get_principal, principal_of
@@ -175,6 +175,8 @@ class RequestGate:
                     if roles is not None:
                         require(principal, *roles)
                 except KvarusError as error:
+                    if isinstance(error, RevokedKey):  # named in the audit row (`audit`)
+                        scope.setdefault("state", {})["revoked_subject"] = error.subject
                     await self._refuse_error(scope, send, error)
                     return
         elif takes_body:

@@ -485,7 +485,10 @@ class AuditMiddleware:
         route = self._route(scope)
         row: AuditRow = {
             "at": utcnow(),
-            "subject": principal.subject if principal is not None else "unauthenticated",
+            # A revoked key's client by its id (never the key), though refused: its use is traced.
+            "subject": principal.subject
+            if principal is not None
+            else state.get("revoked_subject", "unauthenticated"),
             "role": principal.role if principal is not None else "none",
             "method": scope["method"],
             "route": route.template if route is not None else UNMATCHED_ROUTE,

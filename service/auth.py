@@ -126,6 +126,18 @@ def revoke_key(session: Session, client_id: int) -> ApiClient:
 _ACTIVE_CLIENTS: Final = select(
     ApiClient.id, ApiClient.key_hash, ApiClient.role, ApiClient.provider_orgnr
 ).where(col(ApiClient.key_prefix) == bindparam("prefix"), col(ApiClient.revoked_at).is_(None))
+_REVOKED_CLIENTS: Final = select(ApiClient.id, ApiClient.key_hash).where(
+    col(ApiClient.key_prefix) == bindparam("prefix"), col(ApiClient.revoked_at).is_not(None)
+)
+
+
+class RevokedKey(Unauthorised):
+    """A revoked API key: answered as an unknown one, but its client is named in the audit log
+    (`subject`, as a principal's: `key:{id}`), so that the use of a revoked key can be traced."""
+
+    def __init__(self, detail: str, subject: str) -> None:
+        super().__init__(detail)
+        self.subject = subject
 
 
 def principal_from_key(connection: Connection, key: str) -> Principal:
@@ -138,6 +150,9 @@ def principal_from_key(connection: Connection, key: str) -> Principal:
     for client_id, key_hash, role, provider in candidates:
         if hmac.compare_digest(key_hash, digest):
             return Principal(subject=f"key:{client_id}", role=role, provider=provider)
+    for client_id, key_hash in connection.execute(_REVOKED_CLIENTS, {"prefix": parts[0]}).all():
+        if hmac.compare_digest(key_hash, digest):
+            raise RevokedKey("unknown or revoked API key", subject=f"key:{client_id}")
     raise Unauthorised("unknown or revoked API key")
 
 

@@ -38,12 +38,13 @@ BODY_ROUTES = {
 }
 
 
-def revoked_key(app: FastAPI) -> str:
+def revoked_key(app: FastAPI) -> tuple[str, str]:
+    """A revoked key and its client's audit subject."""
     with session_scope(app.state.engine) as session:
         client, key = auth.create_key(session, role="registry", name="revoked")
         assert client.id is not None
         auth.revoke_key(session, client.id)
-    return key
+    return key, f"key:{client.id}"
 
 
 # What the dependency answered for each (on a GET route, which reads no body): the same now.
@@ -77,8 +78,10 @@ class TestWrongCredentialsBeforeTheBody:
         wrong: str,
     ) -> None:
         caplog.set_level(logging.DEBUG)
+        subject = "unauthenticated"
         if wrong == "revoked key":
-            authorization, detail = f"Bearer {revoked_key(app)}", "unknown or revoked API key"
+            key, subject = revoked_key(app)
+            authorization, detail = f"Bearer {key}", "unknown or revoked API key"
         else:
             authorization, detail = WRONG[wrong]
         path, content_type = BODY_ROUTES[route]
@@ -101,7 +104,9 @@ class TestWrongCredentialsBeforeTheBody:
         assert reading.status_code == 401
         assert reading.json() == answer | {"instance": f"{API}/uploads"}
         rows = audit_rows(client, headers)
-        assert rows[0] == (API + path, "unauthenticated", "none", 401)
+        # A revoked key's use is traced to its client (it was "unauthenticated" before).
+        assert rows[0] == (API + path, subject, "none", 401)
+        assert rows[1] == (f"{API}/uploads", subject, "none", 401)
         assert SECRET not in caplog.text
         assert SECRET not in repr(rows)
 
