@@ -20,11 +20,13 @@ Disclosure control, in two layers:
    and the difference of two published cells is the small cell plus the difference of two
    independent noises (exact only by chance, and the attacker cannot tell when).
 2. Suppression on the true table (`indicators.disclosure.suppress_table`): primary suppression of
-   counts 1..4 (zeros are shown), secondary suppression until an LP audit shows that every
+   counts 1..4, secondary suppression until an LP audit shows that every
    primary cell's feasible range, given every published cell *exactly* and all margin equations,
    is at least 5 wide and no secondary cell is exactly recoverable. The audit assumes an attacker
    who knows the unperturbed published values, so it holds a fortiori for the perturbed ones.
-   Suppressed cells are published as null with `suppressed: true`, never as zero.
+   Suppressed cells are published as null with `suppressed: true`, never as zero. Zeros are shown,
+   except in the breakdown of a group under the threshold (`zeros_beside`): there a shown 0 would
+   tell which hidden cell holds the group, and so its members' category.
 
 Filters select cells, never records. A filter may name only a requested dimension (else 422),
 and the table, every cell and every margin, is computed and protected over the release's full
@@ -510,15 +512,37 @@ def protect(
     table: MeasureTable, *, threshold: int = THRESHOLD, ptable: PerturbationTable = PTABLE
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
     """Published values (perturbed) and the suppression mask of one measure's table."""
-    suppression = suppress_table(_additive(table.counts), threshold)
+    additive = _additive(table.counts)
     # Distinct-patient margins can be small where the sum of their cells is not: suppress every
     # true count in 1..threshold−1 as well.
+    suppression = suppress_table(additive, threshold)
     small = (table.counts >= 1) & (table.counts < threshold)
-    mask: npt.NDArray[np.bool_] = suppression.mask | small
+    # A small group's zeros, after the audit: hiding more cells keeps its guarantee. Not audited
+    # themselves (as secondary cells they took a 3-dimension table's suppression from 3 s to
+    # minutes): one of them is recovered as 0 only through a sum of perturbed cells, not exactly.
+    beside = zeros_beside(table.counts, threshold) | zeros_beside(additive, threshold)
+    mask: npt.NDArray[np.bool_] = suppression.mask | small | beside
     published = np.zeros(table.counts.shape, dtype=np.int64)
     for cell in itertools.product(*(range(n) for n in table.counts.shape)):
         published[cell] = perturb(int(table.counts[cell]), int(table.keys[cell]), ptable)
     return published, mask
+
+
+def zeros_beside(counts: npt.NDArray[np.int64], threshold: int) -> npt.NDArray[np.bool_]:
+    """The zero cells of a small group's breakdown: on a line (along any axis) whose total, its
+    margin, is in 1..threshold−1. Shown, they told which hidden cell held the group, and so every
+    member's category: a zero is never a small cell, and secondary suppression hardly ever takes
+    one (a zero partner cannot go down), so a hidden cell meant "not 0". A reviewer read a
+    provider's single episode of a year off one table per dimension (its only hidden category,
+    the others 0: substance, end reason, age group, treatment type, sex) and rebuilt a
+    three-episode provider whole. A larger group's zeros stay shown: they say that none of its
+    members is in a category, not which category a member is in."""
+    beside: npt.NDArray[np.bool_] = np.zeros(counts.shape, dtype=bool)
+    for axis in range(counts.ndim):
+        total = counts.take([counts.shape[axis] - 1], axis=axis)
+        beside |= np.broadcast_to((total >= 1) & (total < threshold), counts.shape)
+    beside &= counts == 0
+    return beside
 
 
 def _additive(counts: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:

@@ -29,6 +29,7 @@ from service.aggregates import (
     episode_view,
     protect,
     record_key,
+    zeros_beside,
 )
 from service.app import warm_aggregates
 from service.published import read_manifest
@@ -399,12 +400,32 @@ class TestProtect:
         shown = published[~mask]
         assert not np.any((shown >= 1) & (shown < 5))
         assert np.all(published[(counts == 0) & ~mask] == 0)
-        for cell in map(tuple, np.argwhere(mask)):
+        # No breakdown of a small group (a line whose total is 1..4) shows a zero: hidden must
+        # not mean "not 0" there, it would tell every member's category.
+        for axis in range(counts.ndim):
+            for line in itertools.product(*(range(n) for n in counts.shape[:axis])):
+                for rest in itertools.product(*(range(n) for n in counts.shape[axis + 1 :])):
+                    cells = (*line, slice(None), *rest)
+                    if 1 <= counts[cells][-1] < 5:
+                        assert not np.any((counts[cells] == 0) & ~mask[cells])
+        beside = zeros_beside(counts, 5)
+        for cell in map(tuple, np.argwhere(mask & ~beside)):
             # The attacker is granted the *true* published values: stronger than needed.
             lower, upper = _feasible_range(counts, mask, cell)
             assert upper - lower >= 1 - 1e-6
             if 1 <= counts[cell] < 5:
                 assert upper - lower >= 5 - 1e-6
+
+    def test_a_small_groups_zeros_are_hidden_with_it(self) -> None:
+        # Provider A's one episode, of substance 3: with A's zeros shown beside its hidden cell,
+        # the hidden cell was substance 3 (a reviewer read every attribute so, one table each).
+        counts = with_margins(np.array([[0, 0, 1, 0], [10, 20, 30, 40], [12, 0, 9, 7]]))
+        keys = np.zeros(counts.shape, dtype=np.int64)
+        published, mask = protect(MeasureTable(counts, keys))
+        assert mask[0, :].all()  # A's row, its total of 1 too: nothing tells which is 1
+        assert not mask[2, 1]  # C's zero: in no small group's breakdown
+        assert published[2, 1] == 0
+        assert not mask[:, 4].all()  # the substance totals: still published where safe
 
     def test_worked_example(self) -> None:
         # 2 × 2 with one cell of 3: the whole inner table must hide (a 2 × 2 has no other
