@@ -184,6 +184,12 @@ class Warehouse:
     def files(self, table: str) -> list[str]:
         return sorted(self.delta(table).file_uris())
 
+    def files_if_any(self, table: str) -> list[str]:
+        """The table's current files; none where the table does not exist yet (`ensure`)."""
+        if not (self.path(table) / LOG_DIR).exists():
+            return []
+        return self.files(table)
+
     # -- locking ----------------------------------------------------------------------------
     @contextmanager
     def writing(self, tables: Sequence[str] = TABLES) -> Iterator[None]:
@@ -292,13 +298,16 @@ class Warehouse:
             ).fetchone()
         return found is not None and int(found[0]) > 0
 
-    def stored_under_other_provider(self, form: Form, rows: pa.Table) -> pa.Array:
+    def stored_under_other_provider(
+        self, form: Form, rows: pa.Table, files: Sequence[str] | None = None
+    ) -> pa.Array:
         """Per row of `rows` (`record_id`, `provider_orgnr`): whether its record_id is stored
-        under another provider. Such a row must not supersede the stored record (`write` merges
-        on record_id alone): a provider may only correct its own records."""
+        under another provider (in the table's current files, or in `files` of it). Such a row
+        must not supersede the stored record (`write` merges on record_id alone): a provider
+        may only correct its own records."""
         if "record_id" not in MERGE_KEYS[form] or rows.num_rows == 0:
             return pa.array(np.zeros(rows.num_rows, dtype=bool))
-        files = self.files(form.value)
+        files = list(files) if files is not None else self.files(form.value)
         if not files:
             return pa.array(np.zeros(rows.num_rows, dtype=bool))
         incoming = pa.table(

@@ -9,8 +9,23 @@ them import `schemas/`, so the one safe way to open a connection lives here.
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import duckdb
+
+# The threads of this thread's connections (`one_thread`); None: DuckDB's default, one per core.
+_THREADS: ContextVar[int | None] = ContextVar("duckdb_threads", default=None)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Connections opened in this block (in this thread) run their queries on one thread: for
+    work beside other work that already takes every core, where more threads only contend."""
+    token = _THREADS.set(1)
+    try:
+        yield
+    finally:
+        _THREADS.reset(token)
 
 
 @contextmanager
@@ -18,7 +33,11 @@ def duckdb_connection() -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory connection that spills to a temporary directory of its own, removed afterwards.
     Spilling stays possible: a 1M-row load may need it."""
     with tempfile.TemporaryDirectory(prefix="kvarus-duckdb-") as spill:
-        connection = duckdb.connect(":memory:", config={"temp_directory": spill})
+        config: dict[str, str | bool | int | float | list[str]] = {"temp_directory": spill}
+        threads = _THREADS.get()
+        if threads is not None:
+            config["threads"] = threads
+        connection = duckdb.connect(":memory:", config=config)
         try:
             yield connection
         finally:

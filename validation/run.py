@@ -23,7 +23,7 @@ holds a value (`partial_unexpected_list`, `unexpected_list`, exception messages)
 import os
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -144,15 +144,30 @@ class ValidationResult:
 
 
 def validate_extract(
-    raw: pa.Table, form: Form, *, known_providers: frozenset[str], today: date
+    raw: pa.Table,
+    form: Form,
+    *,
+    known_providers: frozenset[str],
+    today: date,
+    on_typed: Callable[[pa.Table], None] | None = None,
 ) -> ValidationResult:
     """Validate a raw extract (all columns text, lower-case names, nulls for empty cells)."""
     checks = suite_checks(form, known_providers=known_providers, today=today)
-    return run_checks(raw, form, checks)
+    return run_checks(raw, form, checks, on_typed=on_typed)
 
 
-def run_checks(raw: pa.Table, form: Form, checks: list[Check]) -> ValidationResult:
-    """Run the given checks of a form over a raw table and judge each against its tolerance."""
+def run_checks(
+    raw: pa.Table,
+    form: Form,
+    checks: list[Check],
+    *,
+    on_typed: Callable[[pa.Table], None] | None = None,
+) -> ValidationResult:
+    """Run the given checks of a form over a raw table and judge each against its tolerance.
+
+    `on_typed` is called with the typed table (`ValidationResult.typed`) as soon as it exists,
+    before the suite runs: the loader starts its checks against the warehouse there, beside the
+    suite, which holds the GIL while they run in DuckDB."""
     spec = FORMS[form]
     rows = raw.num_rows
     unknown = sorted(name for name in raw.column_names if name not in spec.column_names)
@@ -166,6 +181,9 @@ def run_checks(raw: pa.Table, form: Form, checks: list[Check]) -> ValidationResu
         results.append(_columns_check_failed(rows, record_ids))
     runnable = [check for check in checks if not _needs_missing(check, missing)]
     values = _Values(known, form, runnable)
+    typed = None if unknown or missing else values.typed()
+    if typed is not None and on_typed is not None:
+        on_typed(typed)
     results_by_id, indexes = _run_gx(form, _batches(runnable, values, rows), rows, record_ids)
     for check in checks:
         if check.check_id in results_by_id:
@@ -201,7 +219,7 @@ def run_checks(raw: pa.Table, form: Form, checks: list[Check]) -> ValidationResu
         rejection_reasons=reasons,
         row_failures=_row_failures(results_by_id, indexes, checks, record_ids),
         failing_rows_by_category=_failing_rows_by_category(results, indexes, rows),
-        typed=None if unknown or missing else values.typed(),
+        typed=typed,
     )
 
 
