@@ -140,8 +140,11 @@ def _follow_on_checks(form: Form) -> list[_Query]:
                 "cross.before_intake",
                 "error",
                 f"{event} before the intake_date of the episode",
-                f"""EXISTS (SELECT 1 FROM stored_basis AS b
-                    WHERE {_same_episode("b")} AND i.{event} < b.intake_date)""",
+                # The episode's intake is its first basis row (a basis re-sent under a new
+                # record_id with a later date is not the intake): a record on or after the
+                # earliest intake_date passes.
+                f"""i.{event} < (SELECT min(b.intake_date) FROM stored_basis AS b
+                    WHERE {_same_episode("b")})""",
             )
         )
     if form in _ONE_PER_EPISODE:

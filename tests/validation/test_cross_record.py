@@ -80,6 +80,21 @@ def test_measurement_before_intake_and_without_intake() -> None:
     assert "measure_date before the intake_date" in result.column("reason")[0].as_py()
 
 
+def test_a_record_before_a_later_basis_of_its_episode_is_not_before_its_intake() -> None:
+    """The episode's intake is its first basis row: a measurement between its intake and a basis
+    re-sent under a new record_id with a later date passes; one before the first does not."""
+    existing = _existing()
+    later = {**BASIS[0], "record_id": "b2", "intake_date": date(2024, 4, 1)}
+    existing[Form.BASIS] = stored(Form.BASIS, [*BASIS, later])
+    rows = [
+        {"record_id": "m1", "episode_id": "e1", "measure_date": date(2024, 3, 1)},
+        {"record_id": "m2", "episode_id": "e1", "measure_date": date(2024, 1, 31)},
+    ]
+    assert _failures(check(incoming(Form.MEASUREMENT, rows), Form.MEASUREMENT, existing)) == [
+        (1, "m2", "cross.before_intake", "error")
+    ]
+
+
 def test_discharge_before_intake_and_duplicate_discharge() -> None:
     rows = [
         {"record_id": "d1", "episode_id": "e1", "discharge_date": date(2024, 3, 2)},  # re-sent
