@@ -477,6 +477,16 @@ class Warehouse:
         release lists it (`_delete_left_behind`, `etl.erasure._purge`)."""
         source = Path(path)
         table = pq.ParquetFile(source).read()
+        # A file delta-rs rewrote (a merge) holds its text as string_view, which `is_in` does
+        # not take: as string, as the table's schema has it.
+        table = table.cast(
+            pa.schema(
+                [
+                    f.with_type(pa.string()) if f.type == pa.string_view() else f
+                    for f in table.schema
+                ]
+            )
+        )
         kept = table.filter(pc.invert(pc.is_in(table[PATIENT_KEY_COLUMN], value_set=keys)))
         target = source.with_name(f"release-copy-{uuid.uuid4().hex}.parquet")
         statistics = [name for name in kept.column_names if name not in NO_STATISTICS]
