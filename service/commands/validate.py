@@ -1,7 +1,8 @@
 """CLI: `kvarus validate FILE --form F`, the form's suite over a file without loading anything.
 
 Exit codes: 0 the file would be accepted (rows failing `error` checks would go to quarantine),
-1 the file would be rejected (a `fatal` check, or the reader refused it), 2 usage error.
+1 the file would be rejected (a `fatal` check, the privacy guard, or the reader refused it), 2 usage
+error.
 """
 
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Annotated, Literal
 
 import typer
 
+from etl.privacy import guard
 from etl.read import read_extract
 from schemas.forms import Form, register_today
 from schemas.organisations import Hierarchy
@@ -41,6 +43,9 @@ def register(app: typer.Typer) -> None:
         if out is not None:
             check_output_file(out)
         raw = read_extract(file, form)
+        # As `kvarus load`: a file holding what looks like an identity number is rejected whole
+        # (exit 1) before its report, which would print failing rows' record ids, is made.
+        guard(raw)
         known = frozenset(o.orgnr for o in Hierarchy.default().providers)
         result = validate_extract(raw, form, known_providers=known, today=register_today())
         report = quality_report(result)
