@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pyarrow as pa
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, or_, select
 
 from etl.keycheck import check_key
 from etl.ledger import checkpoint_catalog, repair_interrupted
@@ -321,7 +321,9 @@ def _scrub_reports(session: Session, records: list[_Record]) -> None:
 
     From the report of the upload that stored the row, and from the reports of the same form of
     the uploads of the row's provider (an earlier version of the record, superseded by a re-sent
-    one, was erased from the tables then, but its report still names it). The counts stay: they
+    one, was erased from the tables then, but its report still names it). From a rejected
+    upload's report, every erased record's id, of any form and provider: nothing of the file was
+    stored, so which of its rows were the patient's is not known. The counts stay: they
     describe the file as it was validated, and name no one.
     """
     if not records:
@@ -330,14 +332,15 @@ def _scrub_reports(session: Session, records: list[_Record]) -> None:
     statement = (
         select(ValidationRun, Upload)
         .join(Upload, col(Upload.id) == col(ValidationRun.upload_id))
-        .where(col(ValidationRun.form).in_(forms))
+        .where(or_(col(ValidationRun.form).in_(forms), col(Upload.status) == "rejected"))
     )
     for run, upload in session.exec(statement).all():
         providers = set(upload.providers.split(","))
         ids = {
             r.record_id
             for r in records
-            if r.form == run.form and (r.upload_id == run.upload_id or r.provider in providers)
+            if upload.status == "rejected"
+            or (r.form == run.form and (r.upload_id == run.upload_id or r.provider in providers))
         }
         checks = run.report.get("checks")
         if not ids or not isinstance(checks, list):

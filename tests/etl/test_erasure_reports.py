@@ -5,10 +5,18 @@ from functools import partial
 from sqlmodel import Session, col, select
 
 from etl.erasure import erase_patients
+from etl.load import load_file
 from etl.warehouse import Warehouse
 from schemas.catalog import ValidationRun
 from schemas.forms import Form
-from tests.conftest import PROVIDER_A, PROVIDER_B, ExtractWriter, episode_row, load_ok
+from tests.conftest import (
+    LOAD_DAY,
+    PROVIDER_A,
+    PROVIDER_B,
+    ExtractWriter,
+    episode_row,
+    load_ok,
+)
 
 ERASED = "P-ERASE-REPORTS-2718"
 
@@ -59,3 +67,30 @@ def test_an_erasure_removes_the_patients_record_ids_from_the_quality_reports(
         age = next(c for c in checks if c["check_id"] == "age.type")
         # The counts stay: they describe the file as validated and name no one.
         assert (age["failing_count"], age["failing_record_ids"]) == (1, [])
+
+
+def test_an_erasure_removes_the_patients_record_ids_from_the_reports_of_rejected_files(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    """Nothing of a rejected file is stored, so which of its rows were the patient's is not
+    known: every id of an erased record goes from its report, whatever the row's provider."""
+    stored = _load(write_extract(Form.BASIS, [episode_row(Form.BASIS, 2, ERASED)]), Form.BASIS,
+                   warehouse, session, key)  # fmt: skip
+    rows = [
+        episode_row(Form.BASIS, 2, ERASED, provider_orgnr=PROVIDER_B, age="abc"),
+        episode_row(Form.BASIS, 7, "P-X", provider_orgnr=PROVIDER_B),
+        episode_row(Form.BASIS, 7, "P-X", provider_orgnr=PROVIDER_B),  # record_id.unique: fatal
+    ]
+    rejected = load_file(
+        write_extract(Form.BASIS, rows), Form.BASIS, warehouse=warehouse, session=session,
+        key=key, known_providers=frozenset({PROVIDER_A, PROVIDER_B}), today=LOAD_DAY,
+    )  # fmt: skip
+    session.commit()
+    assert (rejected.status, rejected.providers) == ("rejected", PROVIDER_B)
+    assert _named(session) == {stored.id: ["b2"], rejected.id: ["b2", "b7"]}
+
+    erase_patients([ERASED], warehouse=warehouse, session=session, key=key,
+                   releases_dir=warehouse.releases_dir)  # fmt: skip
+
+    with Session(session.get_bind()) as fresh:
+        assert _named(fresh) == {stored.id: [], rejected.id: ["b7"]}
