@@ -42,6 +42,14 @@ XLSX_MAX_RATIO: Final = 100
 _SUFFIXES: Final = {".csv": "csv", ".txt": "csv", ".xlsx": "xlsx", ".parquet": "parquet"}
 _ZIP_MAGIC: Final = b"PK\x03\x04"
 _PARQUET_MAGIC: Final = b"PAR1"
+# The first bytes of compressed files someone may send as a .csv (gzip, bzip2, xz, zstd, 7-Zip).
+_COMPRESSED_MAGIC: Final = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"7z\xbc\xaf": "7-Zip",
+}
 _UTF8_BOM: Final = b"\xef\xbb\xbf"
 _DELIMITERS: Final = (";", ",")
 # A byte that `bytes.strip()` keeps: searched for instead of stripping a copy of the whole file.
@@ -127,13 +135,20 @@ def _file_kind(path: Path) -> str:
     if kind is None:
         raise RejectedInput("Unknown file type: an extract must be .csv, .txt, .xlsx or .parquet")
     with path.open("rb") as file:
-        magic = file.read(4)
+        head = file.read(8)
+    magic = head[:4]
     if kind == "xlsx" and magic != _ZIP_MAGIC:
         raise RejectedInput("The .xlsx file is not an Excel workbook (no zip signature)")
     if kind == "parquet" and magic != _PARQUET_MAGIC:
         raise RejectedInput("The .parquet file is not a Parquet file (no PAR1 signature)")
     if kind == "csv" and magic in (_ZIP_MAGIC, _PARQUET_MAGIC):
         raise RejectedInput("The text file is a binary file (a workbook or Parquet file renamed)")
+    if kind == "csv":
+        for signature, name in _COMPRESSED_MAGIC.items():
+            if head.startswith(signature):
+                raise RejectedInput(
+                    f"The text file is compressed ({name}): decompress it and send the CSV itself"
+                )
     return kind
 
 

@@ -4,6 +4,9 @@ Every refusal test puts SENTINEL (a stand-in for a pseudonym) into the file and 
 message names the column / line / count but never carries SENTINEL.
 """
 
+import bz2
+import gzip
+import lzma
 import zipfile
 from datetime import date, datetime
 from pathlib import Path
@@ -450,6 +453,20 @@ def test_magic_bytes_must_match_the_suffix(tmp_path: Path) -> None:
     pq.write_table(pa.table({"record_id": [SENTINEL]}), tmp_path / "x.parquet")
     (tmp_path / "x.parquet").rename(tmp_path / "x.csv")
     assert "binary file" in rejected(tmp_path / "x.csv")
+
+
+def test_a_compressed_csv_is_refused_as_compressed_not_as_an_encoding(tmp_path: Path) -> None:
+    text = csv_text([basis_row()]).encode()
+    for name, data in [
+        ("gzip", gzip.compress(text)),
+        ("bzip2", bz2.compress(text)),
+        ("xz", lzma.compress(text)),
+    ]:
+        path = tmp_path / f"{name}.csv"
+        path.write_bytes(data)
+        assert rejected(path) == (
+            f"The text file is compressed ({name}): decompress it and send the CSV itself"
+        )
 
 
 def test_xlsx_with_data_on_several_sheets(tmp_path: Path) -> None:
