@@ -7,10 +7,27 @@ from sqlalchemy import Engine, event
 from sqlmodel import Session, SQLModel, create_engine
 
 import schemas.catalog  # noqa: F401  (registers the catalog tables on SQLModel.metadata)
-from service.settings import Settings
+from schemas.errors import ConfigurationError
+from service.settings import ENV_PREFIX, Settings
 
 
 def make_engine(settings: Settings) -> Engine:
+    """The catalog's engine, its tables created if missing.
+
+    A URL whose driver is not installed (`mysql://`, `postgresql+asyncpg://`) is a configuration
+    error (exit 2 in the CLI) that names the variable, never the URL: it may hold a password.
+    """
+    try:
+        return _make_engine(settings)
+    except ImportError as error:  # SQLAlchemy imports the URL's driver module when it is created
+        raise ConfigurationError(
+            f"{ENV_PREFIX}DATABASE_URL names a database driver that is not installed "
+            f"({type(error).__name__}): expected a SQLite URL (sqlite:///PATH) or "
+            f"postgresql+psycopg://user@host/db"
+        ) from None
+
+
+def _make_engine(settings: Settings) -> Engine:
     url = settings.catalog_url
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -203,6 +203,28 @@ def test_an_unreachable_catalog_is_one_line_without_its_url(env: dict[str, str],
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        f"mysql://kvarus:{SECRET}@localhost/kvarus",  # MySQLdb is not installed
+        f"oracle://kvarus:{SECRET}@localhost/kvarus",
+        f"postgresql+asyncpg://kvarus:{SECRET}@localhost/kvarus",
+    ],
+)
+@pytest.mark.parametrize("command", [["uploads"], ["keys", "list"], ["serve", "--port", "1"]])
+def test_a_catalog_driver_not_installed_is_a_configuration_error_without_its_url(
+    env: dict[str, str], url: str, command: list[str]
+) -> None:
+    result = _invoke(command, env | {"KVARUS_DATABASE_URL": url})
+    assert result.exit_code == 2
+    assert result.output == (
+        "Configuration error: KVARUS_DATABASE_URL names a database driver that is not installed "
+        "(ModuleNotFoundError): expected a SQLite URL (sqlite:///PATH) or "
+        "postgresql+psycopg://user@host/db\n"
+    )
+    assert SECRET not in result.output
+
+
+@pytest.mark.parametrize(
     ("limit", "message"),
     [
         ("99999999999999999999", "Input should be less than or equal to 9223372036854775807"),
