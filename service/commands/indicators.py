@@ -2,10 +2,12 @@
 
 `kvarus indicators [--release N] [--engine duckdb|spark] [--out PATH [--format json|csv|parquet]]`
 reads `{data_dir}/releases/{N}/manifest.json` (default: the highest N present), writes
-`{data_dir}/releases/{N}/indicators.parquet` (and `--out` in the chosen format) and records an
-`IndicatorRun` in the catalog. `--out` is checked before the computation (seconds on a large
-register), which a path that cannot be written would waste. Results are aggregates with small
-cells suppressed: nothing printed or written holds a record value of a single patient.
+`{data_dir}/releases/{N}/indicators.parquet` (and `--out` in the format its extension names, or
+`--format`, which must not contradict it) and records an `IndicatorRun` in the catalog. `--out` and
+its format are checked before the computation (seconds on a large register), which a path that
+cannot be written, or a file named for one format and written in another, would waste. Results
+are aggregates with small cells suppressed: nothing printed or written holds a record value of a
+single patient.
 
 The results are computed without locks and written under the warehouse's write locks, after
 checking (in the committed catalog) that the release is not retired, as `service.publishing` does:
@@ -64,6 +66,31 @@ def latest_served(session: Session) -> int:
     return latest.number
 
 
+def output_format_of(out: Path, given: OutputFormat | None) -> OutputFormat:
+    """The format to write `out` in: `given`, else the one its extension names.
+
+    Raises a usage error (exit 2) when neither names one, or when `given` contradicts the
+    extension: results.json holding Parquet or CSV would mislead whoever opens it.
+    """
+    extension = out.suffix.lower()
+    named = next((f for f in OutputFormat if extension == f".{f.value}"), None)
+    if given is None:
+        if named is None:
+            raise typer.BadParameter(
+                f"cannot tell the format of {out} from its extension: end it in .json, .csv or "
+                f".parquet, or give --format json|csv|parquet",
+                param_hint="'--out'",
+            )
+        return named
+    if named is not None and named is not given:
+        raise typer.BadParameter(
+            f"--format {given.value} contradicts the extension of {out} ({extension}): "
+            f"give one that agrees, or leave --format out",
+            param_hint="'--format'",
+        )
+    return given
+
+
 def write_output(table: pa.Table, path: Path, output_format: OutputFormat) -> None:
     if output_format is OutputFormat.PARQUET:
         results.write(table, path)
@@ -100,7 +127,7 @@ def register(app: typer.Typer) -> None:
         engine: Annotated[Engine, typer.Option("--engine", help="Query engine")] = Engine.DUCKDB,
         output_format: Annotated[
             OutputFormat | None,
-            typer.Option("--format", help="Format of --out [default: parquet]"),
+            typer.Option("--format", help="Format of --out [default: from its extension]"),
         ] = None,
         out: Annotated[
             Path | None,
@@ -113,7 +140,9 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(
                 "--format is the format of --out: give --out PATH as well", param_hint="'--format'"
             )
+        out_format = OutputFormat.PARQUET
         if out is not None:
+            out_format = output_format_of(out, output_format)
             check_output_file(out)
         config = settings()
         database = make_engine(config)
@@ -147,12 +176,15 @@ def register(app: typer.Typer) -> None:
             if path is None:  # retired (or gone) while computing: say which
                 _check_servable(session, number)
                 raise AssertionError("a release write_results refused is not servable")
+        written = f"{path}"
         if out is not None:
-            write_output(table, out, output_format or OutputFormat.PARQUET)
+            write_output(table, out, out_format)
+            written += f" and {out}"
         console.print(
             f"Release {number}: {table.num_rows:,} indicator results on {engine.value} in "
-            f"{time.perf_counter() - started:.1f} s → {path}",
+            f"{time.perf_counter() - started:.1f} s → {written}",
             highlight=False,
+            soft_wrap=True,  # one line: a path folded across lines cannot be copied
         )
 
 

@@ -1,11 +1,13 @@
 """`kvarus indicators`: results are written under the write locks, never for a retired release."""
 
 import fcntl
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pytest
 from sqlmodel import Session, select
 from typer.testing import CliRunner
@@ -149,3 +151,92 @@ def test_without_a_release_in_service_the_default_says_how_to_publish_one(
     result = CliRunner().invoke(app, ["indicators"], env=env)
     assert result.exit_code == 1, result.output
     assert "no release in service: publish one with `kvarus release`" in result.output
+
+
+def _read_out(out: Path, output_format: str) -> pa.Table:
+    if output_format == "json":
+        return pa.Table.from_pylist(json.loads(out.read_text(encoding="utf-8")))
+    if output_format == "csv":
+        return pacsv.read_csv(out)
+    return results.read(out)
+
+
+@pytest.mark.parametrize(
+    ("name", "given", "written"),
+    [
+        ("results.json", None, "json"),
+        ("results.CSV", None, "csv"),
+        ("results.parquet", None, "parquet"),
+        ("results.json", "json", "json"),
+        ("results.txt", "csv", "csv"),  # an extension that names no format: --format decides
+    ],
+)
+def test_out_is_written_in_the_format_its_extension_names_and_named_in_the_success_line(
+    write_extract: ExtractWriter,
+    env: dict[str, str],
+    name: str,
+    given: str | None,
+    written: str,
+) -> None:
+    releases = _published(write_extract, env)
+    out = releases.parent / name
+    args = ["indicators", "--release", "1", "--out", str(out)]
+    result = CliRunner().invoke(app, args + (["--format", given] if given else []), env=env)
+    assert result.exit_code == 0, result.output
+    stored = results.read(releases / "1" / results.RESULTS_FILE)
+    assert _read_out(out, written).num_rows == stored.num_rows > 0
+    said = " ".join(result.output.split())
+    assert f"→ {releases / '1' / results.RESULTS_FILE} and {out}" in said
+
+
+@pytest.mark.parametrize(
+    ("name", "given", "message"),
+    [
+        (
+            "results.txt",
+            None,
+            "Invalid value for '--out': cannot tell the format of {out} from its extension: end "
+            "it in .json, .csv or .parquet, or give --format json|csv|parquet",
+        ),
+        (
+            "results",
+            None,
+            "Invalid value for '--out': cannot tell the format of {out} from its extension: end "
+            "it in .json, .csv or .parquet, or give --format json|csv|parquet",
+        ),
+        (
+            "ind.json",
+            "csv",
+            "Invalid value for '--format': --format csv contradicts the extension of {out} "
+            "(.json): give one that agrees, or leave --format out",
+        ),
+        (
+            "ind.csv",
+            "parquet",
+            "Invalid value for '--format': --format parquet contradicts the extension of {out} "
+            "(.csv): give one that agrees, or leave --format out",
+        ),
+    ],
+)
+def test_an_out_format_unknown_or_contradicted_is_a_usage_error_before_computing(
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    given: str | None,
+    message: str,
+) -> None:
+    def never(*args: Any, **kwargs: Any) -> pa.Table:
+        raise AssertionError("computed before checking the format of --out")
+
+    monkeypatch.setattr(command, "compute", never)
+    out = tmp_path / name
+    args = ["indicators", "--release", "1", "--out", str(out)]
+    result = CliRunner().invoke(
+        app, args + (["--format", given] if given else []), env=env | {"COLUMNS": "300"}
+    )
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.replace("│", " ").split())
+    assert message.format(out=out) in said
+    assert not out.exists()
+    assert not (Path(env["KVARUS_DATA_DIR"]) / "catalog.sqlite3").exists()  # refused up front
