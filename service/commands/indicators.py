@@ -196,5 +196,5 @@ def _check_servable(session: Session, number: int) -> None:
     if retired:
         raise ReleaseRetired(
             f"release {number} is retired (an erasure removed records it held); its indicators "
-            f"are not computed. Use a release that is not retired (GET /releases lists them)"
+            f"are not computed. Use a release that is not retired (GET /api/v1/releases lists them)"
         )

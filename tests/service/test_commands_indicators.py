@@ -96,7 +96,11 @@ def test_a_retired_release_is_refused_before_computing(
     monkeypatch.setattr(command, "compute", never)
     result = CliRunner().invoke(app, ["indicators", "--release", "1"], env=env)
     assert result.exit_code == 2, result.output
-    assert "Release retired" in result.output
+    assert " ".join(result.output.split()) == (
+        "Release retired: release 1 is retired (an erasure removed records it held); its "
+        "indicators are not computed. Use a release that is not retired (GET /api/v1/releases "
+        "lists them)"
+    )
     assert not (releases / "1" / results.RESULTS_FILE).exists()
 
 
