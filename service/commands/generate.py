@@ -8,7 +8,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from etl.generate import generate_register
+from etl.generate import as_of_date, generate_register
+from schemas.forms import register_today
 from service.commands.common import check_output_directory, console, reports_errors
 
 
@@ -25,6 +26,16 @@ def _years(value: str) -> str:
     first, last = int(match.group(1)), int(match.group(2))
     if not 2000 <= first <= last <= 2100:
         raise typer.BadParameter("FIRST must not be after LAST, both within 2000-2100")
+    # The generator dates records up to 31 December of LAST (`as_of_date`), and a load rejects a
+    # file with a date after today in Norway (`intake_date.future`, a fatal check): LAST must be
+    # over, or the extracts would not be the valid ones the command promises.
+    today = register_today()
+    if as_of_date((first, last)) > today:
+        latest = today.year if as_of_date((today.year, today.year)) == today else today.year - 1
+        raise typer.BadParameter(
+            f"LAST must be a year that is over (at most {latest}): records are dated up to 31 "
+            f"December of LAST, and a load rejects dates in the future"
+        )
     return f"{first}-{last}"
 
 
@@ -49,7 +60,10 @@ def register(app: typer.Typer) -> None:
             ),
         ] = 0.0,
         years: Annotated[
-            str, typer.Option(callback=_years, help="Years of intake, FIRST-LAST")
+            str,
+            typer.Option(
+                callback=_years, help="Years of intake, FIRST-LAST (LAST a year that is over)"
+            ),
         ] = "2019-2024",
         chunk_episodes: Annotated[
             int, typer.Option(min=1, hidden=True, help="Episodes per chunk (memory bound)")
