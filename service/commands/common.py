@@ -17,6 +17,7 @@ from typing import NoReturn, ParamSpec, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from schemas.errors import ConfigurationError, KvarusError
@@ -114,7 +115,8 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 def fail(title: str, detail: str, exit_code: int) -> NoReturn:
     """Print `title: detail` as one line on stderr and exit with `exit_code`."""
-    console.print(f"[bold red]{title}:[/] {detail}", highlight=False, soft_wrap=True)
+    # escape: a detail may quote a name from the input, and Rich reads `[...]` as a style.
+    console.print(f"[bold red]{title}:[/] {escape(detail)}", highlight=False, soft_wrap=True)
     raise typer.Exit(exit_code)
 
 

@@ -95,7 +95,9 @@ def demo(
         if existing is None or changed:
             with console.status("Publishing a release and computing its indicators"):
                 manifest, results = publish(config, session, note="demo", published_by="demo")
-            console.print(f"Published release {manifest.release}; indicators in {results}")
+            console.print(
+                f"Published release {manifest.release}; indicators in {results}", markup=False
+            )
         else:
             console.print(f"Nothing changed; release {existing.number} stands")
 

@@ -24,6 +24,7 @@ from rich import box
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import Engine
 
 from etl.erasure import erase_patients
@@ -257,7 +258,8 @@ def register(app: typer.Typer) -> None:
                 table.add_row(
                     str(u.id), u.form, u.status, str(u.rows_read), str(u.rows_accepted),
                     str(u.rows_quarantined), str(u.rows_superseded),
-                    f"{started} · {u.uploaded_by} · {u.filename}",
+                    # Text, not markup: a file name may hold [brackets].
+                    Text(f"{started} · {u.uploaded_by} · {u.filename}"),
                 )  # fmt: skip
         output.print(table)
 

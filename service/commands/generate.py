@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from etl.generate import as_of_date, generate_register
 from schemas.forms import register_today
@@ -94,7 +95,9 @@ def register(app: typer.Typer) -> None:
         table = Table("form", "rows", "planted errors", "file")
         for form, rows in summary.rows.items():
             table.add_row(
-                form.value, str(rows), str(summary.planted[form]), str(summary.paths[form])
+                form.value, str(rows), str(summary.planted[form]), Text(str(summary.paths[form]))
             )
         console.print(table)
-        console.print(f"Planted errors: {summary.planted_errors}; rejects: {out / 'rejects'}")
+        console.print(
+            f"Planted errors: {summary.planted_errors}; rejects: {out / 'rejects'}", markup=False
+        )

@@ -185,6 +185,7 @@ def register(app: typer.Typer) -> None:
             f"{time.perf_counter() - started:.1f} s → {written}",
             highlight=False,
             soft_wrap=True,  # one line: a path folded across lines cannot be copied
+            markup=False,  # a path may hold [brackets], which Rich would take for styles
         )
 
 

@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(text, nl=False)
         else:
             out.write_text(text, encoding="utf-8")
-            console.print(f"Report written to {out}", highlight=False)
+            console.print(f"Report written to {out}", highlight=False, markup=False)
         if result.rejected:
             console.print(
                 f"[bold red]Rejected:[/] {'; '.join(result.rejection_reasons)}", highlight=False

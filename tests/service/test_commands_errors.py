@@ -337,3 +337,17 @@ def test_reports_errors_names_a_stored_model_that_does_not_validate(
         _Manifest.model_validate({"release": SECRET})
     assert _raising(invalid.value) == 1
     assert capsys.readouterr().err == "Failed: a stored _Manifest does not validate (1 errors)\n"
+
+
+def test_a_message_holding_square_brackets_is_printed_as_written(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Rich reads `[...]` as a style: a column named `note[/]` in a file's header made the
+    rejection a MarkupError traceback, and `[b]` vanished from the message."""
+    header = "record_id;episode_id;patient_pseudonym;provider_orgnr;note[/];extra[b]"
+    path = tmp_path / "basis.csv"
+    path.write_text(f"{header}\nb1;e1;P1;974631407;x;y\n", encoding="utf-8")
+    result = _invoke(["load", str(path), "--form", "basis"], env)
+    assert result.exit_code == 1
+    assert "'note[/]'" in _said(result)
+    assert "'extra[b]'" in _said(result)

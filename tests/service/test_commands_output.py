@@ -68,6 +68,23 @@ def test_uploads_keeps_counts_and_headers_whole_at_80_columns(env: dict[str, str
     assert folded.replace(" ", "") == "2024-03-0109:30·registry·measurement_2024_nord.csv"
 
 
+def test_uploads_shows_a_file_name_with_square_brackets_as_written(env: dict[str, str]) -> None:
+    """Rich reads `[...]` in a cell as a style: `[b]` vanished and `[/]` was a traceback."""
+    with Session(make_engine(Settings())) as session:
+        for name in ("basis[b].csv", "basis[/].csv"):
+            session.add(
+                Upload(
+                    file_sha256="0" * 64, form="basis", filename=name, status="loaded",
+                    uploaded_by="registry", started_at=datetime(2024, 3, 1, 9, 30, tzinfo=UTC),
+                )
+            )  # fmt: skip
+        session.commit()
+    result = CliRunner().invoke(app, ["uploads"], env=env | {"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "basis[b].csv" in result.output
+    assert "basis[/].csv" in result.output
+
+
 def test_the_load_spinner_names_the_step_running() -> None:
     assert etl_command._running("guarded", 212013, Form.BASIS) == "Validating 212,013 rows…"
     assert etl_command._running("read", 212013, Form.BASIS) == (
