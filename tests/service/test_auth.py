@@ -64,13 +64,15 @@ class TestKeysCli:
         assert refused.status_code == 401
         assert refused.headers["www-authenticate"] == "Bearer"
 
-    def test_bad_role_is_a_usage_error_and_unknown_id_exit_1(self, settings: Settings) -> None:
+    def test_bad_role_or_no_provider_is_a_usage_error_and_unknown_id_exit_1(
+        self, settings: Settings
+    ) -> None:
         runner = CliRunner()
         bad = runner.invoke(cli, ["keys", "create", "--role", "admin"], env=self.env(settings))
         assert bad.exit_code == 2
         assert "expected one of registry, trust, researcher" in " ".join(bad.output.split())
         trust = runner.invoke(cli, ["keys", "create", "--role", "trust"], env=self.env(settings))
-        assert trust.exit_code == 1
+        assert trust.exit_code == 2
         missing = runner.invoke(cli, ["keys", "revoke", "42"], env=self.env(settings))
         assert missing.exit_code == 1
 
