@@ -452,12 +452,13 @@ def _cross_check(
     files: Mapping[str, Sequence[str]] | None = None,
 ) -> pa.Table:
     """The errors of `validation.cross_record.check` against the stored tables (only the columns
-    it reads; in their current files, or in `files`): warnings quarantine nothing."""
+    it reads; in their current files, or in `files`): warnings quarantine nothing, and only the
+    warnings read the stored patient keys."""
     existing = {
         stored: warehouse.read(
             stored.value, files=None if files is None else files[stored.value], columns=columns
         )
-        for stored, columns in cross_record.EXISTING_COLUMNS.items()
+        for stored, columns in cross_record.NO_PATIENT_KEY.items()
     }
     return cross_record.check(incoming, form, existing, warnings=False)
 

@@ -56,6 +56,12 @@ EXISTING_COLUMNS: Final[dict[Form, tuple[str, ...]]] = {
     Form.FOLLOWUP: ("record_id", "episode_id", "provider_orgnr"),
 }
 
+# `EXISTING_COLUMNS` without `patient_key`: what `check(..., warnings=False)` reads.
+NO_PATIENT_KEY: Final[dict[Form, tuple[str, ...]]] = {
+    form: tuple(name for name in columns if name != "patient_key")
+    for form, columns in EXISTING_COLUMNS.items()
+}
+
 # The date column of each follow-on form that must not precede the episode's intake.
 _EVENT_DATE: Final = {Form.MEASUREMENT: "measure_date", Form.DISCHARGE: "discharge_date"}
 # The forms an episode has one record of: (check id, what it is called, the view of the stored and
@@ -172,19 +178,20 @@ def _follow_on_checks(form: Form) -> list[_Query]:
 
 
 def _stored(existing: Mapping[Form, pa.Table], form: Form) -> pa.Table:
+    """The stored rows of a form, in `EXISTING_COLUMNS` (`patient_key` only where given)."""
     columns = EXISTING_COLUMNS[form]
     table = existing.get(form)
     if table is None:
         schema = warehouse_schema(form)
         return pa.schema([schema.field(name) for name in columns]).empty_table()
-    return table.select(list(columns))
+    return table.select([name for name in columns if name in table.column_names])
 
 
 def check(
     incoming: pa.Table, form: Form, existing: Mapping[Form, pa.Table], *, warnings: bool = True
 ) -> pa.Table:
     """Failing rows of `incoming` (typed; with `patient_key` unless `warnings=False`) against the
-    `existing` tables.
+    `existing` tables (their `patient_key` too unless `warnings=False`: `NO_PATIENT_KEY`).
 
     `warnings=False` leaves out the checks of severity `warning`: the loader quarantines errors
     only, and `cross.overlapping_inpatient` took 1.1 s of a 1M-row basis load for nothing. Only

@@ -296,6 +296,14 @@ def test_without_warnings_only_the_errors_are_checked() -> None:
     assert _failures(check(keyless, Form.BASIS, _existing(), warnings=False)) == [
         (0, "b8", "cross.inconsistent_demographics", "error")
     ]
+    # Nor do the stored rows (the loader does not read the stored keys: NO_PATIENT_KEY).
+    stored_keyless = {
+        form: table.select([c for c in table.column_names if c != "patient_key"])
+        for form, table in _existing().items()
+    }
+    assert _failures(check(keyless, Form.BASIS, stored_keyless, warnings=False)) == [
+        (0, "b8", "cross.inconsistent_demographics", "error")
+    ]
 
 
 def test_another_patient_never_overlaps() -> None:
