@@ -10,7 +10,7 @@ import sys
 import typer
 
 try:  # the command modules take seconds to import: a Ctrl-C then is no traceback either
-    from service.commands import demo, etl, generate, indicators, keys, serve, validate
+    from service.commands import demo, etl, generate, indicators, keys, report, serve, validate
 except KeyboardInterrupt:  # pragma: no cover (timing-dependent; nothing has run yet)
     print("Interrupted: nothing was done", file=sys.stderr)
     raise SystemExit(130) from None
@@ -23,7 +23,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (generate, etl, validate, indicators, serve, keys, demo):
+for module in (generate, etl, validate, report, indicators, serve, keys, demo):
     module.register(app)
 
 

@@ -1,0 +1,128 @@
+"""CLI: `kvarus report UPLOAD_ID`, the stored quality report of one upload.
+
+Staff who run the register from the command line see why rows of an upload were quarantined or why
+the file was rejected: the report that validation stored for it (`schemas.catalog.ValidationRun`),
+rendered as `kvarus validate` renders its own, and the upload's ledger row above it. The report
+names failing checks, counts and failing rows' record ids (never a pseudonym); the ledger row its
+counts, status and stored error, which hold no input value either.
+
+Exit codes as `service.commands.common` says: 0 the report (or, for an upload that has none, its
+status and error), 1 no such upload, 2 a usage error (a bad `--format`, an `--out` not writable).
+"""
+
+import json
+from pathlib import Path
+from typing import Annotated, Final, Literal
+
+import typer
+from sqlmodel import Session, col, select
+
+from schemas.catalog import Upload
+from schemas.errors import NotFound
+from service.commands.common import check_output_file, console, fail, reports_errors, settings
+from service.database import make_engine, session_scope
+from service.uploads import latest_report
+from validation.report import render_html, render_text
+
+# Ledger ids are SQL integers, signed 64-bit (SQLite, PostgreSQL): a larger one would overflow the
+# driver, and no upload has an id below 1.
+MAX_ID: Final = 2**63 - 1
+# Statuses of an upload whose load has not finished: its report may still come.
+UNFINISHED: Final = frozenset({"pending", "loading", "running"})
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the `kvarus` app."""
+
+    @app.command("report")
+    @reports_errors
+    def report(
+        upload_id: Annotated[
+            int,
+            typer.Argument(
+                help="The upload's id, as `kvarus uploads` lists it", show_default=False
+            ),
+        ],
+        output_format: Annotated[
+            Literal["text", "json", "html"], typer.Option("--format", help="Report format")
+        ] = "text",
+        out: Annotated[
+            Path | None,
+            typer.Option(dir_okay=False, help="Write the report here (default: stdout)"),
+        ] = None,
+    ) -> None:
+        """Show why an upload's rows were quarantined or its file rejected: its quality report."""
+        if out is not None:
+            check_output_file(out)
+        config = settings()
+        with session_scope(make_engine(config)) as session:
+            upload = session.get(Upload, upload_id) if 1 <= upload_id <= MAX_ID else None
+            if upload is None:
+                # Not echoed, as the API does not: an identity number without its leading zero
+                # fits an int, and the id is what the user typed.
+                raise NotFound("no upload with this id")
+            heading = _heading(upload)
+            stored = latest_report(session, upload)
+            without = _without_report(session, upload) if stored is None else ""
+        if stored is None:
+            typer.echo(heading)
+            if upload.error is not None:
+                typer.echo(f"Error: {upload.error}")
+            typer.echo(without)
+            if out is not None:
+                console.print(f"Nothing written to {out}", highlight=False, markup=False)
+            return
+        text = _rendered(stored, output_format, heading, upload_id)
+        if out is None:
+            typer.echo(text, nl=False)
+        else:
+            out.write_text(text, encoding="utf-8")
+            console.print(f"Report written to {out}", highlight=False, markup=False)
+
+
+def _heading(upload: Upload) -> str:
+    """One line naming the upload: id, form, status, file name (as the ledger keeps it), counts."""
+    return (
+        f"upload {upload.id}: form {upload.form}, status {upload.status}, file {upload.filename}; "
+        f"read {upload.rows_read}, accepted {upload.rows_accepted}, quarantined "
+        f"{upload.rows_quarantined}, superseded {upload.rows_superseded}"
+    )
+
+
+def _without_report(session: Session, upload: Upload) -> str:
+    """Why the upload has no quality report, in one line."""
+    if upload.status == "duplicate":
+        # A duplicate is recorded before its file is read (`etl.load`): the report is the load's.
+        original = session.exec(
+            select(Upload)
+            .where(
+                Upload.file_sha256 == upload.file_sha256,
+                Upload.form == upload.form,
+                Upload.status == "loaded",
+                col(Upload.id) < upload.id,
+            )
+            .order_by(col(Upload.id).desc())
+        ).first()
+        loaded = f"; the same file was loaded as upload {original.id}" if original else ""
+        return f"No quality report: a duplicate is not validated again{loaded}"
+    if upload.status in UNFINISHED:
+        return f"No quality report yet: the upload is {upload.status}"
+    return f"No quality report: the upload was {upload.status} before a report was stored"
+
+
+def _rendered(report: dict[str, object], output_format: str, heading: str, upload_id: int) -> str:
+    """The stored report in `output_format`; the text one under the upload's heading."""
+    if output_format == "json":
+        return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    try:
+        if output_format == "html":
+            return render_html(dict(report))
+        return f"{heading}\n{render_text(dict(report))}"
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        # A stored report of an older or damaged shape: name the class, never its content.
+        fail(
+            "Failed",
+            f"the stored quality report of upload {upload_id} cannot be rendered as "
+            f"{output_format} ({type(error).__name__}); --format json prints it as stored",
+            1,
+        )
