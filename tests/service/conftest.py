@@ -20,7 +20,7 @@ from service import auth
 from service.app import create_app
 from service.database import session_scope
 from service.settings import Settings
-from tests.conftest import PROVIDER_A, PROVIDER_B
+from tests.conftest import PROVIDER_A, PROVIDER_B, TEST_KEY
 
 with warnings.catch_warnings():
     # Starlette 1.10 prefers `httpx2` and warns on import when it finds `httpx` (what schemathesis
@@ -32,6 +32,17 @@ with warnings.catch_warnings():
 RHF_NORD = "883658752"
 
 Headers = dict[str, str]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a CLI test's `kvarus` (a module may define its own)."""
+    return {
+        "KVARUS_DATA_DIR": str(tmp_path / "var"),
+        "KVARUS_PSEUDONYM_KEY": TEST_KEY,
+        "KVARUS_DATABASE_URL": "",
+        "COLUMNS": "200",  # one line per message
+    }
 
 
 @pytest.fixture

@@ -14,19 +14,9 @@ from schemas.forms import Form
 from service.cli import app
 from service.commands import common
 from service.commands import indicators as indicators_command
-from tests.conftest import TEST_KEY, ExtractWriter, episode_row
+from tests.conftest import ExtractWriter, episode_row
 
 SECRET = "hunter2-0123456789-0123456789-abcdef"
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {
-        "KVARUS_DATA_DIR": str(tmp_path / "var"),
-        "KVARUS_PSEUDONYM_KEY": TEST_KEY,
-        "KVARUS_DATABASE_URL": "",
-        "COLUMNS": "200",  # one line per message
-    }
 
 
 def _invoke(args: list[str], env: dict[str, str], stdin: bytes | None = None) -> Result:

@@ -10,17 +10,6 @@ from typer.testing import CliRunner
 from schemas.forms import register_today
 from service.cli import app
 from service.commands import generate as generate_command
-from tests.conftest import TEST_KEY
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {
-        "KVARUS_DATA_DIR": str(tmp_path / "var"),
-        "KVARUS_PSEUDONYM_KEY": TEST_KEY,
-        "KVARUS_DATABASE_URL": "",
-        "COLUMNS": "200",  # one line per message
-    }
 
 
 def _said(output: str) -> str:

@@ -13,7 +13,7 @@ from schemas.forms import Form
 from service.cli import app
 from service.database import make_engine
 from service.settings import Settings
-from tests.conftest import TEST_KEY, ExtractWriter, episode_row
+from tests.conftest import ExtractWriter, episode_row
 from validation.report import render_text
 
 # Valid check digits, worked by hand in tests/etl/test_privacy.py.
@@ -26,16 +26,6 @@ HEADING = (
 )
 # b2's age is no number: an `error` check, so the row is quarantined and the file accepted.
 AGE_TYPE = "failed         error   age.type: 1 (50.00 %, tolerated 0 %) record ids: b2"
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {
-        "KVARUS_DATA_DIR": str(tmp_path / "var"),
-        "KVARUS_PSEUDONYM_KEY": TEST_KEY,
-        "KVARUS_DATABASE_URL": "",
-        "COLUMNS": "200",  # one line per message
-    }
 
 
 def _kvarus(args: list[str], env: dict[str, str]) -> Result:

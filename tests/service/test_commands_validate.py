@@ -8,20 +8,10 @@ from typer.testing import CliRunner
 
 from schemas.forms import Form
 from service.cli import app
-from tests.conftest import TEST_KEY, ExtractWriter, episode_row
+from tests.conftest import ExtractWriter, episode_row
 
 # 01019000083: valid check digits (tests/service/test_uploads.py).
 IDENTITY_NUMBER = "01019000083"
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {
-        "KVARUS_DATA_DIR": str(tmp_path / "var"),
-        "KVARUS_PSEUDONYM_KEY": TEST_KEY,
-        "KVARUS_DATABASE_URL": "",
-        "COLUMNS": "200",  # one line per message
-    }
 
 
 @pytest.mark.parametrize("output_format", ["text", "json", "html"])
