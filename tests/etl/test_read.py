@@ -132,6 +132,30 @@ def test_quoted_fields_may_hold_the_delimiter_and_values_are_stripped(tmp_path: 
     assert raw.column("unit_code").to_pylist() == ["Avd. 1, sengepost"]
 
 
+# ASCII cells with and without the blanks Arrow strips (space, tab, vertical tab, form feed): a
+# file without any takes the path that does not strip (`etl.read._ASCII_BLANKS`).
+_ASCII_CELLS = st.text(alphabet=st.sampled_from("aZ09.-_/ \t\x0b\x0c"), max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cells=st.lists(st.tuples(_ASCII_CELLS, _ASCII_CELLS, st.booleans()), min_size=1, max_size=4))
+def test_ascii_values_read_stripped_with_or_without_blanks_in_the_file(
+    tmp_path_factory: pytest.TempPathFactory, cells: list[tuple[str, str, bool]]
+) -> None:
+    rows = [
+        basis_row(record_id=f"r{i}", unit_code=f'"{unit}"' if quoted else unit, icd10=icd10)
+        for i, (unit, icd10, quoted) in enumerate(cells)
+    ]
+    path = write(tmp_path_factory.mktemp("ascii"), "b.csv", csv_text(rows))
+    raw = read_extract(path, Form.BASIS)
+
+    def stripped(cell: str) -> str | None:
+        return cell.strip(" \t\x0b\x0c") or None
+
+    assert raw.column("unit_code").to_pylist() == [stripped(unit) for unit, _, _ in cells]
+    assert raw.column("icd10").to_pylist() == [stripped(icd10) for _, icd10, _ in cells]
+
+
 def test_entirely_empty_rows_are_dropped(tmp_path: Path) -> None:
     text = csv_text([basis_row()]) + ";" * (len(BASIS) - 1) + "\r\n\r\n"
     raw = read_extract(write(tmp_path, "b.csv", text), Form.BASIS)
