@@ -332,17 +332,20 @@ def _fill_episode_view(
     discharge_columns = "NULL::INTEGER AS d_end_reason, NULL::INTEGER AS d_followup_arranged"
     if discharge:
         parameters["discharge"] = discharge
-        # One discharge per episode (a duplicate is a validation error; take the latest).
+        # One discharge per episode (a duplicate is a validation error; take the latest). An
+        # episode is (provider_orgnr, episode_id) (`indicators.episodes.EPISODE_KEY`): each
+        # provider's system issues its own episode ids, so the same id at another provider is
+        # another episode, even the same patient's.
         ctes.append(
-            "discharge_one AS (SELECT patient_key, episode_id, "
+            "discharge_one AS (SELECT provider_orgnr, episode_id, "
             "arg_max(end_reason, discharge_date) AS d_end_reason, "
             "arg_max(followup_arranged, discharge_date) AS d_followup_arranged "
             "FROM read_parquet($discharge, hive_partitioning = true) "
-            "GROUP BY patient_key, episode_id)"
+            "GROUP BY provider_orgnr, episode_id)"
         )
         discharge_join = (
             "LEFT JOIN discharge_one d "
-            "ON d.patient_key = b.patient_key AND d.episode_id = b.episode_id"
+            "ON d.provider_orgnr = b.provider_orgnr AND d.episode_id = b.episode_id"
         )
         discharge_columns = "d.d_end_reason, d.d_followup_arranged"
     connection.execute(

@@ -43,12 +43,15 @@ URL = "/api/v1/aggregates"
 def episodes(
     provider: str, n: int, *, tag: str, year: int = 2024, sex: int = 1
 ) -> list[dict[str, Any]]:
-    """`n` episodes of `n` distinct patients at `provider` (patient keys `{tag}-{i}`)."""
+    """`n` episodes of `n` distinct patients at `provider` (patient keys `{tag}-{i}`), one basis
+    record each."""
     return [
         {
+            "record_id": f"{tag}-r{i}",
             "patient_key": f"{tag}-{i}",
             "episode_id": f"{tag}-e{i}",
             "provider_orgnr": provider,
+            "intake_date": date(year, 1, 10),
             "sex": sex,
             "age": 30,
             "treatment_type": 1,
@@ -241,11 +244,12 @@ class TestAggregateRoute:
     ) -> None:
         basis = episodes(PROVIDER_A, 12, tag="a")
         # One patient with a second episode: 13 episodes, 12 patients.
-        basis.append(basis[0] | {"episode_id": "a-e99"})
+        basis.append(basis[0] | {"episode_id": "a-e99", "record_id": "a-r99"})
         discharge = [
             {
                 "patient_key": r["patient_key"],
                 "episode_id": r["episode_id"],
+                "provider_orgnr": r["provider_orgnr"],
                 "discharge_date": date(2024, 6, 1),
                 "end_reason": 1 if i < 10 else 2,
                 "followup_arranged": 1,
@@ -286,6 +290,7 @@ class TestAggregateRoute:
             {
                 "patient_key": r["patient_key"],
                 "episode_id": r["episode_id"],
+                "provider_orgnr": r["provider_orgnr"],
                 "discharge_date": date(2024, 6, 1),
                 "end_reason": reasons[i % len(reasons)],
                 "followup_arranged": 1,
@@ -499,6 +504,66 @@ class TestEpisodeView:
             os.unlink(file.removeprefix("file://"))
         episode_view(read_manifest(settings, 2), salt=salt, hierarchy=hierarchy)
         assert all(v is not view for v in aggregates_module._views.values())
+
+
+class TestEpisodeCounting:
+    """An episode is (provider_orgnr, episode_id), counted once with its first basis record's
+    columns, and its discharge is joined to it alone. True counts, worked out by hand."""
+
+    @staticmethod
+    def tables(
+        settings: Settings, measures: list[str], dimensions: list[str]
+    ) -> tuple[list[list[str]], dict[str, MeasureTable]]:
+        request = AggregateCreate.model_validate({"measures": measures, "dimensions": dimensions})
+        return compute_tables(
+            read_manifest(settings, 1),
+            request,
+            salt=cell_key_salt(settings.key_bytes()),
+            hierarchy=Hierarchy.default(),
+        )
+
+    @staticmethod
+    def discharge(row: dict[str, Any], end_reason: int = 1) -> dict[str, Any]:
+        return {
+            "record_id": f"d-{row['provider_orgnr']}-{row['episode_id']}",
+            "patient_key": row["patient_key"],
+            "episode_id": row["episode_id"],
+            "provider_orgnr": row["provider_orgnr"],
+            "discharge_date": date(2024, 6, 1),
+            "end_reason": end_reason,
+            "followup_arranged": 1,
+            "year": 2024,
+        }
+
+    def test_same_episode_id_at_two_providers_are_two_episodes(
+        self, publish: ReleaseWriter, settings: Settings
+    ) -> None:
+        # Patients a-0..a-5 each have episode a-e{i} at A (discharged by mutual agreement) and an
+        # episode with the same id at B (open): each provider's system issues its own ids.
+        at_a = episodes(PROVIDER_A, 6, tag="a")
+        at_b = [
+            r | {"provider_orgnr": PROVIDER_B, "record_id": f"b-r{i}"} for i, r in enumerate(at_a)
+        ]
+        publish(1, basis=at_a + at_b, discharge=[self.discharge(r) for r in at_a])
+        measures = ["episodes", "mutual_end", "followup_arranged"]
+        axes, tables = self.tables(settings, measures, ["provider", "end_reason"])
+        a, b = axes[0].index(PROVIDER_A), axes[0].index(PROVIDER_B)
+        mutual, none, total = axes[1].index("1"), axes[1].index("none"), len(axes[1])
+        episodes_table = tables["episodes"].counts
+        # A: its 6 episodes ended by mutual agreement. B: its 6 episodes open, not ended.
+        assert (episodes_table[a, mutual], episodes_table[a, none], episodes_table[a, total]) == (
+            6,
+            0,
+            6,
+        )
+        assert (episodes_table[b, mutual], episodes_table[b, none], episodes_table[b, total]) == (
+            0,
+            6,
+            6,
+        )
+        for measure in ("mutual_end", "followup_arranged"):
+            counts = tables[measure].counts
+            assert (counts[a, total], counts[b, total], counts[-1, -1]) == (6, 0, 6)
 
 
 class TestWarmUp:
