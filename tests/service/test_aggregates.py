@@ -565,6 +565,51 @@ class TestEpisodeCounting:
             counts = tables[measure].counts
             assert (counts[a, total], counts[b, total], counts[-1, -1]) == (6, 0, 6)
 
+    def test_an_episode_with_two_basis_records_counts_once_with_its_first(
+        self, publish: ReleaseWriter, settings: Settings
+    ) -> None:
+        # 8 episodes of 8 patients at A, treatment type 1 (intake 2024-01-10, record a-r{i}).
+        first = episodes(PROVIDER_A, 8, tag="a")
+        for row in first:
+            row["clinical_study_id"] = None
+        resent = [
+            # a-e0..a-e2 re-sent later under a new record_id with treatment type 2 (a-e0 in the
+            # next year, a-e1 with a study id): still one episode each, of type 1, in 2024.
+            first[0] | {"record_id": "a-r0-2", "intake_date": date(2025, 1, 15), "year": 2025},
+            first[1] | {"record_id": "a-r1-2", "intake_date": date(2024, 3, 1)},
+            first[2] | {"record_id": "a-r2-2", "intake_date": date(2024, 3, 1)},
+            # a-e3: the same intake date, a later record_id: the first is a-r3, type 1.
+            first[3] | {"record_id": "a-r3-2"},
+            # a-e4: an earlier intake date under a later record_id: that one is first, type 2.
+            first[4] | {"record_id": "a-r4-2", "intake_date": date(2024, 1, 5)},
+        ]
+        for row in resent:
+            row["treatment_type"] = 2
+        resent[1]["clinical_study_id"] = "S1"
+        # a-e0..a-e5 discharged by mutual agreement, follow-up arranged; a-e6, a-e7 open.
+        publish(1, basis=first + resent, discharge=[self.discharge(r) for r in first[:6]])
+
+        measures = ["episodes", "mutual_end", "followup_arranged"]
+        axes, tables = self.tables(settings, measures, ["year", "treatment_type"])
+        assert axes[0] == ["2024"]  # no episode begins in 2025
+        one, two = axes[1].index("1"), axes[1].index("2")
+        # Types: 7 episodes of type 1 (a-e0..a-e3, a-e5..a-e7), 1 of type 2 (a-e4).
+        counts = tables["episodes"].counts
+        assert (counts[-1, one], counts[-1, two], counts[-1, -1]) == (7, 1, 8)
+        # Discharged: a-e0..a-e3 and a-e5 of type 1, a-e4 of type 2; each discharge once.
+        for measure in ("mutual_end", "followup_arranged"):
+            counts = tables[measure].counts
+            assert (counts[-1, one], counts[-1, two], counts[-1, -1]) == (5, 1, 6)
+        axes, tables = self.tables(settings, ["episodes"], ["end_reason"])
+        counts = tables["episodes"].counts
+        assert (counts[axes[0].index("1")], counts[axes[0].index("none")], counts[-1]) == (6, 2, 8)
+        # Patients: 8; in a study: a-1 (its re-sent intake carries the study id).
+        axes, tables = self.tables(settings, ["patients", "study", "episodes"], ["provider"])
+        a = axes[0].index(PROVIDER_A)
+        assert tables["patients"].counts[a] == 8
+        assert tables["study"].counts[a] == 1
+        assert tables["episodes"].counts[a] == 8
+
 
 class TestWarmUp:
     """The latest release's episode view is built at start-up, before any researcher asks."""
