@@ -6,7 +6,7 @@
    or with a researcher key. Prints requests, p50 and p99 latency per run and the best of
    `--runs` (target p99 ≤ 50 ms), with the load average. Every request is audited.
 2. Aggregate: 10 million episodes (3 million patients) as a year-partitioned basis table,
-   written once under `bench/out/api-aggregate-{N}/` and reused; one aggregate with three
+   written once under `bench/out/api-aggregate-v2-{N}/` and reused; one aggregate with three
    dimensions (year × rhf × sex) with cell keys, perturbation and suppression, twice: the first
    builds the release's in-memory episode view, the second uses it. Target ≤ 2 s.
 
@@ -250,6 +250,8 @@ def write_basis(directory: Path, episodes: int) -> list[str]:
                 SELECT md5(CAST(i % {patients} AS VARCHAR))
                            || md5('p' || CAST(i % {patients} AS VARCHAR)) AS patient_key,
                        'e' || CAST(i AS VARCHAR) AS episode_id,
+                       'r' || CAST(i AS VARCHAR) AS record_id,
+                       make_date(2020 + i % 5, 1 + i % 12, 1 + i % 28) AS intake_date,
                        list_extract($providers, CAST(1 + i % {len(providers)} AS INTEGER))
                            AS provider_orgnr,
                        CAST(1 + (i // 7) % 2 AS INTEGER) AS sex,
@@ -272,7 +274,7 @@ def write_basis(directory: Path, episodes: int) -> list[str]:
 
 def bench_aggregate(episodes: int, out: Path) -> None:
     start = time.perf_counter()
-    files = write_basis(out / f"api-aggregate-{episodes}", episodes)
+    files = write_basis(out / f"api-aggregate-v2-{episodes}", episodes)
     written = time.perf_counter() - start
     manifest = ReleaseManifest(
         release=1,
