@@ -18,11 +18,24 @@ waits behind other loads, it is not taken for dead while its process lives.
 
 The repair also deletes release directories the catalog does not know: a publish (or an
 erasure's replacement release) killed after writing its manifest and before its commit.
+
+And it deletes every upload file under `incoming/` (`INCOMING_DIR`, beside the warehouse: raw
+extracts, pseudonyms and health data) that no live process owns: a file is owned by the API
+process that received it from before it gets its name there (`own_incoming`: an exclusive flock,
+taken under a hidden name, `.…`, that the repair skips) until its job ends (`disown_incoming`);
+the kernel drops a dead process's lock. So the file of a request whose job died, or that died
+before it was even recorded, goes with the next writer's repair (every writer, opt-outs and
+erasures included, repairs first under the write locks), not an hour later at the API's start-up
+(`sweep_incoming`). A file of a request whose process lives stays: its job will load it (an
+erasure meanwhile cannot take it away from under a job that may be reading it; the job's own
+repair, after the read, runs before it writes).
 """
 
 import fcntl
 import hashlib
+import os
 import shutil
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Final, cast
@@ -64,6 +77,68 @@ NOT_KEPT: Final = "(not kept: an opt-out file)"
 LOADING: Final = "loading"
 # `Upload.uploaded_by` of the ledger row that an API request's job loads: prefix + request id.
 API_UPLOADER: Final = "api:"
+
+
+def incoming_dir(warehouse: Warehouse) -> Path:
+    """Where the API keeps uploaded files: beside the warehouse, in the data directory."""
+    return warehouse.root.parent / INCOMING_DIR
+
+
+def own_incoming(incoming: Path, suffix: str = "") -> tuple[Path, IO[bytes]]:
+    """Create a new, empty upload file in `incoming`, owned (exclusive flock) by this process
+    until `disown_incoming`: returns its path and its open handle (for writing). The file is
+    locked under a hidden name and only then renamed, so a repair never finds it unowned."""
+    incoming.mkdir(parents=True, exist_ok=True)
+    descriptor, hidden = tempfile.mkstemp(dir=incoming, prefix=".tmp", suffix=suffix)
+    handle = os.fdopen(descriptor, "r+b")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        path = incoming / Path(hidden).name.removeprefix(".")
+        os.rename(hidden, path)
+    except BaseException:
+        Path(hidden).unlink(missing_ok=True)
+        handle.close()
+        raise
+    return path, handle
+
+
+def adopt_incoming(path: Path) -> IO[bytes] | None:
+    """Own an existing upload file (None if it is gone)."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return None
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    return handle
+
+
+def disown_incoming(path: Path, handle: IO[bytes]) -> None:
+    """Delete an upload file this process owns and release it."""
+    path.unlink(missing_ok=True)
+    handle.close()
+
+
+def remove_unowned_incoming(incoming: Path) -> int:
+    """Delete the upload files in `incoming` that no live process owns; returns how many (a
+    count only: never log a name). Call under the write locks (from `repair_interrupted`)."""
+    if not incoming.is_dir():
+        return 0
+    removed = 0
+    for path in incoming.iterdir():
+        if path.name.startswith(".") or path.is_symlink() or not path.is_file():
+            continue
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:  # its job finished and removed it meanwhile
+            continue
+        with handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live process's upload
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def api_uploader(request_id: int) -> str:
@@ -207,6 +282,9 @@ def repair_interrupted(session: Session, warehouse: Warehouse) -> list[int]:
         session.add(request)
     if repaired or abandoned:
         session.commit()
+    # After the commit: a request is failed before its file goes. Also a file whose process died
+    # before its request row was committed (no row names it).
+    remove_unowned_incoming(incoming_dir(warehouse))
     # After the restores: they read the Delta history that the erasure's clean-up removes.
     finish_pending(session, warehouse)
     return repaired

@@ -13,7 +13,7 @@ jobs created: the client knows the request's id, name and uploader, and polls th
 import hashlib
 import logging
 import re
-import tempfile
+import threading
 import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,12 +26,16 @@ from sqlmodel import Session, col, select
 
 from etl.ledger import (
     API_UPLOADER,
+    INCOMING_DIR,
     LOADING,
     NOT_KEPT,
+    adopt_incoming,
     api_uploader,
+    disown_incoming,
     let_go,
     loaded_for,
     mirror,
+    own_incoming,
 )
 from etl.privacy import is_identity_number, safe_filename
 from schemas.catalog import Upload, ValidationRun
@@ -116,32 +120,58 @@ def _hides_number(name: str) -> bool:
 
 async def receive(file: UploadFile, settings: Settings) -> tuple[Path, str]:
     """Stream the upload to a temporary file under the data dir; 413 past the size limit, 422
-    for a file name holding a control character."""
+    for a file name holding a control character.
+
+    The file is owned by this process (`etl.ledger.own_incoming`) until its job ends (`run_load`):
+    a writer's repair deletes it only once no live process owns it (this one died)."""
     name = file.filename or "upload"
     check_filename(name)
-    incoming = settings.data_dir / "incoming"
-    incoming.mkdir(parents=True, exist_ok=True)
     suffix = Path(name).suffix.lower()
     if not _SUFFIX.fullmatch(suffix):
         suffix = ""
+    _forget_gone()
     digest = hashlib.sha256()
     size = 0
-    handle = tempfile.NamedTemporaryFile(dir=incoming, suffix=suffix, delete=False)  # noqa: SIM115
-    path = Path(handle.name)
+    path, handle = own_incoming(settings.data_dir / INCOMING_DIR, suffix)
     try:
-        with handle:
-            while chunk := await file.read(CHUNK_BYTES):
-                size += len(chunk)
-                if size > settings.max_upload_bytes:
-                    raise PayloadTooLarge(
-                        f"the file exceeds the limit of {settings.max_upload_bytes} bytes"
-                    )
-                digest.update(chunk)
-                handle.write(chunk)
+        while chunk := await file.read(CHUNK_BYTES):
+            size += len(chunk)
+            if size > settings.max_upload_bytes:
+                raise PayloadTooLarge(
+                    f"the file exceeds the limit of {settings.max_upload_bytes} bytes"
+                )
+            digest.update(chunk)
+            handle.write(chunk)
+        handle.flush()
     except BaseException:
-        path.unlink(missing_ok=True)
+        disown_incoming(path, handle)
         raise
+    with _owned_guard:
+        _owned[path] = handle
     return path, digest.hexdigest()
+
+
+# The upload files this process received and owns (`etl.ledger.own_incoming`), until their job
+# ends. A route that fails after `receive` deletes its file without telling: `_forget_gone`.
+_owned: dict[Path, IO[bytes]] = {}
+_owned_guard = threading.Lock()
+
+
+def _forget_gone() -> None:
+    """Release the ownership of files deleted without `_release` (a route that failed)."""
+    with _owned_guard:
+        for path in [p for p in _owned if not p.exists()]:
+            _owned.pop(path).close()
+
+
+def _release(path: Path, adopted: IO[bytes] | None) -> None:
+    """The job has ended: delete its file and release it."""
+    with _owned_guard:
+        handle = _owned.pop(path, None)
+    path.unlink(missing_ok=True)
+    for held in (handle, adopted):
+        if held is not None:
+            held.close()
 
 
 def create_request(
@@ -172,6 +202,10 @@ def run_load(
 
     # An opt-out's replacement release gets its indicators under the locks, before it is served.
     results = ResultsUnderLocks(settings, required=False)
+    # Owned since `receive` in the service; a file put there otherwise is owned from now on.
+    with _owned_guard:
+        received = path in _owned
+    adopted = None if received else adopt_incoming(path)
     try:
         with session_scope(engine) as session:
             request = session.get(Upload, request_id)
@@ -220,7 +254,7 @@ def run_load(
         # release lack them for another reason: the API would serve it with none.
         _ensure_indicators(engine, settings, request_id)
     finally:
-        path.unlink(missing_ok=True)
+        _release(path, adopted)
         let_go(held)
 
 
