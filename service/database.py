@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Final
 
 from sqlalchemy import Engine, event
 from sqlmodel import Session, SQLModel, create_engine
@@ -9,6 +10,12 @@ from sqlmodel import Session, SQLModel, create_engine
 import schemas.catalog  # noqa: F401  (registers the catalog tables on SQLModel.metadata)
 from schemas.errors import ConfigurationError
 from service.settings import ENV_PREFIX, Settings
+
+# The largest catalog id (upload, API client, release number): the tables' ids are SQL `integer`,
+# 32-bit on PostgreSQL (64-bit on SQLite). An id from a user is bounded by it where it is read (a
+# 422 or a usage error naming the range), so a larger one never reaches a query: PostgreSQL
+# refuses it as a DataError where SQLite finds no row.
+MAX_CATALOG_ID: Final = 2**31 - 1
 
 
 def make_engine(settings: Settings) -> Engine:

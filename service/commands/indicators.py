@@ -34,7 +34,7 @@ from schemas.errors import Conflict, NotFound
 from schemas.manifest import ReleaseManifest
 from schemas.organisations import Hierarchy
 from service.commands.common import check_output_file, console, reports_errors, settings
-from service.database import make_engine, session_scope
+from service.database import MAX_CATALOG_ID, make_engine, session_scope
 from service.publishing import release_retired, write_results
 
 
@@ -122,7 +122,13 @@ def register(app: typer.Typer) -> None:
     def indicators(
         release: Annotated[
             int | None,
-            typer.Option("--release", help="Release number (default: the newest in service)"),
+            typer.Option(
+                "--release",
+                help="Release number (default: the newest in service)",
+                # A catalog id: a larger one is a usage error, not a DataError on PostgreSQL.
+                min=1,
+                max=MAX_CATALOG_ID,
+            ),
         ] = None,
         engine: Annotated[Engine, typer.Option("--engine", help="Query engine")] = Engine.DUCKDB,
         output_format: Annotated[

@@ -1,6 +1,6 @@
 """CLI: API keys (`kvarus keys create | list | revoke`)."""
 
-from typing import Annotated, Final
+from typing import Annotated
 
 import pyarrow as pa
 import typer
@@ -10,9 +10,7 @@ from schemas.catalog import ApiClient
 from schemas.errors import RejectedInput
 from service import auth
 from service.commands.common import reports_errors, settings
-from service.database import make_engine, session_scope
-
-MAX_CLIENT_ID: Final = 2**63 - 1
+from service.database import MAX_CATALOG_ID, make_engine, session_scope
 
 
 def _client_role(value: str) -> str:
@@ -81,9 +79,9 @@ def register(app: typer.Typer) -> None:
     @reports_errors
     def revoke(
         client_id: Annotated[
-            # Catalog ids are 64-bit integers: a larger number is a usage error (exit 2), not
-            # an OverflowError from the database driver.
-            int, typer.Argument(help="The API client id", min=1, max=MAX_CLIENT_ID)
+            # Catalog ids are SQL integers, 32-bit on PostgreSQL: a larger number is a usage
+            # error (exit 2), not a DataError (or an OverflowError) from the database.
+            int, typer.Argument(help="The API client id", min=1, max=MAX_CATALOG_ID)
         ],
     ) -> None:
         """Revoke an API key."""

@@ -20,13 +20,10 @@ from sqlmodel import Session, col, select
 from schemas.catalog import Upload
 from schemas.errors import NotFound
 from service.commands.common import check_output_file, console, fail, reports_errors, settings
-from service.database import make_engine, session_scope
+from service.database import MAX_CATALOG_ID, make_engine, session_scope
 from service.uploads import latest_report
 from validation.report import render_html, render_text
 
-# Ledger ids are SQL integers, signed 64-bit (SQLite, PostgreSQL): a larger one would overflow the
-# driver, and no upload has an id below 1.
-MAX_ID: Final = 2**63 - 1
 # Statuses of an upload whose load has not finished: its report may still come.
 UNFINISHED: Final = frozenset({"pending", "loading", "running"})
 
@@ -56,7 +53,9 @@ def register(app: typer.Typer) -> None:
             check_output_file(out)
         config = settings()
         with session_scope(make_engine(config)) as session:
-            upload = session.get(Upload, upload_id) if 1 <= upload_id <= MAX_ID else None
+            # An id outside the catalog's range is no upload's: never asked of the database,
+            # where PostgreSQL (32-bit ids) would refuse it as a DataError.
+            upload = session.get(Upload, upload_id) if 1 <= upload_id <= MAX_CATALOG_ID else None
             if upload is None:
                 # Not echoed, as the API does not: an identity number without its leading zero
                 # fits an int, and the id is what the user typed.

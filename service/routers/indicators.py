@@ -19,6 +19,7 @@ from schemas.api import (
 from schemas.organisations import Hierarchy
 from service import audit, indicator_views, published
 from service.auth import Principal
+from service.database import MAX_CATALOG_ID
 from service.deps import PrincipalDep, SessionDep, SettingsDep, served_release
 from service.errors import problem_responses
 from service.settings import Settings
@@ -26,7 +27,8 @@ from service.settings import Settings
 router = APIRouter(tags=["indicators"])
 
 ReleaseQuery = Annotated[
-    int | None, Query(ge=1, le=2**31, description="Release number; default the latest")
+    int | None,
+    Query(ge=1, le=MAX_CATALOG_ID, description="Release number; default the latest"),
 ]
 Year = Annotated[int, Field(ge=1900, le=2200)]
 ContextQuery = Annotated[Literal["caregiver", "resident"], Query()]

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Path, Request
 from schemas.api import ReleaseCreate, ReleaseDetail, ReleasePublic, TablePublic
 from schemas.catalog import Release
 from service import audit, published
+from service.database import MAX_CATALOG_ID
 from service.deps import PrincipalDep, RegistryDep, SessionDep, SettingsDep
 from service.errors import problem_responses
 
@@ -34,7 +35,7 @@ def list_releases(request: Request, _: PrincipalDep, session: SessionDep) -> lis
 @router.get("/{number}", response_model=ReleaseDetail, responses=problem_responses(401, 404, 422))
 def get_release(
     request: Request,
-    number: Annotated[int, Path(ge=1, le=2**31)],
+    number: Annotated[int, Path(ge=1, le=MAX_CATALOG_ID)],
     _: PrincipalDep,
     session: SessionDep,
     settings: SettingsDep,

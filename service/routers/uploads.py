@@ -12,13 +12,14 @@ from schemas.catalog import Upload
 from schemas.errors import NotFound
 from schemas.forms import Form as ExtractForm
 from service import audit, uploads
+from service.database import MAX_CATALOG_ID
 from service.deps import RegistryDep, SessionDep, SettingsDep, StaffDep
 from service.errors import problem_responses
 
 router = APIRouter(prefix="/uploads", tags=["uploads"])
 
-# Catalog ids are 64-bit integers: anything larger is a 422, not an overflow in the database.
-UploadId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+# Catalog ids are SQL integers, 32-bit on PostgreSQL: anything larger is a 422, not a DataError.
+UploadId = Annotated[int, Path(ge=1, le=MAX_CATALOG_ID)]
 
 
 def _public(upload: Upload) -> UploadPublic:

@@ -22,8 +22,9 @@ def env(tmp_path: Path) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("client_id", "message"),
     [
-        ("99999999999999999999999", "less than or equal to 9223372036854775807"),
-        ("9223372036854775808", "less than or equal to 9223372036854775807"),
+        ("99999999999999999999999", "less than or equal to 2147483647"),
+        ("9223372036854775808", "less than or equal to 2147483647"),
+        ("2147483648", "less than or equal to 2147483647"),
         ("0", "greater than or equal to 1"),
     ],
 )
@@ -38,9 +39,9 @@ def test_revoke_out_of_range_id_is_usage_error(
 
 def test_revoke_unknown_and_known_ids(env: dict[str, str]) -> None:
     runner = CliRunner()
-    missing = runner.invoke(app, ["keys", "revoke", "9223372036854775807"], env=env)
+    missing = runner.invoke(app, ["keys", "revoke", "2147483647"], env=env)
     assert missing.exit_code == 1
-    assert "no API client with id 9223372036854775807" in missing.output
+    assert "no API client with id 2147483647" in missing.output
     created = runner.invoke(app, ["keys", "create", "--role", "researcher"], env=env)
     assert created.exit_code == 0, created.output
     revoked = runner.invoke(app, ["keys", "revoke", "1"], env=env)
