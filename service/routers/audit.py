@@ -8,6 +8,7 @@ from schemas.api import AuditEventPublic, AuditPage
 from service import audit
 from service.deps import RegistryDep, SessionDep
 from service.errors import problem_responses
+from service.routers import PLAIN_TEXT, text_query
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 
@@ -19,8 +20,8 @@ def list_audit_events(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
-    subject: Annotated[str | None, Query(max_length=200)] = None,
-    route: Annotated[str | None, Query(max_length=200)] = None,
+    subject: Annotated[str | None, text_query(max_length=200), PLAIN_TEXT] = None,
+    route: Annotated[str | None, text_query(max_length=200), PLAIN_TEXT] = None,
     status: Annotated[int | None, Query(ge=100, le=599)] = None,
 ) -> AuditPage:
     """Who asked for what, newest first.

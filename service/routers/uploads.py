@@ -15,6 +15,7 @@ from service import audit, uploads
 from service.database import MAX_CATALOG_ID
 from service.deps import RegistryDep, SessionDep, SettingsDep, StaffDep
 from service.errors import problem_responses
+from service.routers import PLAIN_TEXT, text_query
 
 router = APIRouter(prefix="/uploads", tags=["uploads"])
 
@@ -94,7 +95,7 @@ def list_uploads(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
     form: ExtractForm | None = None,
-    status: Annotated[str | None, Query(max_length=20)] = None,
+    status: Annotated[str | None, text_query(max_length=20), PLAIN_TEXT] = None,
     provider: Annotated[str | None, Query(pattern=r"^[0-9]{9}$")] = None,
 ) -> UploadPage:
     """List uploads, newest first (a trust sees only uploads holding its own provider)."""
