@@ -324,12 +324,18 @@ def _fail(upload: Upload, now: datetime, error: str = INTERRUPTED, rows_erased: 
     upload.finished_at = now
 
 
+def request_id_of(uploaded_by: str) -> int | None:
+    """The id of the API request whose job loaded a ledger row with this `uploaded_by`, if any."""
+    number = uploaded_by.removeprefix(API_UPLOADER)
+    if number == uploaded_by or not number.isdigit():
+        return None
+    return int(number)
+
+
 def _request_of(session: Session, upload: Upload) -> Upload | None:
     """The API request whose job loaded `upload`, if it was loaded through the API."""
-    number = upload.uploaded_by.removeprefix(API_UPLOADER)
-    if number == upload.uploaded_by or not number.isdigit():
-        return None
-    return session.get(Upload, int(number))
+    request_id = request_id_of(upload.uploaded_by)
+    return None if request_id is None else session.get(Upload, request_id)
 
 
 def repair(session: Session, warehouse: Warehouse) -> list[int]:

@@ -48,6 +48,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from sqlalchemy import update
 from sqlmodel import Session, col, or_, select
 
 from etl.keycheck import check_key
@@ -57,6 +58,7 @@ from etl.ledger import (
     file_sha256,
     loaded_upload,
     repair_interrupted,
+    request_id_of,
 )
 from etl.privacy import guard, rekey, safe_filename
 from etl.read import read_extract
@@ -519,15 +521,29 @@ def _count_released(session: Session, released: Mapping[int, int]) -> list[dict[
     releasing load, or rolled back with it."""
     account: list[dict[str, object]] = []
     for upload_id, rows in sorted(released.items()):
-        owners = session.exec(
-            select(Upload).where(or_(Upload.id == upload_id, Upload.loaded_as == upload_id))
-        ).all()
-        for owner in owners:
-            owner.rows_accepted += rows
-            owner.rows_quarantined -= rows
-            session.add(owner)
         sender = session.get(Upload, upload_id)
         assert sender is not None  # the held rows carry the id of the upload that wrote them
+        owners = or_(Upload.id == upload_id, Upload.loaded_as == upload_id)
+        # An API request whose job has committed this load but not yet told it (`loaded_as`
+        # unset): counted here too, as its job may have read the load's counts already.
+        request_id = request_id_of(sender.uploaded_by)
+        if request_id is not None:
+            owners = or_(owners, Upload.id == request_id)
+        # Added in the database, not from what this session read: a job telling its request
+        # concurrently writes the counts it read, and this adds to them (or it reads these).
+        # Locked first in id order, as the job locks them (`service.uploads.run_load`): no
+        # deadlock between the two.
+        session.exec(select(Upload.id).where(owners).order_by(col(Upload.id)).with_for_update())
+        session.execute(
+            update(Upload)
+            .where(owners)
+            .values(
+                rows_accepted=Upload.rows_accepted + rows,
+                rows_quarantined=Upload.rows_quarantined - rows,
+            )
+            .execution_options(synchronize_session="fetch")
+        )
+        session.refresh(sender)
         account.append({"form": sender.form, "upload_id": upload_id, "rows": rows})
         run = session.exec(
             select(ValidationRun)

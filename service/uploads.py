@@ -21,7 +21,7 @@ from typing import IO, Final
 from urllib.parse import unquote
 
 from fastapi import Request, UploadFile
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, func, update
 from sqlmodel import Session, col, select
 
 from etl.ledger import (
@@ -228,6 +228,25 @@ def run_load(
             )
             results.index(session)
             session.flush()
+            # The load's counts as committed now, its row and the request's locked until this
+            # commit: a basis load that released the load's held rows since its commit counted
+            # them in its ledger row (and in this request); one that does so from now on waits
+            # for this commit (`etl.load._count_released`). The request's row is written first:
+            # on SQLite that takes the write lock before the read (which locks nothing there),
+            # and on PostgreSQL the rows are locked in id order, as the basis load locks them.
+            session.execute(
+                update(Upload)
+                .where(col(Upload.id) == request_id)
+                .values(loaded_as=loaded.id)
+                .execution_options(synchronize_session=False)
+            )
+            session.exec(
+                select(Upload)
+                .where(col(Upload.id).in_((request_id, loaded.id)))
+                .order_by(col(Upload.id))
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            ).all()
             request = session.get(Upload, request_id)
             assert request is not None
             mirror(request, loaded)
