@@ -4,7 +4,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from sqlmodel import Session, SQLModel, create_engine
 
 import schemas.catalog  # noqa: F401  (registers the catalog tables on SQLModel.metadata)
@@ -16,6 +16,9 @@ from service.settings import ENV_PREFIX, Settings
 # 422 or a usage error naming the range), so a larger one never reaches a query: PostgreSQL
 # refuses it as a DataError where SQLite finds no row.
 MAX_CATALOG_ID: Final = 2**31 - 1
+# The key of the PostgreSQL advisory lock under which the catalog's tables are created (any
+# constant no other lock of the database uses: b"kvarusdb" as a signed 64-bit integer).
+CREATE_LOCK_KEY: Final = int.from_bytes(b"kvarusdb", "big", signed=True)
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -53,7 +56,17 @@ def _make_engine(settings: Settings) -> Engine:
 
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    SQLModel.metadata.create_all(engine)
+    if engine.dialect.name == "postgresql":
+        # Processes starting together on an empty database (`kvarus serve --workers N`, commands
+        # run at once) each found no table (another's was not committed yet) and created it: all
+        # but one failed with a duplicate key of the table's row type in `pg_type`. One at a
+        # time, in the lock's transaction: the next finds the tables committed and creates
+        # nothing. The lock ends with the transaction (also when a process dies holding it).
+        with engine.begin() as connection:
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CREATE_LOCK_KEY})
+            SQLModel.metadata.create_all(connection)
+    else:
+        SQLModel.metadata.create_all(engine)
     return engine
 
 
