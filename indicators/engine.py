@@ -69,13 +69,19 @@ Rules (DOMAIN.md, and choices documented here):
   it takes the provider's complementary suppression. Only a disclosure suppression
   (`min_denominator`, `complementary`) needs protecting: `low_coverage` hides a result of
   enough observations for its quality, not for privacy, so a lone `low_coverage` child (or
-  parent) sets nothing off, though as an unknown in the sum it protects a sibling from the
-  public like any suppressed child (not from its own trust: a `low_coverage` row and a small
-  one under a published RHF get a third). Proportions: two unknowns are not enough when they are
-  all 0 % or all 100 % together (a parent minus its published children, 13/13, tells every
-  hidden child's value; a hidden child counts as its hidden children, the published ones
-  subtracted), so for every reader a published row under 100 % (or above 0 %) is hidden too,
-  the smallest, or with none left the parent (never the nation); see `_complementary`. The rule
+  parent) sets nothing off (but see proportions below), though as an unknown in the sum it
+  protects a sibling from the public like any suppressed child (not from its own trust: a
+  `low_coverage` row and a small one under a published RHF get a third). Proportions: two
+  unknowns are not enough when they are all 0 % or all 100 % together (a parent minus its
+  published children, 13/13, tells every hidden child's value; a hidden child counts as its
+  hidden children, the published ones subtracted), so for every reader a published row under
+  100 % (or above 0 %) is hidden too, the smallest, or with none left the parent (never the
+  nation). When that parent is hidden already but the reader has worked it out (not its own
+  row: a lone `low_coverage` provider, which every reader may work out, over its small units
+  all 100 %), the parent is protected one level up: in its own group it counts, for that
+  reader, as hidden for disclosure, so a published sibling is hidden there, or failing that
+  the grandparent (never the nation), and the groups are gone through again; see
+  `_complementary`. The rule
   keeps at least two unknowns in every sum for every single reader, not all 0 % or all 100 %
   in a proportion; it is not a proof that a suppressed count cannot be narrowed down
   (researcher aggregates use `indicators.disclosure` for that), and it guards neither against
@@ -793,12 +799,12 @@ def _complementary(
     exceptions. A trust's one unknown is the hidden parent: if knowing it leaves the trust
     with one unknown hidden for disclosure in the group above (`exposes`), a child is hidden
     here as above; if not, the trust is let know the parent. No published child is left: the
-    parent is hidden (unless it is the nation). The one unknown is only `low_coverage`, or
-    nothing is left to hide: the reader does work the row out. A row worked out counts as known
-    to that reader in the row's other group (an RHF so, in the nation's group), and the groups
-    are gone through again, top down, until nothing changes. Units are their provider's: in
-    that group the provider itself knows every row and another trust none, so only the public's
-    rule acts there.
+    parent is hidden (unless it is the nation). The one unknown is only `low_coverage` (and
+    not guarded, below), or nothing is left to hide: the reader does work the row out. A row
+    worked out counts as known to that reader in the row's other group (an RHF so, in the
+    nation's group), and the groups are gone through again, top down, until nothing
+    changes. Units are their provider's: in that group the provider itself knows every row
+    and another trust none, so only the public's rule acts there.
 
     The caregiver nation's children are its RHFs and the providers outside every RHF (their own
     rows: as one gap they would protect a small one only when alone). The rows without a
@@ -817,8 +823,14 @@ def _complementary(
     row below the parent with the smallest denominator (ties: result order) whose own value
     breaks that (a numerator above 0, or under its denominator) is hidden too; with no such
     row the parent itself is (its own value then says the same: 0 % or 100 %), never the
-    nation. The rule acts only when the rule of one unknown above has nothing left to do,
-    so that every hidden parent has its hidden children."""
+    nation. A parent hidden already that the reader knows only as worked out (not its own
+    row; a lone `low_coverage` child, which the rule of one unknown lets every reader work
+    out) is guarded for that reader instead: in its own group it then counts as hidden for
+    disclosure while that reader does not know it (`protected`), so a published sibling, or
+    failing that the grandparent (never the nation), is hidden, and what any reader had
+    worked out of it is forgotten and worked out again. Once guarded, a parent that nothing
+    can protect is let be. The rule acts only when the rule of one unknown above has nothing
+    left to do, so that every hidden parent has its hidden children."""
     by_key = {(r["year"], r["context"], r["level"], r["orgnr"], r["unit_code"]): r for r in records}
 
     def small(gap: int) -> bool:
@@ -886,11 +898,26 @@ def _complementary(
 
     knowers: dict[int, _Knowers] = {}
 
+    def owners(record: dict[str, Any]) -> _Knowers:
+        owned = record["level"] in _OWNED_LEVELS
+        return {cast(str, record["orgnr"])} if owned else set()
+
     def known_by(record: dict[str, Any]) -> _Knowers:
         if id(record) not in knowers:
-            owned = record["level"] in _OWNED_LEVELS
-            knowers[id(record)] = {cast(str, record["orgnr"])} if owned else set()
+            knowers[id(record)] = owners(record)
         return knowers[id(record)]
+
+    # Hidden rows (by id) that some readers must not work out although they are not hidden for
+    # disclosure (a `low_coverage` provider): knowing one, that reader would find the hidden rows
+    # below it all 0 % or all 100 % with nothing left there to hide (`all_alike`).
+    guards: dict[int, _Knowers] = {}
+
+    def protected(row: dict[str, Any]) -> bool:
+        """Whether `row`, a hidden row, must not be left a reader's one unknown in its group:
+        hidden for disclosure, or guarded for a reader that does not know it."""
+        return row["suppression_reason"] in _DISCLOSURE or any(
+            not {None, reader} & known_by(row) for reader in guards.get(id(row), ())
+        )
 
     above = {id(child): family for family in families for child in family[1]}
 
@@ -906,7 +933,7 @@ def _complementary(
         grandparent, siblings = above[id(parent)]
         hidden = [r for r in (grandparent, *siblings) if r["suppressed"] and r is not parent]
         unknown = unknown_to(reader, hidden)
-        return len(unknown) == 1 and unknown[0]["suppression_reason"] in _DISCLOSURE
+        return len(unknown) == 1 and protected(unknown[0])
 
     def lone_unknown(hidden: list[dict[str, Any]]) -> tuple[str | None, dict[str, Any]] | None:
         """A reader (None: the public) and the one hidden row it does not know, if any."""
@@ -1001,14 +1028,10 @@ def _complementary(
                     # The trust works its group's hidden parent out; nothing above is the
                     # worse for it (the groups above are looked at again if that changes).
                     known_by(row).add(reader)
-                elif row["suppression_reason"] in _DISCLOSURE and shown:
+                elif protected(row) and shown:
                     # min() keeps the first of equal denominators: the result order.
                     suppress(min(shown, key=lambda child: cast(int, child["denominator"])))
-                elif (
-                    row["suppression_reason"] in _DISCLOSURE
-                    and not parent["suppressed"]
-                    and parent["level"] != "nation"
-                ):
+                elif protected(row) and not parent["suppressed"] and parent["level"] != "nation":
                     # Every child is hidden, and one trust knows all but one of them: the
                     # parent goes, and its group above protects it.
                     suppress(parent)
@@ -1033,6 +1056,18 @@ def _complementary(
                 )
             elif not parent["suppressed"] and parent["level"] != "nation":
                 suppress(parent)
+            elif (
+                parent["suppressed"]
+                and id(parent) in above
+                and key[1] not in owners(parent)
+                and key[1] not in guards.get(id(parent), set())
+            ):
+                # The hidden parent is known to the reader only as worked out (a lone
+                # low_coverage child): it is protected in its own group, as if hidden for
+                # disclosure (a published sibling, or failing that the grandparent, is hidden),
+                # and what anyone worked out of it is looked at again.
+                guards.setdefault(id(parent), set()).add(key[1])
+                knowers[id(parent)] = owners(parent)
             else:
                 accepted.add(key)
             acted.add(parent["year"])

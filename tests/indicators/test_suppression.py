@@ -747,3 +747,64 @@ def test_rows_without_a_home_hf_all_100_percent_with_the_hidden_hfs(tiny: Factor
     truth = run(release, "screening")
     assert alike(rows, truth, "screening", 2022, None) == set()
     assert alike(rows, truth, "screening", 2022, BERGEN) == {("caregiver", "nation", NATION, None)}
+
+
+def test_units_all_100_percent_below_a_low_coverage_provider_hide_its_sibling(
+    tiny: Factory,
+) -> None:
+    """The reviewer's case (coverage and screening 2022, minimum 5): Stavanger U1 2/2 and U2
+    3/3, both under the minimum, the provider 5/5 with coverage 5/15 (low_coverage); Førde
+    4/31 (U1; NPR 31); Helse Vest 9/36; Helse Sør-Øst: OUS 10/12 (U1; no NPR count); the
+    nation 19/48. Homes: the providers' own HFs.
+
+    Stavanger is Helse Vest's one hidden child, low_coverage: every reader may work it out
+    (9/36 − 4/31 = 5/5), which names both its units 100 %. Its units' group has no published
+    row left to hide, and Stavanger is hidden already, so it is protected one level up as if
+    hidden for disclosure: Førde, its one published sibling, is hidden (complementary), and
+    under it its only unit. Førde then knows its own 4/31 and would find Stavanger again: no
+    published sibling is left, so Helse Vest is hidden; in the nation's group, Helse Sør-Øst
+    beside it, and OUS (and its unit) below that, as in the test of an RHF whose only
+    providers are small. OUS, knowing Helse Sør-Øst and so Helse Vest, has Stavanger's units
+    and Førde's 9/36 hidden. The nation stays shown. (Before, only Stavanger and its units
+    were hidden.) The resident context has no small row and no low coverage: nothing is
+    hidden there (a resident HF beside its caregiver provider is not guarded against)."""
+    release = tiny()
+    intakes(release, STAVANGER, "U1", 2, 2)
+    intakes(release, STAVANGER, "U2", 3, 3)
+    intakes(release, FORDE, "U1", 4, 31)
+    intakes(release, OUS, "U1", 10, 12)
+    release.npr(STAVANGER, 2022, 15).npr(FORDE, 2022, 31)
+    rows = run(release, "coverage", "screening", min_denominator=5)
+    screening = [r for r in rows if r["indicator_id"] == "screening"]
+
+    def row(level: str, orgnr: str, **keys: Any) -> dict[str, Any]:
+        return pick(rows, "screening", 2022, level, orgnr, **keys)
+
+    hidden = {
+        (r["context"], r["level"], r["orgnr"], r["unit_code"]): (
+            r["suppression_reason"],
+            r["denominator"],
+        )
+        for r in screening
+        if r["suppressed"]
+    }
+    assert hidden == {
+        ("caregiver", "provider", STAVANGER, None): ("low_coverage", 5),
+        ("caregiver", "hf", STAVANGER, None): ("low_coverage", 5),
+        ("caregiver", "unit", STAVANGER, "U1"): ("min_denominator", 2),
+        ("caregiver", "unit", STAVANGER, "U2"): ("min_denominator", 3),
+        ("caregiver", "provider", FORDE, None): ("complementary", 31),
+        ("caregiver", "hf", FORDE, None): ("complementary", 31),
+        ("caregiver", "unit", FORDE, "U1"): ("complementary", 31),
+        ("caregiver", "rhf", HELSE_VEST, None): ("complementary", 36),
+        ("caregiver", "rhf", HELSE_SOR_OST, None): ("complementary", 12),
+        ("caregiver", "provider", OUS, None): ("complementary", 12),
+        ("caregiver", "hf", OUS, None): ("complementary", 12),
+        ("caregiver", "unit", OUS, "U1"): ("complementary", 12),
+    }
+    assert all(r["numerator"] is None and r["value"] is None for r in screening if r["suppressed"])
+    assert counts(row("nation", NATION)) == (19, 48)
+    for orgnr, shown in ((STAVANGER, (5, 5)), (FORDE, (4, 31)), (OUS, (10, 12))):
+        assert counts(row("hf", orgnr, context="resident")) == shown
+    assert_nobody_recovers(rows, "screening", 2022)
+    assert_nothing_alike(rows, run(release, "screening"))
