@@ -156,6 +156,13 @@ def load_file(
     )
     if not optout and loaded_upload(session, sha256, form.value) is not None:
         return _duplicate(session, upload)
+    # No catalog transaction stays open through the read and validation (on PostgreSQL it would
+    # sit `idle in transaction`, holding its snapshot, and `idle_in_transaction_session_timeout`
+    # would end the session). Committed, not rolled back: a rollback would expire the caller's
+    # objects and drop what it added; the load commits it at step 4 anyway. `upload` is not in
+    # the session yet, so an `expire_on_commit` session expires nothing of the load's.
+    if session.in_transaction():
+        session.commit()
 
     # 1. Read and validate: no side effects. Meanwhile another core re-keys the pseudonyms, until
     # the cross-record checks are done; a large file's HMAC loop runs in a child process
