@@ -98,10 +98,16 @@ class ResultsUnderLocks:
 
 
 def store_indicators(
-    manifest: ReleaseManifest, settings: Settings, session: Session, *, engine: str = "duckdb"
+    manifest: ReleaseManifest,
+    settings: Settings,
+    session: Session,
+    *,
+    engine: str = "duckdb",
+    only_missing: bool = False,
 ) -> Path | None:
     """Compute a release's indicators, write them beside its manifest, index them in the catalog
-    (added to `session`, not committed); None when the release is retired (or gone) by then.
+    (added to `session`, not committed); None when the release is retired (or gone) by then, or,
+    with `only_missing`, when its results were written meanwhile (`write_results`).
 
     Computes without the locks (a long computation must not hold up loads), writes under them.
     """
@@ -112,14 +118,25 @@ def store_indicators(
         if _retired(session, manifest.release):
             return None
         raise
-    return write_results(manifest.release, table, settings, session, engine=engine)
+    return write_results(
+        manifest.release, table, settings, session, engine=engine, only_missing=only_missing
+    )
 
 
 def write_results(
-    number: int, table: pa.Table, settings: Settings, session: Session, *, engine: str
+    number: int,
+    table: pa.Table,
+    settings: Settings,
+    session: Session,
+    *,
+    engine: str,
+    only_missing: bool = False,
 ) -> Path | None:
     """Write release `number`'s computed results under the write locks and index them (added to
-    `session`); None, writing nothing, when the release is retired (or gone) by then.
+    `session`); None, writing nothing, when the release is retired (or gone) by then, or, with
+    `only_missing` (filling in results a release lacks), when its results file exists by then:
+    another process filled them in meanwhile (checked under the locks, where results are
+    written), and writing them again would index them twice.
 
     Results computed without their standardised variation figures (`indicators.engine.compute`
     alone, as `kvarus indicators` does) get them first, on DuckDB, without the locks.
@@ -136,6 +153,8 @@ def write_results(
     with _warehouse(settings).writing():
         if _retired(session, number):
             return None
+        if only_missing and _results_path(settings, number).exists():
+            return None
         path = _write_file(number, table, settings)
     session.add(
         IndicatorRun(release=number, engine=engine, results_path=str(path), rows=table.num_rows)
@@ -149,16 +168,18 @@ def ensure_indicators(settings: Settings, session: Session) -> list[int]:
 
     `etl/` publishes a release by itself when an erasure retires one (the replacement "rebuilt
     after erasure") but cannot compute indicators; call this after a load (an opt-out file erases)
-    and after an erasure. The catalog rows are added to `session`, not committed.
+    and after an erasure. The catalog rows are added to `session`, not committed. Results that
+    another process writes meanwhile are not written again (nor counted here).
     """
     statement = select(Release.number).where(col(Release.retired).is_(False))
     numbers = sorted(int(n) for n in session.exec(statement).all())
     computed: list[int] = []
     for number in numbers:
-        if (settings.releases_dir / str(number) / RESULTS_FILE).exists():
+        if _results_path(settings, number).exists():
             continue
         manifest = read_manifest(settings.releases_dir, number)
-        if store_indicators(manifest, settings, session) is not None:
+        # Another process may fill them in meanwhile: written once (checked again under the locks).
+        if store_indicators(manifest, settings, session, only_missing=True) is not None:
             computed.append(number)
     return computed
 
@@ -177,11 +198,15 @@ def _compute(manifest: ReleaseManifest, engine: str) -> pa.Table:
 def _write_file(number: int, table: pa.Table, settings: Settings) -> Path:
     """Write the results (and the variation figures they carry) whole or not at all (the API may
     read the file at any moment). Call under the write locks."""
-    path = settings.releases_dir / str(number) / RESULTS_FILE
+    path = _results_path(settings, number)
     partial = path.with_name(f".{RESULTS_FILE}.partial")
     result_files.write(table, partial)
     partial.replace(path)
     return path
+
+
+def _results_path(settings: Settings, number: int) -> Path:
+    return settings.releases_dir / str(number) / RESULTS_FILE
 
 
 def _retired(session: Session, number: int) -> bool:
