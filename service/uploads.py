@@ -295,10 +295,21 @@ def providers_of(upload: Upload) -> list[str]:
     return [p for p in upload.providers.split(",") if p]
 
 
+def is_internal(upload: Upload) -> bool:
+    """Whether `upload` is the ledger row an API request's job created (`uploaded_by`
+    `api:{request id}`, `etl.ledger.api_uploader`): its id, temporary file name and uploader are
+    internal; the client polls the request row, which mirrors its outcome and serves its report."""
+    return upload.uploaded_by.startswith(API_UPLOADER)
+
+
 def visible_upload(session: Session, upload_id: int, principal: Principal) -> Upload:
-    """Upload `upload_id` if the principal may see it (registry: all; trust: its own)."""
+    """Upload `upload_id` if the principal may see it (registry: all; trust: its own).
+
+    The ledger row of an API request's job (`is_internal`) is no upload of the API's: the list
+    leaves it out (`list_uploads`), and its id is answered as a missing one (404, the same
+    answer), to the registry too. The CLI (`kvarus uploads`, `kvarus report`) shows it."""
     upload = session.get(Upload, upload_id)
-    if upload is None:
+    if upload is None or is_internal(upload):
         # Not echoed: the id is what a client typed (an identity number without its leading zero
         # fits an int).
         raise NotFound("no upload with this id")
@@ -414,11 +425,14 @@ def list_uploads(
     """A page of uploads (newest first): the API's request rows (with their load's outcome) and the
     CLI's loads, as `GET /uploads/{id}` shows them.
 
-    The ledger row an API request's job created (`uploaded_by` `api:{request id}`) is left out:
-    its id, temporary file name and uploader are internal, and the request row mirrors its
-    outcome (a job that failed before mirroring leaves the request `failed`).
+    The ledger row an API request's job created (`uploaded_by` `api:{request id}`, `is_internal`)
+    is left out, and `visible_upload` answers its id as a missing one: its id, temporary file name
+    and uploader are internal, and the request row mirrors its outcome (a job that failed before
+    mirroring leaves the request `failed`).
     """
-    statement = select(Upload).where(col(Upload.uploaded_by).not_like(f"{API_UPLOADER}%"))
+    # `is_internal`'s test, in SQL: a prefix compared exactly (SQLite's LIKE ignores case).
+    prefix = func.substr(col(Upload.uploaded_by), 1, len(API_UPLOADER))
+    statement = select(Upload).where(prefix != API_UPLOADER)
     if form is not None:
         statement = statement.where(Upload.form == form)
     if status is not None:

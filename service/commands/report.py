@@ -6,6 +6,11 @@ rendered as `kvarus validate` renders its own, and the upload's ledger row above
 names failing checks, counts and failing rows' record ids (never a pseudonym); the ledger row its
 counts, status and stored error, which hold no input value either.
 
+The ledger row an API upload's job created (`uploaded_by` `api:N`, the server's temporary file
+name) is reported too, with a line naming its request: `kvarus uploads` lists the whole ledger,
+and whoever runs the CLI has the catalog itself. The API serves only the request row (upload N):
+it answers the ledger row's id as a missing one (`service.uploads.visible_upload`).
+
 Exit codes as `service.commands.common` says: 0 the report (or, for an upload that has none, its
 status and error), 1 no such upload, 2 a usage error (a bad `--format`, an `--out` not writable).
 """
@@ -17,11 +22,12 @@ from typing import Annotated, Final, Literal
 import typer
 from sqlmodel import Session, col, select
 
+from etl.ledger import request_id_of
 from schemas.catalog import Upload
 from schemas.errors import NotFound
 from service.commands.common import check_output_file, console, fail, reports_errors, settings
 from service.database import MAX_CATALOG_ID, make_engine, session_scope
-from service.uploads import latest_report
+from service.uploads import is_internal, latest_report
 from validation.report import render_html, render_text
 
 # Statuses of an upload whose load has not finished: its report may still come.
@@ -61,6 +67,9 @@ def register(app: typer.Typer) -> None:
                 # fits an int, and the id is what the user typed.
                 raise NotFound("no upload with this id")
             heading = _heading(upload)
+            request_id = request_id_of(upload.uploaded_by) if is_internal(upload) else None
+            if request_id is not None:
+                heading += f"\nloaded for API upload {request_id} (the row the API serves)"
             stored = latest_report(session, upload)
             without = _without_report(session, upload) if stored is None else ""
         if stored is None:

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 from typer.testing import CliRunner, Result
 
@@ -14,6 +15,7 @@ from service.cli import app
 from service.database import make_engine
 from service.settings import Settings
 from tests.conftest import ExtractWriter, episode_row
+from tests.service.conftest import Headers
 from validation.report import render_text
 
 # Valid check digits, worked by hand in tests/etl/test_privacy.py.
@@ -233,3 +235,31 @@ def test_an_unwritable_out_is_a_usage_error_before_anything_is_read(
     assert result.exit_code == 2
     assert "is not a directory" in result.output
     assert not out.exists()
+
+
+def test_the_ledger_row_of_an_api_upload_is_reported_and_names_its_request(
+    client: TestClient,
+    headers: dict[str, Headers],
+    write_extract: ExtractWriter,
+    env: dict[str, str],
+) -> None:
+    # The API serves only the request row (upload 1); the CLI, which lists the whole ledger
+    # (`kvarus uploads`), reports the ledger row its job created (upload 2) and names the request.
+    path = write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-API-1")], name="basis.csv")
+    answer = client.post(
+        "/api/v1/uploads",
+        files={"file": ("basis.csv", path.read_bytes(), "text/csv")},
+        data={"form": "basis"},
+        headers=headers["registry"],
+    )
+    assert answer.status_code == 202
+    assert answer.json()["id"] == 1
+    assert client.get("/api/v1/uploads/2", headers=headers["registry"]).status_code == 404
+    result = _kvarus(["report", "2"], env)
+    assert result.exit_code == 0, result.output
+    heading, note = result.output.splitlines()[:2]
+    assert heading.startswith("upload 2: form basis, status loaded, file tmp")
+    assert note == "loaded for API upload 1 (the row the API serves)"
+    request = _kvarus(["report", "1"], env)
+    assert request.exit_code == 0, request.output
+    assert request.output.startswith("upload 1: form basis, status loaded, file basis.csv;")

@@ -238,3 +238,36 @@ def test_an_unknown_upload_id_is_not_echoed(
     assert answer.status_code == 404
     assert answer.json()["detail"] == "no upload with this id"
     assert typed not in answer.text
+
+
+def test_the_ledger_row_of_an_api_upload_is_not_served(
+    client: TestClient,
+    app: FastAPI,
+    headers: dict[str, Headers],
+    write_extract: ExtractWriter,
+) -> None:
+    # The list hides the ledger row an API request's job created (its temporary file name and
+    # `api:N` uploader are internal): its detail and report page were served by id all the same,
+    # to the registry and to the trust whose provider it holds. Now the same 404 as a missing id.
+    own = write_extract(ExtractForm.BASIS, [episode_row(ExtractForm.BASIS, 1, "P-1")])
+    request_id = _post(client, headers["registry"], "basis_2024_q1.csv", own.read_bytes())
+    with Session(app.state.engine) as session:
+        ledger = session.exec(select(Upload).where(Upload.uploaded_by == "api:1")).one()
+    assert (request_id, ledger.id, ledger.status, ledger.providers) == (1, 2, "loaded", PROVIDER_A)
+    assert ledger.filename != "basis_2024_q1.csv"  # the server's temporary file name
+    for role in ("registry", "trust"):
+        for path in (f"{API}/uploads/2", f"{API}/uploads/2/report.html"):
+            answer = client.get(path, headers=headers[role])
+            assert answer.status_code == 404, (role, path, answer.text)
+            assert answer.headers["content-type"] == PROBLEM
+            assert answer.json()["detail"] == "no upload with this id"
+            assert ledger.filename not in answer.text
+            assert "api:1" not in answer.text
+        # The request row the client polls is served, with its load's outcome and report.
+        polled = client.get(f"{API}/uploads/1", headers=headers[role])
+        assert polled.status_code == 200
+        assert polled.json()["filename"] == "basis_2024_q1.csv"
+        assert polled.json()["status"] == "loaded"
+        assert polled.json()["report"] is not None
+        page = client.get(f"{API}/uploads/1/report.html", headers=headers[role])
+        assert page.status_code == 200
