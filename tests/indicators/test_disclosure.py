@@ -261,3 +261,70 @@ def test_perturbation_table_is_validated() -> None:
         PerturbationTable(rows={}, default=((-2, 0.5), (2, 0.5)))
     with pytest.raises(ValueError, match="add up"):
         PerturbationTable(rows={}, default=((0, 0.9),))
+
+
+class Abandoned(Exception):
+    pass
+
+
+def test_check_runs_before_every_lp_and_can_abandon_the_work() -> None:
+    table = with_margins(SMALL_IN_3X3)
+    calls: list[int] = []
+
+    def give_up() -> None:
+        calls.append(1)
+        raise Abandoned
+
+    with pytest.raises(Abandoned):
+        suppress_table(table, check=give_up)
+    with pytest.raises(Abandoned):
+        audit_suppression(table, np.ones(table.shape, dtype=bool), check=give_up)
+    assert calls == [1, 1]
+
+
+def test_feasible_tables_already_seen_spare_lps() -> None:
+    # Every LP solution (and the true table) is a table the attacker cannot rule out: a cell
+    # seen at values 5 apart needs no LP of its own. Before, every primary cell took 2 LPs and
+    # every suppressed cell 2 more in the audit.
+    inner = np.random.default_rng(7).integers(0, 12, size=(8, 9))
+    table = with_margins(inner)
+    lps: list[int] = []
+    result = suppress_table(table, check=lambda: lps.append(1))
+    primaries = int(np.sum((table >= 1) & (table < THRESHOLD)))
+    assert primaries >= 15
+    assert len(lps) < primaries
+    assert_protected(table, result.mask)
+    assert audit_suppression(table, result.mask) == []
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.integers(2, 4), min_size=2, max_size=3).flatmap(
+        lambda shape: st.tuples(
+            st.lists(
+                st.integers(0, 12), min_size=int(np.prod(shape)), max_size=int(np.prod(shape))
+            ),
+            st.lists(
+                st.booleans(),
+                min_size=int(np.prod([n + 1 for n in shape])),
+                max_size=int(np.prod([n + 1 for n in shape])),
+            ),
+            st.just(shape),
+        )
+    )
+)
+def test_audit_finds_every_exposed_cell_the_independent_attack_finds(
+    drawn: tuple[list[int], list[bool], list[int]],
+) -> None:
+    # Skipping LPs must never skip a violation: on any mask, the cells the audit flags are
+    # exactly those the attack's bounds (rounded inwards) show too narrow.
+    values, flags, shape = drawn
+    table = with_margins(np.array(values).reshape(shape))
+    mask = np.array(flags).reshape(table.shape) | ((table >= 1) & (table < THRESHOLD))
+    expected = set()
+    for cell, (lower, upper) in attack(table, mask).items():
+        width = np.floor(upper + 1e-6) - np.ceil(lower - 1e-6)
+        needed = THRESHOLD if 1 <= table[cell] < THRESHOLD else 1
+        if width < needed:
+            expected.add(cell)
+    assert {v.cell for v in audit_suppression(table, mask)} == expected
