@@ -66,6 +66,13 @@ Computation (not semantics): a release's episodes, with each patient's record ke
 are kept in memory as an `EpisodeView` while the release's files stand (never on disk), and
 episode measures are summed per combination of the columns a query reads before the CUBE. The
 counts and key sums are the same as over the rows one by one.
+
+Cost limits (`_protected_tables`): protected tables are cached with the episode view, per
+(canonical dimensions, measure), so a repeated request is answered from memory and the cache goes
+with the view (files changed or deleted: an erasure); one aggregate is computed at a time per
+process (a request that cannot start within COMPUTE_WAIT_SECONDS is answered 503); the audit of
+one request has a wall-clock budget, AUDIT_BUDGET_SECONDS (over it: 422, ask for fewer
+dimensions or categories), beside the cap of MAX_CELLS inner cells.
 """
 
 import hashlib
@@ -73,11 +80,12 @@ import hmac
 import itertools
 import os
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Final, get_args
+from dataclasses import dataclass, field
+from typing import Final, Literal, get_args, overload
 
 import duckdb
 import numpy as np
@@ -97,6 +105,7 @@ from schemas.codes import END_REASON, PRIMARY_SUBSTANCE, SEX, TREATMENT_TYPE
 from schemas.errors import RejectedInput
 from schemas.manifest import ReleaseManifest
 from schemas.organisations import Hierarchy
+from service.errors import ServiceUnavailable
 
 THRESHOLD: Final = DEFAULT_THRESHOLD
 # Beyond this many inner cells the LP audit of secondary suppression gets slow and the table is
@@ -215,6 +224,11 @@ class EpisodeView:
 
     connection: duckdb.DuckDBPyConnection
     signature: tuple[tuple[str, int, int], ...]
+    # Protected tables of this view (`aggregate`), by (canonical dimensions, measure): they live
+    # and die with the view, so a release whose files change or go (an erasure) takes them along.
+    results: "OrderedDict[tuple[tuple[str, ...], str], ProtectedTable]" = field(
+        default_factory=OrderedDict
+    )
 
 
 # Releases whose views are kept (the latest and the one before, typically): about 35 bytes per
@@ -260,8 +274,21 @@ def _signature(files: list[str]) -> tuple[tuple[str, int, int], ...] | None:
     return tuple(result)
 
 
-def episode_view(manifest: ReleaseManifest, *, salt: str, hierarchy: Hierarchy) -> EpisodeView:
-    """The release's episode view: cached in memory while its files are unchanged."""
+@overload
+def episode_view(
+    manifest: ReleaseManifest, *, salt: str, hierarchy: Hierarchy, build: Literal[True] = True
+) -> EpisodeView: ...
+@overload
+def episode_view(
+    manifest: ReleaseManifest, *, salt: str, hierarchy: Hierarchy, build: bool
+) -> EpisodeView | None: ...
+def episode_view(
+    manifest: ReleaseManifest, *, salt: str, hierarchy: Hierarchy, build: bool = True
+) -> EpisodeView | None:
+    """The release's episode view: cached in memory while its files are unchanged.
+
+    build=False: only a cached, current view (None when there is none to reuse).
+    """
     basis = _files(manifest, "basis")
     if not basis:
         raise RejectedInput(f"release {manifest.release} has no episodes")
@@ -280,6 +307,8 @@ def episode_view(manifest: ReleaseManifest, *, salt: str, hierarchy: Hierarchy) 
         if cached is not None:
             _views.move_to_end(key)
             return cached
+        if not build:
+            return None
         signature = _signature(basis + discharge)
         view = EpisodeView(
             _build_episode_view(basis, discharge, salt=salt, providers=providers, rhfs=rhfs),
@@ -427,19 +456,9 @@ def canonical_dimensions(dimensions: Iterable[str]) -> list[str]:
     return sorted(dimensions, key=DIMENSION_ORDER.index)
 
 
-def compute_tables(
-    manifest: ReleaseManifest,
-    request: AggregateCreate,
-    *,
-    salt: str,
-    hierarchy: Hierarchy,
-) -> tuple[list[list[str]], dict[str, MeasureTable]]:
-    """The true counts and cell keys of every requested measure, over every cell and margin.
-
-    Over the release's full population and every category, in the canonical dimension order
-    (`canonical_dimensions`): filters select cells of this table afterwards (`aggregate`), they
-    never change what it counts.
-    """
+def _normalised(request: AggregateCreate) -> tuple[list[str], list[str]]:
+    """The request's dimensions in canonical order and its measures (with `episodes` when
+    mutual_end is answered as its slice); rejects a repeated dimension or a stray filter."""
     requested: list[str] = [str(d) for d in request.dimensions]
     if len(set(requested)) != len(requested):
         raise RejectedInput("a dimension may appear only once")
@@ -452,11 +471,30 @@ def compute_tables(
     measures: list[str] = list(dict.fromkeys(str(m) for m in request.measures))
     if _sliced(measures, dimensions):
         measures.append("episodes")  # mutual_end is answered as its slice (`aggregate`)
+    return dimensions, measures
+
+
+def compute_tables(
+    manifest: ReleaseManifest,
+    request: AggregateCreate,
+    *,
+    salt: str,
+    hierarchy: Hierarchy,
+    view: EpisodeView | None = None,
+) -> tuple[list[list[str]], dict[str, MeasureTable]]:
+    """The true counts and cell keys of every requested measure, over every cell and margin.
+
+    Over the release's full population and every category, in the canonical dimension order
+    (`canonical_dimensions`): filters select cells of this table afterwards (`aggregate`), they
+    never change what it counts. `view`: the release's episode view, if the caller holds it.
+    """
+    dimensions, measures = _normalised(request)
     needs_discharge = "end_reason" in dimensions
     needs_discharge = needs_discharge or any(MEASURES[m].needs_discharge for m in measures)
     if needs_discharge and "discharge" not in manifest.tables:
         raise RejectedInput(f"release {manifest.release} has no discharge table")
-    view = episode_view(manifest, salt=salt, hierarchy=hierarchy)
+    if view is None:
+        view = episode_view(manifest, salt=salt, hierarchy=hierarchy)
     # A cursor per query: the view's connection is shared by concurrent requests.
     connection = view.connection.cursor()
     try:
@@ -535,13 +573,20 @@ def compute_tables(
 
 
 def protect(
-    table: MeasureTable, *, threshold: int = THRESHOLD, ptable: PerturbationTable = PTABLE
+    table: MeasureTable,
+    *,
+    threshold: int = THRESHOLD,
+    ptable: PerturbationTable = PTABLE,
+    check: Callable[[], None] | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-    """Published values (perturbed) and the suppression mask of one measure's table."""
+    """Published values (perturbed) and the suppression mask of one measure's table.
+
+    `check` is called before every LP of the audit (`suppress_table`): it may raise to give up.
+    """
     additive = _additive(table.counts)
     # Distinct-patient margins can be small where the sum of their cells is not: suppress every
     # true count in 1..threshold−1 as well.
-    suppression = suppress_table(additive, threshold)
+    suppression = suppress_table(additive, threshold, check=check)
     small = (table.counts >= 1) & (table.counts < threshold)
     # A small group's zeros, after the audit: hiding more cells keeps its guarantee. Not audited
     # themselves (as secondary cells they took a 3-dimension table's suppression from 3 s to
@@ -605,6 +650,118 @@ def _mutual_end_slice(
     return np.moveaxis(sliced_values, 0, axis), np.moveaxis(sliced_mask, 0, axis)
 
 
+@dataclass(frozen=True)
+class ProtectedTable:
+    """One measure's protected table (canonical dimension order): published values and
+    suppression mask, read-only, with the categories of its axes."""
+
+    axes: tuple[tuple[str, ...], ...]
+    values: npt.NDArray[np.int64]
+    mask: npt.NDArray[np.bool_]
+
+
+# Wall-clock budget of one request's suppression audit, all its tables together, checked before
+# every LP (`protect`'s `check`): beyond it the request is refused (422), so one request cannot
+# hold a server thread (and the aggregate lock) for minutes. Measured on the 3,000-episode demo
+# register (2 shared CPUs), audit of 1,680-1,920-cell tables: [provider, year, age_group]
+# episodes 71 s before the audit kept a pool of feasible tables (LPs 2,964 -> 170), 2-4 s after;
+# the same dimensions with all five measures 316 s before, ~12 s after; [provider, age_group,
+# primary_substance], five measures, 292 s before, ~15 s after.
+AUDIT_BUDGET_SECONDS: Final = 30.0
+# A second aggregate waits at most this long for the one being computed, then gets a 503: a
+# waiting request holds a server thread, so the wait is short.
+COMPUTE_WAIT_SECONDS: Final = 3.0
+# Protected tables kept per episode view (at most MAX_VIEWS views): a table of 2,000 cells with
+# margins holds ~25 KB.
+MAX_RESULTS: Final = 256
+
+# One aggregate computation (episode view, CUBE, audit) at a time per process.
+_compute_lock = threading.Lock()
+_results_lock = threading.Lock()  # guards every view's `results`
+
+
+def _cached(
+    view: EpisodeView, dimensions: list[str], measures: list[str]
+) -> dict[str, ProtectedTable]:
+    """The cached protected tables of these measures over these dimensions (those there are)."""
+    found: dict[str, ProtectedTable] = {}
+    with _results_lock:
+        for name in measures:
+            key = (tuple(dimensions), name)
+            entry = view.results.get(key)
+            if entry is not None:
+                view.results.move_to_end(key)
+                found[name] = entry
+    return found
+
+
+def _keep(view: EpisodeView, dimensions: list[str], name: str, entry: ProtectedTable) -> None:
+    with _results_lock:
+        view.results[(tuple(dimensions), name)] = entry
+        while len(view.results) > MAX_RESULTS:
+            view.results.popitem(last=False)
+
+
+def _over_budget() -> Callable[[], None]:
+    deadline = time.monotonic() + AUDIT_BUDGET_SECONDS
+
+    def check() -> None:
+        if time.monotonic() > deadline:
+            raise RejectedInput(
+                f"protecting this table would take more than {AUDIT_BUDGET_SECONDS:g} s of "
+                "suppression audit: ask for fewer dimensions, or dimensions with fewer "
+                "categories (a filter does not help: the full table is protected)"
+            )
+
+    return check
+
+
+def _protected_tables(
+    manifest: ReleaseManifest,
+    request: AggregateCreate,
+    dimensions: list[str],
+    measures: list[str],
+    salt: str,
+    hierarchy: Hierarchy,
+) -> tuple[list[list[str]], dict[str, ProtectedTable]]:
+    """The protected tables of `measures` over `dimensions` (canonical order) and their axes.
+
+    Cached with the release's episode view (`EpisodeView.results`): a repeated request is
+    answered from memory, and the tables go when the view does (its files changed or gone: an
+    erasure). A miss is computed under `_compute_lock`, one at a time per process; a request
+    that cannot have the lock within COMPUTE_WAIT_SECONDS is answered 503, one whose audit
+    overruns AUDIT_BUDGET_SECONDS 422.
+    """
+    view = episode_view(manifest, salt=salt, hierarchy=hierarchy, build=False)
+    found = _cached(view, dimensions, measures) if view is not None else {}
+    if len(found) < len(measures):
+        if not _compute_lock.acquire(timeout=COMPUTE_WAIT_SECONDS):
+            raise ServiceUnavailable(
+                "another researcher aggregate is being computed (one at a time); "
+                "try again in a minute"
+            )
+        try:
+            view = episode_view(manifest, salt=salt, hierarchy=hierarchy)
+            found = _cached(view, dimensions, measures)  # computed while this one waited
+            missing = [name for name in measures if name not in found]
+            if missing:
+                axes, tables = compute_tables(
+                    manifest, request, salt=salt, hierarchy=hierarchy, view=view
+                )
+                check = _over_budget()
+                for name in missing:
+                    values, mask = protect(tables[name], check=check)
+                    values.setflags(write=False)
+                    mask.setflags(write=False)
+                    entry = ProtectedTable(tuple(tuple(a) for a in axes), values, mask)
+                    _keep(view, dimensions, name, entry)
+                    found[name] = entry
+        finally:
+            _compute_lock.release()
+    axes = [list(a) for a in found[measures[0]].axes]
+    return axes, found
+
+
 def aggregate(
     manifest: ReleaseManifest,
     request: AggregateCreate,
@@ -617,20 +774,17 @@ def aggregate(
     The full table of the query's dimensions is computed and protected; the filters then pick
     the cells of their categories, and every margin shown is the full table's margin.
     """
-    axes, tables = compute_tables(
-        manifest, request, salt=cell_key_salt(pseudonym_key), hierarchy=hierarchy
-    )
+    salt = cell_key_salt(pseudonym_key)
+    canonical, computed = _normalised(request)
+    if _sliced(computed, canonical):
+        computed.remove("mutual_end")  # answered as the episodes table's slice, below
+    axes, found = _protected_tables(manifest, request, canonical, computed, salt, hierarchy)
     dimensions = [str(d) for d in request.dimensions]
-    canonical = canonical_dimensions(dimensions)
     # From the canonical order (in which the table was protected) to the order asked for.
     order = [canonical.index(d) for d in dimensions]
     axes = [axes[i] for i in order]
     measures = list(dict.fromkeys(str(m) for m in request.measures))
-    protected: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]] = {}
-    for name, table in tables.items():
-        if name == "mutual_end" and _sliced(measures, canonical):
-            continue
-        protected[name] = protect(table)
+    protected = {name: (entry.values, entry.mask) for name, entry in found.items()}
     if _sliced(measures, canonical):
         protected["mutual_end"] = _mutual_end_slice(protected["episodes"], canonical)
     protected = {

@@ -2,8 +2,10 @@
 
 import itertools
 import os
+import threading
+import time
 from datetime import date
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -659,3 +661,141 @@ class TestValidationErrorsEchoNothing:
             headers=headers["researcher"],
         )
         assert "body.filters.<field>" in unknown.json()["detail"]
+
+
+class TestCostLimits:
+    """One request cannot hold the server for minutes: the audit has a budget, protected tables
+    are cached with the release's view, and one aggregate is computed at a time."""
+
+    BODY: ClassVar[dict[str, Any]] = {"measures": ["episodes"], "dimensions": ["provider", "sex"]}
+
+    @staticmethod
+    def counting_protect(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+        calls: list[str] = []
+        real = aggregates_module.protect
+
+        def counted(table: MeasureTable, **kwargs: Any) -> Any:
+            calls.append("protect")
+            return real(table, **kwargs)
+
+        monkeypatch.setattr(aggregates_module, "protect", counted)
+        return calls
+
+    def test_audit_over_budget_is_refused(
+        self,
+        client: TestClient,
+        headers: dict[str, Headers],
+        publish: ReleaseWriter,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # B's 2 episodes are a primary cell: its protection needs the LP audit.
+        publish(1, basis=episodes(PROVIDER_A, 20, tag="a") + episodes(PROVIDER_B, 2, tag="b"))
+        monkeypatch.setattr(aggregates_module, "AUDIT_BUDGET_SECONDS", -1.0, raising=False)
+        response = client.post(URL, json=self.BODY, headers=headers["researcher"])
+        assert response.status_code == 422
+        detail = response.json()["detail"]
+        assert "-1 s of suppression audit" in detail
+        assert "fewer dimensions" in detail
+        # Within the budget the same request is answered.
+        monkeypatch.setattr(aggregates_module, "AUDIT_BUDGET_SECONDS", 30.0)
+        assert client.post(URL, json=self.BODY, headers=headers["researcher"]).status_code == 200
+
+    def test_repeated_request_is_not_recomputed(
+        self,
+        client: TestClient,
+        headers: dict[str, Headers],
+        publish: ReleaseWriter,
+        settings: Settings,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        publish(1, basis=episodes(PROVIDER_A, 20, tag="a") + episodes(PROVIDER_B, 2, tag="b"))
+        calls = self.counting_protect(monkeypatch)
+        first = client.post(URL, json=self.BODY, headers=headers["researcher"])
+        assert first.status_code == 200
+        assert calls == ["protect"]
+        again = client.post(URL, json=self.BODY, headers=headers["researcher"])
+        assert again.json() == first.json()
+        # The same table asked in another order, filtered: the same cached table, its cells.
+        swapped = client.post(
+            URL,
+            json={**self.BODY, "dimensions": ["sex", "provider"], "filters": {"sex": ["1"]}},
+            headers=headers["researcher"],
+        )
+        assert swapped.status_code == 200
+        assert calls == ["protect"]
+        a = {tuple(c["dimensions"].values()): c["values"] for c in first.json()["cells"]}
+        for cell in swapped.json()["cells"]:
+            assert a[(cell["dimensions"]["provider"], cell["dimensions"]["sex"])] == cell["values"]
+        # Another measure is a table of its own.
+        client.post(
+            URL, json={**self.BODY, "measures": ["patients"]}, headers=headers["researcher"]
+        )
+        assert calls == ["protect", "protect"]
+        # Files rewritten (an erasure retires a release and deletes its files): the cached
+        # tables go with the view; the answer counts the release as it now stands.
+        (path,) = read_manifest(settings, 1).files("basis")
+        path = path.removeprefix("file://")
+        rows = episodes(PROVIDER_A, 27, tag="a")
+        pq.write_table(pa.Table.from_pylist([without_year(r) for r in rows]), path)
+        stat = os.stat(path)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        after = client.post(URL, json=self.BODY, headers=headers["researcher"])
+        assert calls == ["protect", "protect", "protect"]
+        b = cells_by(after.json(), "provider")
+        assert b[PROVIDER_B]["values"]["episodes"] == 0
+        keys = [r["patient_key"] for r in rows]
+        totals = [c for c in after.json()["cells"] if set(c["dimensions"].values()) == {None}]
+        assert totals[0]["values"]["episodes"] == expected_published(settings, keys)
+
+    def test_second_concurrent_request_gets_503(
+        self,
+        client: TestClient,
+        headers: dict[str, Headers],
+        publish: ReleaseWriter,
+        settings: Settings,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        publish(1, basis=episodes(PROVIDER_A, 20, tag="a") + episodes(PROVIDER_B, 2, tag="b"))
+        monkeypatch.setattr(aggregates_module, "COMPUTE_WAIT_SECONDS", 0.2, raising=False)
+        entered, release = threading.Event(), threading.Event()
+        real = aggregates_module.protect
+
+        def slow(table: MeasureTable, **kwargs: Any) -> Any:
+            entered.set()
+            assert release.wait(10)
+            return real(table, **kwargs)
+
+        monkeypatch.setattr(aggregates_module, "protect", slow)
+        request = AggregateCreate.model_validate(self.BODY)
+        answers: list[Any] = []
+        first = threading.Thread(
+            target=lambda: answers.append(
+                aggregates_module.aggregate(
+                    read_manifest(settings, 1),
+                    request,
+                    pseudonym_key=settings.key_bytes(),
+                    hierarchy=Hierarchy.default(),
+                )
+            )
+        )
+        first.start()
+        try:
+            assert entered.wait(10)
+            started = time.monotonic()
+            busy = client.post(
+                URL, json={**self.BODY, "measures": ["patients"]}, headers=headers["researcher"]
+            )
+            waited = time.monotonic() - started
+        finally:
+            release.set()
+            first.join(10)
+        assert busy.status_code == 503
+        assert busy.headers["content-type"].startswith("application/problem+json")
+        assert "another researcher aggregate is being computed" in busy.json()["detail"]
+        assert 0.2 <= waited < 5
+        assert len(answers) == 1
+        # Once the first is done, the next is computed.
+        after = client.post(
+            URL, json={**self.BODY, "measures": ["patients"]}, headers=headers["researcher"]
+        )
+        assert after.status_code == 200
