@@ -24,6 +24,7 @@ from schemas.errors import KvarusError, Unauthorised
 from schemas.organisations import Hierarchy
 from service import aggregates, errors, published
 from service.audit import (
+    AUDITED_PREFIX,
     UNMATCHED_ROUTE,
     AuditMiddleware,
     AuditWriter,
@@ -99,6 +100,7 @@ class _RouteKind(NamedTuple):
     authenticates: bool  # asks for the principal
     takes_body: bool
     roles: tuple[Role, ...] | None  # the roles it admits; None: any
+    served: bool = True  # False: no route serves the path, or not with this method
 
 
 class RequestGate:
@@ -115,6 +117,10 @@ class RequestGate:
       The principal is left on the request's state, where the dependency takes it and the
       audit log reads it: a valid caller's later 413 or 422 names them. A role the route does
       not admit (`service.deps.ROUTE_ROLES`) is 403 here, its body unread.
+    - A request under /api/v1 that no route serves (a 404, or a 405 for a method its path does
+      not take) is checked the same way, for its audit row only (`_identify`): a valid key or
+      token names its caller, an unknown or malformed one is unauthenticated, a revoked one its
+      client, as on a served route; the answer stays the 404 or 405.
     - A request to a route that takes a body without an `Authorization` header is 401: every
       such route needs credentials (README's role matrix: anonymous clients may only read
       published indicators, all GET routes).
@@ -139,7 +145,7 @@ class RequestGate:
         if known is None:
             entry = match_route(scope["app"], *key)
             if entry is None or (entry.methods is not None and key[0] not in entry.methods):
-                known = _RouteKind(False, False, None)
+                known = _RouteKind(False, False, None, served=False)
             else:
                 admitted = [ROUTE_ROLES[c] for c in entry.dependencies if c in ROUTE_ROLES]
                 known = _RouteKind(
@@ -165,9 +171,11 @@ class RequestGate:
                 authorization = value
             elif name == b"content-length" and length is None:
                 length = value
-        authenticates, takes_body, roles = self._route_kind(scope)
+        authenticates, takes_body, roles, served = self._route_kind(scope)
         if authorization is not None and authorization.strip():
-            if authenticates:
+            if not served and scope["path"].startswith(AUDITED_PREFIX):
+                await self._identify(scope, authorization)
+            elif authenticates:
                 try:
                     principal = await principal_of(scope["app"], authorization.decode("latin-1"))
                     # Named in the audit row of a refusal too.
@@ -210,6 +218,18 @@ class RequestGate:
             if started:
                 raise
             await self._refuse(scope, send, 413, f"the request body exceeds {limit} bytes")
+
+    @staticmethod
+    async def _identify(scope: Scope, authorization: bytes) -> None:
+        """Name the caller of a request no route serves in its audit row, as a served route's
+        would: the principal behind a valid key or token; a revoked key's client; else nobody
+        (unauthenticated). Never refuses: the app answers the request (404, 405) as without."""
+        state = scope.setdefault("state", {})
+        try:
+            state["principal"] = await principal_of(scope["app"], authorization.decode("latin-1"))
+        except KvarusError as error:
+            if isinstance(error, RevokedKey):
+                state["revoked_subject"] = error.subject
 
     @classmethod
     async def _refuse(cls, scope: Scope, send: Send, status: int, detail: str) -> None:

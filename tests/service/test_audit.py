@@ -11,8 +11,11 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
 from schemas.catalog import AuditEvent, utcnow
+from service import auth
 from service.audit import AuditRow, AuditWriter
-from tests.service.conftest import ReleaseWriter
+from service.database import session_scope
+from tests.service.conftest import Headers, ReleaseWriter
+from tests.service.test_request_gate import key_subject
 
 API = "/api/v1"
 
@@ -219,3 +222,40 @@ class TestAuditWriter:
         # plan: 6 caregiver rows (nation, RHF, 2 providers, 2 HFs) × 2 years + 3 resident rows
         # in 2024; the unit row is hidden.
         assert events[0].rows == 15
+
+
+def test_a_refused_method_or_route_names_the_key_that_asked(
+    app: FastAPI, client: TestClient, headers: dict[str, Headers]
+) -> None:
+    # A valid key on a route and method the app does not serve was audited as
+    # "unauthenticated"/"none": only served routes checked the credentials. The status stays.
+    trust = headers["trust"]
+    subject = key_subject(app, headers, "trust")
+    with session_scope(app.state.engine) as session:
+        revoked, key = auth.create_key(session, role="registry", name="revoked")
+        assert revoked.id is not None
+        auth.revoke_key(session, revoked.id)
+    asked = [
+        ("DELETE", f"{API}/uploads/7", trust, 405),
+        ("PUT", f"{API}/releases/1", trust, 405),
+        ("PATCH", f"{API}/audit", trust, 405),
+        ("GET", f"{API}/secret", trust, 404),
+        ("GET", f"{API}/secret", {"Authorization": "Bearer kvk_12345678_nope0secret"}, 404),
+        ("DELETE", f"{API}/uploads/7", {"Authorization": f"Bearer {key}"}, 405),
+    ]
+    for method, path, sent, status in asked:
+        answer = client.request(method, path, headers=sent)
+        assert answer.status_code == status, (method, path, answer.text)
+        assert answer.headers["content-type"] == "application/problem+json"
+    app.state.audit.flush()
+    assert [(e.method, e.route, e.status, e.subject, e.role) for e in stored(app)] == [
+        ("DELETE", f"{API}/uploads/{{upload_id}}", 405, subject, "trust"),
+        ("PUT", f"{API}/releases/{{number}}", 405, subject, "trust"),
+        ("PATCH", f"{API}/audit", 405, subject, "trust"),
+        ("GET", "(no route)", 404, subject, "trust"),
+        # An unknown key, as on a served route: unauthenticated; a revoked one by its client.
+        ("GET", "(no route)", 404, "unauthenticated", "none"),
+        ("DELETE", f"{API}/uploads/{{upload_id}}", 405, f"key:{revoked.id}", "none"),
+    ]
+    assert "nope0secret" not in repr(stored(app))
+    assert key not in repr(stored(app))
