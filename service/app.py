@@ -364,6 +364,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         lifespan=lifespan,
+        # No 307 to the path without (or with) its trailing slash: that answer was not
+        # problem+json, echoed the path as typed (an identity number, say) in `location` and
+        # built its URL from the Host header. No route's path ends in a slash: a 404 instead.
+        redirect_slashes=False,
         title="Kvarus Analytics API",
         version="1.0.0",
         description="Quality indicators, uploads, releases and disclosure-controlled aggregates "

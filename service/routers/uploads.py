@@ -78,7 +78,9 @@ async def create_upload(
         )
     except BaseException:
         # No job will own the file: it must not stay under incoming/ (run_load deletes it
-        # once the job runs; a process that dies before is `sweep_incoming`'s at start-up).
+        # once the job runs). Should this process die first, the file, no longer owned (its
+        # flock went with the process), is deleted by the next writer's repair
+        # (`etl.ledger.repair_interrupted`: any load, an upload job's too, erasure or release).
         path.unlink(missing_ok=True)
         if held is not None:
             let_go(held)

@@ -18,6 +18,7 @@ from sqlmodel import Session, select
 
 import etl.load as etl_load
 from etl.ledger import repair
+from etl.privacy import is_identity_number
 from etl.warehouse import Warehouse
 from schemas.catalog import AuditEvent, Upload, ValidationRun
 from schemas.errors import ConfigurationError
@@ -87,6 +88,28 @@ class TestProblems:
         wrong = client.delete(f"{API}/indicators")
         assert wrong.status_code == 405
         assert wrong.json()["title"] == "Method not allowed"
+
+    def test_a_trailing_slash_is_404_not_a_redirect_echoing_the_path(
+        self, client: TestClient, app: FastAPI, headers: dict[str, Headers]
+    ) -> None:
+        # A valid identity number typed as an upload id, with a trailing slash: it was a 307 to
+        # http://x/api/v1/uploads/01019010046 (the path echoed in `location`, the Host trusted),
+        # the only answer that was not problem+json.
+        typed = "01019010046"
+        assert is_identity_number(typed)
+        for path in (f"{API}/uploads/{typed}/", f"{API}/uploads/"):
+            answer = client.get(
+                path, headers={**headers["trust"], "Host": "x"}, follow_redirects=False
+            )
+            assert answer.status_code == 404, (path, answer.headers)
+            assert answer.headers["content-type"] == PROBLEM
+            assert "location" not in answer.headers
+            assert answer.json()["instance"] is None
+            assert typed not in answer.text
+            assert typed not in str(answer.headers)
+        rows = audit_rows(app)
+        assert [(r.route, r.status, r.role) for r in rows] == [("(no route)", 404, "trust")] * 2
+        assert typed not in repr(rows)
 
     def test_validation_error_names_field_not_value(
         self, client: TestClient, headers: dict[str, Headers]
