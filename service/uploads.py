@@ -129,7 +129,6 @@ async def receive(file: UploadFile, settings: Settings) -> tuple[Path, str]:
     suffix = Path(name).suffix.lower()
     if not _SUFFIX.fullmatch(suffix):
         suffix = ""
-    _forget_gone()
     digest = hashlib.sha256()
     size = 0
     path, handle = own_incoming(settings.data_dir / INCOMING_DIR, suffix)
@@ -152,20 +151,13 @@ async def receive(file: UploadFile, settings: Settings) -> tuple[Path, str]:
 
 
 # The upload files this process received and owns (`etl.ledger.own_incoming`), until their job
-# ends. A route that fails after `receive` deletes its file without telling: `_forget_gone`.
+# ends or the route that received one fails (`release_file`).
 _owned: dict[Path, IO[bytes]] = {}
 _owned_guard = threading.Lock()
 
 
-def _forget_gone() -> None:
-    """Release the ownership of files deleted without `_release` (a route that failed)."""
-    with _owned_guard:
-        for path in [p for p in _owned if not p.exists()]:
-            _owned.pop(path).close()
-
-
-def _release(path: Path, adopted: IO[bytes] | None) -> None:
-    """The job has ended: delete its file and release it."""
+def release_file(path: Path, adopted: IO[bytes] | None = None) -> None:
+    """The file's job has ended, or no job will take it: delete it and release it."""
     with _owned_guard:
         handle = _owned.pop(path, None)
     path.unlink(missing_ok=True)
@@ -273,7 +265,7 @@ def run_load(
         # release lack them for another reason: the API would serve it with none.
         _ensure_indicators(engine, settings, request_id)
     finally:
-        _release(path, adopted)
+        release_file(path, adopted)
         let_go(held)
 
 

@@ -81,7 +81,7 @@ async def create_upload(
         # once the job runs). Should this process die first, the file, no longer owned (its
         # flock went with the process), is deleted by the next writer's repair
         # (`etl.ledger.repair_interrupted`: any load, an upload job's too, erasure or release).
-        path.unlink(missing_ok=True)
+        uploads.release_file(path)
         if held is not None:
             let_go(held)
         raise

@@ -70,7 +70,7 @@ def test_a_repair_deletes_the_file_of_a_dead_request_and_keeps_a_live_ones(
             assert request.status == "pending"
     finally:
         let_go(held)
-        live_path.unlink(missing_ok=True)
+        uploads.release_file(live_path)
 
 
 def test_an_erasure_deletes_the_file_of_a_dead_request(

@@ -13,6 +13,7 @@ from etl.privacy import is_identity_number
 from schemas.catalog import Upload
 from schemas.forms import Form as ExtractForm
 from service import errors, uploads
+from service.settings import Settings
 from tests.conftest import PROVIDER_A, PROVIDER_B, ExtractWriter, episode_row
 from tests.service.conftest import Headers
 
@@ -271,3 +272,28 @@ def test_the_ledger_row_of_an_api_upload_is_not_served(
         assert polled.json()["report"] is not None
         page = client.get(f"{API}/uploads/1/report.html", headers=headers[role])
         assert page.status_code == 200
+
+
+def test_a_route_failing_after_the_file_is_received_deletes_and_releases_it(
+    client: TestClient,
+    app: FastAPI,
+    headers: dict[str, Headers],
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No job will take the file: it is deleted and this process lets go of it at once (the
+    handle is not kept open for the process's life)."""
+
+    def fail(*args: object, **kwargs: object) -> Upload:
+        raise errors.ServiceUnavailable("the catalog is busy")
+
+    monkeypatch.setattr(uploads, "create_request", fail)
+    answer = client.post(
+        f"{API}/uploads",
+        files={"file": ("a.csv", b"x;y\n1;2\n", "text/csv")},
+        data={"form": "basis"},
+        headers=headers["registry"],
+    )
+    assert answer.status_code == 503
+    assert list((settings.data_dir / "incoming").iterdir()) == []
+    assert uploads._owned == {}
