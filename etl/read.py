@@ -54,9 +54,11 @@ _UTF8_BOM: Final = b"\xef\xbb\xbf"
 _DELIMITERS: Final = (";", ",")
 # A byte that `bytes.strip()` keeps: searched for instead of stripping a copy of the whole file.
 _NOT_WHITESPACE: Final = re.compile(rb"[^ \t\n\r\x0b\x0c]")
-# The bytes that Arrow's `utf8_trim_whitespace` strips from a value, besides the line breaks that
-# end a CSV row: a file that is ASCII and has none of them has no value to strip.
-_ASCII_BLANKS: Final = (b" ", b"\t", b"\x0b", b"\x0c")
+# The bytes that Arrow's `utf8_trim_whitespace` strips from a value (its ASCII whitespace: tab to
+# carriage return, the separators 0x1C-0x1F and space), but for the line breaks \n and \r: a file
+# that is ASCII and has none of them has no value to strip. \n always ends a row; so does \r,
+# unless inside quotes, where a value may hold it (checked apart, `_read_csv`).
+_ASCII_BLANKS: Final = (b" ", b"\t", b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", b"\x1f")
 # Bytes that Windows-1252 leaves undefined: a file with them is not cp1252 (nor UTF-8).
 _CP1252_UNDEFINED: Final = re.compile(rb"[\x81\x8d\x8f\x90\x9d]")
 # The non-ASCII characters a Norwegian or Sami extract plausibly holds: Latin-1 (æøå, é, á, the
@@ -424,7 +426,11 @@ def _read_csv(path: Path, form: Form) -> tuple[list[str], list[pa.ChunkedArray],
             f"{ragged.count} row(s) with the wrong number of fields (truncated or ragged; "
             f"the header has {len(names)}){where}"
         )
-    blank_free = data.isascii() and not any(blank in data for blank in _ASCII_BLANKS)
+    blank_free = (
+        data.isascii()
+        and not any(blank in data for blank in _ASCII_BLANKS)
+        and (b"\r" not in data or b'"' not in data)  # no value can hold a \r without quotes
+    )
     return names, table.columns, blank_free
 
 
