@@ -469,7 +469,7 @@ def _normalised(request: AggregateCreate) -> tuple[list[str], list[str]]:
             )
     dimensions = canonical_dimensions(requested)
     measures: list[str] = list(dict.fromkeys(str(m) for m in request.measures))
-    if _sliced(measures, dimensions):
+    if _sliced(measures, dimensions) and "episodes" not in measures:
         measures.append("episodes")  # mutual_end is answered as its slice (`aggregate`)
     return dimensions, measures
 

@@ -747,6 +747,34 @@ class TestCostLimits:
         totals = [c for c in after.json()["cells"] if set(c["dimensions"].values()) == {None}]
         assert totals[0]["values"]["episodes"] == expected_published(settings, keys)
 
+    def test_episodes_with_mutual_end_by_end_reason_is_protected_once(
+        self,
+        client: TestClient,
+        headers: dict[str, Headers],
+        publish: ReleaseWriter,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """mutual_end by end_reason is the episodes table's slice: asked with episodes, the one
+        table is protected once (not twice against the one audit budget)."""
+        basis = episodes(PROVIDER_A, 20, tag="a") + episodes(PROVIDER_B, 2, tag="b")
+        discharge = [
+            {
+                "patient_key": r["patient_key"],
+                "episode_id": r["episode_id"],
+                "provider_orgnr": r["provider_orgnr"],
+                "discharge_date": date(2024, 6, 1),
+                "end_reason": 1,
+                "followup_arranged": 1,
+                "year": 2024,
+            }
+            for r in basis
+        ]
+        publish(1, basis=basis, discharge=discharge)
+        calls = self.counting_protect(monkeypatch)
+        body = {"measures": ["episodes", "mutual_end"], "dimensions": ["end_reason", "provider"]}
+        assert client.post(URL, json=body, headers=headers["researcher"]).status_code == 200
+        assert calls == ["protect"]
+
     def test_second_concurrent_request_gets_503(
         self,
         client: TestClient,
