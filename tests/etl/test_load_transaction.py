@@ -41,6 +41,7 @@ def test_no_catalog_transaction_is_open_while_the_file_is_validated(
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("catalog_engine", ["postgresql"], indirect=True)  # PostgreSQL's timeout
 def test_a_load_outlasting_the_idle_in_transaction_limit_loads(
     write_extract: ExtractWriter,
     warehouse: Warehouse,
@@ -48,8 +49,6 @@ def test_a_load_outlasting_the_idle_in_transaction_limit_loads(
     key: bytes,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    if catalog_engine.dialect.name != "postgresql":
-        pytest.skip("PostgreSQL's idle_in_transaction_session_timeout")
     with catalog_engine.connect() as connection:
         schema = connection.execute(text("SELECT current_schema()")).scalar_one()
     limited = create_engine(
