@@ -65,6 +65,20 @@ def episodes(
     ]
 
 
+def discharge_of(row: dict[str, Any], end_reason: int = 1) -> dict[str, Any]:
+    """The discharge of a basis row's episode (2024-06-01, follow-up arranged)."""
+    return {
+        "record_id": f"d-{row['provider_orgnr']}-{row['episode_id']}",
+        "patient_key": row["patient_key"],
+        "episode_id": row["episode_id"],
+        "provider_orgnr": row["provider_orgnr"],
+        "discharge_date": date(2024, 6, 1),
+        "end_reason": end_reason,
+        "followup_arranged": 1,
+        "year": 2024,
+    }
+
+
 def cells_by(body: dict[str, Any], dimension: str) -> dict[str | None, dict[str, Any]]:
     return {cell["dimensions"][dimension]: cell for cell in body["cells"]}
 
@@ -247,18 +261,7 @@ class TestAggregateRoute:
         basis = episodes(PROVIDER_A, 12, tag="a")
         # One patient with a second episode: 13 episodes, 12 patients.
         basis.append(basis[0] | {"episode_id": "a-e99", "record_id": "a-r99"})
-        discharge = [
-            {
-                "patient_key": r["patient_key"],
-                "episode_id": r["episode_id"],
-                "provider_orgnr": r["provider_orgnr"],
-                "discharge_date": date(2024, 6, 1),
-                "end_reason": 1 if i < 10 else 2,
-                "followup_arranged": 1,
-                "year": 2024,
-            }
-            for i, r in enumerate(basis)
-        ]
+        discharge = [discharge_of(r, 1 if i < 10 else 2) for i, r in enumerate(basis)]
         publish(1, basis=basis, discharge=discharge)
         body = client.post(
             URL,
@@ -288,18 +291,7 @@ class TestAggregateRoute:
     ) -> None:
         basis = episodes(PROVIDER_A, 40, tag="a") + episodes(PROVIDER_B, 30, tag="b")
         reasons = [1, 1, 2, 3, 1, 9, 1, 2]
-        discharge = [
-            {
-                "patient_key": r["patient_key"],
-                "episode_id": r["episode_id"],
-                "provider_orgnr": r["provider_orgnr"],
-                "discharge_date": date(2024, 6, 1),
-                "end_reason": reasons[i % len(reasons)],
-                "followup_arranged": 1,
-                "year": 2024,
-            }
-            for i, r in enumerate(basis[:60])
-        ]
+        discharge = [discharge_of(r, reasons[i % len(reasons)]) for i, r in enumerate(basis[:60])]
         publish(1, basis=basis, discharge=discharge)
         request = {"measures": ["mutual_end"], "dimensions": ["end_reason", "provider"]}
         alone = client.post(URL, json=request, headers=headers["researcher"]).json()
@@ -524,19 +516,6 @@ class TestEpisodeCounting:
             hierarchy=Hierarchy.default(),
         )
 
-    @staticmethod
-    def discharge(row: dict[str, Any], end_reason: int = 1) -> dict[str, Any]:
-        return {
-            "record_id": f"d-{row['provider_orgnr']}-{row['episode_id']}",
-            "patient_key": row["patient_key"],
-            "episode_id": row["episode_id"],
-            "provider_orgnr": row["provider_orgnr"],
-            "discharge_date": date(2024, 6, 1),
-            "end_reason": end_reason,
-            "followup_arranged": 1,
-            "year": 2024,
-        }
-
     def test_same_episode_id_at_two_providers_are_two_episodes(
         self, publish: ReleaseWriter, settings: Settings
     ) -> None:
@@ -546,7 +525,7 @@ class TestEpisodeCounting:
         at_b = [
             r | {"provider_orgnr": PROVIDER_B, "record_id": f"b-r{i}"} for i, r in enumerate(at_a)
         ]
-        publish(1, basis=at_a + at_b, discharge=[self.discharge(r) for r in at_a])
+        publish(1, basis=at_a + at_b, discharge=[discharge_of(r) for r in at_a])
         measures = ["episodes", "mutual_end", "followup_arranged"]
         axes, tables = self.tables(settings, measures, ["provider", "end_reason"])
         a, b = axes[0].index(PROVIDER_A), axes[0].index(PROVIDER_B)
@@ -589,7 +568,7 @@ class TestEpisodeCounting:
             row["treatment_type"] = 2
         resent[1]["clinical_study_id"] = "S1"
         # a-e0..a-e5 discharged by mutual agreement, follow-up arranged; a-e6, a-e7 open.
-        publish(1, basis=first + resent, discharge=[self.discharge(r) for r in first[:6]])
+        publish(1, basis=first + resent, discharge=[discharge_of(r) for r in first[:6]])
 
         measures = ["episodes", "mutual_end", "followup_arranged"]
         axes, tables = self.tables(settings, measures, ["year", "treatment_type"])
@@ -757,18 +736,7 @@ class TestCostLimits:
         """mutual_end by end_reason is the episodes table's slice: asked with episodes, the one
         table is protected once (not twice against the one audit budget)."""
         basis = episodes(PROVIDER_A, 20, tag="a") + episodes(PROVIDER_B, 2, tag="b")
-        discharge = [
-            {
-                "patient_key": r["patient_key"],
-                "episode_id": r["episode_id"],
-                "provider_orgnr": r["provider_orgnr"],
-                "discharge_date": date(2024, 6, 1),
-                "end_reason": 1,
-                "followup_arranged": 1,
-                "year": 2024,
-            }
-            for r in basis
-        ]
+        discharge = [discharge_of(r) for r in basis]
         publish(1, basis=basis, discharge=discharge)
         calls = self.counting_protect(monkeypatch)
         body = {"measures": ["episodes", "mutual_end"], "dimensions": ["end_reason", "provider"]}

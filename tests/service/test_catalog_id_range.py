@@ -12,11 +12,10 @@ from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from service import database
-from service.app import create_app
 from service.cli import app as cli
 from service.commands import indicators, keys, report
 from service.settings import Settings
-from tests.service.catalog_url import catalog_url
+from tests.service.catalog_url import app_over, catalog_url
 from tests.service.conftest import Headers
 
 BEYOND = 2**31  # the first id a PostgreSQL `integer` cannot hold
@@ -25,16 +24,8 @@ RANGE = "less than or equal to 2147483647"
 
 @pytest.fixture
 def app(settings: Settings, catalog_engine: Engine) -> Iterator[FastAPI]:
-    """The app over the catalog of `catalog_engine` (SQLite, or PostgreSQL where reachable)."""
-    served = create_app(settings.model_copy(update={"database_url": catalog_url(catalog_engine)}))
-    yield served
-    served.state.engine.dispose()  # its pooled connections: closed before the schema is dropped
-
-
-@pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
+    """conftest's `app`, over the catalog of `catalog_engine` (its `client` and `headers` too)."""
+    yield from app_over(settings, catalog_engine)
 
 
 @pytest.mark.parametrize(

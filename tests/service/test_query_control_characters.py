@@ -9,24 +9,15 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from service.app import create_app
 from service.settings import Settings
-from tests.service.catalog_url import catalog_url
+from tests.service.catalog_url import app_over
 from tests.service.conftest import Headers
 
 
 @pytest.fixture
 def app(settings: Settings, catalog_engine: Engine) -> Iterator[FastAPI]:
-    """The app over the catalog of `catalog_engine` (SQLite, or PostgreSQL where reachable)."""
-    served = create_app(settings.model_copy(update={"database_url": catalog_url(catalog_engine)}))
-    yield served
-    served.state.engine.dispose()  # its pooled connections: closed before the schema is dropped
-
-
-@pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
+    """conftest's `app`, over the catalog of `catalog_engine` (its `client` and `headers` too)."""
+    yield from app_over(settings, catalog_engine)
 
 
 @pytest.mark.parametrize(
