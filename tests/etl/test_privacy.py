@@ -220,6 +220,37 @@ def test_numeric_columns_get_back_the_leading_zero() -> None:
     assert find_identity_numbers(pa.table({"n": pa.array([1019000083, 5], pa.int64())})) == {"n": 1}
 
 
+def test_a_numeric_id_given_back_its_zero_must_begin_with_a_birth_date() -> None:
+    # Of the ids 1000000001-1000001000 these eight pass both check digits with a zero in front
+    # (worked out with `is_identity_number`), but "0100000..." is day 01 of month 00: no birth
+    # date. A Parquet record_id column of such ids was refused whole.
+    passing = [1000000120, 1000000201, 1000000392, 1000000473, 1000000554]
+    passing += [1000000635, 1000000716, 1000000988]
+    assert all(privacy.is_identity_number(f"0{n}") for n in passing)
+    ids = pa.table({"record_id": pa.array(range(1000000001, 1000001001), pa.int64())})
+    assert find_identity_numbers(ids) == {}
+
+
+@given(st.lists(st.integers(1_000_000_000, 9_999_999_999), min_size=1, max_size=30))
+def test_a_numeric_ten_digit_cell_is_a_number_exactly_when_its_padded_form_is(
+    numbers: list[int],
+) -> None:
+    def expected(number: int) -> bool:
+        # Written out: 11 digits with both check digits, day 01-31 (D-number 41-71), month
+        # 01-12 (H-number 41-52, synthetic 81-92).
+        padded = f"0{number}"
+        day, month = int(padded[:2]), int(padded[2:4])
+        return (
+            privacy.is_identity_number(padded)
+            and (1 <= day <= 31 or 41 <= day <= 71)
+            and (1 <= month <= 12 or 41 <= month <= 52 or 81 <= month <= 92)
+        )
+
+    count = sum(expected(n) for n in numbers)
+    found = find_identity_numbers(pa.table({"n": pa.array(numbers, pa.int64())}))
+    assert found == ({"n": count} if count else {})
+
+
 def test_a_file_name_holding_an_identity_number_is_withheld() -> None:
     # 01010750160 is the hand-worked valid number of this module's first test.
     assert "01010750160" not in privacy.safe_filename("pasient_01010750160.csv")
