@@ -177,6 +177,27 @@ def test_an_optout_sent_by_a_provider_outside_the_register_list_still_erases(
     _assert_no_trace(settings.data_dir, key)
 
 
+def test_an_optout_file_repeating_a_record_id_erases_every_patient_of_it(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    settings: Settings,
+) -> None:
+    # EXTRACT_SPEC asks record_id to be unique within the form of the episode forms alone; an
+    # optout file sending "o1" twice was rejected whole (record_id.unique), erasing no one.
+    _register(write_extract, warehouse, session, key)
+    optout = [episode_row(Form.OPTOUT, 1, ERASED), episode_row(Form.OPTOUT, 1, "P-KEEP-1")]
+    upload = load_ok(write_extract(Form.OPTOUT, optout), Form.OPTOUT, warehouse, session, key)
+    session.commit()
+    assert upload.rows_accepted == 2
+    assert upload.rows_erased == 7  # ERASED 5, P-KEEP-1 2 (b1, m1)
+    assert warehouse.table(Form.BASIS).column("record_id").to_pylist() == ["b4"]
+    assert session.exec(select(Erasure)).one().patients == 2
+    session.close()
+    _assert_no_trace(settings.data_dir, key)
+
+
 def test_optout_rows_failing_a_check_still_erase_and_are_counted_as_quarantined(
     write_extract: ExtractWriter,
     warehouse: Warehouse,
