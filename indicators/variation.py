@@ -68,7 +68,8 @@ def systematic_component_of_variation(
 
     The second term removes the random (Poisson) part of the variation, so the SCV can be
     negative when providers vary less than chance alone would make them. Providers with E = 0
-    carry no information and are left out; None when none remain.
+    carry no information and are left out; None when fewer than two remain (a variation between
+    providers, as the coefficient of variation).
     """
     o = np.asarray(observed, dtype=np.float64).ravel()
     e = np.asarray(expected, dtype=np.float64).ravel()
@@ -78,7 +79,7 @@ def systematic_component_of_variation(
         raise ValueError("observed and expected must be non-negative")
     keep = e > 0
     o, e = o[keep], e[keep]
-    if len(e) == 0:
+    if len(e) < 2:
         return None
     return float(100.0 * (np.mean((o - e) ** 2 / e**2) - np.mean(1.0 / e)))
 

@@ -53,6 +53,8 @@ def test_scv_by_hand() -> None:
 def test_scv_leaves_out_zero_expected() -> None:
     assert systematic_component_of_variation([20, 5, 30, 0], [10, 10, 25, 0]) == pytest.approx(35.0)
     assert systematic_component_of_variation([1], [0]) is None
+    # One provider left is no variation between providers (it was 100 × (0.25 − 0.5) = −25).
+    assert systematic_component_of_variation([15, 0], [10, 0]) is None
     with pytest.raises(ValueError, match="same length"):
         systematic_component_of_variation([1, 2], [1])
 
