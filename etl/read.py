@@ -14,6 +14,7 @@ cells unnamed. A header name that could itself be a value (`_shown`) is named by
 
 import csv
 import itertools
+import json
 import os
 import re
 import zipfile
@@ -32,6 +33,7 @@ import pyarrow.parquet as pq
 from etl.privacy import NUMERIC_SOURCE
 from schemas.errors import RejectedInput
 from schemas.forms import FORMS, Form
+from validation.run import READ_NOTES
 
 DEFAULT_MAX_BYTES: Final = 512 * 1024 * 1024
 # Zip-bomb limits for XLSX, checked from the zip directory before openpyxl inflates anything. A real
@@ -126,14 +128,15 @@ def read_extract(path: Path, form: Form, *, max_bytes: int = DEFAULT_MAX_BYTES) 
     if size > max_bytes:
         raise RejectedInput(f"The extract file is {size} bytes, over the limit of {max_bytes}")
     kind = _file_kind(path)
+    notes: list[str] = []
     if kind == "xlsx":
-        names, columns, numeric = _read_xlsx(path, form)
+        names, columns, numeric, notes = _read_xlsx(path, form)
     elif kind == "parquet":
         names, columns, numeric = _read_parquet(path, form)
     else:
         names, columns, blank_free = _read_csv(path, form)
         return _finish(names, columns, form, blank_free=blank_free)
-    return _finish(names, columns, form, numeric=numeric)
+    return _finish(names, columns, form, numeric=numeric, notes=notes)
 
 
 def _file_kind(path: Path) -> str:
@@ -477,30 +480,40 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _check_other_sheets_empty(sheets: Sequence[Any], opened: list[Any], order: list[str]) -> None:
-    """Refuse a workbook with a value on a sheet after the first (EXTRACT_SPEC.md: "first sheet").
+def _other_sheets_with_data(
+    sheets: Sequence[Any], opened: list[Any], order: list[str]
+) -> list[str]:
+    """A note for each sheet after the first that holds a value (EXTRACT_SPEC.md: "XLSX: first
+    sheet"): the extract is read from the first sheet alone, and a value elsewhere may be data the
+    user meant to send, so they are told which sheet was left unread.
 
-    Empty sheets are accepted (Excel's old default Ark2/Ark3, an unused notes sheet); a value
-    elsewhere makes it unclear which sheet is the extract, and would be left unread. A blank text
-    counts as empty, as in the extract itself. `opened` collects the row iterators to close.
+    A sheet is read only up to its first value, and no value is kept: the note names the sheet by
+    its position, and by its title only where the title could not be a value (`_shown`). Empty
+    sheets (Excel's old default Ark2/Ark3, an unused notes sheet) get no note; a blank text counts
+    as empty, as in the extract itself. `opened` collects the row iterators to close.
     """
+    notes: list[str] = []
     for sheet in sheets:
-        sheet.reset_dimensions()  # as for the first sheet (`_read_xlsx`)
+        sheet.reset_dimensions()  # as for the first sheet (`_read_xlsx`): a stale tag hides rows
         rows = sheet.iter_rows(values_only=True)
         opened.append(rows)
-        for row in rows:
-            if any(cell is not None and (_cell_text(cell) or "").strip() for cell in row):
-                position = order.index(sheet.title) + 1
-                raise RejectedInput(
-                    f"Sheet {position} of the workbook holds data too: an extract must be on the "
-                    "first sheet alone, or which sheet is the extract is unclear and data would "
-                    "be left unread"
-                )
+        if any(_holds_value(row) for row in rows):
+            position = order.index(sheet.title) + 1
+            title = f" ('{sheet.title}')" if _shown(sheet.title) else ""
+            notes.append(
+                f"Sheet {position}{title} of the workbook holds data and was not read: an extract "
+                "is read from the first sheet only"
+            )
+    return notes
 
 
-def _read_xlsx(path: Path, form: Form) -> tuple[list[str], list[pa.Array], set[int]]:
-    """Names (a header of `form`), text columns and the positions (0-based) of columns with a number
-    cell."""
+def _holds_value(row: Sequence[object]) -> bool:
+    return any(cell is not None and (_cell_text(cell) or "").strip() for cell in row)
+
+
+def _read_xlsx(path: Path, form: Form) -> tuple[list[str], list[pa.Array], set[int], list[str]]:
+    """Names (a header of `form`), text columns, the positions (0-based) of columns with a number
+    cell, and the notes on other sheets that hold data (`_other_sheets_with_data`)."""
     _check_zip(path)
     # Imported here: openpyxl is slow to import and only needed for workbooks.
     import openpyxl
@@ -514,37 +527,52 @@ def _read_xlsx(path: Path, form: Form) -> tuple[list[str], list[pa.Array], set[i
         sheets = workbook.worksheets
         if not sheets or sheets[0].title != workbook.sheetnames[0]:
             raise RejectedInput("The workbook's first sheet is not a sheet of cells (a chart?)")
-        _check_other_sheets_empty(sheets[1:], opened, workbook.sheetnames)
-        # Read-only openpyxl reads only the range of the sheet's <dimension> tag, which some writers
-        # leave stale: rows and columns beyond it were lost without a word. Every row is read.
-        sheets[0].reset_dimensions()
-        rows = sheets[0].iter_rows(values_only=True)
-        # Closed explicitly (finally below): a half-read sheet otherwise keeps its file open.
-        opened.append(rows)
-        header_cells = list(next(rows, ()))
-        while header_cells and header_cells[-1] is None:
-            header_cells.pop()
-        if not header_cells:
-            raise RejectedInput("The workbook's first row (the header) is empty")
-        names = [(_cell_text(cell) or "").strip().lower() for cell in header_cells]
-        _check_header(names, form)
-        width = len(names)
-        columns: list[list[str | None]] = [[] for _ in names]
-        numeric: set[int] = set()
-        for line, row in enumerate(rows, start=2):
-            cells = [_cell_text(cell) for cell in row]
-            numeric.update(i for i, cell in enumerate(row[:width]) if _is_number(cell))
-            if any(cell is not None and cell.strip() for cell in cells[width:]):
-                raise RejectedInput(
-                    f"Row {line} of the workbook has values beyond the header's {width} columns"
-                )
-            cells = (cells + [None] * width)[:width]
-            for column, cell in zip(columns, cells, strict=True):
-                column.append(cell)
+        try:
+            names, columns, numeric = _read_first_sheet(sheets[0], form, opened)
+        except RejectedInput as error:
+            # The extract may be on another sheet (a cover sheet first): say where data is.
+            notes = _other_sheets_with_data(sheets[1:], opened, workbook.sheetnames)
+            if not notes:
+                raise
+            raise RejectedInput(". ".join([error.detail, *notes])) from None
+        notes = _other_sheets_with_data(sheets[1:], opened, workbook.sheetnames)
     finally:
         for rows_iterator in opened:
             rows_iterator.close()
         workbook.close()
+    return names, columns, numeric, notes
+
+
+def _read_first_sheet(
+    sheet: Any, form: Form, opened: list[Any]
+) -> tuple[list[str], list[pa.Array], set[int]]:
+    """The extract on the workbook's first sheet (see `_read_xlsx`)."""
+    # Read-only openpyxl reads only the range of the sheet's <dimension> tag, which some writers
+    # leave stale: rows and columns beyond it were lost without a word. Every row is read.
+    sheet.reset_dimensions()
+    rows = sheet.iter_rows(values_only=True)
+    # Closed by the caller (`opened`): a half-read sheet otherwise keeps its file open.
+    opened.append(rows)
+    header_cells = list(next(rows, ()))
+    while header_cells and header_cells[-1] is None:
+        header_cells.pop()
+    if not header_cells:
+        raise RejectedInput("The workbook's first row (the header) is empty")
+    names = [(_cell_text(cell) or "").strip().lower() for cell in header_cells]
+    _check_header(names, form)
+    width = len(names)
+    columns: list[list[str | None]] = [[] for _ in names]
+    numeric: set[int] = set()
+    for line, row in enumerate(rows, start=2):
+        cells = [_cell_text(cell) for cell in row]
+        numeric.update(i for i, cell in enumerate(row[:width]) if _is_number(cell))
+        if any(cell is not None and cell.strip() for cell in cells[width:]):
+            raise RejectedInput(
+                f"Row {line} of the workbook has values beyond the header's {width} columns"
+            )
+        cells = (cells + [None] * width)[:width]
+        for column, cell in zip(columns, cells, strict=True):
+            column.append(cell)
     return names, [pa.array(column, pa.string()) for column in columns], numeric
 
 
@@ -647,6 +675,7 @@ def _finish(
     *,
     numeric: set[int] | None = None,
     blank_free: bool = False,
+    notes: Sequence[str] = (),
 ) -> pa.Table:
     """Strip values, empty → null, drop rows that are empty throughout, refuse an empty result.
 
@@ -654,6 +683,8 @@ def _finish(
     `etl.privacy.NUMERIC_SOURCE`, so the privacy guard restores the leading zero a number drops.
     `blank_free`: the columns are text with nothing to strip and no empty value (a CSV read whose
     empty values are already null): they are taken as they are (1M basis rows: 0.19 s saved).
+    `notes` (for the user; never a value of the file) go in the schema's metadata under
+    `validation.run.READ_NOTES`, from where the validation report takes them.
     """
     if blank_free:
         cleaned = list(columns)
@@ -678,5 +709,8 @@ def _finish(
         if not pc.all(any_value).as_py():
             table = table.filter(any_value)
     if table.num_rows == 0:
-        raise RejectedInput(f"The extract file of form '{form.value}' has no data rows")
+        empty = f"The extract file of form '{form.value}' has no data rows"
+        raise RejectedInput(". ".join([empty, *notes]))
+    if notes:
+        table = table.replace_schema_metadata({READ_NOTES: json.dumps(list(notes)).encode()})
     return table

@@ -106,6 +106,8 @@ def render_text(report: dict[str, Any]) -> str:
         f"{verdict}; {report['quarantined_rows']} row(s) to quarantine",
     ]
     lines += [f"  rejected: {reason}" for reason in report["rejection_reasons"]]
+    # Absent from the reports stored before the reader left notes.
+    lines += [f"  note: {note}" for note in report.get("notes", [])]
     if report.get("released_rows"):
         lines.append(
             f"  released: {report['released_rows']} row(s) held for their intake were stored "

@@ -20,6 +20,7 @@ failing rows by *all* rows and compare with the check's tolerance. Nothing from 
 holds a value (`partial_unexpected_list`, `unexpected_list`, exception messages) is ever kept.
 """
 
+import json
 import os
 import re
 import uuid
@@ -66,6 +67,11 @@ COLUMNS_CHECK_ID: Final = "table.columns"
 # A column name is repeated in a message only when it is a column of some form: in a file without a
 # header row the "names" are a record's values, and a letters-only pseudonym looks like any name.
 _DICTIONARY_NAMES: Final = frozenset(name for spec in FORMS.values() for name in spec.column_names)
+
+# The raw table's schema metadata key under which the reader (`etl.read.read_extract`) leaves notes
+# for the user about the file (a JSON list of texts, never a value of the file: a workbook's other
+# sheet that holds data and was not read). The report carries them as `notes`.
+READ_NOTES: Final = b"kvarus.read_notes"
 
 ROW_FAILURES_SCHEMA: Final = pa.schema(
     [
@@ -115,6 +121,8 @@ class ValidationResult:
     # The file typed by `schemas.parsing.normalise` (the form's columns the file has), so that a
     # caller need not type it a second time; None when the file's columns were not the form's.
     typed: pa.Table | None = field(default=None, repr=False)
+    # The reader's notes on the file (`READ_NOTES`).
+    notes: list[str] = field(default_factory=list)
 
     def to_report(self) -> dict[str, Any]:
         """The result as JSON-able data: check ids, counts and record ids, never a record value.
@@ -137,6 +145,7 @@ class ValidationResult:
             "rows": self.rows,
             "rejected": self.rejected,
             "rejection_reasons": list(self.rejection_reasons),
+            "notes": list(self.notes),
             "quarantined_rows": int(quarantined),
             "categories": categories,
             "checks": [asdict(check) for check in self.checks],
@@ -220,7 +229,17 @@ def run_checks(
         row_failures=_row_failures(results_by_id, indexes, checks, record_ids),
         failing_rows_by_category=_failing_rows_by_category(results, indexes, rows),
         typed=typed,
+        notes=_read_notes(raw),
     )
+
+
+def _read_notes(raw: pa.Table) -> list[str]:
+    """The notes the reader left on the raw table (`READ_NOTES`); none on one built otherwise."""
+    metadata = raw.schema.metadata or {}
+    if READ_NOTES not in metadata:
+        return []
+    notes = json.loads(metadata[READ_NOTES])
+    return [str(note) for note in notes]
 
 
 def _failing_rows_by_category(

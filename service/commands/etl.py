@@ -22,6 +22,7 @@ from typing import Annotated, Final
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -45,7 +46,7 @@ from service.commands.common import (
 from service.database import make_engine, session_scope
 from service.publishing import ResultsUnderLocks, ensure_indicators, publish
 from service.settings import Settings
-from service.uploads import NAME_WITHHELD, ledger_filename
+from service.uploads import NAME_WITHHELD, latest_report, ledger_filename
 
 # What `etl.load.load_file` runs after each step it reports done: the spinner names the step now
 # running (named when done, `guarded` stayed on screen through the seconds of validation).
@@ -125,10 +126,15 @@ def register(app: typer.Typer) -> None:
                     f"{upload.rows_accepted}, quarantined {upload.rows_quarantined}, superseded "
                     f"{upload.rows_superseded}, erased {upload.rows_erased}"
                 )
+                notes = _notes(latest_report(session, upload))
         except KeyboardInterrupt:
             # `load_file` undoes a load it is stopped in (`etl.load`): only a returned one stands.
             done = "nothing was stored" if loaded is None else f"upload {loaded} was loaded"
             fail("Interrupted", done, EXIT_INTERRUPTED)
+        # The reader's notes on the file (a workbook's other sheet that holds data was not read),
+        # as its stored report has them: on stderr, beside the verdict.
+        for note in notes:
+            console.print(f"[bold]Note:[/] {escape(note)}", highlight=False, soft_wrap=True)
         if status == "rejected":
             fail("Rejected", str(error), 1)
         typer.echo(summary)
@@ -266,6 +272,13 @@ def register(app: typer.Typer) -> None:
 
 # The suffix (the reader picks the format by it) kept on a withheld name: a plain one only.
 _SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,7}")
+
+
+def _notes(report: dict[str, object] | None) -> list[str]:
+    """The notes of a stored validation report (`validation.run.READ_NOTES`); none in a report
+    stored before they existed, or when the reader refused the file (its message says it all)."""
+    notes = (report or {}).get("notes")
+    return [str(note) for note in notes] if isinstance(notes, list) else []
 
 
 @contextmanager

@@ -6,6 +6,7 @@ message names the column / line / count but never carries SENTINEL.
 
 import bz2
 import gzip
+import json
 import lzma
 import zipfile
 from datetime import date, datetime
@@ -25,6 +26,7 @@ from etl.read import read_extract
 from schemas.errors import PrivacyViolation, RejectedInput
 from schemas.forms import FORMS, Form
 from schemas.parsing import normalise
+from validation.run import READ_NOTES
 
 SENTINEL = "PSEUDO-SENTINEL-4711"
 BASIS = list(FORMS[Form.BASIS].column_names)
@@ -497,20 +499,23 @@ def test_a_compressed_csv_is_refused_as_compressed_not_as_an_encoding(tmp_path: 
         )
 
 
-def test_xlsx_with_data_on_several_sheets(tmp_path: Path) -> None:
+def test_xlsx_with_data_on_several_sheets_reads_the_first(tmp_path: Path) -> None:
+    # EXTRACT_SPEC.md: "XLSX: first sheet". The other sheet's data is not read, and the reader's
+    # note says so, without its value.
     workbook = openpyxl.Workbook()
     sheet = workbook.active
     assert sheet is not None
     sheet.append(["provider_orgnr", "year", "episodes"])
-    sheet.append([SENTINEL, 2021, 1])
+    sheet.append(["983974880", 2021, 1])
     workbook.create_sheet("Ark2")
     workbook.create_sheet("notes")["C4"] = SENTINEL
     workbook.save(tmp_path / "n.xlsx")
-    message = rejected(tmp_path / "n.xlsx", Form.NPR_COUNTS)
-    assert message == (
-        "Sheet 3 of the workbook holds data too: an extract must be on the first sheet alone, or "
-        "which sheet is the extract is unclear and data would be left unread"
-    )
+    raw = read_extract(tmp_path / "n.xlsx", Form.NPR_COUNTS)
+    assert raw.to_pylist() == [{"provider_orgnr": "983974880", "year": "2021", "episodes": "1"}]
+    assert json.loads(raw.schema.metadata[READ_NOTES]) == [
+        "Sheet 3 ('notes') of the workbook holds data and was not read: an extract is read from "
+        "the first sheet only"
+    ]
 
 
 def test_xlsx_zip_bomb_is_refused_before_opening(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ Refusals go through `test_read.rejected`, which asserts that the message never c
 
 import re
 import zipfile
+from datetime import date
 from pathlib import Path
 
 import openpyxl
@@ -20,7 +21,11 @@ from etl.read import read_extract
 from schemas.forms import Form
 from schemas.parsing import normalise
 from tests.etl.test_read import BASIS, SENTINEL, basis_row, csv_text, rejected, write
+from validation import validate_extract
+from validation.report import render_html, render_text
 
+NPR_PROVIDERS = frozenset({"983974880", "983974899"})
+TODAY = date(2025, 1, 1)
 UNEXPECTED = (
     "Column(s) not part of form 'basis': '{}'; an unexpected column may carry identifying data, "
     "so the file is rejected whole"
@@ -161,16 +166,36 @@ def test_a_workbook_with_empty_other_sheets_is_read_from_the_first(tmp_path: Pat
     ]
 
 
-@pytest.mark.parametrize("value", [SENTINEL, 0, "x"])
-def test_a_value_on_another_sheet_refuses_the_workbook(tmp_path: Path, value: object) -> None:
+NPR_ROWS = [
+    {"provider_orgnr": "983974880", "year": "2021", "episodes": "12"},
+    {"provider_orgnr": "983974899", "year": "2022", "episodes": "3"},
+]
+NOT_READ = (
+    "Sheet {} of the workbook holds data and was not read: an extract is read from the first "
+    "sheet only"
+)
+
+
+def _notes(raw: pa.Table) -> list[str]:
+    """The reader's notes, as the validation report takes them (`validation.run.READ_NOTES`)."""
+    return validate_extract(raw, Form.NPR_COUNTS, known_providers=NPR_PROVIDERS, today=TODAY).notes
+
+
+@pytest.mark.parametrize("value", [SENTINEL, 0, "Eksportert fra DIPS 2024-03-02"])
+def test_a_value_on_another_sheet_is_noted_and_the_first_sheet_read(
+    tmp_path: Path, value: object
+) -> None:
+    # EXTRACT_SPEC.md: "XLSX: first sheet". A value elsewhere (a hidden sheet's too) may be data
+    # the user meant to send: it is not read, and the user is told so.
     workbook = _npr_workbook()
     hidden = workbook.create_sheet("hidden")
     hidden.sheet_state = "hidden"
     hidden["Z900"] = value
     workbook.create_sheet("Ark3")
     workbook.save(tmp_path / "n.xlsx")
-    message = rejected(tmp_path / "n.xlsx", Form.NPR_COUNTS)
-    assert message.startswith("Sheet 2 of the workbook holds data too")
+    raw = read_extract(tmp_path / "n.xlsx", Form.NPR_COUNTS)
+    assert raw.to_pylist() == NPR_ROWS
+    assert _notes(raw) == [NOT_READ.format("2 ('hidden')")]
 
 
 def test_a_value_on_another_sheet_behind_a_stale_dimension_is_found(tmp_path: Path) -> None:
@@ -178,8 +203,86 @@ def test_a_value_on_another_sheet_behind_a_stale_dimension_is_found(tmp_path: Pa
     workbook.create_sheet("notes")["D40"] = SENTINEL
     workbook.save(tmp_path / "n.xlsx")
     _rewrite_dimension(tmp_path / "n.xlsx", "xl/worksheets/sheet2.xml", "A1")
+    raw = read_extract(tmp_path / "n.xlsx", Form.NPR_COUNTS)
+    assert raw.to_pylist() == NPR_ROWS
+    assert _notes(raw) == [NOT_READ.format("2 ('notes')")]
+
+
+def test_a_note_on_another_sheet_never_holds_its_values(tmp_path: Path) -> None:
+    # The cells of the other sheets are never quoted, nor a title that could be a value (six
+    # digits or more: an identity number, a birth date); the report and its renderings neither.
+    workbook = _npr_workbook()
+    info = workbook.create_sheet("Info")
+    info["A1"] = SENTINEL
+    info["B2"] = "01019000083"
+    workbook.create_sheet("Ark3")
+    workbook.create_sheet("010190 00083")["C3"] = SENTINEL
+    workbook.save(tmp_path / "n.xlsx")
+    raw = read_extract(tmp_path / "n.xlsx", Form.NPR_COUNTS)
+    assert raw.to_pylist() == NPR_ROWS
+    result = validate_extract(raw, Form.NPR_COUNTS, known_providers=NPR_PROVIDERS, today=TODAY)
+    assert result.notes == [NOT_READ.format("2 ('Info')"), NOT_READ.format(4)]
+    report = result.to_report()
+    assert report["notes"] == result.notes
+    text = render_text(report)
+    page = render_html(report)
+    assert f"  note: {NOT_READ.format(4)}\n" in text
+    assert f"<li>{NOT_READ.format(4)}</li>" in page
+    for shown in (str(raw.schema.metadata), text, page):
+        assert SENTINEL not in shown
+        assert "01019000083" not in shown
+        assert "010190" not in shown
+
+
+def test_a_workbook_read_without_a_note_where_the_other_sheets_are_empty(tmp_path: Path) -> None:
+    workbook = _npr_workbook()
+    workbook.create_sheet("Ark2")["A1"] = " "
+    workbook.save(tmp_path / "n.xlsx")
+    raw = read_extract(tmp_path / "n.xlsx", Form.NPR_COUNTS)
+    assert raw.schema.metadata is None
+    assert _notes(raw) == []
+    assert (
+        render_text(
+            validate_extract(
+                raw, Form.NPR_COUNTS, known_providers=NPR_PROVIDERS, today=TODAY
+            ).to_report()
+        ).count("note:")
+        == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("first", "refusal"),
+    [
+        (
+            [["Eksport fra DIPS"]],
+            "The first row is not a header of form 'npr_counts' (too few of its cells are column "
+            "names): was the header row left out? Its cells are not shown, as they may be a "
+            "record's values",
+        ),
+        (
+            [["provider_orgnr", "year", "episodes"]],
+            "The extract file of form 'npr_counts' has no data rows",
+        ),
+    ],
+)
+def test_a_refused_first_sheet_says_which_other_sheet_holds_data(
+    tmp_path: Path, first: list[list[str]], refusal: str
+) -> None:
+    # A cover sheet or an empty template first, the extract behind it: the refusal says where
+    # data was left unread.
+    workbook = openpyxl.Workbook()
+    cover = workbook.active
+    assert cover is not None
+    cover.title = "Forside"
+    for row in first:
+        cover.append(row)
+    data = workbook.create_sheet("Data")
+    data.append(["provider_orgnr", "year", "episodes"])
+    data.append([SENTINEL, 2021, 12])
+    workbook.save(tmp_path / "n.xlsx")
     message = rejected(tmp_path / "n.xlsx", Form.NPR_COUNTS)
-    assert message.startswith("Sheet 2 of the workbook holds data too")
+    assert message == refusal + ". " + NOT_READ.format("2 ('Data')")
 
 
 def _rewrite_dimension(path: Path, member: str, ref: str) -> None:
