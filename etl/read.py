@@ -9,7 +9,9 @@ column, the line number or the count, never a value from the file: a value may b
 identity number. An unexpected column is named (EXTRACT_SPEC.md: "an error naming the column"), but
 only from a header row that is evidently one (`_is_header`): in a file without its header row the
 first record's values stand in the header, and such a file is refused as lacking its header, its
-cells unnamed. A header name that could itself be a value (`_shown`) is named by position only.
+cells unnamed (a first row with some of the form's names is a header whose missing required
+columns are named, its other cells counted: `_names_some_columns`). A header name that could
+itself be a value (`_shown`) is named by position only.
 """
 
 import csv
@@ -198,10 +200,31 @@ def _display(name: str, position: int, named: bool) -> str:
     return f"column {position} (name not shown: it could be a value)"
 
 
+def _names_some_columns(names: Sequence[str], form: Form) -> bool:
+    """Whether a first row that is no evident header (`_is_header`) is still a header, its other
+    cells misnamed: at least two of the form's column names and a quarter of its cells.
+
+    A record's value is a column name only by accident (a unit code 'sex'), and only a text value
+    can be (a date, a number or an orgnr never is): one cell, not two and a quarter of the row.
+    """
+    known = len(set(names) & set(FORMS[form].column_names))
+    return known >= 2 and 4 * known >= len(names)
+
+
 def _check_header(names: Sequence[str], form: Form) -> None:
     spec = FORMS[form]
     if not _is_header(names, form):
         # Checked first: a record's cells are often blank or equal (duplicate "names").
+        if _names_some_columns(names, form):
+            # The required names are the form's own, safe to show; the other cells may be a
+            # record's values (a header with a record glued to it), counted but never quoted.
+            missing = [name for name in spec.required_columns if name not in names]
+            others = sum(name not in spec.column_names for name in names)
+            raise RejectedInput(
+                f"The header of form '{form.value}' lacks the required column(s) "
+                f"{', '.join(missing)}; {others} of its {len(names)} cells are not column names "
+                "of the form (not shown: they could be values)"
+            )
         raise RejectedInput(
             f"The first row is not a header of form '{form.value}' (too few of its cells are "
             "column names): was the header row left out? Its cells are not shown, as they may be "

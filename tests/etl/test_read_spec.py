@@ -20,7 +20,15 @@ import etl.read
 from etl.read import read_extract
 from schemas.forms import Form
 from schemas.parsing import normalise
-from tests.etl.test_read import BASIS, SENTINEL, basis_row, csv_text, rejected, write
+from tests.etl.test_read import (
+    BASIS,
+    NOT_A_HEADER,
+    SENTINEL,
+    basis_row,
+    csv_text,
+    rejected,
+    write,
+)
 from validation import validate_extract
 from validation.report import render_html, render_text
 
@@ -128,6 +136,59 @@ def test_a_csv_without_its_header_row_never_echoes_the_first_record(tmp_path: Pa
         "The first row is not a header of form 'basis' (too few of its cells are column names): "
         "was the header row left out? Its cells are not shown, as they may be a record's values"
     )
+
+
+def test_a_header_with_misnamed_required_columns_says_which_are_missing(tmp_path: Path) -> None:
+    # Half the cells are the form's names: the header is there, two of its names are not the
+    # form's. The missing ones are named by the form's own names; the others only counted.
+    text = "record_id;pseudonym;orgnr;optout_date\r\nO1;PA;983974694;01.03.2024\r\n"
+    message = rejected(write(tmp_path, "o.csv", text), Form.OPTOUT)
+    assert message == (
+        "The header of form 'optout' lacks the required column(s) patient_pseudonym, "
+        "provider_orgnr; 2 of its 4 cells are not column names of the form (not shown: they "
+        "could be values)"
+    )
+
+
+def test_a_workbook_header_with_a_quarter_of_the_names_is_still_a_header(tmp_path: Path) -> None:
+    # 6 of 21 cells are basis names (a quarter and more, under half), the rest in Norwegian or
+    # values: never quoted, the required columns the header lacks named.
+    kept = ["record_id", "episode_id", "intake_date", "age", "sex", "audit"]
+    header = [name if name in kept else f"{SENTINEL}-{n}" for n, name in enumerate(BASIS)]
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.append(header)
+    sheet.append(list(basis_row().values()))
+    workbook.save(tmp_path / "b.xlsx")
+    message = rejected(tmp_path / "b.xlsx")
+    assert SENTINEL.lower() not in message  # as the reader lower-cases a header
+    assert message == (
+        "The header of form 'basis' lacks the required column(s) patient_pseudonym, "
+        "provider_orgnr, unit_code, treatment_type, primary_substance, icd10, housing, "
+        "employment, severity, research_consent; 15 of its 21 cells are not column names of the "
+        "form (not shown: they could be values)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("form", "first", "second"),
+    [
+        # One value that is a column name: no header, whatever the row's width.
+        (Form.OPTOUT, "O1;optout_date;983974694;01.03.2024", "O2;PB;983974694;01.03.2024"),
+        # Two in a row of 21 (under a quarter): still a record, its header left out.
+        (
+            Form.BASIS,
+            ";".join(basis_row(unit_code="sex", clinical_study_id="age").values()),
+            ";".join(basis_row().values()),
+        ),
+    ],
+)
+def test_a_record_with_a_value_or_two_that_are_column_names_is_no_header(
+    tmp_path: Path, form: Form, first: str, second: str
+) -> None:
+    message = rejected(write(tmp_path, "f.csv", f"{first}\r\n{second}\r\n"), form)
+    assert message == NOT_A_HEADER.format(form.value)
 
 
 def test_a_csv_whose_first_row_has_no_column_name_has_no_delimiter(tmp_path: Path) -> None:
