@@ -35,9 +35,12 @@ import pyarrow.parquet as pq
 from etl.privacy import NUMERIC_SOURCE
 from schemas.errors import RejectedInput
 from schemas.forms import FORMS, Form
-from validation.run import READ_NOTES
 
 DEFAULT_MAX_BYTES: Final = 512 * 1024 * 1024
+# The raw table's schema metadata key under which `read_extract` leaves notes for the user about
+# the file (a JSON list of texts, never a value of the file: a workbook's other sheet that holds
+# data and was not read). The validation report carries them as `notes`.
+READ_NOTES: Final = b"kvarus.read_notes"
 # Zip-bomb limits for XLSX, checked from the zip directory before openpyxl inflates anything. A real
 # extract workbook compresses roughly 5-20x (sheet XML); 100x is far beyond that.
 XLSX_MAX_UNCOMPRESSED: Final = 1024 * 1024 * 1024
@@ -511,7 +514,7 @@ def _other_sheets_with_data(
     user meant to send, so they are told which sheet was left unread.
 
     A sheet is read only up to its first value, and no value is kept: the note names the sheet by
-    its position, and by its title only where the title could not be a value (`_shown`). Empty
+    its position alone (a title is free text the exporter chose, a patient's name as well). Empty
     sheets (Excel's old default Ark2/Ark3, an unused notes sheet) get no note; a blank text counts
     as empty, as in the extract itself. `opened` collects the row iterators to close.
     """
@@ -522,9 +525,8 @@ def _other_sheets_with_data(
         opened.append(rows)
         if any(_holds_value(row) for row in rows):
             position = order.index(sheet.title) + 1
-            title = f" ('{sheet.title}')" if _shown(sheet.title) else ""
             notes.append(
-                f"Sheet {position}{title} of the workbook holds data and was not read: an extract "
+                f"Sheet {position} of the workbook holds data and was not read: an extract "
                 "is read from the first sheet only"
             )
     return notes
@@ -707,7 +709,7 @@ def _finish(
     `blank_free`: the columns are text with nothing to strip and no empty value (a CSV read whose
     empty values are already null): they are taken as they are (1M basis rows: 0.19 s saved).
     `notes` (for the user; never a value of the file) go in the schema's metadata under
-    `validation.run.READ_NOTES`, from where the validation report takes them.
+    `READ_NOTES`, from where the validation report takes them.
     """
     if blank_free:
         cleaned = list(columns)

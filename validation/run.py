@@ -35,6 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from etl.read import READ_NOTES
 from schemas.forms import FORMS, Form, extract_schema
 from schemas.parsing import normalise
 from validation.suites import (
@@ -67,11 +68,6 @@ COLUMNS_CHECK_ID: Final = "table.columns"
 # A column name is repeated in a message only when it is a column of some form: in a file without a
 # header row the "names" are a record's values, and a letters-only pseudonym looks like any name.
 _DICTIONARY_NAMES: Final = frozenset(name for spec in FORMS.values() for name in spec.column_names)
-
-# The raw table's schema metadata key under which the reader (`etl.read.read_extract`) leaves notes
-# for the user about the file (a JSON list of texts, never a value of the file: a workbook's other
-# sheet that holds data and was not read). The report carries them as `notes`.
-READ_NOTES: Final = b"kvarus.read_notes"
 
 ROW_FAILURES_SCHEMA: Final = pa.schema(
     [
@@ -121,7 +117,7 @@ class ValidationResult:
     # The file typed by `schemas.parsing.normalise` (the form's columns the file has), so that a
     # caller need not type it a second time; None when the file's columns were not the form's.
     typed: pa.Table | None = field(default=None, repr=False)
-    # The reader's notes on the file (`READ_NOTES`).
+    # The reader's notes on the file (`etl.read.READ_NOTES`).
     notes: list[str] = field(default_factory=list)
 
     def to_report(self) -> dict[str, Any]:
@@ -234,7 +230,8 @@ def run_checks(
 
 
 def _read_notes(raw: pa.Table) -> list[str]:
-    """The notes the reader left on the raw table (`READ_NOTES`); none on one built otherwise."""
+    """The notes the reader left on the raw table (`etl.read.READ_NOTES`); none on one built
+    otherwise."""
     metadata = raw.schema.metadata or {}
     if READ_NOTES not in metadata:
         return []

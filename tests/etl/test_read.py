@@ -22,11 +22,10 @@ from hypothesis import strategies as st
 
 import etl.read
 from etl.privacy import find_identity_numbers, guard, is_identity_number
-from etl.read import read_extract
+from etl.read import READ_NOTES, read_extract
 from schemas.errors import PrivacyViolation, RejectedInput
 from schemas.forms import FORMS, Form
 from schemas.parsing import normalise
-from validation.run import READ_NOTES
 
 SENTINEL = "PSEUDO-SENTINEL-4711"
 BASIS = list(FORMS[Form.BASIS].column_names)
@@ -513,7 +512,7 @@ def test_xlsx_with_data_on_several_sheets_reads_the_first(tmp_path: Path) -> Non
     raw = read_extract(tmp_path / "n.xlsx", Form.NPR_COUNTS)
     assert raw.to_pylist() == [{"provider_orgnr": "983974880", "year": "2021", "episodes": "1"}]
     assert json.loads(raw.schema.metadata[READ_NOTES]) == [
-        "Sheet 3 ('notes') of the workbook holds data and was not read: an extract is read from "
+        "Sheet 3 of the workbook holds data and was not read: an extract is read from "
         "the first sheet only"
     ]
 

@@ -238,7 +238,7 @@ NOT_READ = (
 
 
 def _notes(raw: pa.Table) -> list[str]:
-    """The reader's notes, as the validation report takes them (`validation.run.READ_NOTES`)."""
+    """The reader's notes, as the validation report takes them (`etl.read.READ_NOTES`)."""
     return validate_extract(raw, Form.NPR_COUNTS, known_providers=NPR_PROVIDERS, today=TODAY).notes
 
 
@@ -256,7 +256,7 @@ def test_a_value_on_another_sheet_is_noted_and_the_first_sheet_read(
     workbook.save(tmp_path / "n.xlsx")
     raw = read_extract(tmp_path / "n.xlsx", Form.NPR_COUNTS)
     assert raw.to_pylist() == NPR_ROWS
-    assert _notes(raw) == [NOT_READ.format("2 ('hidden')")]
+    assert _notes(raw) == [NOT_READ.format(2)]
 
 
 def test_a_value_on_another_sheet_behind_a_stale_dimension_is_found(tmp_path: Path) -> None:
@@ -266,14 +266,14 @@ def test_a_value_on_another_sheet_behind_a_stale_dimension_is_found(tmp_path: Pa
     _rewrite_dimension(tmp_path / "n.xlsx", "xl/worksheets/sheet2.xml", "A1")
     raw = read_extract(tmp_path / "n.xlsx", Form.NPR_COUNTS)
     assert raw.to_pylist() == NPR_ROWS
-    assert _notes(raw) == [NOT_READ.format("2 ('notes')")]
+    assert _notes(raw) == [NOT_READ.format(2)]
 
 
 def test_a_note_on_another_sheet_never_holds_its_values(tmp_path: Path) -> None:
-    # The cells of the other sheets are never quoted, nor a title that could be a value (six
-    # digits or more: an identity number, a birth date); the report and its renderings neither.
+    # The cells of the other sheets are never quoted, nor their titles (free text: a patient's
+    # name, an identity number); the report and its renderings neither.
     workbook = _npr_workbook()
-    info = workbook.create_sheet("Info")
+    info = workbook.create_sheet("Kari Nordmann")
     info["A1"] = SENTINEL
     info["B2"] = "01019000083"
     workbook.create_sheet("Ark3")
@@ -282,7 +282,7 @@ def test_a_note_on_another_sheet_never_holds_its_values(tmp_path: Path) -> None:
     raw = read_extract(tmp_path / "n.xlsx", Form.NPR_COUNTS)
     assert raw.to_pylist() == NPR_ROWS
     result = validate_extract(raw, Form.NPR_COUNTS, known_providers=NPR_PROVIDERS, today=TODAY)
-    assert result.notes == [NOT_READ.format("2 ('Info')"), NOT_READ.format(4)]
+    assert result.notes == [NOT_READ.format(2), NOT_READ.format(4)]
     report = result.to_report()
     assert report["notes"] == result.notes
     text = render_text(report)
@@ -293,6 +293,7 @@ def test_a_note_on_another_sheet_never_holds_its_values(tmp_path: Path) -> None:
         assert SENTINEL not in shown
         assert "01019000083" not in shown
         assert "010190" not in shown
+        assert "Kari" not in shown
 
 
 def test_a_workbook_read_without_a_note_where_the_other_sheets_are_empty(tmp_path: Path) -> None:
@@ -343,7 +344,7 @@ def test_a_refused_first_sheet_says_which_other_sheet_holds_data(
     data.append([SENTINEL, 2021, 12])
     workbook.save(tmp_path / "n.xlsx")
     message = rejected(tmp_path / "n.xlsx", Form.NPR_COUNTS)
-    assert message == refusal + ". " + NOT_READ.format("2 ('Data')")
+    assert message == refusal + ". " + NOT_READ.format(2)
 
 
 def _rewrite_dimension(path: Path, member: str, ref: str) -> None:

@@ -3,6 +3,7 @@ what the ledger keeps of a file name that hides an identity number."""
 
 from pathlib import Path
 
+import openpyxl
 import pytest
 from sqlmodel import Session, select
 from typer.testing import CliRunner
@@ -100,3 +101,29 @@ def test_load_keeps_an_ordinary_name(env: dict[str, str], write_extract: Extract
     result = CliRunner().invoke(app, ["load", str(path), "--form", "basis"], env=env)
     assert result.exit_code == 0, result.output
     assert _ledger() == [("basis_2024.csv", "loaded", 1)]
+
+
+def test_load_of_a_workbook_says_which_other_sheet_was_not_read(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # EXTRACT_SPEC: "XLSX: first sheet". Its rows are loaded; a value on another sheet is named
+    # by the sheet's position (never its title or values) beside the verdict.
+    row = episode_row(Form.BASIS, 1, "P-1")
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.append(list(row))
+    sheet.append(list(row.values()))
+    workbook.create_sheet("Ola Nordmann")["B2"] = "Eksportert 2024-03-02"
+    workbook.save(tmp_path / "basis.xlsx")
+    result = CliRunner().invoke(
+        app, ["load", str(tmp_path / "basis.xlsx"), "--form", "basis"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        "Note: Sheet 2 of the workbook holds data and was not read: an extract is read from the "
+        "first sheet only"
+    ) in result.output
+    assert "Nordmann" not in result.output
+    assert "Eksportert" not in result.output
+    assert _ledger() == [("basis.xlsx", "loaded", 1)]

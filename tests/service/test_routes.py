@@ -346,6 +346,7 @@ def check_report(failing: list[str]) -> dict[str, object]:
                 "failing_record_ids_total": len(failing),
             }
         ],
+        "notes": ["Sheet 2 of the workbook holds data and was not read: ..."],
     }
 
 
@@ -389,6 +390,7 @@ class TestUploadReportScope:
         assert report["checks"][0]["failing_record_ids_total"] == 2
         assert report["quarantined_rows"] == 2
         assert report["categories"]["plausibility"]["failing_rows"] == 2
+        assert report["notes"] == ["Sheet 2 of the workbook holds data and was not read: ..."]
         html = client.get(f"{API}/uploads/2/report.html", headers=trust)
         assert html.status_code == 200
         assert "REC" not in html.text
