@@ -86,7 +86,12 @@ class ReleaseDetail(ReleasePublic):
 class ReleaseCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    note: str | None = Field(default=None, max_length=500)
+    note: str | None = Field(
+        default=None,
+        max_length=500,
+        description="Kept with the release and shown to anyone; a note that looks like it holds "
+        "a national identity number is refused (422)",
+    )
 
 
 class IndicatorPublic(BaseModel):

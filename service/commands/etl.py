@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Final
 
+import pyarrow as pa
 import typer
 from rich import box
 from rich.console import Console
@@ -31,6 +32,7 @@ from sqlalchemy import Engine
 from etl.erasure import erase_patients
 from etl.ledger import list_uploads
 from etl.load import load_file
+from etl.privacy import find_identity_numbers
 from etl.warehouse import Warehouse
 from schemas.errors import RejectedInput
 from schemas.forms import Form, register_today
@@ -83,7 +85,9 @@ def register(app: typer.Typer) -> None:
             ),
         ],
         form: Annotated[Form, typer.Option("--form", help="The form the file holds")],
-        uploaded_by: Annotated[str, typer.Option(help="Who uploads")] = "cli",
+        uploaded_by: Annotated[
+            str, typer.Option(callback=_uploader, help="Who uploads (a system, a unit, a role)")
+        ] = "cli",
     ) -> None:
         """Load one extract file: validate, quarantine failing rows, store the rest."""
         config = settings()
@@ -146,7 +150,9 @@ def register(app: typer.Typer) -> None:
     @app.command("release")
     @reports_errors
     def release(
-        note: Annotated[str | None, typer.Option(help="A note kept with the release")] = None,
+        note: Annotated[
+            str | None, typer.Option(callback=_release_note, help="A note kept with the release")
+        ] = None,
     ) -> None:
         """Publish the warehouse's current state as the next numbered release, with indicators."""
         config = settings()
@@ -301,6 +307,35 @@ def _running(step: str, rows: int, form: Form) -> str:
     if form is Form.OPTOUT and step == "validated":
         return f"Erasing the patients of {rows:,} opt-outs…"
     return _RUNNING.get(step, "{step}: {rows:,} rows").format(step=step, rows=rows) + "…"
+
+
+def _holds_identity_number(text: str) -> bool:
+    """Whether free text holds what looks like an identity number: the privacy guard's own
+    detector (every shape and spelling a file is refused for), as `kvarus keys create --name`."""
+    return bool(find_identity_numbers(pa.table({"text": [text]})))
+
+
+def _uploader(value: str) -> str:
+    """An uploader that looks like it holds an identity number is a usage error (exit 2), never
+    stored: the ledger keeps it, and `kvarus uploads` and `GET /api/v1/uploads` (to trust keys
+    too) show it. Checked before the file is read."""
+    if _holds_identity_number(value):
+        raise typer.BadParameter(
+            "it looks like it holds a national identity number: name the uploader otherwise "
+            "(a system, a unit, a role)"
+        )
+    return value
+
+
+def _release_note(value: str | None) -> str | None:
+    """A note that looks like it holds an identity number is a usage error (exit 2), never
+    stored: the catalog and the release's manifest keep it, and `GET /api/v1/releases` shows it
+    to anyone. Checked before anything is published or computed."""
+    if value is not None and _holds_identity_number(value):
+        raise typer.BadParameter(
+            "it looks like it holds a national identity number: write the note without it"
+        )
+    return value
 
 
 def _provider(value: str | None) -> str | None:
