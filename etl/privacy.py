@@ -260,6 +260,13 @@ def find_identity_numbers(raw: pa.Table) -> dict[str, int]:
     return found
 
 
+def holds_identity_number(text: str) -> bool:
+    """Whether a free text (a key's name, an uploader, a release note, a token's subject) holds
+    what looks like an identity number: the detector a file is refused by, every shape and
+    spelling included. Such a text is refused where it would be stored or shown."""
+    return bool(find_identity_numbers(pa.table({"text": [text]})))
+
+
 def guard(raw: pa.Table) -> None:
     """Refuse the whole table if any cell looks like a national identity number."""
     found = find_identity_numbers(raw)

@@ -21,6 +21,7 @@ import jwt
 from sqlalchemy import Connection, Engine, bindparam
 from sqlmodel import Session, col, select
 
+from etl.privacy import holds_identity_number
 from schemas.catalog import ApiClient
 from schemas.errors import ConfigurationError, Forbidden, NotFound, RejectedInput, Unauthorised
 from schemas.organisations import Hierarchy, is_valid_orgnr
@@ -210,8 +211,17 @@ def _principal_from_claims(claims: dict[str, Any]) -> Principal:
         raise Forbidden("a trust token needs a valid kvarus_provider claim")
     if role == "trust" and not is_provider(str(provider)):
         raise Forbidden("a trust token's kvarus_provider is not a provider of the register's list")
+    subject = f"oidc:{claims['sub']}"
+    if holds_identity_number(subject):
+        # The subject is stored (audit rows, uploaded_by, published_by) and shown: a provider
+        # that puts a national identity number there (ID-porten's `pid`, not its `sub`) is
+        # misconfigured, and its token is refused, never the subject echoed.
+        raise Forbidden(
+            "the token's sub claim looks like a national identity number: the identity provider "
+            "must send a pseudonymous subject"
+        )
     return Principal(
-        subject=f"oidc:{claims['sub']}",
+        subject=subject,
         role=role,
         provider=provider if role == "trust" else None,
     )

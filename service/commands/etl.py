@@ -19,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Final
 
-import pyarrow as pa
 import typer
 from rich import box
 from rich.console import Console
@@ -30,9 +29,9 @@ from rich.text import Text
 from sqlalchemy import Engine
 
 from etl.erasure import erase_patients
-from etl.ledger import list_uploads
+from etl.ledger import API_UPLOADER, list_uploads
 from etl.load import load_file
-from etl.privacy import find_identity_numbers
+from etl.privacy import holds_identity_number
 from etl.warehouse import Warehouse
 from schemas.errors import RejectedInput
 from schemas.forms import Form, register_today
@@ -309,19 +308,24 @@ def _running(step: str, rows: int, form: Form) -> str:
     return _RUNNING.get(step, "{step}: {rows:,} rows").format(step=step, rows=rows) + "…"
 
 
-def _holds_identity_number(text: str) -> bool:
-    """Whether free text holds what looks like an identity number: the privacy guard's own
-    detector (every shape and spelling a file is refused for), as `kvarus keys create --name`."""
-    return bool(find_identity_numbers(pa.table({"text": [text]})))
+# The prefixes of the uploaders the API records (`service.auth` subjects, `etl.ledger`).
+API_UPLOADERS: Final = (API_UPLOADER, "key:", "oidc:")
 
 
 def _uploader(value: str) -> str:
     """An uploader that looks like it holds an identity number is a usage error (exit 2), never
     stored: the ledger keeps it, and `kvarus uploads` and `GET /api/v1/uploads` (to trust keys
-    too) show it. Checked before the file is read."""
-    if _holds_identity_number(value):
+    too) show it. Checked before the file is read. Nor may it take the shape of the API's
+    uploaders (`key:N`, `oidc:...`, and `api:N`, which would hide the upload from the API's list
+    as an internal row): the ledger would name a key holder who uploaded nothing."""
+    if holds_identity_number(value):
         raise typer.BadParameter(
             "it looks like it holds a national identity number: name the uploader otherwise "
+            "(a system, a unit, a role)"
+        )
+    if value.startswith(API_UPLOADERS):
+        raise typer.BadParameter(
+            "api:, key: and oidc: name the API's uploaders: name the uploader otherwise "
             "(a system, a unit, a role)"
         )
     return value
@@ -331,7 +335,7 @@ def _release_note(value: str | None) -> str | None:
     """A note that looks like it holds an identity number is a usage error (exit 2), never
     stored: the catalog and the release's manifest keep it, and `GET /api/v1/releases` shows it
     to anyone. Checked before anything is published or computed."""
-    if value is not None and _holds_identity_number(value):
+    if value is not None and holds_identity_number(value):
         raise typer.BadParameter(
             "it looks like it holds a national identity number: write the note without it"
         )

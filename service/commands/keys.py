@@ -2,10 +2,9 @@
 
 from typing import Annotated
 
-import pyarrow as pa
 import typer
 
-from etl.privacy import find_identity_numbers
+from etl.privacy import holds_identity_number
 from schemas.catalog import ApiClient
 from schemas.errors import RejectedInput
 from service import auth
@@ -24,7 +23,7 @@ def _client_name(value: str) -> str:
     """A name that looks like it holds an identity number is a usage error (exit 2), never
     stored: `keys list` would show it, and it is not needed to tell key holders apart. Checked
     by the privacy guard's own detector (every shape and spelling a file is refused for)."""
-    if find_identity_numbers(pa.table({"name": [value]})):
+    if holds_identity_number(value):
         raise typer.BadParameter(
             "it looks like it holds a national identity number: name the holder otherwise "
             "(a system, a unit, a role)"

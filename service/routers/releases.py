@@ -2,10 +2,9 @@
 
 from typing import Annotated, Final
 
-import pyarrow as pa
 from fastapi import APIRouter, Path, Request
 
-from etl.privacy import find_identity_numbers
+from etl.privacy import holds_identity_number
 from schemas.api import ReleaseCreate, ReleaseDetail, ReleasePublic, TablePublic
 from schemas.catalog import Release
 from schemas.errors import RejectedInput
@@ -82,7 +81,7 @@ def create_release(
     # Refused before anything is published or computed: the catalog and the release's manifest
     # would keep the note, and `GET /releases` shows it to anyone. The privacy guard's own
     # detector (every shape and spelling a file is refused for), as `kvarus keys create --name`.
-    if body.note is not None and find_identity_numbers(pa.table({"note": [body.note]})):
+    if body.note is not None and holds_identity_number(body.note):
         raise RejectedInput(NOTE_REFUSED)
     manifest, _ = publish(settings, session, note=body.note, published_by=principal.subject)
     session.flush()

@@ -194,6 +194,20 @@ class TestOidc:
         assert response.status_code == 401
 
 
+@pytest.mark.parametrize("sub", ["01019000083", "010190-00083", "user 01019000083"])
+def test_a_subject_holding_an_identity_number_is_refused_unechoed(sub: str) -> None:
+    # The subject is stored in audit rows and as uploader/publisher: never a fødselsnummer
+    # (01019000083 passes both check digits).
+    with pytest.raises(Forbidden) as refused:
+        auth._principal_from_claims({"sub": sub, "kvarus_role": "registry"})
+    assert refused.value.detail == (
+        "the token's sub claim looks like a national identity number: the identity provider "
+        "must send a pseudonymous subject"
+    )
+    ordinary = auth._principal_from_claims({"sub": "12345678901", "kvarus_role": "registry"})
+    assert ordinary.subject == "oidc:12345678901"  # fails the check digits
+
+
 def test_claims_pick_widest_role() -> None:
     principal = auth._principal_from_claims({"sub": "x", "roles": ["researcher", "registry"]})
     assert principal.role == "registry"

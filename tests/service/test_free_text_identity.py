@@ -141,3 +141,21 @@ def test_api_keeps_an_ordinary_note(client: TestClient, headers: dict[str, Heade
     assert response.status_code == 201, response.text
     assert response.json()["note"] == ORDINARY
     assert [r["note"] for r in client.get(f"{API}/releases").json()] == [ORDINARY]
+
+
+@pytest.mark.parametrize("uploader", ["api:7", "key:1", "oidc:someone"])
+def test_load_refuses_an_uploader_shaped_as_the_apis(
+    env: dict[str, str], tmp_path: Path, write_extract: ExtractWriter, uploader: str
+) -> None:
+    # `api:N` would hide the upload from the API's list as an internal row, `key:N` and `oidc:`
+    # would name a key holder or token subject who uploaded nothing.
+    extract = write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-1")])
+    args = ["load", str(extract), "--form", "basis", "--uploaded-by", uploader]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 2, result.output
+    assert (
+        "Invalid value for '--uploaded-by': api:, key: and oidc: name the API's uploaders: name "
+        "the uploader otherwise (a system, a unit, a role)"
+    ) in _said(result.output)
+    with session_scope(make_engine(_catalog(tmp_path))) as session:
+        assert session.exec(select(Upload)).all() == []
