@@ -43,14 +43,16 @@ def settings() -> Settings:
         config = Settings()
     except ValidationError as error:
         raise ConfigurationError(_invalid_variables(error)) from None
+    # Named, not shown: a path can hold a name or a number typed by someone (a data directory
+    # per trust or per case), and the message ends in logs that the register does not control.
     data_dir = config.data_dir
     if data_dir.exists() and not data_dir.is_dir():
-        raise ConfigurationError(f"{ENV_PREFIX}DATA_DIR is not a directory: {data_dir}")
+        raise ConfigurationError(f"{ENV_PREFIX}DATA_DIR is not a directory")
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ConfigurationError(
-            f"{ENV_PREFIX}DATA_DIR cannot be created ({error.strerror}): {data_dir}"
+            f"{ENV_PREFIX}DATA_DIR cannot be created ({error.strerror})"
         ) from None
     return config
 

@@ -19,6 +19,7 @@ from etl.warehouse import Warehouse
 from schemas.forms import Form
 from schemas.organisations import Hierarchy
 from service.commands.common import console, reports_errors, settings
+from service.commands.generate import MAX_EPISODES
 from service.database import make_engine, session_scope
 from service.publishing import ensure_indicators, publish
 
@@ -36,14 +37,16 @@ LOAD_ORDER = (
 
 @reports_errors
 def demo(
-    episodes: Annotated[int, typer.Option(min=100, help="Episodes to generate")] = 20_000,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic register")] = 2026,
+    episodes: Annotated[
+        int, typer.Option(min=100, max=MAX_EPISODES, help="Episodes to generate")
+    ] = 20_000,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the synthetic register")] = 2026,
     error_rate: Annotated[
         float, typer.Option(min=0.0, max=0.2, help="Share of rows with planted errors")
     ] = 0.01,
     serve: Annotated[bool, typer.Option(help="Serve the API afterwards")] = True,
     host: Annotated[str, typer.Option(help="Address to serve on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to serve on")] = 8000,
+    port: Annotated[int, typer.Option(help="Port to serve on", min=1, max=65535)] = 8000,
 ) -> None:
     """Generate, load, validate, release, compute indicators, and serve the API (embedded)."""
     config = settings()

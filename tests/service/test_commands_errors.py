@@ -13,6 +13,8 @@ from typer.testing import CliRunner, Result
 from schemas.forms import Form
 from service.cli import app
 from service.commands import common
+from service.commands import demo as demo_command
+from service.commands import generate as generate_command
 from service.commands import indicators as indicators_command
 from tests.conftest import ExtractWriter, episode_row
 
@@ -164,16 +166,23 @@ def test_a_bad_variable_is_named_but_its_value_never_printed(
 def test_a_data_dir_that_is_a_file_or_cannot_be_created_is_a_configuration_error(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    afile = tmp_path / "afile"
+    # Named, never shown (README: a bad variable is named with what it expects, not its value),
+    # by every command that reads the settings, `kvarus serve` (the API's start-up) included.
+    afile = tmp_path / "P-01019000083"
     afile.write_text("")
-    result = _invoke(["uploads"], env | {"KVARUS_DATA_DIR": str(afile)})
-    assert result.exit_code == 2
-    assert result.output == f"Configuration error: KVARUS_DATA_DIR is not a directory: {afile}\n"
-    result = _invoke(["uploads"], env | {"KVARUS_DATA_DIR": str(afile / "var")})
-    assert result.exit_code == 2
-    assert result.output == (
-        f"Configuration error: KVARUS_DATA_DIR cannot be created (Not a directory): {afile}/var\n"
-    )
+    cases = {
+        str(afile): "Configuration error: KVARUS_DATA_DIR is not a directory\n",
+        str(afile / "var"): "Configuration error: KVARUS_DATA_DIR cannot be created (Not a "
+        "directory)\n",
+        "/proc/kvarus-01019000083": "Configuration error: KVARUS_DATA_DIR cannot be created (No "
+        "such file or directory)\n",
+    }
+    for command in (["uploads"], ["serve"], ["demo", "--no-serve"]):
+        for data_dir, message in cases.items():
+            result = _invoke(command, env | {"KVARUS_DATA_DIR": data_dir, "KVARUS_DEMO": "1"})
+            assert result.exit_code == 2, (command, result.output)
+            assert result.output == message
+            assert "01019000083" not in result.output
 
 
 @pytest.mark.parametrize(
@@ -341,3 +350,59 @@ def test_a_message_holding_square_brackets_is_printed_as_written(
     assert result.exit_code == 1
     assert "'note[/]'" in _said(result)
     assert "'extra[b]'" in _said(result)
+
+
+def _never_generate(monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("generated before the options were checked")
+
+    monkeypatch.setattr(demo_command, "generate_register", never)
+    monkeypatch.setattr(generate_command, "generate_register", never)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--port", "70000"],
+            "Invalid value for '--port': Input should be less than or equal to 65535",
+        ),
+        (["--port", "0"], "Invalid value for '--port': Input should be greater than or equal to 1"),
+        (
+            ["--seed", "-1"],
+            "Invalid value for '--seed': Input should be greater than or equal to 0",
+        ),
+        (
+            ["--episodes", "100000001"],
+            "Invalid value for '--episodes': Input should be less than or equal to 100000000",
+        ),
+        (
+            ["--episodes", "99999999999999999999"],
+            "Invalid value for '--episodes': Input should be less than or equal to 100000000",
+        ),
+    ],
+)
+def test_demo_port_seed_and_episodes_are_checked_as_generate_and_serve_check_them(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    # Before: `--port 70000` served on 4464 (70000 mod 65536), `--seed -1` ended in the
+    # generator's traceback, and `--episodes` had no upper bound (a disk filled).
+    _never_generate(monkeypatch)
+    result = _invoke(["demo", "--no-serve", *args], env | {"KVARUS_DEMO": "1"})
+    assert result.exit_code == 2, result.output
+    assert message in _said(result)
+
+
+def test_generate_episodes_has_an_upper_bound(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _never_generate(monkeypatch)
+    out = tmp_path / "extracts"
+    for episodes in ("100000001", "99999999999999999999"):
+        result = _invoke(["generate", "--out", str(out), "--episodes", episodes], env)
+        assert result.exit_code == 2, result.output
+        assert (
+            "Invalid value for '--episodes': Input should be less than or equal to 100000000"
+            in _said(result)
+        )
+    assert not out.exists()
