@@ -62,10 +62,15 @@ class Settings(BaseSettings):
                 f"{MIN_KEY_LENGTH} characters (or KVARUS_DEMO=1 for the demo key)"
             )
         key = self.pseudonym_key.get_secret_value()
-        if key == DEMO_PSEUDONYM_KEY and not self.demo:
+        # Spaces around a key add no secret (a paste error, most likely): the key is judged
+        # without them, so the public demo key with a space or a newline around it is the demo
+        # key still, and 35 spaces do not pass the length check. It is used as given, though:
+        # the warehouse's key check value (`etl.keycheck`) holds the key a register was loaded
+        # with, and the pseudonyms already stored were keyed with it.
+        judged = key.strip()
+        if judged == DEMO_PSEUDONYM_KEY and not self.demo:
             raise ConfigurationError("the demo pseudonym key is refused outside demo mode")
-        # Spaces around a key add no secret: 35 spaces would pass a plain length check.
-        if len(key.strip()) < MIN_KEY_LENGTH and key != DEMO_PSEUDONYM_KEY:
+        if len(judged) < MIN_KEY_LENGTH and judged != DEMO_PSEUDONYM_KEY:
             raise ConfigurationError(
                 f"KVARUS_PSEUDONYM_KEY must be at least {MIN_KEY_LENGTH} characters, not counting "
                 "spaces around it"

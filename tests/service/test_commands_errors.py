@@ -16,6 +16,7 @@ from service.commands import common
 from service.commands import demo as demo_command
 from service.commands import generate as generate_command
 from service.commands import indicators as indicators_command
+from service.settings import DEMO_PSEUDONYM_KEY
 from tests.conftest import ExtractWriter, episode_row
 
 SECRET = "hunter2-0123456789-0123456789-abcdef"
@@ -141,6 +142,11 @@ def test_erase_refuses_pseudonyms_that_are_not_utf8_without_quoting_them(
         (
             {"KVARUS_PSEUDONYM_KEY": " " * 35},
             "KVARUS_PSEUDONYM_KEY must be at least 32 characters, not counting spaces around it",
+        ),
+        (
+            # The public demo key, pasted with a newline and a space around it, outside demo mode.
+            {"KVARUS_PSEUDONYM_KEY": f"{DEMO_PSEUDONYM_KEY}\n ", "KVARUS_DEMO": "0"},
+            "the demo pseudonym key is refused outside demo mode",
         ),
         (
             {"KVARUS_DATABASE_URL": f"nosuchdb://kvarus:{SECRET}@db/kvarus"},

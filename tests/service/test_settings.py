@@ -44,6 +44,21 @@ def test_demo_key_is_refused_outside_demo_mode(monkeypatch: pytest.MonkeyPatch) 
         Settings().key_bytes()
 
 
+@pytest.mark.parametrize("around", [(" ", ""), ("", " "), ("\t", "\n"), ("  ", "\r\n")])
+def test_demo_key_with_spaces_around_it_is_refused_outside_demo_mode(
+    monkeypatch: pytest.MonkeyPatch, around: tuple[str, str]
+) -> None:
+    # Spaces add no secret: the public key with a space pasted around it is the public key.
+    before, after = around
+    monkeypatch.setenv("KVARUS_PSEUDONYM_KEY", f"{before}{DEMO_PSEUDONYM_KEY}{after}")
+    with pytest.raises(ConfigurationError) as refused:
+        Settings().key_bytes()
+    assert refused.value.detail == "the demo pseudonym key is refused outside demo mode"
+    # In demo mode it is accepted, and used as given (the warehouse's key check holds it).
+    monkeypatch.setenv("KVARUS_DEMO", "1")
+    assert Settings().key_bytes() == f"{before}{DEMO_PSEUDONYM_KEY}{after}".encode()
+
+
 def test_short_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KVARUS_PSEUDONYM_KEY", "x" * 31)
     with pytest.raises(ConfigurationError, match="at least 32"):
