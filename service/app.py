@@ -24,12 +24,13 @@ from schemas.errors import KvarusError, Unauthorised
 from schemas.organisations import Hierarchy
 from service import aggregates, errors, published
 from service.audit import (
+    ANSWERED_QUERY,
     AUDITED_PREFIX,
     UNMATCHED_ROUTE,
     AuditMiddleware,
     AuditWriter,
+    audited_query,
     match_route,
-    safe_query,
 )
 from service.auth import OidcVerifier, RevokedKey, Role, require
 from service.catalog_cache import CatalogCache
@@ -59,9 +60,13 @@ logger = logging.getLogger("kvarus.api")
 
 
 class AccessLogPaths(logging.Filter):
-    """uvicorn's access log line names the route template and the audit's query, never the path
-    and query as sent (a client may type an identity number into either): the same rule as the
-    audit log's (`service.audit`). Installed on `uvicorn.access` while the app runs."""
+    """uvicorn's access log line names the route template and the audit row's query (path
+    parameters, a created object, the query's parameters: `service.audit.audited_query`), never
+    the path and query as sent (a client may type an identity number into either). The query
+    is the one the audit middleware computed for the request (`ANSWERED_QUERY`, set as the
+    response starts, when uvicorn logs); a request the middleware does not see (outside
+    /api/v1) has it computed here by the same rules. Installed on `uvicorn.access` while the
+    app runs."""
 
     def __init__(self, app: FastAPI) -> None:
         super().__init__()
@@ -72,11 +77,18 @@ class AccessLogPaths(logging.Filter):
         args = record.args
         if isinstance(args, tuple) and len(args) == 5:
             client, method, full_path, version, status = args
-            path, _, query = str(full_path).partition("?")
-            entry = match_route(self.app, str(method), unquote(path))
+            raw_path, _, raw_query = str(full_path).partition("?")
+            path = unquote(raw_path)
+            query_string = raw_query.encode("latin-1", "replace")
+            entry = match_route(self.app, str(method), path)
             shown = entry.template if entry is not None else UNMATCHED_ROUTE
+            answered = ANSWERED_QUERY.get()
+            if answered is not None and answered[:3] == (method, path, query_string):
+                query = answered[3]
+            else:
+                query = audited_query(entry, path, query_string)
             if query:
-                shown += "?" + safe_query(entry, query.encode("latin-1", "replace"))
+                shown += "?" + query
             record.args = (client, method, shown, version, status)
         return True
 

@@ -38,6 +38,7 @@ import traceback
 import types
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin
@@ -73,6 +74,14 @@ MAX_STORED_DIGITS: Final = 9
 CLOSED_VOCABULARIES: Final = {"indicator": catalogue_ids, "indicator_id": catalogue_ids}
 
 AuditRow = dict[str, Any]
+
+# The request being answered, as (method, path, query string) with its audit row's query: set
+# by the audit middleware when the response starts, which is when uvicorn writes its access log
+# line (`service.app.AccessLogPaths` shows it there). The created object a route names
+# (`note(created=...)`) is known only to the request, so the log line cannot compute it alone.
+ANSWERED_QUERY: ContextVar[tuple[str, str, bytes, str] | None] = ContextVar(
+    "kvarus_answered_query", default=None
+)
 
 
 @dataclass(frozen=True)
@@ -453,20 +462,23 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         status = 500
+        query: str | None = None
 
         async def send_noting_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, query
             if message["type"] == "http.response.start":
                 status = message["status"]
+                query = self._answered_query(scope)  # before uvicorn logs the line
             await send(message)
 
         try:
             await self.app(scope, receive, send_noting_status)
         except Exception:
-            # A bug: the error handler answers 500 outside this middleware; the row is still due.
-            self._record(scope, 500)
+            # A bug: the error handler answers 500 outside this middleware (in this task, so
+            # its log line finds the query); the row is still due.
+            self._record(scope, 500, self._answered_query(scope) if query is None else query)
             raise
-        self._record(scope, status)
+        self._record(scope, status, self._answered_query(scope) if query is None else query)
 
     def _route(self, scope: Scope) -> RouteEntry | None:
         key = (scope["method"], scope["path"])
@@ -478,10 +490,22 @@ class AuditMiddleware:
             self.routes.popitem(last=False)
         return entry
 
-    def _record(self, scope: Scope, status: int) -> None:
+    def _answered_query(self, scope: Scope) -> str:
+        """The audit row's query of the request, also left in `ANSWERED_QUERY` for its access
+        log line."""
+        query_string: bytes = scope.get("query_string", b"")
+        query = audited_query(
+            self._route(scope),
+            scope["path"],
+            query_string,
+            scope.get("state", {}).get("audit_created"),
+        )
+        ANSWERED_QUERY.set((scope["method"], scope["path"], query_string, query))
+        return query
+
+    def _record(self, scope: Scope, status: int, query: str) -> None:
         state = scope.get("state", {})
         principal = state.get("principal")
-        query: bytes = scope.get("query_string", b"")
         route = self._route(scope)
         row: AuditRow = {
             "at": utcnow(),
@@ -492,7 +516,7 @@ class AuditMiddleware:
             "role": principal.role if principal is not None else "none",
             "method": scope["method"],
             "route": route.template if route is not None else UNMATCHED_ROUTE,
-            "query": audited_query(route, scope["path"], query, state.get("audit_created")),
+            "query": query,
             "status": status,
             "rows": state.get("audit_rows"),
             "release": state.get("audit_release"),

@@ -4,11 +4,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
+from starlette.types import Message, Receive, Scope, Send
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from schemas.catalog import AuditEvent, utcnow
 from service import auth
@@ -259,3 +262,90 @@ def test_a_refused_method_or_route_names_the_key_that_asked(
     ]
     assert "nope0secret" not in repr(stored(app))
     assert key not in repr(stored(app))
+
+
+class UvicornAccessLog:
+    """What uvicorn does for its access log: one line on `uvicorn.access` as the response starts,
+    with the path and query as sent (`get_path_with_query_string`), in the request's task."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def logging_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                logging.getLogger("uvicorn.access").info(
+                    '%s - "%s %s HTTP/%s" %d',
+                    get_client_addr(scope),
+                    scope["method"],
+                    get_path_with_query_string(scope),
+                    scope["http_version"],
+                    message["status"],
+                )
+            await send(message)
+
+        await self.app(scope, receive, logging_send)
+
+
+def test_the_access_log_line_carries_the_audit_rows_query(
+    app: FastAPI,
+    headers: dict[str, Headers],
+    publish: ReleaseWriter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The line showed `safe_query` alone: no path parameter ({upload_id}=1, {orgnr}=...), no
+    # created upload, though the README promised the audit's query.
+    publish(1)
+    registry = headers["registry"]
+    asked: list[tuple[str, str, dict[str, Any]]] = [
+        ("GET", f"{API}/uploads/1", {}),
+        ("GET", f"{API}/releases/1", {}),
+        ("GET", f"{API}/providers/983974880/profile?release=1&x=01019000083", {}),
+        ("GET", f"{API}/providers/01019000083/profile?release=1", {}),
+        ("GET", f"{API}/indicators/results?indicator=plan&release=01019000083", {}),
+        ("GET", f"{API}/uploads?status=P-01019000083&limit=2", {}),
+        (
+            "POST",
+            f"{API}/uploads",
+            {
+                "files": {"file": ("basis.csv", b"x;y\n1;2\n", "text/csv")},
+                "data": {"form": "basis"},
+            },
+        ),
+        ("GET", f"{API}/no-such/01019000083?a=1", {}),
+        ("GET", "/health?x=01019000083", {}),
+    ]
+    with (
+        caplog.at_level(logging.INFO, logger="uvicorn.access"),
+        TestClient(UvicornAccessLog(app), raise_server_exceptions=False) as client,
+    ):
+        for method, path, extra in asked:
+            client.request(method, path, headers=registry, **extra)
+        app.state.audit.flush()
+        events = stored(app)
+    lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
+    assert len(lines) == len(asked)
+    # Every audited request's line shows its row's route and query, exactly.
+    assert len(events) == len(asked) - 1  # /health is not audited
+    for line, event in zip(lines[:-1], events, strict=True):
+        shown = event.route + ("?" + event.query if event.query else "")
+        assert f'"{event.method} {shown} HTTP/1.1" {event.status}' in line, (line, event)
+    created = events[6]
+    assert created.status == 202
+    assert created.query.startswith("{upload_id}=")
+    assert [e.query for e in events] == [
+        "{upload_id}=1",
+        "{number}=1",
+        "{orgnr}=983974880&release=1&<unknown>=<withheld>",
+        "{orgnr}=<withheld>&release=1",
+        "indicator=plan&release=<withheld>",
+        "status=<withheld>&limit=2",
+        created.query,
+        "<unknown>=<withheld>",
+    ]
+    assert lines[-1].endswith('"GET /health?<unknown>=<withheld> HTTP/1.1" 200')
+    assert "01019000083" not in "\n".join(lines)

@@ -73,8 +73,8 @@ def test_uvicorn_logs_no_message_and_no_typed_value(tmp_path: Path) -> None:
     # The access log names the route template and the query as the audit stores it.
     assert "TYPED 422" in done.stdout
     assert (
-        '"GET /api/v1/providers/{orgnr}/profile?release=2&<unknown>=<withheld> HTTP/1.1" 422'
-        in output
+        '"GET /api/v1/providers/{orgnr}/profile?{orgnr}=<withheld>&release=2&<unknown>=<withheld> '
+        'HTTP/1.1" 422' in output
     )
     assert '"GET /api/v1/indicators HTTP/1.1" 500' in output
     assert SECRET not in output
