@@ -242,8 +242,10 @@ class AggregateCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # 2^31 − 1: the catalog's largest id (`service.database.MAX_CATALOG_ID`; schemas/ imports
+    # nothing of ours), as every other route's release.
     release: int | None = Field(
-        default=None, ge=1, le=2**31, description="Default: the latest release"
+        default=None, ge=1, le=2**31 - 1, description="Default: the latest release"
     )
     measures: list[Measure] = Field(min_length=1, max_length=5)
     dimensions: list[Dimension] = Field(min_length=1, max_length=3)

@@ -50,6 +50,15 @@ def test_an_id_beyond_the_catalog_range_is_a_422_naming_the_range(
     assert RANGE in response.json()["detail"]
 
 
+def test_an_aggregate_release_beyond_the_catalog_range_is_a_422(
+    client: TestClient, headers: dict[str, Headers]
+) -> None:
+    body = {"release": BEYOND, "measures": ["episodes"], "dimensions": ["year"]}
+    response = client.post("/api/v1/aggregates", json=body, headers=headers["researcher"])
+    assert response.status_code == 422, response.text
+    assert RANGE in response.json()["detail"]
+
+
 @pytest.mark.parametrize(
     "path", ["/api/v1/uploads/2147483647", "/api/v1/uploads/2147483647/report.html"]
 )
