@@ -32,15 +32,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from etl.privacy import NUMERIC_SOURCE
-from schemas.errors import RejectedInput
-from schemas.forms import FORMS, Form
+from etl.privacy import NUMERIC_SOURCE, find_identity_numbers
+from schemas.errors import PrivacyViolation, RejectedInput
+from schemas.forms import FORMS, READ_NOTES, Form
 
 DEFAULT_MAX_BYTES: Final = 512 * 1024 * 1024
-# The raw table's schema metadata key under which `read_extract` leaves notes for the user about
-# the file (a JSON list of texts, never a value of the file: a workbook's other sheet that holds
-# data and was not read). The validation report carries them as `notes`.
-READ_NOTES: Final = b"kvarus.read_notes"
 # Zip-bomb limits for XLSX, checked from the zip directory before openpyxl inflates anything. A real
 # extract workbook compresses roughly 5-20x (sheet XML); 100x is far beyond that.
 XLSX_MAX_UNCOMPRESSED: Final = 1024 * 1024 * 1024
@@ -513,27 +509,48 @@ def _other_sheets_with_data(
     sheet"): the extract is read from the first sheet alone, and a value elsewhere may be data the
     user meant to send, so they are told which sheet was left unread.
 
-    A sheet is read only up to its first value, and no value is kept: the note names the sheet by
-    its position alone (a title is free text the exporter chose, a patient's name as well). Empty
-    sheets (Excel's old default Ark2/Ark3, an unused notes sheet) get no note; a blank text counts
-    as empty, as in the extract itself. `opened` collects the row iterators to close.
+    The note names the sheet by its position alone (a title is free text the exporter chose, a
+    patient's name as well), never a value. Empty sheets (Excel's old default Ark2/Ark3, an unused
+    notes sheet) get no note; a blank text counts as empty, as in the extract itself. Every value
+    of the other sheets still goes through the privacy guard's detector: a file in which any value
+    looks like an identity number is rejected whole (EXTRACT_SPEC.md), whichever sheet holds it.
+    `opened` collects the row iterators to close.
     """
     notes: list[str] = []
     for sheet in sheets:
         sheet.reset_dimensions()  # as for the first sheet (`_read_xlsx`): a stale tag hides rows
         rows = sheet.iter_rows(values_only=True)
         opened.append(rows)
-        if any(_holds_value(row) for row in rows):
-            position = order.index(sheet.title) + 1
-            notes.append(
-                f"Sheet {position} of the workbook holds data and was not read: an extract "
-                "is read from the first sheet only"
+        texts: list[str | None] = []
+        numbers: list[str | None] = []
+        for row in rows:
+            for cell in row:
+                text = _cell_text(cell) if cell is not None else None
+                if text is not None and text.strip():
+                    (numbers if _is_number(cell) else texts).append(text)
+        if not texts and not numbers:
+            continue
+        position = order.index(sheet.title) + 1
+        # A column of the text cells and one of the number cells (marked: the detector gives
+        # them back a lost leading zero), padded with nulls to one length.
+        width = max(len(texts), len(numbers))
+        cells = pa.Table.from_arrays(
+            [pa.array(v + [None] * (width - len(v)), pa.string()) for v in (texts, numbers)],
+            schema=pa.schema(
+                [("text", pa.string()), ("number", pa.string(), True, NUMERIC_SOURCE)]
+            ),
+        )
+        found = sum(find_identity_numbers(cells).values())
+        if found:
+            raise PrivacyViolation(
+                f"Sheet {position} of the workbook holds {found} value(s) that look like national "
+                "identity numbers; the file is rejected whole"
             )
+        notes.append(
+            f"Sheet {position} of the workbook holds data and was not read: an extract "
+            "is read from the first sheet only"
+        )
     return notes
-
-
-def _holds_value(row: Sequence[object]) -> bool:
-    return any(cell is not None and (_cell_text(cell) or "").strip() for cell in row)
 
 
 def _read_xlsx(path: Path, form: Form) -> tuple[list[str], list[pa.Array], set[int], list[str]]:

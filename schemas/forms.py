@@ -255,6 +255,13 @@ FORMS: Final[dict[Form, FormSpec]] = {
 }
 
 
+# The raw extract table's schema metadata key under which the reader (`etl.read.read_extract`)
+# leaves notes for the user about the file (a JSON list of texts, never a value of the file: a
+# workbook's other sheet that holds data and was not read). The validation report carries them as
+# `notes`.
+READ_NOTES: Final = b"kvarus.read_notes"
+
+
 def extract_schema(form: Form) -> pa.Schema:
     """The typed Arrow schema of a form as received (after normalisation)."""
     return pa.schema(

@@ -79,14 +79,17 @@ class AccessLogPaths(logging.Filter):
             client, method, full_path, version, status = args
             raw_path, _, raw_query = str(full_path).partition("?")
             path = unquote(raw_path)
-            query_string = raw_query.encode("latin-1", "replace")
             entry = match_route(self.app, str(method), path)
             shown = entry.template if entry is not None else UNMATCHED_ROUTE
             answered = ANSWERED_QUERY.get()
-            if answered is not None and answered[:3] == (method, path, query_string):
-                query = answered[3]
+            # Method and path, not the query: uvicorn writes the query with '"' as %22. The
+            # request's own task set the value as its response started (uvicorn runs each
+            # request in a task of its own); a request the middleware does not see has another
+            # path than any that sets it.
+            if answered is not None and answered[:2] == (method, path):
+                query = answered[2]
             else:
-                query = audited_query(entry, path, query_string)
+                query = audited_query(entry, path, raw_query.encode("latin-1", "replace"))
             if query:
                 shown += "?" + query
             record.args = (client, method, shown, version, status)

@@ -75,11 +75,11 @@ CLOSED_VOCABULARIES: Final = {"indicator": catalogue_ids, "indicator_id": catalo
 
 AuditRow = dict[str, Any]
 
-# The request being answered, as (method, path, query string) with its audit row's query: set
+# The request being answered, as (method, path) with its audit row's query: set
 # by the audit middleware when the response starts, which is when uvicorn writes its access log
 # line (`service.app.AccessLogPaths` shows it there). The created object a route names
 # (`note(created=...)`) is known only to the request, so the log line cannot compute it alone.
-ANSWERED_QUERY: ContextVar[tuple[str, str, bytes, str] | None] = ContextVar(
+ANSWERED_QUERY: ContextVar[tuple[str, str, str] | None] = ContextVar(
     "kvarus_answered_query", default=None
 )
 
@@ -500,7 +500,7 @@ class AuditMiddleware:
             query_string,
             scope.get("state", {}).get("audit_created"),
         )
-        ANSWERED_QUERY.set((scope["method"], scope["path"], query_string, query))
+        ANSWERED_QUERY.set((scope["method"], scope["path"], query))
         return query
 
     def _record(self, scope: Scope, status: int, query: str) -> None:

@@ -3,9 +3,9 @@
 Results are read from `{data_dir}/releases/{N}/indicators.parquet` (written by the indicator
 job) and kept in memory per release: a release is immutable, so the cache key is the file's path
 and modification time. Rows are then scoped to the principal: unit-level rows (`level == "unit"`)
-and the denominator behind suppressed rows (the only number they keep) only for the registry and
-for a trust's own provider's caregiver rows (never a resident row: it counts an HF's residents,
-mostly others' patients).
+and the denominator behind suppressed rows (they keep no numerator, value or interval) only for the
+registry and for a trust's own provider's caregiver rows (never a resident row: it counts an HF's
+residents, mostly others' patients).
 """
 
 import csv

@@ -320,7 +320,7 @@ SHARED_REPORT_KEYS: Final = (
     "rejection_reasons",  # "{check_id}: {n} of {rows} rows failed (tolerated x %)"
     "quarantined_rows",
     "categories",
-    "notes",  # the reader's, on the file (`etl.read.READ_NOTES`): never a value
+    "notes",  # the reader's, on the file (`schemas.forms.READ_NOTES`): never a value
 )
 SHARED_CHECK_KEYS: Final = (
     "check_id",

@@ -35,8 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl.read import READ_NOTES
-from schemas.forms import FORMS, Form, extract_schema
+from schemas.forms import FORMS, READ_NOTES, Form, extract_schema
 from schemas.parsing import normalise
 from validation.suites import (
     CODE_SUFFIX,
@@ -117,7 +116,7 @@ class ValidationResult:
     # The file typed by `schemas.parsing.normalise` (the form's columns the file has), so that a
     # caller need not type it a second time; None when the file's columns were not the form's.
     typed: pa.Table | None = field(default=None, repr=False)
-    # The reader's notes on the file (`etl.read.READ_NOTES`).
+    # The reader's notes on the file (`schemas.forms.READ_NOTES`).
     notes: list[str] = field(default_factory=list)
 
     def to_report(self) -> dict[str, Any]:
@@ -230,7 +229,7 @@ def run_checks(
 
 
 def _read_notes(raw: pa.Table) -> list[str]:
-    """The notes the reader left on the raw table (`etl.read.READ_NOTES`); none on one built
+    """The notes the reader left on the raw table (`schemas.forms.READ_NOTES`); none on one built
     otherwise."""
     metadata = raw.schema.metadata or {}
     if READ_NOTES not in metadata:

@@ -280,7 +280,7 @@ _SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,7}")
 
 
 def _notes(report: dict[str, object] | None) -> list[str]:
-    """The notes of a stored validation report (`etl.read.READ_NOTES`); none in a report
+    """The notes of a stored validation report (`schemas.forms.READ_NOTES`); none in a report
     stored before they existed, or when the reader refused the file (its message says it all)."""
     notes = (report or {}).get("notes")
     return [str(note) for note in notes] if isinstance(notes, list) else []

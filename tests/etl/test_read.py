@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 
 import etl.read
 from etl.privacy import find_identity_numbers, guard, is_identity_number
-from etl.read import READ_NOTES, read_extract
+from etl.read import read_extract
 from schemas.errors import PrivacyViolation, RejectedInput
-from schemas.forms import FORMS, Form
+from schemas.forms import FORMS, READ_NOTES, Form
 from schemas.parsing import normalise
 
 SENTINEL = "PSEUDO-SENTINEL-4711"

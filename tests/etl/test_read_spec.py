@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import etl.read
 from etl.read import read_extract
+from schemas.errors import PrivacyViolation
 from schemas.forms import Form
 from schemas.parsing import normalise
 from tests.etl.test_read import (
@@ -238,7 +239,7 @@ NOT_READ = (
 
 
 def _notes(raw: pa.Table) -> list[str]:
-    """The reader's notes, as the validation report takes them (`etl.read.READ_NOTES`)."""
+    """The reader's notes, as the validation report takes them (`schemas.forms.READ_NOTES`)."""
     return validate_extract(raw, Form.NPR_COUNTS, known_providers=NPR_PROVIDERS, today=TODAY).notes
 
 
@@ -273,9 +274,7 @@ def test_a_note_on_another_sheet_never_holds_its_values(tmp_path: Path) -> None:
     # The cells of the other sheets are never quoted, nor their titles (free text: a patient's
     # name, an identity number); the report and its renderings neither.
     workbook = _npr_workbook()
-    info = workbook.create_sheet("Kari Nordmann")
-    info["A1"] = SENTINEL
-    info["B2"] = "01019000083"
+    workbook.create_sheet("Kari Nordmann")["A1"] = SENTINEL
     workbook.create_sheet("Ark3")
     workbook.create_sheet("010190 00083")["C3"] = SENTINEL
     workbook.save(tmp_path / "n.xlsx")
@@ -291,9 +290,27 @@ def test_a_note_on_another_sheet_never_holds_its_values(tmp_path: Path) -> None:
     assert f"<li>{NOT_READ.format(4)}</li>" in page
     for shown in (str(raw.schema.metadata), text, page):
         assert SENTINEL not in shown
-        assert "01019000083" not in shown
         assert "010190" not in shown
         assert "Kari" not in shown
+
+
+@pytest.mark.parametrize("value", ["pasient 01019000083", "010190-00083", 1019000083])
+def test_an_identity_number_on_another_sheet_rejects_the_workbook_whole(
+    tmp_path: Path, value: object
+) -> None:
+    # EXTRACT_SPEC.md: "A file in which any value looks like a national identity number ... is
+    # rejected whole", whichever sheet holds it (a number cell lost its leading zero).
+    workbook = _npr_workbook()
+    other = workbook.create_sheet("Koblingsnøkkel")
+    other["A1"] = SENTINEL
+    other["D900"] = value
+    workbook.save(tmp_path / "n.xlsx")
+    with pytest.raises(PrivacyViolation) as refused:
+        read_extract(tmp_path / "n.xlsx", Form.NPR_COUNTS)
+    assert refused.value.detail == (
+        "Sheet 2 of the workbook holds 1 value(s) that look like national identity numbers; the "
+        "file is rejected whole"
+    )
 
 
 def test_a_workbook_read_without_a_note_where_the_other_sheets_are_empty(tmp_path: Path) -> None:

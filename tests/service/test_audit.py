@@ -15,7 +15,8 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from schemas.catalog import AuditEvent, utcnow
 from service import auth
-from service.audit import AuditRow, AuditWriter
+from service.app import AccessLogPaths
+from service.audit import ANSWERED_QUERY, AuditRow, AuditWriter
 from service.database import session_scope
 from tests.service.conftest import Headers, ReleaseWriter
 from tests.service.test_request_gate import key_subject
@@ -349,3 +350,20 @@ def test_the_access_log_line_carries_the_audit_rows_query(
     ]
     assert lines[-1].endswith('"GET /health?<unknown>=<withheld> HTTP/1.1" 200')
     assert "01019000083" not in "\n".join(lines)
+
+
+def test_a_quote_in_the_query_keeps_the_rows_query_on_the_line(app: FastAPI) -> None:
+    # uvicorn writes a '"' of the query as %22 (`get_path_with_query_string`): the line lost the
+    # created upload the request's audit row names, the query no longer being the one answered.
+    answered = ANSWERED_QUERY.set(("POST", f"{API}/uploads", "{upload_id}=2&<unknown>=<withheld>"))
+    try:
+        args = ("127.0.0.1:5000", "POST", f"{API}/uploads?a=%221%22", "1.1", 202)
+        record = logging.LogRecord(
+            "uvicorn.access", logging.INFO, __file__, 0, '%s - "%s %s HTTP/%s" %d', args, None
+        )
+        assert AccessLogPaths(app).filter(record)
+    finally:
+        ANSWERED_QUERY.reset(answered)
+    assert record.getMessage() == (
+        f'127.0.0.1:5000 - "POST {API}/uploads?{{upload_id}}=2&<unknown>=<withheld> HTTP/1.1" 202'
+    )
