@@ -12,7 +12,8 @@ and whoever runs the CLI has the catalog itself. The API serves only the request
 it answers the ledger row's id as a missing one (`service.uploads.visible_upload`).
 
 Exit codes as `service.commands.common` says: 0 the report (or, for an upload that has none, its
-status and error), 1 no such upload, 2 a usage error (a bad `--format`, an `--out` not writable).
+status and error; with `--format json` as JSON, its `report` null and `reason` saying why), 1 no
+such upload, 2 a usage error (a bad `--format`, an `--out` not writable).
 """
 
 import json
@@ -72,6 +73,18 @@ def register(app: typer.Typer) -> None:
                 heading += f"\nloaded for API upload {request_id} (the row the API serves)"
             stored = latest_report(session, upload)
             without = _without_report(session, upload) if stored is None else ""
+        if stored is None and output_format == "json":
+            # A script asked for JSON: it gets JSON, the report null and why.
+            answer = {
+                "upload_id": upload.id,
+                "form": upload.form,
+                "status": upload.status,
+                "error": upload.error,
+                "report": None,
+                "reason": without,
+            }
+            _write(json.dumps(answer, indent=2, ensure_ascii=False) + "\n", out)
+            return
         if stored is None:
             typer.echo(heading)
             if upload.error is not None:
@@ -80,12 +93,15 @@ def register(app: typer.Typer) -> None:
             if out is not None:
                 console.print(f"Nothing written to {out}", highlight=False, markup=False)
             return
-        text = _rendered(stored, output_format, heading, upload_id)
-        if out is None:
-            typer.echo(text, nl=False)
-        else:
-            out.write_text(text, encoding="utf-8")
-            console.print(f"Report written to {out}", highlight=False, markup=False)
+        _write(_rendered(stored, output_format, heading, upload_id), out)
+
+
+def _write(text: str, out: Path | None) -> None:
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        console.print(f"Report written to {out}", highlight=False, markup=False)
 
 
 def _heading(upload: Upload) -> str:

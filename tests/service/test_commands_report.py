@@ -152,6 +152,30 @@ def test_a_duplicate_has_no_report_and_names_the_upload_that_loaded_the_file(
     assert not out.exists()
 
 
+def test_as_json_an_upload_without_a_report_is_json_naming_why(
+    quarantined: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    # A script that asks for JSON got the text lines (and, with --out, no file).
+    _load(quarantined, env)
+    expected = {
+        "upload_id": 2,
+        "form": "basis",
+        "status": "duplicate",
+        "error": None,
+        "report": None,
+        "reason": "No quality report: a duplicate is not validated again; the same file was "
+        "loaded as upload 1",
+    }
+    result = _kvarus(["report", "2", "--format", "json"], env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == expected
+    out = tmp_path / "report.json"
+    written = _kvarus(["report", "2", "--format", "json", "--out", str(out)], env)
+    assert written.exit_code == 0, written.output
+    assert written.output == f"Report written to {out}\n"
+    assert json.loads(out.read_text(encoding="utf-8")) == expected
+
+
 def test_a_file_the_guard_rejected_has_its_error_and_no_report(
     write_extract: ExtractWriter, env: dict[str, str]
 ) -> None:
