@@ -447,3 +447,28 @@ def render_report(report: dict[str, object]) -> str:
     from validation.report import render_html  # the validation package loads on first use
 
     return render_html(dict(report))
+
+
+# Statuses of an upload whose load has not finished: its report may still come.
+UNFINISHED: Final = frozenset({"pending", "loading", "running"})
+
+
+def without_report(session: Session, upload: Upload) -> str:
+    """Why the upload has no quality report, in one line (`kvarus report`, the API's 404)."""
+    if upload.status == "duplicate":
+        # A duplicate is recorded before its file is read (`etl.load`): the report is the load's.
+        original = session.exec(
+            select(Upload)
+            .where(
+                Upload.file_sha256 == upload.file_sha256,
+                Upload.form == upload.form,
+                Upload.status == "loaded",
+                col(Upload.id) < upload.id,
+            )
+            .order_by(col(Upload.id).desc())
+        ).first()
+        loaded = f"; the same file was loaded as upload {original.id}" if original else ""
+        return f"No quality report: a duplicate is not validated again{loaded}"
+    if upload.status in UNFINISHED:
+        return f"No quality report yet: the upload is {upload.status}"
+    return f"No quality report: the upload was {upload.status} before a report was stored"

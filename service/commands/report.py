@@ -18,21 +18,17 @@ such upload, 2 a usage error (a bad `--format`, an `--out` not writable).
 
 import json
 from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import Annotated, Literal
 
 import typer
-from sqlmodel import Session, col, select
 
 from etl.ledger import request_id_of
 from schemas.catalog import Upload
 from schemas.errors import NotFound
 from service.commands.common import check_output_file, console, fail, reports_errors, settings
 from service.database import MAX_CATALOG_ID, make_engine, session_scope
-from service.uploads import is_internal, latest_report
+from service.uploads import is_internal, latest_report, without_report
 from validation.report import render_html, render_text
-
-# Statuses of an upload whose load has not finished: its report may still come.
-UNFINISHED: Final = frozenset({"pending", "loading", "running"})
 
 
 def register(app: typer.Typer) -> None:
@@ -72,7 +68,7 @@ def register(app: typer.Typer) -> None:
             if request_id is not None:
                 heading += f"\nloaded for API upload {request_id} (the row the API serves)"
             stored = latest_report(session, upload)
-            without = _without_report(session, upload) if stored is None else ""
+            without = without_report(session, upload) if stored is None else ""
         if stored is None and output_format == "json":
             # A script asked for JSON: it gets JSON, the report null and why.
             answer = {
@@ -111,27 +107,6 @@ def _heading(upload: Upload) -> str:
         f"read {upload.rows_read}, accepted {upload.rows_accepted}, quarantined "
         f"{upload.rows_quarantined}, superseded {upload.rows_superseded}"
     )
-
-
-def _without_report(session: Session, upload: Upload) -> str:
-    """Why the upload has no quality report, in one line."""
-    if upload.status == "duplicate":
-        # A duplicate is recorded before its file is read (`etl.load`): the report is the load's.
-        original = session.exec(
-            select(Upload)
-            .where(
-                Upload.file_sha256 == upload.file_sha256,
-                Upload.form == upload.form,
-                Upload.status == "loaded",
-                col(Upload.id) < upload.id,
-            )
-            .order_by(col(Upload.id).desc())
-        ).first()
-        loaded = f"; the same file was loaded as upload {original.id}" if original else ""
-        return f"No quality report: a duplicate is not validated again{loaded}"
-    if upload.status in UNFINISHED:
-        return f"No quality report yet: the upload is {upload.status}"
-    return f"No quality report: the upload was {upload.status} before a report was stored"
 
 
 def _rendered(report: dict[str, object], output_format: str, heading: str, upload_id: int) -> str:

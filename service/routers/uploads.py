@@ -147,6 +147,6 @@ def get_upload_report(
     upload = uploads.visible_upload(session, upload_id, principal)
     report = uploads.latest_report(session, upload)
     if report is None:
-        raise NotFound(f"upload {upload_id} has no quality report yet")
+        raise NotFound(uploads.without_report(session, upload))
     audit.note(request, rows=1)
     return HTMLResponse(uploads.render_report(uploads.report_for(upload, principal, report)))

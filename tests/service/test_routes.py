@@ -399,6 +399,33 @@ class TestUploadReportScope:
         assert "B-REC-9" in client.get(f"{API}/uploads/2/report.html", headers=registry).text
 
 
+@pytest.mark.parametrize(
+    ("status", "detail"),
+    [
+        ("rejected", "No quality report: the upload was rejected before a report was stored"),
+        ("running", "No quality report yet: the upload is running"),
+    ],
+)
+def test_an_upload_without_a_report_says_why(
+    client: TestClient, app: FastAPI, headers: dict[str, Headers], status: str, detail: str
+) -> None:
+    # A file rejected before validation never gets a report: "no quality report yet" misled.
+    with Session(app.state.engine) as session:
+        session.add(
+            Upload(
+                file_sha256="0" * 64,
+                form="basis",
+                filename="f.csv",
+                providers=PROVIDER_A,
+                status=status,
+            )
+        )
+        session.commit()
+    response = client.get(f"{API}/uploads/1/report.html", headers=headers["registry"])
+    assert response.status_code == 404
+    assert response.json()["detail"] == detail
+
+
 class TestReleases:
     def test_list_and_detail(
         self, client: TestClient, publish: ReleaseWriter, settings: Settings
