@@ -286,7 +286,10 @@ def repair_interrupted(session: Session, warehouse: Warehouse) -> list[int]:
     # before its request row was committed (no row names it).
     remove_unowned_incoming(incoming_dir(warehouse))
     # After the restores: they read the Delta history that the erasure's clean-up removes.
-    finish_pending(session, warehouse)
+    if finish_pending(session, warehouse):
+        # The erasure's process died before its own checkpoint: the write-ahead log may still
+        # hold its patients' pages as they were (a withheld file name).
+        checkpoint_catalog(session)
     return repaired
 
 
