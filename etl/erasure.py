@@ -62,7 +62,7 @@ from etl.ledger import checkpoint_catalog, repair_interrupted
 from etl.privacy import rekey
 from etl.release import publish_locked
 from etl.warehouse import QUARANTINE, TABLES, Warehouse, schema_of
-from schemas.catalog import Erasure, Release, Upload, ValidationRun, utcnow
+from schemas.catalog import ApiClient, Erasure, Release, Upload, ValidationRun, utcnow
 from schemas.errors import KvarusError, RejectedInput
 from schemas.forms import PATIENT_KEY_COLUMN
 from schemas.manifest import ReleaseManifest, TableSnapshot
@@ -75,6 +75,9 @@ NOT_REBUILT = (
 )
 # An upload's file name that held an erased patient's pseudonym.
 NAME_ERASED = "(name withheld: it held an erased patient's pseudonym)"
+# Any other stored free text that held one (an uploader, a release's note or publisher, a key's
+# name, an earlier erasure's performer).
+TEXT_ERASED = "(withheld: it held an erased patient's pseudonym)"
 # A release's indicator results beside its manifest (`indicators.results.RESULTS_FILE`; etl does
 # not import indicators/). A retired release's results go with it: they were computed from the
 # erased patients' records. `service.publishing.ensure_indicators` computes the replacement's.
@@ -359,14 +362,46 @@ def _scrub_reports(session: Session, records: list[_Record]) -> None:
 
 
 def _withhold_names(session: Session, pseudonyms: list[str]) -> None:
-    """Withhold every upload's file name that holds one of the erased source pseudonyms (any
-    case): a file named after its patient would keep the pseudonym in the ledger. A short
-    pseudonym may withhold names that merely contain it: the cheaper error."""
+    """Withhold every stored free text that holds one of the erased source pseudonyms (any case):
+    an upload's file name (a file named after its patient) and uploader, a release's note and
+    publisher (in the catalog and its manifest, which `GET /releases` shows to anyone), an API
+    key's name, an earlier erasure's performer. Typed by people, they may name a patient by the
+    pseudonym the register erases. A short pseudonym may withhold texts that merely contain it:
+    the cheaper error."""
     pattern = re.compile("|".join(map(re.escape, pseudonyms)), re.IGNORECASE)
+
+    def held(text: str | None) -> bool:
+        return text is not None and pattern.search(text) is not None
+
     for upload in session.exec(select(Upload)).all():
-        if pattern.search(upload.filename):
+        if held(upload.filename):
             upload.filename = NAME_ERASED
             session.add(upload)
+        if held(upload.uploaded_by):
+            upload.uploaded_by = TEXT_ERASED
+            session.add(upload)
+    for release in session.exec(select(Release)).all():
+        if held(release.published_by):
+            release.published_by = TEXT_ERASED
+            session.add(release)
+        if held(release.note):
+            release.note = TEXT_ERASED
+            path = Path(release.manifest_path)
+            if path.exists():
+                manifest = ReleaseManifest.read(path)
+                manifest.note = TEXT_ERASED
+                rewritten = path.with_name(f"{path.name}.new")
+                manifest.write(rewritten)
+                os.replace(rewritten, path)
+            session.add(release)
+    for client in session.exec(select(ApiClient)).all():
+        if held(client.name):
+            client.name = TEXT_ERASED
+            session.add(client)
+    for earlier in session.exec(select(Erasure)).all():
+        if held(earlier.performed_by):
+            earlier.performed_by = TEXT_ERASED
+            session.add(earlier)
 
 
 def _holds_patients(manifest: ReleaseManifest, keys: pa.Array) -> bool:

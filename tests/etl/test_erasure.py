@@ -14,7 +14,7 @@ from etl.ledger import NOT_KEPT
 from etl.release import latest_release, publish_release, read_manifest
 from etl.warehouse import QUARANTINE, Warehouse
 from indicators.results import RESULTS_FILE
-from schemas.catalog import Erasure, Release, Upload, ValidationRun
+from schemas.catalog import ApiClient, Erasure, Release, Upload, ValidationRun
 from schemas.forms import Form
 from schemas.organisations import Hierarchy
 from service.settings import Settings
@@ -173,6 +173,45 @@ def test_an_optout_sent_by_a_provider_outside_the_register_list_still_erases(
     assert upload.rows_accepted == 1
     assert sorted(warehouse.table(Form.BASIS).column("record_id").to_pylist()) == ["b1", "b4"]
     assert session.exec(select(Erasure)).one().provider_orgnr == unknown
+    session.close()
+    _assert_no_trace(settings.data_dir, key)
+
+
+def test_free_text_naming_the_patient_is_withheld_by_the_erasure(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    settings: Settings,
+) -> None:
+    # Typed by people, stored and shown (`GET /releases` shows notes to anyone): a release note,
+    # an uploader, a key's name kept the erased pseudonym (any case).
+    _register(write_extract, warehouse, session, key)
+    upload = session.exec(select(Upload)).first()
+    assert upload is not None
+    upload.uploaded_by = f"desk for {ERASED.lower()}"
+    session.add(upload)
+    session.add(ApiClient(name=f"key of {ERASED}", key_prefix="k", key_hash="h", role="registry"))
+    session.commit()
+    publish_release(warehouse, warehouse.releases_dir, session, note=f"corrected {ERASED}")
+    publish_release(warehouse, warehouse.releases_dir, session, note="Q3", published_by=ERASED)
+    erase_patients(
+        [ERASED], warehouse=warehouse, session=session, key=key,
+        releases_dir=warehouse.releases_dir,
+    )  # fmt: skip
+    session.commit()
+    withheld = "(withheld: it held an erased patient's pseudonym)"
+    assert [u.uploaded_by for u in session.exec(select(Upload).order_by(col(Upload.id)))] == [
+        withheld,
+        "cli",
+    ]
+    assert session.exec(select(ApiClient)).one().name == withheld
+    releases = session.exec(select(Release).order_by(col(Release.number))).all()
+    assert [(r.note, r.published_by) for r in releases[:2]] == [
+        (withheld, "cli"),
+        ("Q3", withheld),
+    ]
+    assert read_manifest(warehouse.releases_dir, 1).note == withheld
     session.close()
     _assert_no_trace(settings.data_dir, key)
 
