@@ -364,7 +364,8 @@ def _pseudonyms(given: list[str], file: Path | None, stdin: bool) -> list[str]:
     """
     if any(not _is_utf8(p) for p in given):
         raise RejectedInput("a --pseudonym is not UTF-8 text")
-    pseudonyms = list(given)
+    # Stripped as the lines are (and as a loaded file's values were before they were keyed).
+    pseudonyms = [p.strip() for p in given if p.strip()]
     if file is not None:
         pseudonyms += _lines(_decoded(file.read_bytes(), "the pseudonyms file"))
     if stdin:

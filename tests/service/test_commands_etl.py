@@ -56,6 +56,11 @@ def test_erase_reads_pseudonyms_from_a_file_or_stdin(
     assert "erased 2 rows of 2 patient(s)" in output
     output = _invoke(["erase", "--stdin"], env, stdin="P-CLI-3\n")
     assert "erased 1 rows of 1 patient(s)" in output
+    # The option's value is stripped too: " P-CLI-4 " erased nobody, and said so in passing.
+    rows = [episode_row(Form.BASIS, 4, "P-CLI-4")]
+    _invoke(["load", str(write_extract(Form.BASIS, rows)), "--form", "basis"], env)
+    output = _invoke(["erase", "--pseudonym", " P-CLI-4 "], env)
+    assert "erased 1 rows of 1 patient(s)" in output
     assert "P-CLI" not in output
     result = CliRunner().invoke(app, ["erase"], env=env)
     assert result.exit_code == 2  # a usage error: no pseudonym option given
