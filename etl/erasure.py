@@ -52,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import pyarrow as pa
 from sqlmodel import Session, col, or_, select
@@ -373,35 +373,31 @@ def _withhold_names(session: Session, pseudonyms: list[str]) -> None:
     def held(text: str | None) -> bool:
         return text is not None and pattern.search(text) is not None
 
-    for upload in session.exec(select(Upload)).all():
-        if held(upload.filename):
-            upload.filename = NAME_ERASED
-            session.add(upload)
-        if held(upload.uploaded_by):
-            upload.uploaded_by = TEXT_ERASED
-            session.add(upload)
-    for release in session.exec(select(Release)).all():
-        if held(release.published_by):
-            release.published_by = TEXT_ERASED
-            session.add(release)
-        if held(release.note):
-            release.note = TEXT_ERASED
-            path = Path(release.manifest_path)
-            if path.exists():
-                manifest = ReleaseManifest.read(path)
-                manifest.note = TEXT_ERASED
-                rewritten = path.with_name(f"{path.name}.new")
-                manifest.write(rewritten)
-                os.replace(rewritten, path)
-            session.add(release)
-    for client in session.exec(select(ApiClient)).all():
-        if held(client.name):
-            client.name = TEXT_ERASED
-            session.add(client)
-    for earlier in session.exec(select(Erasure)).all():
-        if held(earlier.performed_by):
-            earlier.performed_by = TEXT_ERASED
-            session.add(earlier)
+    for model, name, withheld in _FREE_TEXT:
+        for row in session.exec(select(model)).all():
+            if not held(getattr(row, name)):
+                continue
+            setattr(row, name, withheld)
+            session.add(row)
+            if isinstance(row, Release) and name == "note":
+                path = Path(row.manifest_path)
+                if path.exists():
+                    manifest = ReleaseManifest.read(path)
+                    manifest.note = withheld
+                    rewritten = path.with_name(f"{path.name}.new")
+                    manifest.write(rewritten)
+                    os.replace(rewritten, path)
+
+
+# The catalog's stored free text (`_withhold_names`): model, field, what replaces a held value.
+_FREE_TEXT: Final[tuple[tuple[Any, str, str], ...]] = (
+    (Upload, "filename", NAME_ERASED),
+    (Upload, "uploaded_by", TEXT_ERASED),
+    (Release, "note", TEXT_ERASED),
+    (Release, "published_by", TEXT_ERASED),
+    (ApiClient, "name", TEXT_ERASED),
+    (Erasure, "performed_by", TEXT_ERASED),
+)
 
 
 def _holds_patients(manifest: ReleaseManifest, keys: pa.Array) -> bool:
