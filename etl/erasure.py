@@ -361,6 +361,17 @@ def _scrub_reports(session: Session, records: list[_Record]) -> None:
             session.add(run)
 
 
+# The catalog's stored free text (`_withhold_names`): model, field, what replaces a held value.
+_FREE_TEXT: Final[tuple[tuple[Any, str, str], ...]] = (
+    (Upload, "filename", NAME_ERASED),
+    (Upload, "uploaded_by", TEXT_ERASED),
+    (Release, "note", TEXT_ERASED),
+    (Release, "published_by", TEXT_ERASED),
+    (ApiClient, "name", TEXT_ERASED),
+    (Erasure, "performed_by", TEXT_ERASED),
+)
+
+
 def _withhold_names(session: Session, pseudonyms: list[str]) -> None:
     """Withhold every stored free text that holds one of the erased source pseudonyms (any case):
     an upload's file name (a file named after its patient) and uploader, a release's note and
@@ -387,17 +398,6 @@ def _withhold_names(session: Session, pseudonyms: list[str]) -> None:
                     rewritten = path.with_name(f"{path.name}.new")
                     manifest.write(rewritten)
                     os.replace(rewritten, path)
-
-
-# The catalog's stored free text (`_withhold_names`): model, field, what replaces a held value.
-_FREE_TEXT: Final[tuple[tuple[Any, str, str], ...]] = (
-    (Upload, "filename", NAME_ERASED),
-    (Upload, "uploaded_by", TEXT_ERASED),
-    (Release, "note", TEXT_ERASED),
-    (Release, "published_by", TEXT_ERASED),
-    (ApiClient, "name", TEXT_ERASED),
-    (Erasure, "performed_by", TEXT_ERASED),
-)
 
 
 def _holds_patients(manifest: ReleaseManifest, keys: pa.Array) -> bool:

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlmodel import select
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from etl.privacy import is_identity_number
 from schemas.catalog import Release, Upload
@@ -58,13 +58,24 @@ def test_the_examples_are_what_they_claim() -> None:
     assert not is_identity_number("12345678901")
 
 
+def _load_as(uploader: str, env: dict[str, str], write_extract: ExtractWriter) -> Result:
+    """`kvarus load` of a one-row basis file with `--uploaded-by uploader`."""
+    extract = write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-1")])
+    args = ["load", str(extract), "--form", "basis", "--uploaded-by", uploader]
+    return CliRunner().invoke(app, args, env=env)
+
+
+def _uploaders(tmp_path: Path) -> list[str]:
+    """The ledger's uploaders."""
+    with session_scope(make_engine(_catalog(tmp_path))) as session:
+        return [u.uploaded_by for u in session.exec(select(Upload))]
+
+
 @pytest.mark.parametrize("uploader", HOLDING)
 def test_load_refuses_an_uploader_holding_an_identity_number(
     env: dict[str, str], tmp_path: Path, write_extract: ExtractWriter, uploader: str
 ) -> None:
-    extract = write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-1")])
-    args = ["load", str(extract), "--form", "basis", "--uploaded-by", uploader]
-    result = CliRunner().invoke(app, args, env=env)
+    result = _load_as(uploader, env, write_extract)
     assert result.exit_code == 2, result.output
     assert isinstance(result.exception, SystemExit)
     assert (
@@ -72,21 +83,16 @@ def test_load_refuses_an_uploader_holding_an_identity_number(
         "name the uploader otherwise (a system, a unit, a role)"
     ) in _said(result.output)
     _assert_not_echoed(result.output)
-    settings = _catalog(tmp_path)
-    with session_scope(make_engine(settings)) as session:
-        assert session.exec(select(Upload)).all() == []  # nothing in the ledger
-    assert not settings.warehouse_dir.exists()
+    assert _uploaders(tmp_path) == []  # nothing in the ledger
+    assert not _catalog(tmp_path).warehouse_dir.exists()
 
 
 def test_load_keeps_an_ordinary_uploader(
     env: dict[str, str], tmp_path: Path, write_extract: ExtractWriter
 ) -> None:
-    extract = write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-1")])
-    args = ["load", str(extract), "--form", "basis", "--uploaded-by", ORDINARY]
-    result = CliRunner().invoke(app, args, env=env)
+    result = _load_as(ORDINARY, env, write_extract)
     assert result.exit_code == 0, result.output
-    with session_scope(make_engine(_catalog(tmp_path))) as session:
-        assert [u.uploaded_by for u in session.exec(select(Upload))] == [ORDINARY]
+    assert _uploaders(tmp_path) == [ORDINARY]
 
 
 @pytest.mark.parametrize("note", HOLDING)
@@ -149,13 +155,10 @@ def test_load_refuses_an_uploader_shaped_as_the_apis(
 ) -> None:
     # `api:N` would hide the upload from the API's list as an internal row, `key:N` and `oidc:`
     # would name a key holder or token subject who uploaded nothing.
-    extract = write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-1")])
-    args = ["load", str(extract), "--form", "basis", "--uploaded-by", uploader]
-    result = CliRunner().invoke(app, args, env=env)
+    result = _load_as(uploader, env, write_extract)
     assert result.exit_code == 2, result.output
     assert (
         "Invalid value for '--uploaded-by': api:, key: and oidc: name the API's uploaders: name "
         "the uploader otherwise (a system, a unit, a role)"
     ) in _said(result.output)
-    with session_scope(make_engine(_catalog(tmp_path))) as session:
-        assert session.exec(select(Upload)).all() == []
+    assert _uploaders(tmp_path) == []
