@@ -485,7 +485,7 @@ def _concat(parts: list[pa.Table]) -> pa.Table:
 
 
 @dataclass(frozen=True)
-class _Cells:
+class CellCodes:
     """Integer codes of the finest cells of distinct-patient rows: cell = pair × (H + 1) +
     home + 1, where pair is the index of (provider_orgnr, unit_code) in `pairs` and home the
     index of the home HF among the hierarchy's HFs (H of them), or -1 for a missing home HF or
@@ -497,7 +497,7 @@ class _Cells:
     orgnrs: list[str]
 
     @classmethod
-    def of(cls, pairs: pa.Table, organisations: Organisations) -> _Cells:
+    def of(cls, pairs: pa.Table, organisations: Organisations) -> CellCodes:
         homes = list(organisations.homes)
         orgnrs: set[str] = {NATION_ORGNR, *homes}
         for provider in pairs["provider_orgnr"].to_pylist():
@@ -512,10 +512,8 @@ class _Cells:
     def width(self) -> int:
         return len(self.homes) + 1
 
-    def coded(self, rows: ir.Table, patient: list[str]) -> ir.Table:
-        """Rows (CELL, patient, num) as (year, patient, cell, num): joined to two small look-ups
-        (every pair of the rows is in `pairs`)."""
-        pairs = ibis.memtable(
+    def _pair_table(self) -> ir.Table:
+        return ibis.memtable(
             pa.table(
                 {
                     "pair_provider": self.pairs["provider_orgnr"],
@@ -524,7 +522,9 @@ class _Cells:
                 }
             )
         )
-        homes = ibis.memtable(
+
+    def _home_table(self) -> ir.Table:
+        return ibis.memtable(
             pa.table(
                 {
                     "home_key": pa.array(self.homes, pa.string()),
@@ -532,14 +532,45 @@ class _Cells:
                 }
             )
         )
-        joined = rows.inner_join(
+
+    def _paired(self, rows: ir.Table) -> ir.Table:
+        """Rows with their pair index (every pair of the rows is in `pairs`)."""
+        pairs = self._pair_table()
+        return rows.inner_join(
             pairs,
             [
                 rows.provider_orgnr.identical_to(pairs.pair_provider),
                 rows.unit_code.identical_to(pairs.pair_unit),
             ],
         )
+
+    def coded(self, rows: ir.Table, patient: list[str]) -> ir.Table:
+        """Rows (CELL, patient, num) as (year, patient, cell, num): joined to two small look-ups
+        (every pair of the rows is in `pairs`)."""
+        joined = self._paired(rows)
+        homes = self._home_table()
         joined = joined.left_join(homes, joined.home_hf_orgnr == homes.home_key)
+        cell = joined.pair * self.width + joined.home.fill_null(-1) + 1
+        return joined.select("year", *patient, cell=cell, num=joined.num)
+
+    def episode_homes(self, episodes: ir.Table, key: dict[str, ir.Value]) -> ir.Table:
+        """Per episode whose home HF is one of `homes`: its key (`key`, columns over
+        `episodes`' own) and the home's index (`home`)."""
+        table = episodes.select(**key, home_hf_orgnr=episodes.home_hf_orgnr)
+        homes = self._home_table()
+        joined = table.inner_join(homes, table.home_hf_orgnr == homes.home_key)
+        return joined.select(*key, home=joined.home)
+
+    def coded_records(
+        self, records: ir.Table, patient: list[str], key: list[str], episodes: ir.Table
+    ) -> ir.Table:
+        """Records (year, provider_orgnr, unit_code, the episode's `key` columns, patient, num)
+        as (year, patient, cell, num): reduced to one row per (year, pair, episode, patient)
+        and given the episode's home from `episodes` (`episode_homes`; an episode not there
+        has none). Every column the reduction and the join read is an integer."""
+        paired = self._paired(records)
+        reduced = paired.group_by("year", "pair", *key, *patient).agg(num=paired.num.max())
+        joined = reduced.left_join(episodes, [reduced[name] == episodes[name] for name in key])
         cell = joined.pair * self.width + joined.home.fill_null(-1) + 1
         return joined.select("year", *patient, cell=cell, num=joined.num)
 
@@ -672,7 +703,7 @@ def _level_counts(rows: ir.Table, position: int) -> ir.Table:
     )
 
 
-# The level key columns of `_Cells.level_keys`, per level the backend groups.
+# The level key columns of `CellCodes.level_keys`, per level the backend groups.
 _LEVEL_KEY: Final = {
     ("caregiver", "unit"): "key_unit",
     ("caregiver", "provider"): "key_provider",
@@ -684,18 +715,18 @@ _LEVEL_KEY: Final = {
 
 
 def coded_patient_levels(
-    rows: ir.Table,
-    pairs: pa.Table,
+    coded: ir.Table,
+    cells: CellCodes,
     definition: IndicatorDefinition,
     organisations: Organisations,
     materialise: Any,
     drop: Any,
     fetch: Any,
 ) -> pa.Table:
-    """`patient_levels` on integer cell codes (DuckDB), the same counts: rows (CELL, the
-    patient's columns, num) with `pairs` holding every (provider_orgnr, unit_code) of the rows.
+    """`patient_levels` on integer cell codes (DuckDB), the same counts: `coded` rows (year, the
+    patient's columns, cell, num) of `cells` (`CellCodes.coded` or `CellCodes.coded_records`).
 
-    Each row's cell is coded as one integer (`_Cells`) and the narrow rows materialised; then
+    The narrow coded rows are materialised; then
     per (year, patient) its rows, largest num (the patient-year's: a patient is in the
     numerator of every result they count in if any of their rows in the year is, DOMAIN.md),
     and smallest and largest cell. A patient whose rows all lie in one cell counts once at each
@@ -713,9 +744,8 @@ def coded_patient_levels(
     several-cell patients' rows are narrow. Counting the two-row patients without their rows
     took the steps after the coded rows from 12.1 s CPU to 8.1 s (per-level group-bys 7.3 ->
     3.6 s)."""
-    patient = [c for c in rows.columns if c not in (*CELL, "num")]
-    cells = _Cells.of(pairs, organisations)
-    coded = materialise(cells.coded(rows, patient), "patients (coded)")
+    patient = [c for c in coded.columns if c not in ("year", "cell", "num")]
+    coded = materialise(coded, "patients (coded)")
     per_patient = materialise(
         coded.group_by("year", *patient).agg(
             patient_num=coded.num.max(),

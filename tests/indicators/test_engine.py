@@ -728,3 +728,19 @@ def test_study_with_a_hierarchy_without_hfs(tiny: Factory) -> None:
     assert counts(pick(rows, "study", 2022, "unit", VESTLY, unit_code="U2")) == (1, 1)
     assert counts(pick(rows, "study", 2022, "nation", NATION)) == (1, 2)
     assert not [r for r in rows if r["context"] == "resident"]
+
+
+def test_study_episode_ids_are_the_providers_own(tiny: Factory) -> None:
+    """An episode is (provider_orgnr, episode_id): Bergen's x1 (P, at home in Bergen) and
+    Stavanger's x1 (Q, at home in Stavanger) are two episodes. P's 2024 measurement at Bergen
+    takes the home of Bergen's x1 alone (the engine joins records to episodes on hashes of
+    both columns)."""
+    release = tiny()
+    release.basis("x1", intake="2023-03-01", patient="P")
+    release.basis("x1", STAVANGER, intake="2023-03-01", patient="Q")
+    release.measurement("x1", on="2024-02-01", patient="P", clinical_study_id="S1")
+    rows = run(release, "study")
+    assert counts(pick(rows, "study", 2024, "hf", BERGEN, context="resident")) == (1, 1)
+    assert counts(pick(rows, "study", 2024, "nation", NATION, context="resident")) == (1, 1)
+    resident = {r["orgnr"] for r in rows if r["year"] == 2024 and r["context"] == "resident"}
+    assert resident == {BERGEN, HELSE_VEST, NATION}
