@@ -411,7 +411,7 @@ def _patient_years(definition: IndicatorDefinition, release: Release) -> ir.Tabl
     """The (year, provider_orgnr, unit_code) of a patient indicator's rows, before its
     conditions (a year of no population rows gives no result rows; the pairs are those
     `coded_patient_levels` codes)."""
-    if _record_patient_rows(definition, release) is not None:
+    if _record_rows(definition, release) is not None:
         columns = ["_year", "provider_orgnr", "unit_code"]
         parts = [
             _with_year(release.records(form), definition.year_column).select(*columns)
