@@ -18,11 +18,13 @@ existed) has no stored figures: the API then serves none.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.manifest import ReleaseManifest
@@ -155,3 +157,25 @@ def compute_and_store(
     path = releases_dir / str(manifest.release) / RESULTS_FILE
     write(table, path)
     return path
+
+
+# A CSV cell a spreadsheet evaluates as a formula when the file is opened (OWASP: CSV injection):
+# text starting with one of these. unit_code is an extract's free text, so a result row may carry
+# `=HYPERLINK(...)`; in CSV it is written after an apostrophe, which spreadsheets take as "text"
+# and do not show. JSON and Parquet keep the value as it is.
+FORMULA_START: Final = re.compile(r"^[=+\-@\t\r]")
+
+
+def spreadsheet_safe(value: str) -> str:
+    """A text cell for CSV: an apostrophe before text a spreadsheet would evaluate."""
+    return f"'{value}" if FORMULA_START.match(value) else value
+
+
+def spreadsheet_safe_table(table: pa.Table) -> pa.Table:
+    """`spreadsheet_safe` over every text column of a table (for `pyarrow.csv.write_csv`)."""
+    for index, column in enumerate(table.columns):
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            quoted = pc.binary_join_element_wise("'", column, "")
+            risky = pc.match_substring_regex(column, FORMULA_START.pattern)
+            table = table.set_column(index, table.field(index), pc.if_else(risky, quoted, column))
+    return table

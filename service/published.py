@@ -283,10 +283,16 @@ def sort_key(row: dict[str, Any]) -> tuple[str, int, str, str, str]:
     return (row["indicator_id"], int(row["year"]), row["context"], row["level"], row["orgnr"])
 
 
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    return result_files.spreadsheet_safe(value) if isinstance(value, str) else value
+
+
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(RESULT_COLUMNS), lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in RESULT_COLUMNS})
+        writer.writerow({k: _cell(row.get(k)) for k in RESULT_COLUMNS})
     return buffer.getvalue()

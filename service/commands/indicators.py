@@ -95,7 +95,7 @@ def write_output(table: pa.Table, path: Path, output_format: OutputFormat) -> No
     if output_format is OutputFormat.PARQUET:
         results.write(table, path)
     elif output_format is OutputFormat.CSV:
-        pacsv.write_csv(table, path)
+        pacsv.write_csv(results.spreadsheet_safe_table(table), path)
     else:
         rows: list[dict[str, Any]] = table.to_pylist()
         path.write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")

