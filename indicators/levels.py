@@ -512,17 +512,6 @@ class CellCodes:
     def width(self) -> int:
         return len(self.homes) + 1
 
-    def _pair_table(self) -> ir.Table:
-        return ibis.memtable(
-            pa.table(
-                {
-                    "pair_provider": self.pairs["provider_orgnr"],
-                    "pair_unit": self.pairs["unit_code"],
-                    "pair": pa.array(range(self.pairs.num_rows), pa.int64()),
-                }
-            )
-        )
-
     def _home_table(self) -> ir.Table:
         return ibis.memtable(
             pa.table(
@@ -535,7 +524,15 @@ class CellCodes:
 
     def _paired(self, rows: ir.Table) -> ir.Table:
         """Rows with their pair index (every pair of the rows is in `pairs`)."""
-        pairs = self._pair_table()
+        pairs = ibis.memtable(
+            pa.table(
+                {
+                    "pair_provider": self.pairs["provider_orgnr"],
+                    "pair_unit": self.pairs["unit_code"],
+                    "pair": pa.array(range(self.pairs.num_rows), pa.int64()),
+                }
+            )
+        )
         return rows.inner_join(
             pairs,
             [
