@@ -50,6 +50,11 @@ def publish_release(
     row is added (the service computes the indicators there, so that no served release lacks
     them; nothing of the catalog is locked meanwhile). If it or the commit fails, nothing is
     committed and the release's directory is removed.
+
+    An exception after the commit (Ctrl-C as it returns) leaves the committed release as it is:
+    the directory is removed only when the catalog, asked again, does not hold the row; when it
+    cannot be asked, the directory is left to the next writer's repair, which removes it if the
+    row is not there (`etl.ledger.repair_interrupted`).
     """
     with warehouse.writing():
         repair_interrupted(session, warehouse)
@@ -61,10 +66,21 @@ def publish_release(
             session.commit()
         except BaseException:
             session.rollback()
-            if manifest is not None:  # the commit failed: the release was never published
+            if manifest is not None and not _committed(session, manifest.release):
                 shutil.rmtree(releases_dir / str(manifest.release), ignore_errors=True)
             raise
         return manifest
+
+
+def _committed(session: Session, number: int) -> bool:
+    """Whether the catalog holds release `number` (True when it cannot be asked: its
+    directory is then left to the next writer's repair)."""
+    try:
+        return session.get(Release, number) is not None
+    except Exception:
+        return True
+    finally:
+        session.rollback()
 
 
 def publish_locked(

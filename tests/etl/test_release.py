@@ -86,3 +86,51 @@ def test_a_release_is_its_file_list_and_its_delta_version_is_informational(
     with pytest.raises(TableNotFoundError):
         DeltaTable(str(warehouse.path("basis")), version=version)
     assert _count(read_manifest(warehouse.releases_dir, 1).files("basis")) == 1
+
+
+def test_an_interrupt_as_the_commit_returns_keeps_the_committed_release(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C right after the release row's commit: the release is published, so its
+    directory stays (it used to be removed, leaving a served release without its manifest that
+    failed every later writer); the next publish is release 2."""
+    basis = [episode_row(Form.BASIS, n, f"P{n}") for n in (1, 2)]
+    load_ok(write_extract(Form.BASIS, basis), Form.BASIS, warehouse, session, key)
+    commit = session.commit
+
+    def commit_then_interrupt() -> None:
+        commit()
+        monkeypatch.setattr(session, "commit", commit)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(session, "commit", commit_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        publish_release(warehouse, warehouse.releases_dir, session)
+    assert read_manifest(warehouse.releases_dir, 1).release == 1
+    assert [r.number for r in session.exec(select(Release)).all()] == [1]
+    assert publish_release(warehouse, warehouse.releases_dir, session).release == 2
+
+
+def test_a_failed_commit_removes_the_release_directory(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    basis = [episode_row(Form.BASIS, n, f"P{n}") for n in (1, 2)]
+    load_ok(write_extract(Form.BASIS, basis), Form.BASIS, warehouse, session, key)
+
+    def failing_commit() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(session, "commit", failing_commit)
+    with pytest.raises(KeyboardInterrupt):
+        publish_release(warehouse, warehouse.releases_dir, session)
+    monkeypatch.undo()
+    assert not (warehouse.releases_dir / "1").exists()
+    assert session.exec(select(Release)).all() == []
