@@ -33,19 +33,23 @@ Steps, holding the warehouse's write locks:
 Crash safety: a marker file (`PENDING`, under the warehouse root) is written and synced before the
 first delete, rewritten after each, and removed when step 5 is done. It holds no pseudonym or key,
 only the (form, upload, record id, provider) of the rows to be erased, which the quality reports
-name (once the rows are deleted nothing else could tell which ids to scrub), and the erasure's log
-row with the rows deleted so far. Every writer repairs first under the write locks
+name (once the rows are deleted nothing else could tell which ids to scrub), the erasure's log
+row with the rows deleted so far, and the numbers of the releases in service that hold the
+patients (found before the first delete). Every writer repairs first under the write locks
 (`etl.ledger.repair_interrupted`), and the repair scrubs the reports and runs step 5 again while
 the marker is there (each part is idempotent). A process killed after step 4 thus leaves an
-erasure that the next writer completes; one killed before it leaves the releases as they were
-(served, with their files), and the repair logs its row from the marker (`NOT_REBUILT`, with the
-rows it deleted): the current tables may no longer hold the patients, but a release may, so the
-erasure must be run again (the keys only ever live in memory, so a repair cannot retire the
-releases that hold them). A kill before the deletes scrubs ids of rows that
+erasure that the next writer completes; one killed before it: the repair retires the releases
+the marker names (no longer served; step 5 then deletes their results and the files no other
+release lists) and logs the erasure's row from the marker (`RETIRED_BY_REPAIR`, with the rows it
+deleted; `NOT_REBUILT` for a marker of an earlier version, which names no releases), and warns on
+stderr: no release is rebuilt without the patients (that needs their keys, which only ever live
+in memory), and the current tables may still hold some of their rows, so the erasure must be run
+again and a release published. A kill before the deletes scrubs ids of rows that
 stay: a report then names fewer failing rows than it counts, never more.
 """
 
 import json
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -73,6 +77,11 @@ REBUILT_NOTE = "rebuilt after erasure"
 NOT_REBUILT = (
     "none: interrupted before its commit; a release may still hold the patients: run it again"
 )
+# Appended to the releases a repair retired for an erasure killed before its commit ("1,2" + it).
+RETIRED_BY_REPAIR = (
+    ": retired by the repair, the erasure interrupted before its commit; run it again, then "
+    "publish a release"
+)
 # An upload's file name that held an erased patient's pseudonym.
 NAME_ERASED = "(name withheld: it held an erased patient's pseudonym)"
 # Any other stored free text that held one (an uploader, a release's note or publisher, a key's
@@ -84,6 +93,9 @@ TEXT_ERASED = "(withheld: it held an erased patient's pseudonym)"
 INDICATORS_FILE = "indicators.parquet"
 # Under the warehouse root while an erasure's files may still need deleting (module docstring).
 PENDING = "erasure.pending"
+
+# A repair's warning (`_log_uncommitted`); no handler configured: Python prints it on stderr.
+log = logging.getLogger("kvarus.erasure")
 
 
 class ErasureIncomplete(KvarusError):
@@ -158,22 +170,30 @@ def _erase(
         releases_rebuilt=NOT_REBUILT,
         performed_by=performed_by,
     )
-    _mark_pending(warehouse, records, erasure)
-    for table in TABLES:
-        erasure.rows_erased = {**erasure.rows_erased, table: warehouse.delete_patients(table, keys)}
-        _mark_pending(warehouse, records, erasure)  # deleted rows stay deleted: count them
-
     # Nothing reaches the catalog until `before_commit` (the indicators, tens of seconds on a
     # large register) is done: a flushed change opens SQLite's write transaction, and every other
     # catalog writer (the audit, upload requests, other processes) would wait for it and time out.
     with session.no_autoflush:
-        # The reports are scrubbed by `finish_pending`, from the marker, after the commit.
-        _withhold_names(session, pseudonyms)
         served = select(Release).where(col(Release.retired).is_(False))
         releases = session.exec(served.order_by(col(Release.number))).all()
+        # Found before the first delete and kept in the marker: a repair, which has no keys,
+        # retires them if this process dies before its commit.
+        holding = [
+            release.number
+            for release in releases
+            if _holds_patients(ReleaseManifest.read(Path(release.manifest_path)), keys)
+        ]
+    _mark_pending(warehouse, records, erasure, holding)
+    for table in TABLES:
+        erasure.rows_erased = {**erasure.rows_erased, table: warehouse.delete_patients(table, keys)}
+        _mark_pending(warehouse, records, erasure, holding)  # deleted rows stay deleted: count them
+
+    with session.no_autoflush:
+        # The reports are scrubbed by `finish_pending`, from the marker, after the commit.
+        _withhold_names(session, pseudonyms)
         retired: list[int] = []
         for release in releases:
-            if _holds_patients(ReleaseManifest.read(Path(release.manifest_path)), keys):
+            if release.number in holding:
                 release.retired = True
                 session.add(release)
                 retired.append(release.number)
@@ -210,7 +230,8 @@ def finish_pending(session: Session, warehouse: Warehouse) -> bool:
     # erasure killed before its commit deleted the rows, and a rerun would find none to scrub).
     _scrub_reports(session, [_Record(*row) for row in pending["records"]])
     if "erasure" in pending:
-        _log_uncommitted(session, Erasure.model_validate(pending["erasure"]))
+        erasure = Erasure.model_validate(pending["erasure"])
+        _log_uncommitted(session, erasure, pending.get("holding"))
     session.commit()
     keep: set[str] = set()
     for release in session.exec(select(Release)).all():
@@ -246,25 +267,53 @@ def rows_deleted_pending(warehouse: Warehouse) -> int:
     return sum(Erasure.model_validate(pending["erasure"]).rows_erased.values())
 
 
-def _log_uncommitted(session: Session, erasure: Erasure) -> None:
+def _log_uncommitted(session: Session, erasure: Erasure, holding: list[int] | None) -> None:
     """Log the marker's erasure if it was killed before its commit: its deletes stand (they are
-    never undone), so its rows are counted, but no release was retired (`NOT_REBUILT`). Its
-    row, committed, would be the first after the marker's (the row's time is taken after)."""
+    never undone), so its rows are counted, and the releases that held its patients
+    (`holding`, found before its first delete) are retired, no longer served, as the erasure
+    would have (`RETIRED_BY_REPAIR`; a marker of an earlier version holds no such list:
+    `NOT_REBUILT`). No release is rebuilt without them (that needs the keys, which only ever
+    live in memory): a warning on stderr asks for the erasure to be run again and a release
+    published. Its row, committed, would be the first after the marker's (the row's time is
+    taken after)."""
     begun = select(Erasure).where(col(Erasure.performed_at) >= erasure.performed_at)
-    if session.exec(begun).first() is None:
-        session.add(erasure)
+    if session.exec(begun).first() is not None:
+        return
+    retired = []
+    for number in holding or ():
+        release = session.get(Release, number)
+        if release is not None and not release.retired:
+            release.retired = True
+            session.add(release)
+            retired.append(number)
+    if retired:
+        erasure.releases_rebuilt = ",".join(map(str, retired)) + RETIRED_BY_REPAIR
+    session.add(erasure)
+    log.warning(
+        "Warning: an erasure was interrupted before it finished; its deleted rows stay deleted%s. "
+        "Run it again (kvarus erase, or send the opt-out file again), then publish a release "
+        "(kvarus release).",
+        f", and release(s) {', '.join(map(str, retired))} that held its patients are no "
+        "longer served"
+        if retired
+        else "",
+    )
 
 
-def _mark_pending(warehouse: Warehouse, records: list["_Record"], erasure: Erasure) -> None:
-    """(Re)write the marker with the records to be erased and the erasure's log row (its time,
-    the rows deleted so far), synced to disk with its directory, before the first delete and
-    after each: the catalog commit that follows is durable, and a lost marker would leave the
-    files unpurged, the reports unscrubbed and an erasure killed before its commit unlogged.
+def _mark_pending(
+    warehouse: Warehouse, records: list["_Record"], erasure: Erasure, holding: list[int]
+) -> None:
+    """(Re)write the marker with the records to be erased, the erasure's log row (its time,
+    the rows deleted so far) and the releases that hold its patients, synced to disk with its
+    directory, before the first delete and after each: the catalog commit that follows is
+    durable, and a lost marker would leave the files unpurged, the reports unscrubbed and an
+    erasure killed before its commit unlogged.
     Replaced atomically: a kill while writing leaves the previous marker."""
     marker = warehouse.root / PENDING
     pending = {
         "records": [astuple(record) for record in records],
         "erasure": erasure.model_dump(mode="json", exclude={"id"}),
+        "holding": holding,
     }
     written = marker.with_name(f"{PENDING}.new")
     with written.open("w", encoding="utf-8") as handle:

@@ -1,8 +1,8 @@
 """An erasure killed with SIGKILL at its critical points: after the next writer's repair, no
 release in service lacks its files and, once the erasure was committed, it is complete (the
 patient in no byte under the data dir, the erasure log has its row); killed before its commit,
-the releases are as they were, the log counts the rows it deleted, and running it again
-completes it."""
+the releases that held the patients are retired (no longer served), the log counts the rows it
+deleted, and running it again and publishing a release completes it."""
 
 import os
 import signal
@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session, col, select
 
-from etl.erasure import INDICATORS_FILE, NOT_REBUILT, PENDING, erase_patients
+from etl.erasure import INDICATORS_FILE, PENDING, RETIRED_BY_REPAIR, erase_patients
 from etl.ledger import INTERRUPTED, OPTOUT_ERASED, OPTOUT_INTERRUPTED, repair
 from etl.release import publish_release
 from etl.warehouse import Warehouse
@@ -211,7 +211,7 @@ def test_an_optout_load_killed_after_its_erasure_was_committed_says_so_and_is_co
 
 
 @pytest.mark.parametrize("mode", ["erase", "load"])
-def test_an_erasure_killed_before_its_commit_leaves_the_releases_served_and_can_be_run_again(
+def test_an_erasure_killed_before_its_commit_retires_the_releases_that_held_the_patients(
     mode: str,
     write_extract: ExtractWriter,
     warehouse: Warehouse,
@@ -220,6 +220,7 @@ def test_an_erasure_killed_before_its_commit_leaves_the_releases_served_and_can_
     settings: Settings,
     key: bytes,
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     results = _published(write_extract, warehouse, session, key)
     session.commit()
@@ -239,16 +240,21 @@ def test_an_erasure_killed_before_its_commit_leaves_the_releases_served_and_can_
     reports = str([run.report for run in session.exec(select(ValidationRun)).all()])
     assert "'b5'" not in reports
     assert "'m9'" not in reports
-    # Release 1 is served as it was, with its files and its results. The deletes stand and are
-    # logged from the marker, with no release rebuilt (the old code logged nothing: the rerun
-    # below counts 0 rows, so the erased rows were counted nowhere).
-    assert _served(session) == {1: True}
-    assert _releases(session) == [(1, False)]
-    assert results.exists()
+    # Release 1 held the patient: the repair retires it (it used to stay served, the patient in
+    # it, with nothing said) and deletes its results, and says so on stderr. The deletes stand
+    # and are logged from the marker (the rerun below counts 0 rows).
+    assert _served(session) == {}
+    assert _releases(session) == [(1, True)]
+    assert not results.exists()
     logged = session.exec(select(Erasure)).one()
     assert (logged.patients, sum(logged.rows_erased.values())) == (1, ROWS_ERASED)
     assert logged.rows_erased["quarantine"] == 2
-    assert logged.releases_rebuilt == NOT_REBUILT
+    assert logged.releases_rebuilt == "1" + RETIRED_BY_REPAIR
+    assert [r.getMessage() for r in caplog.records if r.name == "kvarus.erasure"] == [
+        "Warning: an erasure was interrupted before it finished; its deleted rows stay deleted, "
+        "and release(s) 1 that held its patients are no longer served. Run it again (kvarus "
+        "erase, or send the opt-out file again), then publish a release (kvarus release)."
+    ]
     assert not (warehouse.root / PENDING).exists()
     # The replacement release it had begun (its manifest written, never committed) is gone.
     assert sorted(p.name for p in warehouse.releases_dir.iterdir()) == ["1"]
@@ -261,11 +267,12 @@ def test_an_erasure_killed_before_its_commit_leaves_the_releases_served_and_can_
         assert "send the file again" in OPTOUT_INTERRUPTED
         assert OPTOUT_INTERRUPTED != INTERRUPTED
 
-    # Run again, it finds release 1 holding the patient and replaces it (as number 2: the dead
-    # one's directory was removed); no row is left to erase.
+    # Run again: no row is left to erase, no served release holds the patient; a release
+    # published after (number 2: the dead replacement's directory was removed) is served.
     again = erase_patients([ERASED], warehouse=warehouse, session=session, key=key,
                            releases_dir=warehouse.releases_dir)  # fmt: skip
-    assert (again.releases_rebuilt, sum(again.rows_erased.values())) == ("1->2", 0)
+    assert (again.releases_rebuilt, sum(again.rows_erased.values())) == ("", 0)
+    assert publish_release(warehouse, warehouse.releases_dir, session).release == 2
     assert _served(session) == {2: True}
     assert len(session.exec(select(Erasure)).all()) == 2
     session.close()
@@ -289,13 +296,16 @@ def test_an_erasure_killed_between_its_deletes_logs_what_it_deleted(
     repair(session, warehouse)
     # Only the basis table's 2 rows were deleted: the log says so, not the 5 it set out to erase.
     logged = session.exec(select(Erasure)).one()
-    assert (logged.rows_erased, logged.releases_rebuilt) == ({"basis": 2}, NOT_REBUILT)
-    assert _releases(session) == [(1, False)]
+    assert (logged.rows_erased, logged.releases_rebuilt) == (
+        {"basis": 2}, "1" + RETIRED_BY_REPAIR,
+    )  # fmt: skip
+    assert _releases(session) == [(1, True)]
 
     again = erase_patients([ERASED], warehouse=warehouse, session=session, key=key,
                            releases_dir=warehouse.releases_dir)  # fmt: skip
     assert again.rows_erased["basis"] == 0
     assert sum(again.rows_erased.values()) == ROWS_ERASED - 2
-    assert again.releases_rebuilt == "1->2"
+    assert again.releases_rebuilt == ""
+    assert publish_release(warehouse, warehouse.releases_dir, session).release == 2
     session.close()
     _assert_no_trace(settings.data_dir, key)
