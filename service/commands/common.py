@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from typer.exceptions import TyperException
 
 from schemas.errors import ConfigurationError, KvarusError
 from service.settings import ENV_PREFIX, Settings
@@ -70,7 +71,8 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Turn every failure the command may meet into one line on stderr and an exit code.
 
     A `KvarusError` prints its title and detail. The others print what cannot hold a record value
-    or a secret: an OS error its `strerror` and path, the other classes their name only.
+    or a secret: an OS error its `strerror` and path, the other classes their name only (any
+    exception: never a traceback).
     """
 
     @wraps(command)
@@ -111,6 +113,18 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
             )
         except KeyboardInterrupt:
             fail("Interrupted", "the command was stopped before it finished", EXIT_INTERRUPTED)
+        except (TyperException, typer.Exit, typer.Abort):
+            raise  # usage errors and exits: typer prints them and sets the code
+        except Exception as error:
+            # Any other (a storage library's error on a full disk): its message may quote a
+            # value, and a traceback is not an answer. What it left half done (a load, a
+            # publish, an erasure) the next writer repairs.
+            fail(
+                "Failed",
+                f"{type(error).__name__} (its message is not shown: it may quote a record); "
+                "anything left half done is repaired by the next load, release or erasure",
+                1,
+            )
 
     return wrapper
 

@@ -324,6 +324,13 @@ def _raising(error: BaseException) -> int:
             130,
             "Interrupted: the command was stopped before it finished",
         ),
+        (
+            # deltalake's error on a full disk during an erasure printed a traceback.
+            RuntimeError(f"Failed to write {SECRET}: No space left on device (os error 28)"),
+            1,
+            "Failed: RuntimeError (its message is not shown: it may quote a record); anything "
+            "left half done is repaired by the next load, release or erasure",
+        ),
     ],
 )
 def test_reports_errors_prints_one_line_without_the_message(
