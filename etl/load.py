@@ -43,7 +43,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import pyarrow as pa
@@ -222,9 +222,11 @@ def load_file(
             upload.status = "running"
             upload.started_at = datetime.now(UTC)
             session.add(upload)
-            session.commit()  # step 4: the running row must outlive this process
-            assert upload.id is not None
             try:
+                # Inside: Ctrl-C as this commit returns leaves a `running` row that the
+                # repair below fails at once, not one that waits for the next writer.
+                session.commit()  # step 4: the running row must outlive this process
+                assert upload.id is not None
                 run = _validation_run(upload, validation)
                 if form is Form.OPTOUT:
                     _optout(
@@ -250,9 +252,13 @@ def load_file(
                 if optout:
                     checkpoint_catalog(session)
             except BaseException as error:
+                session.rollback()
+                if isinstance(error, KeyboardInterrupt) and _loaded(session, upload.id):
+                    # Ctrl-C as step 5's commit returned (or in the opt-out's checkpoint): the
+                    # load stands, and must not be reported as undone.
+                    raise InterruptedAfterLoading(cast(int, upload.id)) from None
                 # Undo at once what a kill would leave for the next writer: ours is the only
                 # `running` row while we hold the locks.
-                session.rollback()
                 repair_interrupted(session, warehouse)
                 if isinstance(error, KvarusError) or not isinstance(error, Exception):
                     raise
@@ -267,6 +273,26 @@ def load_file(
         return upload
     finally:
         background.shutdown(wait=False, cancel_futures=True)
+
+
+class InterruptedAfterLoading(KeyboardInterrupt):
+    """Ctrl-C after the load's final commit: upload `upload_id` is `loaded`, and stays so."""
+
+    def __init__(self, upload_id: int) -> None:
+        super().__init__(upload_id)
+        self.upload_id = upload_id
+
+
+def _loaded(session: Session, upload_id: int | None) -> bool:
+    """Whether the catalog holds the upload as `loaded` (False when it cannot be asked)."""
+    if upload_id is None:
+        return False
+    try:
+        status = session.exec(select(Upload.status).where(Upload.id == upload_id)).first()
+    except Exception:
+        session.rollback()
+        return False
+    return status == "loaded"
 
 
 class LoadFailed(KvarusError):

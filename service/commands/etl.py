@@ -30,7 +30,7 @@ from sqlalchemy import Engine
 
 from etl.erasure import erase_patients
 from etl.ledger import API_UPLOADER, list_uploads
-from etl.load import load_file
+from etl.load import InterruptedAfterLoading, load_file
 from etl.privacy import holds_identity_number
 from etl.warehouse import Warehouse
 from schemas.errors import RejectedInput
@@ -130,8 +130,11 @@ def register(app: typer.Typer) -> None:
                     f"{upload.rows_superseded}, erased {upload.rows_erased}"
                 )
                 notes = _notes(latest_report(session, upload))
-        except KeyboardInterrupt:
-            # `load_file` undoes a load it is stopped in (`etl.load`): only a returned one stands.
+        except KeyboardInterrupt as interrupt:
+            # `load_file` undoes a load it is stopped in (`etl.load`): only a returned one stands,
+            # or one stopped after its final commit.
+            if isinstance(interrupt, InterruptedAfterLoading):
+                loaded = interrupt.upload_id
             done = "nothing was stored" if loaded is None else f"upload {loaded} was loaded"
             fail("Interrupted", done, EXIT_INTERRUPTED)
         # The reader's notes on the file (a workbook's other sheet that holds data was not read),

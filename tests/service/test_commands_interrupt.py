@@ -98,6 +98,44 @@ def test_a_load_stopped_by_ctrl_c_says_nothing_was_stored(
     assert statuses == ([] if stage == "validating" else ["failed"])
 
 
+@pytest.mark.parametrize(
+    ("status", "said", "stored"),
+    [
+        # Ctrl-C as the final commit returns: the load stands and is said to (it was "nothing
+        # was stored").
+        ("loaded", "exit 130: Interrupted: upload 1 was loaded\n", (2, "loaded")),
+        # As the `running` row's commit returns: undone at once (the row used to stay `running`
+        # until the next writer's repair).
+        ("running", "exit 130: Interrupted: nothing was stored\n", (0, "failed")),
+    ],
+)
+def test_a_load_stopped_as_a_commit_returns_says_what_stands(
+    env: dict[str, str],
+    write_extract: ExtractWriter,
+    monkeypatch: pytest.MonkeyPatch,
+    status: str,
+    said: str,
+    stored: tuple[int, str],
+) -> None:
+    commit = Session.commit
+    interrupted: list[bool] = []
+
+    def commit_then_interrupt(self: Session) -> None:
+        held = [*self.new, *self.identity_map.values()]
+        uploads = [o for o in held if isinstance(o, Upload)]
+        commit(self)
+        if not interrupted and any(u.status == status for u in uploads):
+            interrupted.append(True)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Session, "commit", commit_then_interrupt)
+    assert _load(write_extract, env) == said
+    monkeypatch.setattr(Session, "commit", commit)
+    with Session(make_engine(Settings())) as session:
+        statuses = [u.status for u in session.exec(select(Upload))]
+    assert (_basis_rows(), statuses) == (stored[0], [stored[1]])
+
+
 def test_a_load_stopped_while_computing_indicators_says_the_file_was_loaded(
     env: dict[str, str], write_extract: ExtractWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
