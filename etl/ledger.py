@@ -341,6 +341,14 @@ def _request_of(session: Session, upload: Upload) -> Upload | None:
     return None if request_id is None else session.get(Upload, request_id)
 
 
+def abandoned_requests(session: Session, warehouse: Warehouse) -> bool:
+    """Whether an API upload request is `pending` or `loading` with no live process holding it
+    (its job died with its server). Takes no write lock: a service asks it at start-up, and
+    then `repair`s (which checks again, under the locks)."""
+    waiting = select(Upload.id).where(col(Upload.status).in_(("pending", LOADING)))
+    return any(not _request_alive(warehouse, cast(int, i)) for i in session.exec(waiting).all())
+
+
 def repair(session: Session, warehouse: Warehouse) -> list[int]:
     """Take the write locks and repair interrupted loads (for a service or CLI at start-up)."""
     with warehouse.writing():

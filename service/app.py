@@ -19,7 +19,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from etl.keycheck import check_key
-from etl.ledger import sweep_incoming
+from etl.ledger import abandoned_requests, repair, sweep_incoming
+from etl.warehouse import Warehouse
 from schemas.errors import KvarusError, Unauthorised
 from schemas.organisations import Hierarchy
 from service import aggregates, errors, published
@@ -311,6 +312,25 @@ def warm_aggregates(settings: Settings, engine: Engine) -> None:
         )
 
 
+def repair_abandoned(settings: Settings, engine: Engine) -> None:
+    """At start-up, in the background: the upload requests whose job died with an earlier server
+    (still `pending` or `loading`, their raw file under incoming/) are failed now by the
+    writers' repair, which waits for the write locks, not at the next load, release or erasure."""
+    try:
+        warehouse = Warehouse(settings.warehouse_dir, settings.releases_dir)
+        with Session(engine) as session:
+            if abandoned_requests(session, warehouse):
+                repair(session, warehouse)
+                logger.info("repaired the upload requests of a server that stopped")
+    except Exception as error:
+        # As `warm_aggregates`: by class and frames only. The next writer repairs instead.
+        logger.error(
+            "start-up repair failed: unexpected %s\n%s",
+            type(error).__name__,
+            "".join(traceback.format_tb(error.__traceback__)),
+        )
+
+
 def stop_warming(warming: threading.Thread, *, timeout: float = WARM_STOP_SECONDS) -> None:
     """Stop a running warm-up at shutdown: its DuckDB query is interrupted (and again, should
     the build start only now) until the thread ends. Left inside a DuckDB query at interpreter
@@ -363,6 +383,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             target=warm_aggregates, args=(settings, engine), name="kvarus-warm", daemon=True
         )
         warming.start()
+        threading.Thread(
+            target=repair_abandoned, args=(settings, engine), name="kvarus-repair", daemon=True
+        ).start()
         # Start-up objects (modules, SQLAlchemy's and pydantic's caches: ~190,000) leave the
         # collector's reach: each full collection walked them all, a ~90 ms pause of every
         # request about once a second under load (read benchmark: p99 132 → 49 ms).

@@ -3,11 +3,13 @@ opt-out file: its request row is never taken for a dead load while its process l
 it waits), and a replacement release gets its indicators."""
 
 import shutil
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
@@ -17,6 +19,7 @@ from etl.warehouse import Warehouse
 from indicators.results import RESULTS_FILE
 from schemas.catalog import IndicatorRun, Upload
 from schemas.forms import Form
+from service import app as app_module
 from service import published, uploads
 from service.publishing import publish
 from service.settings import Settings
@@ -240,3 +243,46 @@ def test_a_job_failing_after_its_load_keeps_the_loads_outcome(
     request = _upload(catalog_engine, settings, source, Form.BASIS)
     assert (request.status, request.error, request.rows_accepted) == ("loaded", None, 1)
     assert request.loaded_as is not None
+
+
+def test_a_server_starting_fails_the_requests_of_one_that_died(
+    settings: Settings, catalog_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request left `loading` by a server killed mid-upload used to stay so (its raw file under
+    incoming/) until another writer ran; the next server's start-up repairs it in the
+    background. A live request (its lock held) is left alone, and nothing is repaired (no write
+    lock taken) when no request is abandoned."""
+    abandoned = _request(catalog_engine, Form.BASIS, "abandoned.csv")
+    live = _request(catalog_engine, Form.BASIS, "live.csv")
+    held = _held(settings, live)
+    _held(settings, abandoned).close()
+    with Session(catalog_engine) as session:
+        for number in (abandoned, live):
+            request = session.get(Upload, number)
+            assert request is not None
+            request.status = LOADING
+            session.add(request)
+        session.commit()
+    repairs: list[int] = []
+    monkeypatch.setattr(app_module, "repair", lambda *a: repairs.append(1) or repair(*a))
+
+    app_module.repair_abandoned(settings, catalog_engine)
+    app_module.repair_abandoned(settings, catalog_engine)  # nothing abandoned now
+
+    assert repairs == [1]
+    with Session(catalog_engine) as session:
+        statuses = {n: cast(Upload, session.get(Upload, n)).status for n in (abandoned, live)}
+    assert statuses == {abandoned: "failed", live: LOADING}
+    held.close()
+
+
+def test_the_start_up_repair_runs_when_the_app_starts(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[Settings] = []
+    monkeypatch.setattr(app_module, "repair_abandoned", lambda s, _: started.append(s))
+    with TestClient(app_module.create_app(settings)):
+        deadline = time.monotonic() + 10
+        while not started and time.monotonic() < deadline:  # a background thread
+            time.sleep(0.01)
+    assert started == [settings]
