@@ -45,6 +45,7 @@ from sqlmodel import Session, col, select
 
 from etl.warehouse import Warehouse
 from schemas.catalog import Erasure, Release, Upload
+from schemas.errors import ConfigurationError
 from schemas.forms import Form
 
 _CHUNK: Final = 1 << 20
@@ -253,6 +254,7 @@ def repair_interrupted(session: Session, warehouse: Warehouse) -> list[int]:
     """
     from etl.erasure import finish_pending  # etl.erasure imports this module
 
+    _check_releases_here(session, warehouse)
     _remove_unpublished(session, warehouse)
     stuck = session.exec(select(Upload).where(Upload.status == "running")).all()
     repaired: list[int] = []
@@ -291,6 +293,21 @@ def repair_interrupted(session: Session, warehouse: Warehouse) -> list[int]:
         # hold its patients' pages as they were (a withheld file name).
         checkpoint_catalog(session)
     return repaired
+
+
+def _check_releases_here(session: Session, warehouse: Warehouse) -> None:
+    """Refuse to write when the catalog's releases lie outside this data directory's releases/:
+    a manifest names its files by absolute path, so in a data directory copied or moved
+    elsewhere (a restored backup beside the original) an erasure would delete the original's
+    files and write into its warehouse, and a repair remove its release directories."""
+    here = warehouse.releases_dir.resolve()
+    for path in session.exec(select(Release.manifest_path)).all():
+        if not Path(path).resolve().is_relative_to(here):
+            raise ConfigurationError(
+                "the catalog's releases lie outside this data directory's releases/: was the "
+                "data directory copied or moved? Releases name their files by absolute path, "
+                "so it is used only where it was made"
+            )
 
 
 def _remove_unpublished(session: Session, warehouse: Warehouse) -> None:

@@ -1,5 +1,6 @@
 """Releases: numbered manifests with exact row counts, readable as plain Parquet, immutable."""
 
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -9,10 +10,11 @@ from deltalake.exceptions import TableNotFoundError
 from sqlmodel import Session, col, select
 
 from etl.erasure import erase_patients
+from etl.ledger import repair
 from etl.release import latest_release, publish_release, read_manifest
 from etl.warehouse import Warehouse
 from schemas.catalog import Release
-from schemas.errors import NotFound
+from schemas.errors import ConfigurationError, NotFound
 from schemas.forms import Form
 from tests.conftest import ExtractWriter, episode_row, load_ok
 
@@ -134,3 +136,23 @@ def test_a_failed_commit_removes_the_release_directory(
     monkeypatch.undo()
     assert not (warehouse.releases_dir / "1").exists()
     assert session.exec(select(Release)).all() == []
+
+
+def test_a_data_directory_copied_elsewhere_refuses_to_write(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes, tmp_path: Path
+) -> None:
+    """Its catalog's manifests name the original's files: an erasure there deleted the
+    original's results and wrote into its warehouse. Every writer's repair refuses first."""
+    basis = [episode_row(Form.BASIS, n, f"P{n}") for n in (1, 2)]
+    load_ok(write_extract(Form.BASIS, basis), Form.BASIS, warehouse, session, key)
+    publish_release(warehouse, warehouse.releases_dir, session)
+    copied = tmp_path / "copy"
+    shutil.copytree(warehouse.releases_dir.parent, copied)
+    elsewhere = Warehouse(copied / warehouse.root.name, copied / warehouse.releases_dir.name)
+    with pytest.raises(ConfigurationError, match="copied or moved"):
+        repair(session, elsewhere)
+    with pytest.raises(ConfigurationError, match="copied or moved"):
+        erase_patients(["P1"], warehouse=elsewhere, session=session, key=key,
+                       releases_dir=elsewhere.releases_dir)  # fmt: skip
+    assert read_manifest(warehouse.releases_dir, 1).tables["basis"].row_count == 2
+    repair(session, warehouse)  # where it was made, it writes
