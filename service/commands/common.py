@@ -6,13 +6,15 @@ traceback would show a user the register's internals and, in an engine's or a dr
 possibly a record value, a pseudonym or the catalog's password.
 """
 
+import os
+import re
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn, ParamSpec, TypeVar
+from typing import Final, NoReturn, ParamSpec, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -83,7 +85,7 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
             fail(error.title, error.detail, error.exit_code)
         except OSError as error:
             if error.strerror is None:  # a library's own message, which may quote a value
-                fail("Failed", f"an input or output operation ({type(error).__name__})", 1)
+                fail("Failed", f"an input or output operation ({_named(error)})", 1)
             where = f": {error.filename}" if error.filename is not None else ""
             fail("Failed", f"{error.strerror}{where}", 1)
         except UnicodeError as error:
@@ -121,12 +123,25 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
             # publish, an erasure) the next writer repairs.
             fail(
                 "Failed",
-                f"{type(error).__name__} (its message is not shown: it may quote a record); "
+                f"{_named(error)} (its message is not shown: it may quote a record); "
                 "anything left half done is repaired by the next load, release or erasure",
                 1,
             )
 
     return wrapper
+
+
+# The operating system's error a storage library (deltalake's Rust code) quotes in its message.
+_OS_ERROR: Final = re.compile(r"\(os error (\d+)\)")
+
+
+def _named(error: BaseException) -> str:
+    """The error's class, and the operating system's reason if its message quotes one (a full
+    disk: "DeltaError: No space left on device"): a fixed text, never the message."""
+    found = _OS_ERROR.search(str(error))
+    if found is None:
+        return type(error).__name__
+    return f"{type(error).__name__}: {os.strerror(int(found.group(1)))}"
 
 
 def fail(title: str, detail: str, exit_code: int) -> NoReturn:

@@ -328,8 +328,14 @@ def _raising(error: BaseException) -> int:
             # deltalake's error on a full disk during an erasure printed a traceback.
             RuntimeError(f"Failed to write {SECRET}: No space left on device (os error 28)"),
             1,
-            "Failed: RuntimeError (its message is not shown: it may quote a record); anything "
-            "left half done is repaired by the next load, release or erasure",
+            "Failed: RuntimeError: No space left on device (its message is not shown: it may "
+            "quote a record); anything left half done is repaired by the next load, release or "
+            "erasure",
+        ),
+        (
+            OSError(f"Generic error at {SECRET}: Permission denied (os error 13)"),
+            1,
+            "Failed: an input or output operation (OSError: Permission denied)",
         ),
     ],
 )
