@@ -19,6 +19,8 @@ import itertools
 import json
 import os
 import re
+import threading
+import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Sequence
@@ -553,10 +555,57 @@ def _other_sheets_with_data(
     return notes
 
 
+# openpyxl's warning for a date-formatted cell whose number is no date: it quotes the number (an
+# identity number, say) and replaces the cell with "#VALUE!", out of the privacy guard's sight.
+_DATE_OVERFLOW: Final = re.compile(
+    r"Cell (?P<cell>[A-Z]+[0-9]+) is marked as a date but the serial value (?P<value>\S+) is "
+    r"outside the limits"
+)
+# `warnings.catch_warnings` changes the process's filters: one workbook read at a time records
+# them (the API reads uploads in threads), and outside a read openpyxl's warnings are never
+# printed (their text may quote a cell's value).
+_WARNINGS_LOCK: Final = threading.Lock()
+warnings.filterwarnings("ignore", module=r"openpyxl(\.|$)")
+
+
 def _read_xlsx(path: Path, form: Form) -> tuple[list[str], list[pa.Array], set[int], list[str]]:
     """Names (a header of `form`), text columns, the positions (0-based) of columns with a number
-    cell, and the notes on other sheets that hold data (`_other_sheets_with_data`)."""
+    cell, and the notes on other sheets that hold data (`_other_sheets_with_data`).
+
+    openpyxl's warnings are recorded, never shown; a date-formatted cell whose number is no date
+    (which openpyxl replaces with "#VALUE!") goes through the privacy guard's detector by the
+    number the warning names, as a number cell: an identity number there rejects the workbook
+    whole, naming the cell."""
     _check_zip(path)
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read = _read_workbook(path, form)
+    overflowed = [
+        found for w in caught if (found := _DATE_OVERFLOW.match(str(w.message))) is not None
+    ]
+    numbers = [_cell_text(_number(m.group("value"))) for m in overflowed]
+    cells = pa.table(
+        {"number": pa.array(numbers, pa.string())},
+        schema=pa.schema([("number", pa.string(), True, NUMERIC_SOURCE)]),
+    )
+    if sum(find_identity_numbers(cells).values()):
+        where = ", ".join(m.group("cell") for m in overflowed)
+        raise PrivacyViolation(
+            f"A date cell of the workbook ({where}) holds a number that looks like a national "
+            "identity number; the file is rejected whole"
+        )
+    return read
+
+
+def _number(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _read_workbook(path: Path, form: Form) -> tuple[list[str], list[pa.Array], set[int], list[str]]:
+    """`_read_xlsx` without its warnings' check."""
     # Imported here: openpyxl is slow to import and only needed for workbooks.
     import openpyxl
 
@@ -578,6 +627,13 @@ def _read_xlsx(path: Path, form: Form) -> tuple[list[str], list[pa.Array], set[i
                 raise
             raise RejectedInput(". ".join([error.detail, *notes])) from None
         notes = _other_sheets_with_data(sheets[1:], opened, workbook.sheetnames)
+    except (ValueError, IndexError, KeyError, TypeError):
+        # A cell openpyxl cannot parse (`<v>abc</v>` in a number cell, a shared string that does
+        # not exist, a `t="d"` cell that is no date): the file, not the service, is at fault.
+        # The message may quote the cell's text: not shown.
+        raise RejectedInput(
+            "The .xlsx file is not a readable workbook (a cell it cannot read)"
+        ) from None
     finally:
         for rows_iterator in opened:
             rows_iterator.close()

@@ -775,3 +775,53 @@ def test_utf8_norwegian_letters_beside_cp1252_text_are_refused(letters: str, oth
     ):
         with pytest.raises(RejectedInput, match="UTF-8 and other bytes mixed"):
             etl.read._decode(data)
+
+
+@pytest.mark.parametrize(
+    ("serial", "rejected"), [(15038500047, True), (1019000083, True), (99999999, False)]
+)
+def test_xlsx_a_date_cell_holding_an_identity_number_rejects_the_workbook_unechoed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], serial: int, rejected: bool
+) -> None:
+    """A number in a date-formatted cell that is no date: openpyxl warned with the number (on
+    stderr, the server's log) and put "#VALUE!" in its place, so an identity number passed the
+    guard. Now the warning is recorded, never shown, and its number goes through the detector
+    (with the leading zero a number drops); a number that is no identity number stays an
+    unreadable date (its row quarantined by the form's check)."""
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.append(["record_id", "patient_pseudonym", "provider_orgnr", "optout_date"])
+    sheet.append(["o1", "p1", "983974880", serial])
+    sheet["D2"].number_format = "dd.mm.yyyy"
+    path = tmp_path / "optout.xlsx"
+    workbook.save(path)
+    if rejected:
+        with pytest.raises(PrivacyViolation, match=r"A date cell of the workbook \(D2\)") as error:
+            read_extract(path, Form.OPTOUT)
+        assert str(serial) not in str(error.value)
+    else:
+        assert read_extract(path, Form.OPTOUT).column("optout_date").to_pylist() == ["#VALUE!"]
+    captured = capsys.readouterr()
+    assert str(serial) not in captured.err + captured.out
+
+
+def test_xlsx_a_cell_openpyxl_cannot_read_is_rejected_input(tmp_path: Path) -> None:
+    """`<v>abc</v>` in a number cell raised ValueError out of the row loop: a 'load failed',
+    as if the service were at fault."""
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.append(["record_id", "patient_pseudonym", "provider_orgnr", "optout_date"])
+    sheet.append(["o1", "p1", 983974880, "2023-05-17"])
+    path = tmp_path / "good.xlsx"
+    workbook.save(path)
+    broken = tmp_path / "broken.xlsx"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(broken, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                data = data.replace(b"<v>983974880</v>", b"<v>abc</v>")
+            target.writestr(item, data)
+    with pytest.raises(RejectedInput, match="a cell it cannot read"):
+        read_extract(broken, Form.OPTOUT)
