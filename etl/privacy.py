@@ -3,9 +3,9 @@
 EXTRACT_SPEC.md: a file in which any value looks like a national identity number (fødselsnummer or
 D-number: 11 digits that pass both mod-11 check digits) is rejected whole; the error names the
 column and the count, never the value. The digits may also be written "DDMMYY NNNNN" (one space,
-hyphen or dot after the sixth) or in full-width form, as people write them. The source system's
-pseudonym is never stored: the register keeps `patient_key`, the hex HMAC-SHA256 of the pseudonym
-under the register's secret key.
+hyphen or dot after the sixth), or in another script's digits, as people write or paste them. The
+source system's pseudonym is never stored: the register keeps `patient_key`, the hex HMAC-SHA256
+of the pseudonym under the register's secret key.
 """
 
 import re
@@ -33,24 +33,30 @@ _K2_WEIGHTS: Final = (5, 4, 3, 2, 7, 6, 5, 4, 3, 2)
 # "010190-00083", "010190.00083", "010190 - 00083"; the dashes and the non-breaking hyphen are what
 # word processors and spreadsheets put in place of a typed hyphen: U+2010-U+2014 and the minus
 # sign U+2212). Either shape is found as the whole
-# cell, or inside text between non-digits. A cell holding a full-width digit or separator or a
-# non-ASCII space (`_NFKC_CHANGES`) is also looked at in Unicode's NFKC form, which turns them into
-# ASCII: full-width "01019000083", or "010190" and "00083" with a no-break space between them. The
-# regexes are only prefilters; the check digits decide.
+# cell, or inside text between non-digits. A cell holding a full-width digit or separator, a
+# non-ASCII space, another script's digit or an invisible format character (`_NFKC_CHANGES`) is
+# also looked at folded (`_fold`: NFKC, format characters removed, every digit as ASCII):
+# full-width "01019000083", "010190" and "00083" with a no-break space between them, Arabic-Indic
+# digits, a zero-width space inside. The regexes are only prefilters; the check digits decide.
 _SEPARATORS: Final = "[ \t.\\-\u2010-\u2014\u2212]"
 _NUMBER: Final = rf"[0-9]{{6}}{_SEPARATORS}{{0,3}}[0-9]{{5}}"
 _WHOLE_CELL: Final = rf"^{_NUMBER}$"
 _RUN_INSIDE: Final = rf"(^|[^0-9]){_NUMBER}([^0-9]|$)"
 _RUNS: Final = re.compile(rf"(?<![0-9])([0-9]{{6}}){_SEPARATORS}{{0,3}}([0-9]{{5}})(?![0-9])")
-# The characters that NFKC turns into an ASCII digit or separator and that people write numbers
-# with: full-width digits, hyphen-minus and full stop, small hyphen-minus and full stop, and the
-# non-ASCII spaces (no-break, en, em, thin, ideographic, ...). A cell without one is looked at as it
-# is. (Superscript, circled or mathematical digits, which NFKC also turns into digits, are not how
-# an identity number is written.)
+# The characters a non-ASCII cell is folded for (`_fold`): those NFKC turns into an ASCII digit or
+# separator (full-width digits, hyphen-minus and full stop, small hyphen-minus and full stop, the
+# non-ASCII spaces: no-break, en, em, thin, ideographic, ...), any other decimal digit (Arabic-
+# Indic, mathematical bold: NFKC leaves the former as they are) and other numbers (superscript,
+# circled), and the invisible format characters (zero-width space, soft hyphen, word joiner) that
+# a number copied from a web page or a word processor carries. A cell without one is looked at as
+# it is.
 _NFKC_CHANGES: Final = (
     r"[\x{A0}\x{2000}-\x{200A}\x{202F}\x{205F}\x{3000}\x{FE52}\x{FE63}\x{FF0D}\x{FF0E}"
-    r"\x{FF10}-\x{FF19}]"
+    r"\x{FF10}-\x{FF19}\p{Nd}\p{No}\p{Cf}]"
 )
+# Either shape of a number in any script's digits (after NFKC and without format characters):
+# the column-wise prefilter of the folded cells, which `_fold` then checks one by one.
+_ANY_DIGITS_RUN: Final = rf"\p{{Nd}}{{6}}{_SEPARATORS}{{0,3}}\p{{Nd}}{{5}}"
 # Any cell holding either shape, bounded or not: a superset of both patterns above, so one pass
 # over a column finds every cell the exact checks need to see (the rest cannot hold a number).
 _ANY_RUN: Final = _NUMBER
@@ -163,15 +169,29 @@ def _count_runs_inside_text(values: pa.Array) -> int:
     return sum(_holds_number(text) for text in pc.filter(values, inside).to_pylist())
 
 
+def _fold(text: str) -> str:
+    """`text` in NFKC form, its format characters (Unicode category Cf) removed and every decimal
+    digit of any script as its ASCII digit."""
+    folded = unicodedata.normalize("NFKC", text)
+    return "".join(
+        str(unicodedata.decimal(c)) if unicodedata.category(c) == "Nd" else c
+        for c in folded
+        if unicodedata.category(c) != "Cf"
+    )
+
+
 def _count_normalised(values: pa.Array) -> int:
-    """Cells holding a character of `_NFKC_CHANGES` that hold a valid number as they are or in
-    NFKC form (few hold one: the regex picks them, then they are checked one by one)."""
+    """Cells holding a character of `_NFKC_CHANGES` that hold a valid number as they are or
+    folded (`_fold`; few hold one: the regex picks them, then they are checked one by one)."""
+    folded = pc.replace_substring_regex(
+        pc.utf8_normalize(values, form="NFKC"), pattern=r"\p{Cf}", replacement=""
+    )
     hits = pc.or_(
         pc.match_substring_regex(values, pattern=_ANY_RUN),
-        pc.match_substring_regex(pc.utf8_normalize(values, form="NFKC"), pattern=_ANY_RUN),
+        pc.match_substring_regex(folded, pattern=_ANY_DIGITS_RUN),
     )
     return sum(
-        _holds_number(text) or _holds_number(unicodedata.normalize("NFKC", text))
+        _holds_number(text) or _holds_number(_fold(text))
         for text in pc.filter(values, hits).to_pylist()
     )
 
@@ -227,7 +247,7 @@ def _lost_leading_zero(values: pa.ChunkedArray) -> pa.Array | None:
 def safe_filename(name: str) -> str:
     """A file name fit for the ledger: withheld when it holds an identity-number-like run (names are
     chosen by whoever exports the file, and shown to every user who may see the upload)."""
-    if _holds_number(name) or _holds_number(unicodedata.normalize("NFKC", name)):
+    if _holds_number(name) or _holds_number(_fold(name)):
         return "(name withheld: it looks like it holds an identity number)"
     return name
 

@@ -62,6 +62,14 @@ def test_the_hand_worked_numbers() -> None:
         "(010190 00083)",
         "Pasient Øst, 010190.00083",
         "Øst 01019000083²",  # a superscript digit is no digit of the run as written
+        # Other scripts' digits, and invisible characters pasted in (they passed before):
+        "".join(chr(0x1D7CE + int(c)) for c in VALID),  # mathematical bold digits
+        "".join(chr(0x0660 + int(c)) for c in VALID),  # Arabic-Indic digits (NFKC keeps them)
+        "pasient " + "".join(chr(0x06F0 + int(c)) for c in "010190") + " 00083",  # Persian
+        "010190\u200b00083",  # a zero-width space
+        "0101\u00ad9000083",  # a soft hyphen
+        "\ufeff01019000083",  # a byte order mark
+        VALID.translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")),  # superscript digits
     ],
 )
 def test_written_forms_are_found(cell: str) -> None:
