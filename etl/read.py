@@ -526,6 +526,8 @@ def _other_sheets_with_data(
         texts: list[str | None] = []
         numbers: list[str | None] = []
         for row in rows:
+            if row.count(None) == len(row):  # in C: a wide row of empty styled cells is fast
+                continue
             for cell in row:
                 text = _cell_text(cell) if cell is not None else None
                 if text is not None and text.strip():
@@ -662,9 +664,14 @@ def _read_first_sheet(
     columns: list[list[str | None]] = [[] for _ in names]
     numeric: set[int] = set()
     for line, row in enumerate(rows, start=2):
-        cells = [_cell_text(cell) for cell in row]
+        cells = [_cell_text(cell) for cell in row[:width]]
         numeric.update(i for i, cell in enumerate(row[:width]) if _is_number(cell))
-        if any(cell is not None and cell.strip() for cell in cells[width:]):
+        # A row spans every column up to the sheet's last (16,384 for a styled cell in XFD):
+        # past the header, only cells that are not None are looked at (`count` runs in C).
+        beyond = row[width:]
+        if beyond.count(None) != len(beyond) and any(
+            (_cell_text(cell) or "").strip() for cell in beyond if cell is not None
+        ):
             raise RejectedInput(
                 f"Row {line} of the workbook has values beyond the header's {width} columns"
             )
