@@ -12,6 +12,7 @@ published indicators), anonymous (no credentials: published indicators only).
 import hashlib
 import hmac
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -195,6 +196,10 @@ class OidcVerifier:
         return _principal_from_claims(claims)
 
 
+# The longest OIDC subject taken (OpenID Connect Core: "It MUST NOT exceed 255 ASCII characters").
+MAX_SUBJECT: Final = 255
+
+
 def _principal_from_claims(claims: dict[str, Any]) -> Principal:
     offered: list[str] = []
     if isinstance(claims.get("kvarus_role"), str):
@@ -211,7 +216,19 @@ def _principal_from_claims(claims: dict[str, Any]) -> Principal:
         raise Forbidden("a trust token needs a valid kvarus_provider claim")
     if role == "trust" and not is_provider(str(provider)):
         raise Forbidden("a trust token's kvarus_provider is not a provider of the register's list")
-    subject = f"oidc:{claims['sub']}"
+    sub = claims["sub"]
+    if (
+        not isinstance(sub, str)
+        or len(sub) > MAX_SUBJECT
+        or any(unicodedata.category(c) == "Cc" for c in sub)
+    ):
+        # Stored in audit rows and shown as uploader or publisher: a short line of text (a
+        # 200 KB subject, or one holding a newline, was stored as sent).
+        raise Forbidden(
+            f"the token's sub claim must be text of at most {MAX_SUBJECT} characters without "
+            "control characters"
+        )
+    subject = f"oidc:{sub}"
     if holds_identity_number(subject):
         # The subject is stored (audit rows, uploaded_by, published_by) and shown: a provider
         # that puts a national identity number there (ID-porten's `pid`, not its `sub`) is

@@ -213,3 +213,16 @@ def test_claims_pick_widest_role() -> None:
     assert principal.role == "registry"
     with pytest.raises(Forbidden):
         auth._principal_from_claims({"sub": "x", "roles": []})
+
+
+@pytest.mark.parametrize("sub", ["x" * 256, "user\nadmin", "tab\there", 42])
+def test_a_subject_too_long_or_with_control_characters_is_refused(sub: object) -> None:
+    """The subject is stored in audit rows and shown as uploader or publisher: a 200 KB subject
+    or one holding a newline was stored as sent. OpenID Connect caps sub at 255 characters."""
+    with pytest.raises(Forbidden) as refused:
+        auth._principal_from_claims({"sub": sub, "kvarus_role": "registry"})
+    assert refused.value.detail == (
+        "the token's sub claim must be text of at most 255 characters without control characters"
+    )
+    longest = auth._principal_from_claims({"sub": "x" * 255, "kvarus_role": "registry"})
+    assert longest.subject == "oidc:" + "x" * 255
