@@ -289,14 +289,15 @@ def _log_uncommitted(session: Session, erasure: Erasure, holding: list[int] | No
     if retired:
         erasure.releases_rebuilt = ",".join(map(str, retired)) + RETIRED_BY_REPAIR
     session.add(erasure)
+    unserved = ""
+    if retired:
+        numbers = ", ".join(map(str, retired))
+        unserved = f", and release(s) {numbers} that held its patients are no longer served"
     log.warning(
         "Warning: an erasure was interrupted before it finished; its deleted rows stay deleted%s. "
         "Run it again (kvarus erase, or send the opt-out file again), then publish a release "
         "(kvarus release).",
-        f", and release(s) {', '.join(map(str, retired))} that held its patients are no "
-        "longer served"
-        if retired
-        else "",
+        unserved,
     )
 
 

@@ -613,7 +613,7 @@ def _patients(
     parts = []
     for year in sorted(set(found["year"].to_pylist())):
         mark = release.materialised()
-        records = _record_rows(definition, release, year)
+        records = _record_rows(definition, release, year) if homes is not None else None
         if records is not None and homes is not None:
             episode = episode_columns(records)
             patient = [c for c in records.columns if c not in (*CELL, *EPISODE_KEY, "num")]

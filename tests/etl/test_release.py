@@ -100,8 +100,7 @@ def test_an_interrupt_as_the_commit_returns_keeps_the_committed_release(
     """Ctrl-C right after the release row's commit: the release is published, so its
     directory stays (it used to be removed, leaving a served release without its manifest that
     failed every later writer); the next publish is release 2."""
-    basis = [episode_row(Form.BASIS, n, f"P{n}") for n in (1, 2)]
-    load_ok(write_extract(Form.BASIS, basis), Form.BASIS, warehouse, session, key)
+    _load_two(write_extract, warehouse, session, key)
     commit = session.commit
 
     def commit_then_interrupt() -> None:
@@ -124,8 +123,7 @@ def test_a_failed_commit_removes_the_release_directory(
     key: bytes,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    basis = [episode_row(Form.BASIS, n, f"P{n}") for n in (1, 2)]
-    load_ok(write_extract(Form.BASIS, basis), Form.BASIS, warehouse, session, key)
+    _load_two(write_extract, warehouse, session, key)
 
     def failing_commit() -> None:
         raise KeyboardInterrupt
@@ -143,8 +141,7 @@ def test_a_data_directory_copied_elsewhere_refuses_to_write(
 ) -> None:
     """Its catalog's manifests name the original's files: an erasure there deleted the
     original's results and wrote into its warehouse. Every writer's repair refuses first."""
-    basis = [episode_row(Form.BASIS, n, f"P{n}") for n in (1, 2)]
-    load_ok(write_extract(Form.BASIS, basis), Form.BASIS, warehouse, session, key)
+    _load_two(write_extract, warehouse, session, key)
     publish_release(warehouse, warehouse.releases_dir, session)
     copied = tmp_path / "copy"
     shutil.copytree(warehouse.releases_dir.parent, copied)
@@ -156,3 +153,11 @@ def test_a_data_directory_copied_elsewhere_refuses_to_write(
                        releases_dir=elsewhere.releases_dir)  # fmt: skip
     assert read_manifest(warehouse.releases_dir, 1).tables["basis"].row_count == 2
     repair(session, warehouse)  # where it was made, it writes
+
+
+def _load_two(
+    write_extract: ExtractWriter, warehouse: Warehouse, session: Session, key: bytes
+) -> None:
+    """Two basis rows (patients P1, P2) loaded."""
+    basis = [episode_row(Form.BASIS, n, f"P{n}") for n in (1, 2)]
+    load_ok(write_extract(Form.BASIS, basis), Form.BASIS, warehouse, session, key)

@@ -248,7 +248,7 @@ def test_an_out_format_unknown_or_contradicted_is_a_usage_error_before_computing
 
 def test_csv_out_writes_a_formula_as_text(tmp_path: Path) -> None:
     """`--out x.csv`: a unit_code a spreadsheet would evaluate is written after an apostrophe;
-    Parquet and JSON keep it as it is."""
+    JSON keeps it as it is."""
     formula = "+SUM(1+1)*cmd|' /C calc'!A0"
     table = pa.table({"unit_code": [formula, "U1", ""], "numerator": [1, 2, 3]})
     command.write_output(table, tmp_path / "r.csv", command.OutputFormat.CSV)
