@@ -12,6 +12,7 @@ published indicators), anonymous (no credentials: published indicators only).
 import hashlib
 import hmac
 import secrets
+import time
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -171,6 +172,7 @@ class OidcVerifier:
         self.issuer = settings.oidc_issuer
         self.audience = settings.oidc_audience
         self.enabled = bool(settings.oidc_issuer and settings.oidc_audience)
+        self.max_lifetime = settings.oidc_max_token_lifetime
         if keys is None and self.enabled:
             if not settings.oidc_jwks_url:
                 raise ConfigurationError("KVARUS_OIDC_JWKS_URL is required with an OIDC issuer")
@@ -193,6 +195,13 @@ class OidcVerifier:
         except jwt.PyJWTError as error:
             # The exception's class names the failed check (expired, audience, signature...).
             raise Unauthorised(f"invalid bearer token ({type(error).__name__})") from None
+        if float(claims["exp"]) - time.time() > self.max_lifetime:
+            # Identity providers issue tokens for minutes or hours: one valid for years is a
+            # misconfiguration, and a leaked copy would open the register until then.
+            raise Unauthorised(
+                "invalid bearer token (valid for longer than KVARUS_OIDC_MAX_TOKEN_LIFETIME, "
+                f"{self.max_lifetime} s)"
+            )
         return _principal_from_claims(claims)
 
 

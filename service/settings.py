@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = None
+    oidc_max_token_lifetime: int = Field(
+        default=24 * 3600,
+        ge=1,
+        description="Seconds: an OIDC token that stays valid longer than this from now is refused",
+    )
 
     @cached_property
     def catalog_url(self) -> str:

@@ -162,6 +162,8 @@ class TestOidc:
             ({"aud": "someone-else"}, 401),
             ({"iss": "https://evil.example"}, 401),
             ({"exp": 1_000_000_000}, 401),
+            ({"exp": int(time.time()) + 10 * 365 * 24 * 3600}, 401),  # valid for ten years
+            ({"exp": str(int(time.time()) + 2 * 24 * 3600)}, 401),  # two days, as text
             ({"kvarus_role": "admin"}, 403),
             ({"kvarus_role": "trust"}, 403),  # no provider claim
             ({"kvarus_role": "trust", "kvarus_provider": HELSE_NORD_RHF}, 403),  # not a provider
@@ -185,6 +187,28 @@ class TestOidc:
         response = oidc_client.get(UPLOADS, headers={"Authorization": f"Bearer {bearer}"})
         assert response.status_code == 401
         assert response.json()["detail"] == "invalid bearer token (InvalidSignatureError)"
+
+    def test_a_token_valid_longer_than_the_maximum_is_refused(
+        self, app: FastAPI, settings: Settings, private_key: rsa.RSAPrivateKey
+    ) -> None:
+        configured = settings.model_copy(
+            update={
+                "oidc_issuer": ISSUER,
+                "oidc_audience": AUDIENCE,
+                "oidc_jwks_url": "unused",
+                "oidc_max_token_lifetime": 600,
+            }
+        )
+        app.state.oidc = auth.OidcVerifier(configured, keys=LocalKeys(private_key.public_key()))
+        client = TestClient(app, raise_server_exceptions=False)
+        now = int(time.time())
+        for exp, status in [(now + 300, 200), (now + 3600, 401)]:
+            bearer = token(private_key, kvarus_role="registry", exp=exp)
+            response = client.get(UPLOADS, headers={"Authorization": f"Bearer {bearer}"})
+            assert response.status_code == status
+        assert response.json()["detail"] == (
+            "invalid bearer token (valid for longer than KVARUS_OIDC_MAX_TOKEN_LIFETIME, 600 s)"
+        )
 
     def test_without_oidc_configured_a_jwt_is_refused(
         self, client: TestClient, private_key: rsa.RSAPrivateKey
