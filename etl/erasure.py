@@ -34,10 +34,12 @@ Crash safety: a marker file (`PENDING`, under the warehouse root) is written and
 first delete, rewritten after each, and removed when step 5 is done. It holds no pseudonym or key,
 only the (form, upload, record id, provider) of the rows to be erased, which the quality reports
 name (once the rows are deleted nothing else could tell which ids to scrub), the erasure's log
-row with the rows deleted so far, and the numbers of the releases in service that hold the
-patients (found before the first delete). Every writer repairs first under the write locks
-(`etl.ledger.repair_interrupted`), and the repair scrubs the reports and runs step 5 again while
-the marker is there (each part is idempotent). A process killed after step 4 thus leaves an
+row with the rows deleted so far, the numbers of the releases in service that hold the
+patients (found before the first delete) and, per table, its rows of the patients and its
+version before the deletes (a delete that committed before the marker said so is counted).
+Every writer repairs first under the write locks (`etl.ledger.repair_interrupted`), and the
+repair scrubs the reports and runs step 5 again while the marker is there (each part is
+idempotent). A process killed after step 4 thus leaves an
 erasure that the next writer completes; one killed before it: the repair retires the releases
 the marker names (no longer served; step 5 then deletes their results and the files no other
 release lists) and logs the erasure's row from the marker (`RETIRED_BY_REPAIR`, with the rows it
@@ -161,7 +163,7 @@ def _erase(
     before_commit: Callable[[ReleaseManifest], None] | None,
 ) -> Erasure:
     keys = rekey(pa.array(pseudonyms, pa.string()), key)
-    records = _records_of(warehouse, keys)
+    records, found = _records_of(warehouse, keys)
     erasure = Erasure(
         optout_date=datetime.combine(optout_date, time(), tzinfo=UTC) if optout_date else None,
         provider_orgnr=provider_orgnr,
@@ -183,10 +185,13 @@ def _erase(
             for release in releases
             if _holds_patients(ReleaseManifest.read(Path(release.manifest_path)), keys)
         ]
-    _mark_pending(warehouse, records, erasure, holding)
+    # Each table's rows of the patients and its version before the deletes: a repair counts
+    # the rows of a table whose delete committed before the marker could say so.
+    planned = {"rows": found, "versions": warehouse.versions()}
+    _mark_pending(warehouse, records, erasure, holding, planned)
     for table in TABLES:
         erasure.rows_erased = {**erasure.rows_erased, table: warehouse.delete_patients(table, keys)}
-        _mark_pending(warehouse, records, erasure, holding)  # deleted rows stay deleted: count them
+        _mark_pending(warehouse, records, erasure, holding, planned)  # deleted rows stay deleted
 
     with session.no_autoflush:
         # The reports are scrubbed by `finish_pending`, from the marker, after the commit.
@@ -230,8 +235,7 @@ def finish_pending(session: Session, warehouse: Warehouse) -> bool:
     # erasure killed before its commit deleted the rows, and a rerun would find none to scrub).
     _scrub_reports(session, [_Record(*row) for row in pending["records"]])
     if "erasure" in pending:
-        erasure = Erasure.model_validate(pending["erasure"])
-        _log_uncommitted(session, erasure, pending.get("holding"))
+        _log_uncommitted(session, _marked_erasure(warehouse, pending), pending.get("holding"))
     session.commit()
     keep: set[str] = set()
     for release in session.exec(select(Release)).all():
@@ -264,7 +268,22 @@ def rows_deleted_pending(warehouse: Warehouse) -> int:
     pending = _pending(warehouse)
     if pending is None or "erasure" not in pending:
         return 0
-    return sum(Erasure.model_validate(pending["erasure"]).rows_erased.values())
+    return sum(_marked_erasure(warehouse, pending).rows_erased.values())
+
+
+def _marked_erasure(warehouse: Warehouse, pending: dict[str, Any]) -> Erasure:
+    """The marker's erasure, its rows deleted counted also for a table whose delete committed
+    before the marker was rewritten (the table's version moved on since the marker's
+    `versions`: nothing else writes under the locks; a marker of an earlier version has no
+    such record, and its count may fall short by that table's rows)."""
+    erasure = Erasure.model_validate(pending["erasure"])
+    planned = pending.get("planned") or {}
+    versions = planned.get("versions", {})
+    for table, rows in planned.get("rows", {}).items():
+        moved = table in versions and warehouse.version(table) > versions[table]
+        if table not in erasure.rows_erased and moved:
+            erasure.rows_erased = {**erasure.rows_erased, table: rows}
+    return erasure
 
 
 def _log_uncommitted(session: Session, erasure: Erasure, holding: list[int] | None) -> None:
@@ -302,10 +321,15 @@ def _log_uncommitted(session: Session, erasure: Erasure, holding: list[int] | No
 
 
 def _mark_pending(
-    warehouse: Warehouse, records: list["_Record"], erasure: Erasure, holding: list[int]
+    warehouse: Warehouse,
+    records: list["_Record"],
+    erasure: Erasure,
+    holding: list[int],
+    planned: dict[str, dict[str, int]],
 ) -> None:
     """(Re)write the marker with the records to be erased, the erasure's log row (its time,
-    the rows deleted so far) and the releases that hold its patients, synced to disk with its
+    the rows deleted so far), the releases that hold its patients and, per table, the rows to
+    delete and its version before the deletes (`_marked_erasure`), synced to disk with its
     directory, before the first delete and after each: the catalog commit that follows is
     durable, and a lost marker would leave the files unpurged, the reports unscrubbed and an
     erasure killed before its commit unlogged.
@@ -315,6 +339,7 @@ def _mark_pending(
         "records": [astuple(record) for record in records],
         "erasure": erasure.model_dump(mode="json", exclude={"id"}),
         "holding": holding,
+        "planned": planned,
     }
     written = marker.with_name(f"{PENDING}.new")
     with written.open("w", encoding="utf-8") as handle:
@@ -339,9 +364,11 @@ class _Record:
     provider: str | None
 
 
-def _records_of(warehouse: Warehouse, keys: pa.Array) -> list[_Record]:
-    """The rows of these patients in the current tables (and quarantine), before they go."""
+def _records_of(warehouse: Warehouse, keys: pa.Array) -> tuple[list[_Record], dict[str, int]]:
+    """The rows of these patients in the current tables (and quarantine), before they go, and
+    their number per table."""
     records: list[_Record] = []
+    found: dict[str, int] = {}
     with duckdb_connection() as connection:
         connection.register("erased", pa.table({PATIENT_KEY_COLUMN: keys}))
         for table in TABLES:
@@ -358,6 +385,7 @@ def _records_of(warehouse: Warehouse, keys: pa.Array) -> list[_Record]:
                 f"SEMI JOIN erased AS s USING ({PATIENT_KEY_COLUMN})",
                 params={"files": files},
             ).fetchall()
+            found[table] = len(rows)
             for row in rows:
                 if quarantined:
                     form, upload_id, record_id, values = row
@@ -366,7 +394,7 @@ def _records_of(warehouse: Warehouse, keys: pa.Array) -> list[_Record]:
                     (upload_id, record_id, provider), form = row, table
                 if record_id is not None:
                     records.append(_Record(form, int(upload_id), str(record_id), provider))
-    return records
+    return records, found
 
 
 def _scrub_reports(session: Session, records: list[_Record]) -> None:

@@ -31,7 +31,8 @@ from tests.etl.test_erasure import ERASED, _assert_no_trace, _register
 # The erasing process: `erase_patients` (mode `erase`, as `kvarus erase`) or an optout file's
 # load (mode `load`). At `moment` it touches `signal_file` and sleeps, for the test to kill it
 # there: `before_commit` is the replacement release's hook (after the Delta deletes, before the
-# catalog commit); `after_first_delete` follows the first table's delete (and its marker);
+# catalog commit); `after_first_delete` follows the first table's delete (and its marker),
+# `before_first_mark` that delete before the marker says so;
 # `before_purge` and `after_purge` wrap the first and the last table's purge of the erasure's
 # files. A hook, not polling: the moment of the kill is deterministic.
 CHILD = """
@@ -66,6 +67,13 @@ def paused_mark(*args: object) -> None:
     if moment == "after_first_delete" and len(marks) == 2:
         pause()
 erasure._mark_pending = paused_mark
+delete = Warehouse.delete_patients
+def paused_delete(self: Warehouse, table: str, keys: object) -> int:
+    deleted = delete(self, table, keys)
+    if moment == "before_first_mark" and table == TABLES[0]:
+        pause()
+    return deleted
+Warehouse.delete_patients = paused_delete
 hook = pause if moment == "before_commit" else None
 warehouse = Warehouse(Path(root), Path(releases))
 with Session(engine, expire_on_commit=False) as session:
@@ -279,7 +287,9 @@ def test_an_erasure_killed_before_its_commit_retires_the_releases_that_held_the_
     _assert_no_trace(settings.data_dir, key)
 
 
+@pytest.mark.parametrize("moment", ["after_first_delete", "before_first_mark"])
 def test_an_erasure_killed_between_its_deletes_logs_what_it_deleted(
+    moment: str,
     write_extract: ExtractWriter,
     warehouse: Warehouse,
     session: Session,
@@ -291,10 +301,11 @@ def test_an_erasure_killed_between_its_deletes_logs_what_it_deleted(
     _published(write_extract, warehouse, session, key)
     session.commit()
 
-    _kill_at("after_first_delete", "erase", ERASED, warehouse=warehouse, engine=catalog_engine,
-             key=key, tmp_path=tmp_path)  # fmt: skip
+    _kill_at(moment, "erase", ERASED, warehouse=warehouse, engine=catalog_engine, key=key,
+             tmp_path=tmp_path)  # fmt: skip
     repair(session, warehouse)
-    # Only the basis table's 2 rows were deleted: the log says so, not the 5 it set out to erase.
+    # Only the basis table's 2 rows were deleted: the log says so, not the 5 it set out to erase
+    # (nor none, when the kill came before the marker said so: the table's version had moved).
     logged = session.exec(select(Erasure)).one()
     assert (logged.rows_erased, logged.releases_rebuilt) == (
         {"basis": 2}, "1" + RETIRED_BY_REPAIR,
