@@ -189,12 +189,12 @@ class _Group:
 def _cells(definitions: list[IndicatorDefinition], release: Release) -> ir.Table:
     """One query for several episode indicators over the same rows: per finest cell and
     indicator i, `n_i` population rows, `num_i` numerator rows and `total_i` the measure's sum
-    (mean indicators)."""
+    (mean indicators: their population is the rows with a value, `_population`)."""
     first = definitions[0]
     table = _with_year(_source(first, release), first.year_column)
     metrics: dict[str, ir.Value] = {}
     for index, definition in enumerate(definitions):
-        keep = all_of(table, definition.population.where)
+        keep = _population(table, definition)
         numerator = (
             all_of(table, definition.numerator.where) if definition.numerator is not None else None
         )
@@ -237,10 +237,21 @@ def _member_cells(cells: pa.Table, index: int) -> pa.Table:
     )
 
 
+def _population(table: ir.Table, definition: IndicatorDefinition) -> ir.BooleanValue | None:
+    """The population's conditions; for a mean or median also a value of the measure: a row
+    without one is no observation (it counted as 0 in a mean's sum over every row, and sorted
+    last in a median, moving the middle)."""
+    conditions = definition.population.where
+    if definition.type in ("mean", "median"):
+        assert definition.measure is not None
+        conditions = [*conditions, Condition(column=definition.measure, op="not_null")]
+    return all_of(table, conditions)
+
+
 def _median_cells(definition: IndicatorDefinition, release: Release) -> ir.Table:
     """Per finest cell and value of the measure: the number of population rows."""
     table = _with_year(_source(definition, release), definition.year_column)
-    keep = all_of(table, definition.population.where)
+    keep = _population(table, definition)
     if keep is not None:
         table = table.filter(keep)
     assert definition.measure is not None

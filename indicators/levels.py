@@ -201,7 +201,8 @@ def roll_up_medians(
 ) -> pa.Table:
     """Medians: cells (CELL, measure, n: rows with that value) to the exact median per level:
     the middle value, or the mean of the two middle values (1-based positions ⌊(N−1)/2⌋+1 and
-    ⌊N/2⌋+1 of the N sorted values; a missing value sorts last and gives no median)."""
+    ⌊N/2⌋+1 of the N sorted values; the engine's cells hold no missing value: a row without
+    one is no observation, `engine._population`)."""
     cells = organisations.with_levels(cells)
     parts = []
     for context, level in levels_of(definition):

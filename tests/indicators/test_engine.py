@@ -195,6 +195,30 @@ def test_screening_consent_and_waiting_days(tiny: Factory) -> None:
     assert not [r for r in rows if r["year"] == 2021]
 
 
+def test_mean_and_median_are_over_the_rows_with_a_value(tiny: Factory) -> None:
+    """A definition may leave out waiting_days' `not_null` condition: an intake without a
+    referral date is still no observation. The mean was 14 / 3 (the missing value summed as 0)
+    and the median of 4, 10 and the missing value (sorted last) was 10, each over 3."""
+    release = tiny()
+    release.basis("b1", referral="2022-02-19")  # waits 10 days
+    release.basis("b2")  # no referral date
+    release.basis("b3", referral="2022-02-25")  # 4 days
+    median = CATALOGUE["waiting_days"]
+    population = median.population.model_copy(update={"where": []})
+    catalogue = [
+        median.model_copy(update={"id": "median_wait", "population": population}),
+        median.model_copy(update={"id": "mean_wait", "type": "mean", "population": population}),
+    ]
+    for definition in catalogue:
+        table = compute(
+            release.manifest(),
+            hierarchy=Hierarchy.default(),
+            catalogue=[definition.model_copy(update={"min_denominator": 1})],
+        )
+        row = pick(table.to_pylist(), definition.id, 2022, "provider", BERGEN)
+        assert (row["value"], row["denominator"]) == (7.0, 2)  # (4 + 10) / 2 either way
+
+
 def test_an_episode_with_two_basis_rows_counts_once(tiny: Factory) -> None:
     """A re-sent intake under a new record_id is a second basis row of the same episode: the
     intake indicators count the episode once, on its first row (intake_date, then record_id)."""
