@@ -143,7 +143,7 @@ MEASURES: Final[dict[str, MeasureSpec]] = {
     # End reason 1 = mutual agreement (schemas.codes.END_REASON).
     "mutual_end": MeasureSpec("episode", f"d_end_reason = {MUTUAL_END}", needs_discharge=True),
     "followup_arranged": MeasureSpec("episode", "d_followup_arranged = 1", needs_discharge=True),
-    "study": MeasureSpec("patient", "clinical_study_id IS NOT NULL"),
+    "study": MeasureSpec("patient", "in_study"),
 }
 
 _AGE_CASE: Final = (
@@ -293,9 +293,13 @@ def episode_view(
     if not basis:
         raise RejectedInput(f"release {manifest.release} has no episodes")
     discharge = _files(manifest, "discharge") if "discharge" in manifest.tables else []
+    measurement = _files(manifest, "measurement") if "measurement" in manifest.tables else []
     providers = sorted(o.orgnr for o in hierarchy.providers)
     rhfs = [hierarchy.rhf_of(p).orgnr for p in providers]
-    key = (manifest.release, tuple(basis), tuple(discharge), salt, tuple(providers), tuple(rhfs))
+    key = (
+        manifest.release, tuple(basis), tuple(discharge), tuple(measurement), salt,
+        tuple(providers), tuple(rhfs),
+    )  # fmt: skip
     with _views_lock:
         # Drop every view whose files changed or are gone, not just this release's: the data
         # of an erased patient must not stay in memory until someone asks for that release.
@@ -309,9 +313,11 @@ def episode_view(
             return cached
         if not build:
             return None
-        signature = _signature(basis + discharge)
+        signature = _signature(basis + discharge + measurement)
         view = EpisodeView(
-            _build_episode_view(basis, discharge, salt=salt, providers=providers, rhfs=rhfs),
+            _build_episode_view(
+                basis, discharge, measurement, salt=salt, providers=providers, rhfs=rhfs
+            ),
             signature or (),
         )
         if signature is not None:  # files gone: DuckDB has raised above; kept out regardless
@@ -323,10 +329,16 @@ def episode_view(
 
 
 def _build_episode_view(
-    basis: list[str], discharge: list[str], *, salt: str, providers: list[str], rhfs: list[str]
+    basis: list[str],
+    discharge: list[str],
+    measurement: list[str],
+    *,
+    salt: str,
+    providers: list[str],
+    rhfs: list[str],
 ) -> duckdb.DuckDBPyConnection:
-    """The `episode` table: one row per episode (its first basis row), RHF, discharge columns
-    and the record key `rkey`."""
+    """The `episode` table: one row per episode (its first basis row), RHF, discharge columns,
+    whether it is in a study and the record key `rkey`."""
     # Row order is irrelevant to a CUBE: letting DuckDB insert in parallel, unordered, is faster
     # and needs less memory. No spilling (`temp_directory` empty): the view lives in memory for as
     # long as it is cached, and DuckDB's default `.tmp` in the working directory would put patient
@@ -335,8 +347,9 @@ def _build_episode_view(
     try:
         with _interruptible(connection):
             _fill_episode_view(
-                connection, basis, discharge, salt=salt, providers=providers, rhfs=rhfs
-            )
+                connection, basis, discharge, measurement, salt=salt, providers=providers,
+                rhfs=rhfs,
+            )  # fmt: skip
     except BaseException:
         connection.close()
         raise
@@ -347,6 +360,7 @@ def _fill_episode_view(
     connection: duckdb.DuckDBPyConnection,
     basis: list[str],
     discharge: list[str],
+    measurement: list[str],
     *,
     salt: str,
     providers: list[str],
@@ -368,8 +382,8 @@ def _fill_episode_view(
         # One row per episode, (provider_orgnr, episode_id), with the columns of its first basis
         # row by (intake_date, record_id), as the indicators' `episodes` (indicators.episodes):
         # a re-sent intake under a new record_id is not a second episode. Its year is that
-        # row's. The study id is any of its basis rows' (the measure asks only whether there is
-        # one): a patient's enrolment counts whichever record carries it. The partition order
+        # row's. Its study id is any of its basis rows' (the measure asks only whether there is
+        # one; measurement points carry one too, `enrolled` below). The partition order
         # (episode_id first) as in `indicators.episodes._first`.
         "b AS (SELECT * EXCLUDE (_rank) FROM ("
         "SELECT patient_key, provider_orgnr, episode_id, sex, age, treatment_type, "
@@ -380,6 +394,22 @@ def _fill_episode_view(
         "WINDOW w AS (PARTITION BY episode_id, provider_orgnr ORDER BY intake_date, record_id)"
         ") WHERE _rank = 1)",
     ]
+    study_join = ""
+    in_study = "b.clinical_study_id IS NOT NULL"
+    if measurement:
+        # An episode is in a study if any of its records carries a study id, as the study
+        # indicator reads DOMAIN.md: the basis and measurement forms have one.
+        parameters["measurement"] = measurement
+        ctes.append(
+            "enrolled AS (SELECT DISTINCT provider_orgnr, episode_id "
+            "FROM read_parquet($measurement, hive_partitioning = true) "
+            "WHERE clinical_study_id IS NOT NULL)"
+        )
+        study_join = (
+            "LEFT JOIN enrolled e "
+            "ON e.provider_orgnr = b.provider_orgnr AND e.episode_id = b.episode_id"
+        )
+        in_study += " OR e.episode_id IS NOT NULL"
     discharge_join = ""
     discharge_columns = "NULL::INTEGER AS d_end_reason, NULL::INTEGER AS d_followup_arranged"
     if discharge:
@@ -403,11 +433,11 @@ def _fill_episode_view(
     connection.execute(
         f"CREATE TABLE episode AS WITH {', '.join(ctes)} "  # noqa: S608
         "SELECT p.rowid AS patient, p.rkey, b.provider_orgnr, b.sex, b.age, b.treatment_type, "
-        "b.primary_substance, b.clinical_study_id, CAST(b.year AS INTEGER) AS year, "
+        f"b.primary_substance, ({in_study}) AS in_study, CAST(b.year AS INTEGER) AS year, "
         f"m.rhf_orgnr, {discharge_columns} "
         "FROM b "
         "LEFT JOIN patient p ON p.patient_key = b.patient_key "
-        f"LEFT JOIN rhf_map m ON m.map_orgnr = b.provider_orgnr {discharge_join}",
+        f"LEFT JOIN rhf_map m ON m.map_orgnr = b.provider_orgnr {discharge_join} {study_join}",
         parameters,
     )
     connection.execute("DROP TABLE patient")

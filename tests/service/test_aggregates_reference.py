@@ -36,10 +36,11 @@ aggregates section, `schemas.api.AggregateCreate`, `/work/shared/brief/DOMAIN.md
 Rules taken from the code's docstrings and hand-worked tests (`tests/service/test_aggregates.py`)
 where the spec is silent or ambiguous:
 
-- `study` looks at all of the episode's basis rows, not only the first: an episode is in a study
-  when any of its basis rows carries a study id (`_fill_episode_view`'s comment,
-  `test_an_episode_with_two_basis_records_counts_once_with_its_first`). Only basis rows: a
-  study id on a measurement row is not read (so none is generated here).
+- `study` looks at all of the episode's records, not only its first basis row: an episode is in
+  a study when any of its basis or measurement rows (the forms with a study id) carries one
+  (DOMAIN.md's study indicator: "any of the patient's records"; `_fill_episode_view`,
+  `test_an_episode_with_two_basis_records_counts_once_with_its_first`). A measurement of an
+  episode without a basis row counts nowhere.
 - An episode without discharge is in the end-reason category "none" (`NO_DISCHARGE`).
 - Age groups: the labels and inclusive bounds of `indicators.statistics.AGE_BANDS` (the spec
   names no bands), written out here rather than imported; ages are 13..110 (`schemas.forms`).
@@ -144,9 +145,9 @@ def first_basis_rows(basis: list[dict[str, Any]]) -> dict[tuple[str, str], dict[
     return first
 
 
-def in_study(basis: list[dict[str, Any]]) -> set[tuple[str, str]]:
-    """The episodes any of whose basis rows carries a clinical-study id."""
-    return {episode_key(row) for row in basis if row["clinical_study_id"] is not None}
+def in_study(records: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """The episodes any of whose records carries a clinical-study id."""
+    return {episode_key(row) for row in records if row["clinical_study_id"] is not None}
 
 
 def discharges(discharge: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -161,7 +162,7 @@ def discharges(discharge: list[dict[str, Any]]) -> dict[tuple[str, str], dict[st
 
 def reference_episodes(rows: Rows) -> list[Episode]:
     first = first_basis_rows(rows["basis"])
-    study = in_study(rows["basis"])
+    study = in_study(rows["basis"] + rows.get("measurement", []))
     discharged = discharges(rows["discharge"])
     result = []
     for key, row in first.items():
@@ -390,6 +391,8 @@ def releases(draw: st.DrawFn) -> list[Call]:
             st.lists(st.sampled_from(DISCHARGE_DATES), min_size=count, max_size=count, unique=True)
         )
         calls.extend(discharge_call(draw, provider, episode, patient, on) for on in dates)
+        for _ in range(draw(st.integers(0, 2))):
+            calls.append(measurement_call(draw, provider, episode, patient))
     # Discharges of episodes without a basis row (any provider, any id).
     orphans = draw(
         st.lists(
@@ -401,6 +404,7 @@ def releases(draw: st.DrawFn) -> list[Call]:
     for provider, episode in orphans:
         if (provider, episode) not in keys:
             calls.append(discharge_call(draw, provider, episode, patients[0], DISCHARGE_DATES[0]))
+            calls.append(measurement_call(draw, provider, episode, patients[0]))
     return draw(st.permutations(calls))
 
 
@@ -418,13 +422,22 @@ def discharge_call(draw: st.DrawFn, provider: str, episode: str, patient: str, o
     )
 
 
+def measurement_call(draw: st.DrawFn, provider: str, episode: str, patient: str) -> Call:
+    return (
+        "measurement",
+        {
+            "episode": episode,
+            "provider": provider,
+            "patient": patient,
+            "clinical_study_id": draw(st.sampled_from((None, None, "S3"))),
+        },
+    )
+
+
 def write(root: Path, calls: list[Call]) -> TinyRelease:
     release = TinyRelease(root)
     for form, values in calls:
-        if form == "basis":
-            release.basis(**values)
-        else:
-            release.discharge(**values)
+        getattr(release, form)(**values)
     return release
 
 
@@ -509,6 +522,16 @@ class TestHandCounts:
             ("none",): 1,
             (None,): 3,
         }
+
+    def test_a_study_id_at_a_measurement_point_enrols(self, tmp_path: Path) -> None:
+        """The study measure read the basis rows alone: a patient enrolled at a measurement
+        point was in the study indicator's numerator but not in this one."""
+        release = TinyRelease(tmp_path)
+        release.basis("e1", BERGEN, patient="p1").basis("e2", BERGEN, patient="p2")
+        release.measurement("e1", BERGEN, patient="p1", clinical_study_id="S1")
+        release.measurement("e3", BERGEN, patient="p3", clinical_study_id="S1")  # no basis row
+        table = assert_same_tables(release, ["provider"], ["patients", "study"])
+        assert (table["patients"][(BERGEN,)][0], table["study"][(BERGEN,)][0]) == (2, 1)
 
     def test_patients_margins_and_a_provider_outside_the_hierarchy(self, tmp_path: Path) -> None:
         release = TinyRelease(tmp_path)
