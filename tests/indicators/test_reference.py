@@ -10,10 +10,11 @@ vocabulary's semantics and the docstrings of `indicators.episodes` and `indicato
 The hypothesis test compares every row of both on random releases (episodes over three to
 five providers, shared patients, several basis rows and measurements per episode tying on
 their dates, records of other patients, episodes without a basis row, homes outside the
-hierarchy, years turning, NPR counts); a second one runs two patient indicators outside the
-catalogue (`EXTRA`) through the engine's general distinct-patient path, which the catalogue's
-study indicator (on the record path) does not take. Three plain tests pin the nastiest
-structures found, each with a hand count of the reference.
+hierarchy, years turning, NPR counts); a second one runs indicators outside the catalogue
+(`EXTRA`): two patient indicators through the engine's general distinct-patient path, which
+the catalogue's study indicator (on the record path) does not take, and a median and a mean
+of waiting days over every intake (one without a referral date is no observation). Three
+plain tests pin the nastiest structures found, each with a hand count of the reference.
 
 Rules the reference encodes:
 - An episode is (provider_orgnr, episode_id): the same episode_id at two providers is two
@@ -285,6 +286,8 @@ def reference(rows: dict[str, list[Row]]) -> dict[str, dict[Key, Counts]]:
         for level in levels_of(r["provider_orgnr"], r["unit_code"], home(r)):
             waits[(r["intake_date"].year, *level)].append(days)
     result["waiting_days"] = {key: (None, len(v), median(v)) for key, v in waits.items()}
+    result["waiting_median"] = result["waiting_days"]  # `EXTRA`
+    result["waiting_mean"] = {key: (0, len(v), sum(v) / len(v)) for key, v in waits.items()}
     # Coverage: registered episodes / NPR episodes, per provider with an NPR count and above.
     registered: dict[tuple[int, str], int] = defaultdict(int)
     for r in intakes:
@@ -305,7 +308,8 @@ def reference(rows: dict[str, list[Row]]) -> dict[str, dict[Key, Counts]]:
     result["study"] = patients(
         [(year, r, r.get("clinical_study_id") is not None) for year, r in records], home
     )
-    # Two patient indicators outside the catalogue (`EXTRA`), for the engine's general path.
+    # Indicators outside the catalogue (`EXTRA`): two patient indicators for the engine's
+    # general path.
     result["study_adults"] = patients(
         [
             (year, r, r.get("clinical_study_id") is not None)
@@ -383,7 +387,8 @@ CATALOGUE: Final = load_catalogue()
 CATALOGUE_BY_ID: Final = {d.id: d for d in CATALOGUE}
 # Patient indicators on the engine's general path (the catalogue's study takes the record
 # path): study of episodes whose patient was 18 or older at intake (a condition on an intake
-# column), and patients consenting to research contact at an intake (population table basis).
+# column), and patients consenting to research contact at an intake (population table basis);
+# and a median and a mean whose population may lack the measure.
 EXTRA: Final = [
     CATALOGUE_BY_ID["study"].model_copy(
         update={
@@ -395,6 +400,20 @@ EXTRA: Final = [
     ),
     CATALOGUE_BY_ID["research_consent"].model_copy(
         update={"id": "consent_patients", "unit": "patient"}
+    ),
+    # The waiting time's median and mean without its not_null condition: an intake without a
+    # referral date is still no observation.
+    *(
+        CATALOGUE_BY_ID["waiting_days"].model_copy(
+            update={
+                "id": f"waiting_{kind}",
+                "type": kind,
+                "population": CATALOGUE_BY_ID["waiting_days"].population.model_copy(
+                    update={"where": []}
+                ),
+            }
+        )
+        for kind in ("median", "mean")
     ),
 ]
 
