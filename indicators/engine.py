@@ -244,7 +244,9 @@ def _population(table: ir.Table, definition: IndicatorDefinition) -> ir.BooleanV
     conditions = definition.population.where
     if definition.type in ("mean", "median"):
         assert definition.measure is not None
-        conditions = [*conditions, Condition(column=definition.measure, op="not_null")]
+        valued = Condition(column=definition.measure, op="not_null")
+        if valued not in conditions:  # waiting_days states it itself
+            conditions = [*conditions, valued]
     return all_of(table, conditions)
 
 
