@@ -54,7 +54,6 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -66,7 +65,7 @@ from sqlmodel import Session, col, or_, select
 from etl.keycheck import check_key
 from etl.ledger import checkpoint_catalog, repair_interrupted
 from etl.privacy import rekey
-from etl.release import publish_locked
+from etl.release import BeforeCommit, publish_locked
 from etl.warehouse import QUARANTINE, TABLES, Warehouse, schema_of
 from schemas.catalog import ApiClient, Erasure, Release, Upload, ValidationRun, utcnow
 from schemas.errors import KvarusError, RejectedInput
@@ -116,7 +115,7 @@ def erase_patients(
     optout_date: date | None = None,
     performed_by: str = "cli",
     locked: bool = False,
-    before_commit: Callable[[ReleaseManifest], None] | None = None,
+    before_commit: BeforeCommit | None = None,
 ) -> Erasure:
     """Erase every record of these patients; returns the log row.
 
@@ -160,7 +159,7 @@ def _erase(
     provider_orgnr: str | None,
     optout_date: date | None,
     performed_by: str,
-    before_commit: Callable[[ReleaseManifest], None] | None,
+    before_commit: BeforeCommit | None,
 ) -> Erasure:
     keys = rekey(pa.array(pseudonyms, pa.string()), key)
     records, found = _records_of(warehouse, keys)

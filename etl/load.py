@@ -62,6 +62,7 @@ from etl.ledger import (
 )
 from etl.privacy import guard, rekey, safe_filename
 from etl.read import read_extract
+from etl.release import BeforeCommit
 from etl.warehouse import (
     QUARANTINE,
     Warehouse,
@@ -80,7 +81,6 @@ from schemas.forms import (
     register_today,
     warehouse_schema,
 )
-from schemas.manifest import ReleaseManifest
 from schemas.parsing import normalise
 from schemas.scratch import one_thread
 from validation import cross_record, validate_extract
@@ -134,7 +134,7 @@ def load_file(
     uploaded_by: str = "cli",
     today: date | None = None,
     progress: Progress | None = None,
-    before_commit: Callable[[ReleaseManifest], None] | None = None,
+    before_commit: BeforeCommit | None = None,
 ) -> Upload:
     """Load one file; returns its ledger row (status loaded, rejected or duplicate).
 
@@ -802,7 +802,7 @@ def _optout(
     session: Session,
     key: bytes,
     upload: Upload,
-    before_commit: Callable[[ReleaseManifest], None] | None,
+    before_commit: BeforeCommit | None,
 ) -> None:
     """Erase every patient of an optout file, rows with a row-level error included (see the
     module docstring): those rows count as quarantined, not accepted; no quarantine row is

@@ -13,11 +13,11 @@ those entries.
 """
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, SQLModel, col, func, select
 
 from etl.ledger import repair_interrupted
 from etl.warehouse import STORED_FORMS, Warehouse
@@ -26,6 +26,12 @@ from schemas.errors import NotFound
 from schemas.manifest import ReleaseManifest, TableSnapshot
 
 MANIFEST = "manifest.json"
+
+# Runs under the write locks before a release's row is added; the catalog rows it returns (the
+# service's index of the release's indicator results) are added after the release's row is
+# flushed (their foreign key names it), to be committed with it: no process death between two
+# commits can leave the release without them.
+BeforeCommit = Callable[[ReleaseManifest], Iterable[SQLModel] | None]
 
 
 def manifest_path(releases_dir: Path, number: int) -> Path:
@@ -38,7 +44,7 @@ def publish_release(
     session: Session,
     note: str | None = None,
     published_by: str = "cli",
-    before_commit: Callable[[ReleaseManifest], None] | None = None,
+    before_commit: BeforeCommit | None = None,
 ) -> ReleaseManifest:
     """Publish the warehouse's current state as the next release and COMMIT the catalog (the
     release row and whatever else `session` holds) before the write locks are released.
@@ -48,8 +54,9 @@ def publish_release(
     then delete files this release lists and leave it served with the erased patient counted.
     `before_commit(manifest)` runs under the locks, after the manifest is written and before the
     row is added (the service computes the indicators there, so that no served release lacks
-    them; nothing of the catalog is locked meanwhile). If it or the commit fails, nothing is
-    committed and the release's directory is removed.
+    them; nothing of the catalog is locked meanwhile), and the rows it returns are committed with
+    the release's (`BeforeCommit`). If it or the commit fails, nothing is committed and the
+    release's directory is removed.
 
     An exception after the commit (Ctrl-C as it returns) leaves the committed release as it is:
     the directory is removed only when the catalog, asked again, does not hold the row; when it
@@ -89,7 +96,7 @@ def publish_locked(
     session: Session,
     note: str | None,
     published_by: str,
-    before_commit: Callable[[ReleaseManifest], None] | None = None,
+    before_commit: BeforeCommit | None = None,
     tables: dict[str, TableSnapshot] | None = None,
 ) -> ReleaseManifest:
     """`publish_release` for a caller that already holds the warehouse's write locks: adds and
@@ -118,7 +125,7 @@ def _write_release(
     number: int,
     note: str | None,
     published_by: str,
-    before_commit: Callable[[ReleaseManifest], None] | None,
+    before_commit: BeforeCommit | None,
     tables: dict[str, TableSnapshot],
 ) -> ReleaseManifest:
     manifest = ReleaseManifest(
@@ -126,8 +133,7 @@ def _write_release(
     )
     path = directory / MANIFEST
     manifest.write(path)
-    if before_commit is not None:
-        before_commit(manifest)
+    rows = before_commit(manifest) if before_commit is not None else None
     session.add(
         Release(
             number=number,
@@ -138,6 +144,7 @@ def _write_release(
         )
     )
     session.flush()
+    session.add_all(rows or ())
     return manifest
 
 

@@ -50,17 +50,12 @@ def publish(
         published_by=published_by,
         before_commit=results,
     )
-    results.index(session)
-    # Committed before computing more: a pending row flushed by the next query would hold SQLite's
-    # write transaction through that computation and the wait for the write locks (a load holding
-    # them would then time out on its own catalog commit).
-    session.commit()
     # Results that an erasure's replacement lacks (its computation failed or its process died).
     try:
         ensure_indicators(settings, session)
     except Exception as error:  # the release is published: report, and leave them for later
         logger.error("indicators of an earlier release not computed: %s", type(error).__name__)
-    return manifest, results.stored[0][0]
+    return manifest, results.stored[0]
 
 
 class ResultsUnderLocks:
@@ -69,17 +64,16 @@ class ResultsUnderLocks:
     committed (so that it is never served without them).
 
     `required=False` (an erasure): a failure is logged, not raised (the erasure must not fail for
-    the indicators; `ensure_indicators` computes them later). `index(session)` adds the
-    `IndicatorRun` rows once the release row is committed: rows of two tables without a
-    relationship are flushed in no guaranteed order, and their foreign key needs the release.
+    the indicators; `ensure_indicators` computes them later). The `IndicatorRun` row it returns
+    is committed with the release's row (`etl.release.BeforeCommit`).
     """
 
     def __init__(self, settings: Settings, *, required: bool) -> None:
         self.settings = settings
         self.required = required
-        self.stored: list[tuple[Path, int, int]] = []  # (path, rows, release)
+        self.stored: list[Path] = []
 
-    def __call__(self, manifest: ReleaseManifest) -> None:
+    def __call__(self, manifest: ReleaseManifest) -> list[IndicatorRun]:
         try:
             table = _compute(manifest, "duckdb")
             path = _write_file(manifest.release, table, self.settings)
@@ -89,12 +83,9 @@ class ResultsUnderLocks:
             logger.error(
                 "release %s: indicators not computed: %s", manifest.release, type(error).__name__
             )
-            return
-        self.stored.append((path, table.num_rows, manifest.release))
-
-    def index(self, session: Session) -> None:
-        for path, rows, release in self.stored:
-            session.add(IndicatorRun(release=release, results_path=str(path), rows=rows))
+            return []
+        self.stored.append(path)
+        return [IndicatorRun(release=manifest.release, results_path=str(path), rows=table.num_rows)]
 
 
 def store_indicators(

@@ -218,7 +218,6 @@ def run_load(
                 uploaded_by=api_uploader(request_id),
                 before_commit=results,
             )
-            results.index(session)
             session.flush()
             # The load's counts as committed now, its row and the request's locked until this
             # commit: a basis load that released the load's held rows since its commit counted

@@ -123,7 +123,6 @@ def register(app: typer.Typer) -> None:
                 )  # fmt: skip
                 status, error = upload.status, upload.error
                 loaded = upload.id if status == "loaded" else None
-                results.index(session)
                 summary = (
                     f"upload {upload.id}: {status}; read {upload.rows_read}, accepted "
                     f"{upload.rows_accepted}, quarantined {upload.rows_quarantined}, superseded "
@@ -238,7 +237,6 @@ def register(app: typer.Typer) -> None:
                 releases_dir=config.releases_dir, provider_orgnr=provider, optout_date=when,
                 before_commit=results,
             )  # fmt: skip
-            results.index(session)
             rows = sum(erasure.rows_erased.values())
             rebuilt = erasure.releases_rebuilt
         typer.echo(f"erased {rows} rows of {len(set(sources))} patient(s)")

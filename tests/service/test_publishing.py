@@ -182,3 +182,37 @@ def test_a_publish_computes_the_results_a_replacement_release_was_left_without(
         assert _nation_denominators(settings.releases_dir / str(number) / RESULTS_FILE) == [2]
     runs = session.exec(select(IndicatorRun).order_by(col(IndicatorRun.release))).all()
     assert [r.release for r in runs] == [1, 2]
+
+
+def test_a_publish_stopped_as_its_commit_returns_leaves_its_results_indexed(
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    key: bytes,
+    settings: Settings,
+    catalog_engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The results' index row is committed with the release's row: a process stopped just after
+    that commit (Ctrl-C, a kill) leaves release and index together. Before, the index was a
+    second commit, and the served release's results were then never indexed (`ensure_indicators`
+    skips a release whose results file exists)."""
+    _load_two_patients(write_extract, warehouse, session, key)
+    commit = Session.commit
+
+    def commit_then_stop(self: Session) -> None:
+        commit(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Session, "commit", commit_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        publish(settings, session, note="q1")
+    monkeypatch.undo()
+
+    with Session(catalog_engine) as fresh:
+        assert [r.number for r in fresh.exec(select(Release)).all()] == [1]
+        runs = fresh.exec(select(IndicatorRun)).all()
+        path = settings.releases_dir / "1" / RESULTS_FILE
+        assert [(r.release, r.results_path, r.rows) for r in runs] == [
+            (1, str(path), pq.read_metadata(path).num_rows)
+        ]
