@@ -100,16 +100,19 @@ class AccessLogPaths(logging.Filter):
 class BodyTooLarge(HTTPException):
     """Raised from `receive()` once a body passes its limit (FastAPI re-raises HTTP errors)."""
 
-    def __init__(self) -> None:
-        super().__init__(status_code=413, detail="the request body exceeds this route's limit")
+    def __init__(self, detail: str) -> None:
+        super().__init__(status_code=413, detail=detail)
 
 
-def body_limit(scope: Scope) -> int:
-    """The body size limit of a request: the upload's from the settings, else `MAX_BODY_BYTES`."""
+def body_limit(scope: Scope) -> tuple[int, str]:
+    """The body size limit of a request and the 413's detail: the upload's from the settings
+    (the detail names the file's limit, which the user set, as the upload's own check does),
+    else `MAX_BODY_BYTES`."""
     if (scope["method"], scope["path"]) == UPLOAD_ROUTE:
         settings: Settings = scope["app"].state.settings  # read per request: tests change it
-        return settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
-    return MAX_BODY_BYTES
+        limit = settings.max_upload_bytes
+        return limit + MULTIPART_OVERHEAD_BYTES, f"the file exceeds the limit of {limit} bytes"
+    return MAX_BODY_BYTES, f"the request body exceeds {MAX_BODY_BYTES} bytes"
 
 
 class _RouteKind(NamedTuple):
@@ -206,9 +209,9 @@ class RequestGate:
         elif takes_body:
             await self._refuse(scope, send, 401, "this route needs credentials")
             return
-        limit = body_limit(scope)
+        limit, too_large = body_limit(scope)
         if length is not None and length.isdigit() and int(length) > limit:
-            await self._refuse(scope, send, 413, f"the request body exceeds {limit} bytes")
+            await self._refuse(scope, send, 413, too_large)
             return
         received = 0
         started = False
@@ -219,7 +222,7 @@ class RequestGate:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge()
+                    raise BodyTooLarge(too_large)
             return message
 
         async def noting_send(message: Message) -> None:
@@ -233,7 +236,7 @@ class RequestGate:
         except BodyTooLarge:
             if started:
                 raise
-            await self._refuse(scope, send, 413, f"the request body exceeds {limit} bytes")
+            await self._refuse(scope, send, 413, too_large)
 
     @staticmethod
     async def _identify(scope: Scope, authorization: bytes) -> None:
