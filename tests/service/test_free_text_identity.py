@@ -149,6 +149,16 @@ def test_api_keeps_an_ordinary_note(client: TestClient, headers: dict[str, Heade
     assert [r["note"] for r in client.get(f"{API}/releases").json()] == [ORDINARY]
 
 
+def test_api_publishes_without_a_body(client: TestClient, headers: dict[str, Headers]) -> None:
+    # The note is optional, and so is the body that carries it (it was a 422 "body: Field
+    # required" without `{}`).
+    response = client.post(f"{API}/releases", headers=headers["registry"])
+    assert response.status_code == 201, response.text
+    assert (response.json()["number"], response.json()["note"]) == (1, None)
+    assert client.post(f"{API}/releases", json={}, headers=headers["registry"]).status_code == 201
+    assert [r["number"] for r in client.get(f"{API}/releases").json()] == [2, 1]
+
+
 @pytest.mark.parametrize("uploader", ["api:7", "key:1", "oidc:someone"])
 def test_load_refuses_an_uploader_shaped_as_the_apis(
     env: dict[str, str], tmp_path: Path, write_extract: ExtractWriter, uploader: str
