@@ -254,7 +254,7 @@ def repair_interrupted(session: Session, warehouse: Warehouse) -> list[int]:
     """
     from etl.erasure import finish_pending  # etl.erasure imports this module
 
-    _check_releases_here(session, warehouse)
+    check_releases_here(session, warehouse.releases_dir)
     _remove_unpublished(session, warehouse)
     stuck = session.exec(select(Upload).where(Upload.status == "running")).all()
     repaired: list[int] = []
@@ -295,12 +295,14 @@ def repair_interrupted(session: Session, warehouse: Warehouse) -> list[int]:
     return repaired
 
 
-def _check_releases_here(session: Session, warehouse: Warehouse) -> None:
-    """Refuse to write when the catalog's releases lie outside this data directory's releases/:
+def check_releases_here(session: Session, releases_dir: Path) -> None:
+    """Refuse to work when the catalog's releases lie outside this data directory's releases/:
     a manifest names its files by absolute path, so in a data directory copied or moved
     elsewhere (a restored backup beside the original) an erasure would delete the original's
-    files and write into its warehouse, and a repair remove its release directories."""
-    here = warehouse.releases_dir.resolve()
+    files and write into its warehouse, and a repair remove its release directories; a reader
+    (the API, `kvarus indicators`) would serve the original's rows, or fail on files that are
+    gone."""
+    here = releases_dir.resolve()
     for path in session.exec(select(Release.manifest_path)).all():
         if not Path(path).resolve().is_relative_to(here):
             raise ConfigurationError(

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from etl.keycheck import check_key
-from etl.ledger import abandoned_requests, repair, sweep_incoming
+from etl.ledger import abandoned_requests, check_releases_here, repair, sweep_incoming
 from etl.warehouse import Warehouse
 from schemas.errors import KvarusError, Unauthorised
 from schemas.organisations import Hierarchy
@@ -35,7 +35,7 @@ from service.audit import (
 )
 from service.auth import OidcVerifier, RevokedKey, Role, require
 from service.catalog_cache import CatalogCache
-from service.database import make_engine
+from service.database import make_engine, session_scope
 from service.deps import ROUTE_ROLES, get_principal, principal_of
 from service.routers import aggregates as aggregates_routes
 from service.routers import audit, health, indicators, releases, uploads
@@ -347,8 +347,9 @@ def stop_warming(warming: threading.Thread, *, timeout: float = WARM_STOP_SECOND
 def start_up_checks(settings: Settings) -> tuple[Engine, OidcVerifier]:
     """Every check a start-up makes, each raising `ConfigurationError`: the pseudonym key (also
     against the register's key check value, `etl.keycheck`, which a first start-up writes), the
-    OIDC settings, the catalog (its engine, tables created). The catalog's engine and the OIDC
-    verifier are returned for the app.
+    OIDC settings, the catalog (its engine, tables created) and that its releases lie in this data
+    directory (`etl.ledger.check_releases_here`: a copied or moved one would serve the original's
+    files, or fail on them). The catalog's engine and the OIDC verifier are returned for the app.
 
     `create_app` runs them, and so does `kvarus serve --workers N` before any worker starts: a
     worker failing them would exit, and uvicorn's supervisor restart it, forever.
@@ -362,7 +363,10 @@ def start_up_checks(settings: Settings) -> tuple[Engine, OidcVerifier]:
     # give the aggregates other cell keys. Writes only the check value, so comes after the checks
     # that create nothing.
     check_key(settings.warehouse_dir, key)
-    return make_engine(settings), oidc
+    engine = make_engine(settings)
+    with session_scope(engine) as session:
+        check_releases_here(session, settings.releases_dir)
+    return engine, oidc
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -27,6 +27,7 @@ import pyarrow.csv as pacsv
 import typer
 from sqlmodel import Session
 
+from etl.ledger import check_releases_here
 from etl.release import latest_release
 from indicators import results
 from indicators.engine import compute, engine_name
@@ -153,6 +154,7 @@ def register(app: typer.Typer) -> None:
         config = settings()
         database = make_engine(config)
         with session_scope(database) as session:
+            check_releases_here(session, config.releases_dir)
             number = release if release is not None else latest_served(session)
             _check_servable(session, number)  # before a long computation; again under the locks
         manifest_path = config.releases_dir / str(number) / "manifest.json"

@@ -447,7 +447,8 @@ def test_cli_computes_latest_release_and_records_the_run(
     engine = make_engine(Settings(data_dir=data_dir))
     with Session(engine) as session:
         for number in (1, 2):
-            session.add(Release(number=number, manifest_path="manifest.json"))
+            path = data_dir / "releases" / str(number) / "manifest.json"
+            session.add(Release(number=number, manifest_path=str(path)))
         session.commit()
     out = tmp_path / "results.json"
     result = CliRunner().invoke(app, ["indicators", "--format", "json", "--out", str(out)])

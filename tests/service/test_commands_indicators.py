@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 from indicators import engine as indicator_engine
 from indicators import results
 from schemas.catalog import IndicatorRun, Release
+from schemas.errors import ConfigurationError
 from schemas.forms import Form
+from service.app import create_app
 from service.cli import app
 from service.commands import indicators as command
 from service.database import make_engine
@@ -259,3 +261,28 @@ def test_csv_out_writes_a_formula_as_text(tmp_path: Path) -> None:
     ]
     command.write_output(table, tmp_path / "r.json", command.OutputFormat.JSON)
     assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))[0]["unit_code"] == formula
+
+
+def test_a_copied_data_directory_is_neither_computed_nor_served(
+    write_extract: ExtractWriter, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Its manifests name the original's files: `kvarus indicators` there wrote results computed
+    from the original's rows (exit 0), and the API served them, or failed with an IOException
+    once the original was gone (aggregates answered 500). Both refuse, as the writers do."""
+    releases = _published(write_extract, env)
+    copied = tmp_path / "copy"
+    shutil.copytree(releases.parent, copied)
+    elsewhere = {**env, "KVARUS_DATA_DIR": str(copied)}
+    result = CliRunner().invoke(
+        app, ["indicators", "--out", str(tmp_path / "x.json")], env=elsewhere
+    )
+    assert result.exit_code == 2, result.output
+    assert "was the data directory copied or moved?" in " ".join(result.output.split())
+    assert not (tmp_path / "x.json").exists()
+    assert not (copied / "releases" / "1" / results.RESULTS_FILE).exists()
+    with pytest.raises(ConfigurationError, match="copied or moved"):
+        create_app(Settings(data_dir=copied))
+    # Where it was made, both work.
+    result = CliRunner().invoke(app, ["indicators", "--out", str(tmp_path / "x.json")], env=env)
+    assert result.exit_code == 0, result.output
+    create_app(Settings())
