@@ -204,7 +204,10 @@ def register(app: typer.Typer) -> None:
         optout_date: Annotated[
             datetime | None,
             typer.Option(
-                formats=["%Y-%m-%d"], callback=_optout_date, help="Date of the opt-out, yyyy-mm-dd"
+                # The extracts' two date formats (EXTRACT_SPEC.md).
+                formats=["%Y-%m-%d", "%d.%m.%Y"],
+                callback=_optout_date,
+                help="Date of the opt-out, yyyy-mm-dd or dd.mm.yyyy",
             ),
         ] = None,
     ) -> None:

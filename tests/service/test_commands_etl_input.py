@@ -42,20 +42,22 @@ def test_erase_with_an_impossible_date_is_a_usage_error(env: dict[str, str]) -> 
     )
     assert result.exit_code == 2
     assert "Invalid value for '--optout-date'" in result.output
-    assert "'2024-13-01' does not match the formats '%Y-%m-%d'" in result.output
+    assert "'2024-13-01' does not match the formats '%Y-%m-%d', '%d.%m.%Y'" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+@pytest.mark.parametrize("written", ["2024-02-29", "29.02.2024"])
 def test_erase_with_a_valid_date_records_it(
-    env: dict[str, str], write_extract: ExtractWriter
+    env: dict[str, str], write_extract: ExtractWriter, written: str
 ) -> None:
+    """In either of the extracts' date formats."""
     rows = [episode_row(Form.BASIS, 1, "P-1")]
     loaded = CliRunner().invoke(
         app, ["load", str(write_extract(Form.BASIS, rows)), "--form", "basis"], env=env
     )
     assert loaded.exit_code == 0, loaded.output
     result = CliRunner().invoke(
-        app, ["erase", "--pseudonym", "P-1", "--optout-date", "2024-02-29"], env=env
+        app, ["erase", "--pseudonym", "P-1", "--optout-date", written], env=env
     )
     assert result.exit_code == 0, result.output
     assert "erased 1 rows of 1 patient(s)" in result.output
