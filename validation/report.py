@@ -121,7 +121,9 @@ def render_text(report: dict[str, Any]) -> str:
     for category, rollup in report["categories"].items():
         lines.append(
             f"  {category}: {rollup['passed']} passed, {rollup['failed']} failed, "
-            f"{rollup['failing_rows']} failing row(s)"
+            # Rows that fail any of the category's checks, tolerated ones and warnings included
+            # (an optional cell left empty): not the rows quarantined, which the first line says.
+            f"{rollup['failing_rows']} row(s) with a finding"
         )
     for check in report["checks"]:
         if check["status"] == "passed":

@@ -81,6 +81,10 @@ def test_roll_ups_by_category(report: dict[str, Any]) -> None:
     }
     assert report["quarantined_rows"] == 1
     assert report["rejected"] is False
+    # In text, the 2 rows without a dudit are findings of a passed check, not rows "failing".
+    lines = render_text(report).splitlines()
+    assert lines[0].endswith("accepted; 1 row(s) to quarantine")
+    assert "  completeness: 20 passed, 0 failed, 2 row(s) with a finding" in lines
 
 
 def test_report_is_json_and_names_record_ids_not_values(report: dict[str, Any]) -> None:
