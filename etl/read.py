@@ -252,9 +252,11 @@ def _check_header(names: Sequence[str], form: Form) -> None:
         )
     if unknown:
         shown = ", ".join(_display(name, names.index(name) + 1, named) for name in unknown)
+        # A misspelt column is both: say so, or the fix looks like dropping a column.
+        lacking = f"; required column(s) missing: {', '.join(missing)}" if missing else ""
         raise RejectedInput(
             f"Column(s) not part of form '{form.value}': {shown}; an unexpected column may carry "
-            "identifying data, so the file is rejected whole"
+            f"identifying data, so the file is rejected whole{lacking}"
         )
     raise RejectedInput(f"Required column(s) of form '{form.value}' missing: {', '.join(missing)}")
 
