@@ -249,7 +249,9 @@ def select_results(
     not repeat the id, which the client typed and could be anything.
     """
     if query.indicator is not None and query.indicator not in catalogue_ids():
-        raise NotFound("no indicator with this id in the catalogue")
+        raise NotFound(
+            "no indicator with this id in the catalogue (GET /api/v1/indicators lists them)"
+        )
     conditions: list[Any] = []
     if query.indicator is not None:
         conditions.append(pc.equal(table["indicator_id"], query.indicator))

@@ -113,7 +113,9 @@ class TestUnknownIndicator:
         unknown = client.get(f"{API}/indicators/results", params={"indicator": "nope"})
         assert unknown.status_code == 404
         assert unknown.headers["content-type"] == "application/problem+json"
-        assert unknown.json()["detail"] == "no indicator with this id in the catalogue"
+        assert unknown.json()["detail"] == (
+            "no indicator with this id in the catalogue (GET /api/v1/indicators lists them)"
+        )
         # `screening` is in the catalogue; the test release has no rows of it.
         empty = client.get(f"{API}/indicators/results", params={"indicator": "screening"})
         assert empty.status_code == 200
