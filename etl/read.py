@@ -365,6 +365,14 @@ def _detect_delimiter(header: str) -> tuple[str, list[str]]:
             known_names[delimiter] = (known, names)
     best = max((known for known, _ in known_names.values()), default=0)
     chosen = [delimiter for delimiter, (known, _) in known_names.items() if known == best]
+    if not chosen:
+        # Most likely a file without its header row (or with another delimiter): "undetectable
+        # delimiter" sent the user looking at the separators.
+        raise RejectedInput(
+            "The first row holds no column name separated by ';' or ',': was the header row "
+            "left out, or another delimiter used? Its cells are not shown, as they may be a "
+            "record's values"
+        )
     if len(chosen) != 1:
         raise RejectedInput(
             "Undetectable delimiter: the first row must be the column names, separated by "

@@ -422,7 +422,15 @@ def test_wrong_form_is_named(tmp_path: Path) -> None:
 
 def test_undetectable_delimiter(tmp_path: Path) -> None:
     message = rejected(write(tmp_path, "b.csv", csv_text([basis_row()], "\t")))
-    assert "Undetectable delimiter" in message
+    assert "was the header row left out, or another delimiter used?" in message
+
+
+def test_a_header_as_known_under_either_delimiter_is_undetectable(tmp_path: Path) -> None:
+    # One column name under ';' and one under ',': no evidence for either.
+    message = rejected(write(tmp_path, "b.csv", "record_id;episode_id,unit_code\r\nx;y,z\r\n"))
+    assert message == (
+        "Undetectable delimiter: the first row must be the column names, separated by ';' or ','"
+    )
 
 
 def test_mixed_utf8_and_cp1252(tmp_path: Path) -> None:

@@ -197,7 +197,8 @@ def test_a_csv_whose_first_row_has_no_column_name_has_no_delimiter(tmp_path: Pat
     lines = [";".join(basis_row().values())] * 2
     message = rejected(write(tmp_path, "b.csv", "\r\n".join(lines) + "\r\n"))
     assert message == (
-        "Undetectable delimiter: the first row must be the column names, separated by ';' or ','"
+        "The first row holds no column name separated by ';' or ',': was the header row left "
+        "out, or another delimiter used? Its cells are not shown, as they may be a record's values"
     )
 
 
