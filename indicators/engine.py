@@ -84,7 +84,9 @@ Rules (DOMAIN.md, and choices documented here):
   the grandparent (never the nation), and the groups are gone through again; see
   `_complementary`. The rule
   keeps at least two unknowns in every sum for every single reader, not all 0 % or all 100 %
-  in a proportion; it is not a proof that a suppressed count cannot be narrowed down
+  in a proportion, also across definitions that publish the same count (`_count_key`:
+  coverage's registered episodes are screening's intakes), which are suppressed alike
+  (`_link`); it is not a proof that a suppressed count cannot be narrowed down
   (researcher aggregates use `indicators.disclosure` for that), and it guards neither against
   trusts that pool their rows nor against a nation with too few children (with two providers
   in the country, each has the other as the nation minus itself). Across the two contexts the
@@ -237,7 +239,7 @@ def _member_cells(cells: pa.Table, index: int) -> pa.Table:
     )
 
 
-def _population(table: ir.Table, definition: IndicatorDefinition) -> ir.BooleanValue | None:
+def _population_conditions(definition: IndicatorDefinition) -> list[Condition]:
     """The population's conditions; for a mean or median also a value of the measure: a row
     without one is no observation (it counted as 0 in a mean's sum over every row, and sorted
     last in a median, moving the middle)."""
@@ -247,7 +249,11 @@ def _population(table: ir.Table, definition: IndicatorDefinition) -> ir.BooleanV
         valued = Condition(column=definition.measure, op="not_null")
         if valued not in conditions:  # waiting_days states it itself
             conditions = [*conditions, valued]
-    return all_of(table, conditions)
+    return conditions
+
+
+def _population(table: ir.Table, definition: IndicatorDefinition) -> ir.BooleanValue | None:
+    return all_of(table, _population_conditions(definition))
 
 
 def _median_cells(definition: IndicatorDefinition, release: Release) -> ir.Table:
@@ -685,10 +691,15 @@ def finish(
     ordered = sorted(definitions, key=lambda d: d.type != "coverage")
     organisations = Organisations.of(hierarchy)
     per_indicator: dict[str, list[dict[str, Any]]] = {}
+    numerators: dict[str, dict[int, int] | None] = {}
     for definition in ordered:
         records = sorted(raw[definition.id].to_pylist(), key=_sort_key)
-        _statistics(definition, records, low_coverage, organisations)
+        numerators[definition.id] = _statistics(definition, records, low_coverage, organisations)
         per_indicator[definition.id] = records
+    _link(definitions, per_indicator, numerators, organisations)
+    for definition in definitions:
+        if definition.type == "proportion":
+            _funnel(per_indicator[definition.id])
     for definition in definitions:
         records = per_indicator[definition.id]
         previous = {
@@ -720,10 +731,11 @@ def _statistics(
     records: list[dict[str, Any]],
     low_coverage: set[tuple[int, str]],
     organisations: Organisations,
-) -> None:
-    """Fill value, intervals, suppression, target level and funnel signal, in place."""
+) -> dict[int, int] | None:
+    """Fill value, intervals, suppression and target level, in place; return a proportion's
+    numerators from before suppression (by id of the record, for `_complementary`)."""
     if not records:
-        return
+        return None
     numerator = np.array([r["numerator"] or 0 for r in records], dtype=np.float64)
     denominator = np.array([r["denominator"] for r in records], dtype=np.float64)
     # Kept before suppression empties them: hidden rows must not be all 0 % or all 100 %.
@@ -802,8 +814,77 @@ def _statistics(
         min_denominator=definition.min_denominator,
         numerators=numerators,
     )
-    if definition.type == "proportion":
-        _funnel(records)
+    return numerators
+
+
+def _count_key(definition: IndicatorDefinition) -> tuple[str, ...]:
+    """What a definition's published count counts: its denominator (a coverage's: its
+    numerator, the registered episodes; its denominator is NPR's). Definitions with the same
+    key show the same count in every row (screening, research_consent and coverage: the
+    intakes; plan, crisis_plan and benefit: the active first measurement points)."""
+    population = definition.population
+    conditions = sorted(c.model_dump_json() for c in _population_conditions(definition))
+    first = population.first_per_episode or ""
+    return (definition.unit, population.table, first, definition.year_column, *conditions)
+
+
+def _link(
+    definitions: list[IndicatorDefinition],
+    per_indicator: dict[str, list[dict[str, Any]]],
+    numerators: dict[str, dict[int, int] | None],
+    organisations: Organisations,
+) -> None:
+    """Suppress alike across definitions that publish the same counts (`_count_key`): a row
+    hidden for disclosure in one is hidden in all (`complementary` where it was published).
+
+    Each definition's complementary suppression protects its own hidden rows from subtraction,
+    but with other choices than its twins' (the rule on 0 % and 100 % values differs), and
+    coverage, whose minimum applies to NPR's count, published a provider's 4 intakes that
+    screening hid as under 5: a reviewer recovered such hidden counts exactly from the twins'
+    published ones. A twin's hidden rows then go through its own complementary suppression
+    again (hiding more never exposes a count, but may leave a reader one unknown), until no
+    definition of the group hides a row the others publish. Coverage only takes the others'
+    pattern, which protects the counts it repeats: what it hides itself (for NPR's small
+    counts) hides no count the others would not publish anyway."""
+    groups: dict[tuple[str, ...], list[IndicatorDefinition]] = {}
+    for definition in definitions:
+        groups.setdefault(_count_key(definition), []).append(definition)
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        changed = True
+        while changed:
+            changed = False
+            hidden = {
+                _row_key(r)
+                for d in group
+                if d.type != "coverage"
+                for r in per_indicator[d.id]
+                if r["suppression_reason"] in _DISCLOSURE
+            }
+            for definition in group:
+                records = per_indicator[definition.id]
+                newly = [r for r in records if not r["suppressed"] and _row_key(r) in hidden]
+                for record in newly:
+                    _hide(record, COMPLEMENTARY)
+                if newly and definition.type != "coverage":
+                    _complementary(
+                        records,
+                        organisations,
+                        min_denominator=definition.min_denominator,
+                        numerators=numerators[definition.id],
+                    )
+                changed = changed or bool(newly)
+
+
+def _row_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        record["year"],
+        record["context"],
+        record["level"],
+        record["orgnr"],
+        record["unit_code"],
+    )
 
 
 def _hide(record: dict[str, Any], reason: str) -> None:

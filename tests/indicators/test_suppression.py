@@ -808,3 +808,51 @@ def test_units_all_100_percent_below_a_low_coverage_provider_hide_its_sibling(
         assert counts(row("hf", orgnr, context="resident")) == shown
     assert_nobody_recovers(rows, "screening", 2022)
     assert_nothing_alike(rows, run(release, "screening"))
+
+
+def test_counts_shared_by_definitions_are_hidden_alike(tiny: Factory) -> None:
+    """Coverage's numerator is the intakes, screening's and research consent's denominator.
+    Helse Vest 2022, minimum 5: Vestly 4 intakes (NPR 6), Stavanger 8 (NPR 9), Bergen 12 (NPR
+    12); OUS 30 in Helse Sør-Øst. Screening hides Vestly (4) and, by the respondent rule,
+    Stavanger and Bergen; coverage, whose minimum applies to NPR's 6, published Vestly's 4
+    intakes (4/6) and its siblings' 8 and 12. Now coverage hides what the intakes' pattern
+    hides."""
+    release = tiny()
+    for provider, screened, total in ((VESTLY, 3, 4), (STAVANGER, 5, 8), (BERGEN, 10, 12)):
+        home = {"home_hf_orgnr": FORDE} if provider == VESTLY else {}
+        for i in range(total):
+            # Every second one consents: no provider's hidden rows are all 0 % or all 100 %.
+            release.basis(
+                f"{provider}-{i}", provider, audit=5 if i < screened else None,
+                research_consent=i % 2, **home,
+            )  # fmt: skip
+    intakes(release, OUS, "U1", 25, 30, research_consent=1)
+    release.npr(VESTLY, 2022, 6).npr(STAVANGER, 2022, 9).npr(BERGEN, 2022, 12)
+    release.npr(OUS, 2022, 30)
+    ids = ("screening", "research_consent", "coverage")
+    rows = run(release, *ids, min_denominator=5)
+
+    def row(indicator: str, level: str, orgnr: str) -> dict[str, Any]:
+        return pick(rows, indicator, 2022, level, orgnr)
+
+    for orgnr in (VESTLY, STAVANGER, BERGEN):
+        assert row("screening", "provider", orgnr)["suppressed"]
+        coverage = row("coverage", "provider", orgnr)
+        assert reason(coverage) == ("complementary", None, None), orgnr
+        assert coverage["denominator"] == {VESTLY: 6, STAVANGER: 9, BERGEN: 12}[orgnr]
+    assert counts(row("coverage", "rhf", HELSE_VEST)) == (24, 27)
+    assert counts(row("coverage", "provider", OUS)) == (30, 30)
+    for indicator in ids:
+        assert_nobody_recovers(rows, indicator, 2022)
+    # Every caregiver row of the three is hidden in all or in none (coverage has no unit rows).
+    hidden = {
+        indicator: {
+            (r["level"], r["orgnr"], r["unit_code"])
+            for r in rows
+            if r["indicator_id"] == indicator and r["context"] == "caregiver" and r["suppressed"]
+        }
+        for indicator in ids
+    }
+    assert hidden["screening"] == hidden["research_consent"]
+    assert hidden["coverage"] == {key for key in hidden["screening"] if key[0] != "unit"}
+    assert len(hidden["coverage"]) == 5  # three providers, the two hf rows of the HFs
