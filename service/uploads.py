@@ -294,7 +294,8 @@ def is_internal(upload: Upload) -> bool:
 
 
 def visible_upload(session: Session, upload_id: int, principal: Principal) -> Upload:
-    """Upload `upload_id` if the principal may see it (registry: all; trust: its own).
+    """Upload `upload_id` if the principal may see it (registry: all; trust: its own, but no
+    opt-out).
 
     The ledger row of an API request's job (`is_internal`) is no upload of the API's: the list
     leaves it out (`list_uploads`), and its id is answered as a missing one (404, the same
@@ -304,8 +305,12 @@ def visible_upload(session: Session, upload_id: int, principal: Principal) -> Up
         # Not echoed: the id is what a client typed (an identity number without its leading zero
         # fits an int).
         raise NotFound("no upload with this id")
-    if principal.role != "registry" and principal.provider not in providers_of(upload):
-        raise Forbidden(f"upload {upload_id} holds no data of your provider")
+    if principal.role != "registry" and (
+        upload.form == Form.OPTOUT.value or principal.provider not in providers_of(upload)
+    ):
+        # An opt-out too (`list_uploads`), in the same words: the answer must not say that
+        # this id is one.
+        raise Forbidden(f"upload {upload_id} is not shown to your provider")
     return upload
 
 
@@ -415,7 +420,8 @@ def list_uploads(
     provider: str | None,
 ) -> tuple[list[Upload], int]:
     """A page of uploads (newest first): the API's request rows (with their load's outcome) and the
-    CLI's loads, as `GET /uploads/{id}` shows them.
+    CLI's loads, as `GET /uploads/{id}` shows them (a trust: those holding its provider's rows,
+    opt-outs not).
 
     The ledger row an API request's job created (`uploaded_by` `api:{request id}`, `is_internal`)
     is left out, and `visible_upload` answers its id as a missing one: its id, temporary file name
@@ -430,8 +436,12 @@ def list_uploads(
     if status is not None:
         statement = statement.where(Upload.status == status)
     scope = principal.provider if principal.role == "trust" else provider
-    if principal.role == "trust" and provider is not None and provider != principal.provider:
-        return [], 0
+    if principal.role == "trust":
+        if provider is not None and provider != principal.provider:
+            return [], 0
+        # An opt-out is the registry's: its row names every provider whose patients opted out,
+        # and counts them, and a trust listed in it would learn that of the others.
+        statement = statement.where(Upload.form != Form.OPTOUT.value)
     if scope is not None:
         # providers is a comma-separated list of 9-digit numbers: match whole entries.
         padded = "," + col(Upload.providers) + ","

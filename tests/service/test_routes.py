@@ -271,6 +271,8 @@ class TestUploads:
                 ("basis", PROVIDER_A, "loaded"),
                 ("basis", PROVIDER_B, "loaded"),
                 ("discharge", f"{PROVIDER_A},{PROVIDER_B}", "rejected"),
+                # An opt-out naming A's patients and B's: the registry's alone.
+                ("optout", f"{PROVIDER_A},{PROVIDER_B}", "loaded"),
             ):
                 session.add(
                     Upload(
@@ -293,18 +295,22 @@ class TestUploads:
             )
             session.commit()
         registry = headers["registry"]
-        assert client.get(f"{API}/uploads", headers=registry).json()["total"] == 3
+        assert client.get(f"{API}/uploads", headers=registry).json()["total"] == 4
         by_form = client.get(f"{API}/uploads", params={"form": "basis"}, headers=registry)
         assert [u["id"] for u in by_form.json()["items"]] == [2, 1]
         by_provider = client.get(
             f"{API}/uploads", params={"provider": PROVIDER_B}, headers=registry
         )
-        assert [u["id"] for u in by_provider.json()["items"]] == [3, 2]
-        paged = client.get(f"{API}/uploads", params={"limit": 1, "offset": 1}, headers=registry)
+        assert [u["id"] for u in by_provider.json()["items"]] == [4, 3, 2]
+        paged = client.get(f"{API}/uploads", params={"limit": 1, "offset": 2}, headers=registry)
         assert [u["id"] for u in paged.json()["items"]] == [2]
         trust = client.get(f"{API}/uploads", headers=headers["trust"]).json()
-        assert [u["id"] for u in trust["items"]] == [3, 1]
-        assert client.get(f"{API}/uploads/2", headers=headers["trust"]).status_code == 403
+        assert ([u["id"] for u in trust["items"]], trust["total"]) == ([3, 1], 2)
+        for other in (2, 4):  # B's own, and the opt-out: in the same words
+            refused = client.get(f"{API}/uploads/{other}", headers=headers["trust"])
+            assert refused.status_code == 403
+            assert refused.json()["detail"] == f"upload {other} is not shown to your provider"
+        assert client.get(f"{API}/uploads/4", headers=registry).status_code == 200
         report = client.get(f"{API}/uploads/3", headers=headers["trust"]).json()["report"]
         # Upload 3 holds B's rows too: the trust of A sees counts only.
         assert report == {"rejected": True, "record_ids_withheld": True}
