@@ -256,16 +256,35 @@ def created_part(created: tuple[str, int]) -> str:
     return _path_part(name, value if len(value) <= MAX_STORED_DIGITS else WITHHELD)
 
 
+# A request body's value kept in the audit row (`body_part`): short and plain.
+_PLAIN_VALUE: Final = re.compile(r"[A-Za-z0-9_.+-]{1,32}")
+
+
+def body_part(name: str, values: Sequence[str]) -> str:
+    """A request body's parameter as the audit row stores it (`note(asked=...)`): `name=v1,v2`,
+    each value kept only when plain and with no more digits than `safe_query` keeps."""
+    kept = [
+        value
+        if _PLAIN_VALUE.fullmatch(value) and sum(ch.isdigit() for ch in value) <= MAX_STORED_DIGITS
+        else WITHHELD
+        for value in values
+    ]
+    return f"{name}={','.join(kept)}"
+
+
 def audited_query(
     entry: RouteEntry | None,
     path: str,
     query_string: bytes,
     created: tuple[str, int] | None = None,
+    asked: Sequence[str] = (),
 ) -> str:
-    """The audit row's `query`: path parameters, the created object, then `safe_query`'s."""
+    """The audit row's `query`: path parameters, the created object, what the body asked
+    (`note`), then `safe_query`'s."""
     parts = safe_path(entry, path)
     if created is not None:
         parts.append(created_part(created))
+    parts += asked
     query = safe_query(entry, query_string)
     if query:
         parts.append(query)
@@ -278,10 +297,14 @@ def note(
     rows: int | None = None,
     release: int | None = None,
     created: tuple[str, int] | None = None,
+    asked: Sequence[str] | None = None,
 ) -> None:
-    """Tell the audit log how many rows a route returned, from which release, and which object
-    it created: `created` (the path parameter name of the object's own route, its id), such as
-    `("upload_id", upload.id)`."""
+    """Tell the audit log how many rows a route returned, from which release, which object it
+    created (`created`: the path parameter name of the object's own route, its id, such as
+    `("upload_id", upload.id)`), and what a request body asked (`asked`: `body_part`s; the
+    researchers' aggregates, so that differencing queries can be traced)."""
+    if asked is not None:
+        request.state.audit_asked = list(asked)
     if rows is not None:
         request.state.audit_rows = rows
     if release is not None:
@@ -499,6 +522,7 @@ class AuditMiddleware:
             scope["path"],
             query_string,
             scope.get("state", {}).get("audit_created"),
+            scope.get("state", {}).get("audit_asked", ()),
         )
         ANSWERED_QUERY.set((scope["method"], scope["path"], query))
         return query

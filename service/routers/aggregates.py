@@ -21,6 +21,13 @@ async def create_aggregate(
     settings: SettingsDep,
 ) -> AggregatePublic:
     """Counts by dimensions over a release, perturbed and suppressed so no one is singled out."""
+    # Noted first: a refused query is asked too.
+    asked = [
+        audit.body_part("measures", body.measures),
+        audit.body_part("dimensions", body.dimensions),
+    ]
+    asked += [audit.body_part(f"filters.{d}", v) for d, v in sorted(body.filters.items())]
+    audit.note(request, asked=asked)
     number = published.get_release(session, body.release).number
     manifest = published.read_manifest(settings, number)
     result = await run_in_threadpool(

@@ -153,6 +153,13 @@ class TestAggregateRoute:
         )["values"]["episodes"]
         assert a_alone == a_margin
         assert abs(a_alone - 55) <= 2
+        # The audit log keeps what each query asked, so that differencing can be traced.
+        audited = client.get("/api/v1/audit", headers=headers["registry"]).json()["items"]
+        asked = [e["query"] for e in reversed(audited) if e["route"] == URL]
+        assert asked == [
+            "measures=episodes&dimensions=provider",
+            "measures=episodes&dimensions=sex,provider&filters.sex=1,2",
+        ]
 
     def test_differencing_through_filters_learns_nothing(
         self, client: TestClient, headers: dict[str, Headers], publish: ReleaseWriter

@@ -16,7 +16,7 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from schemas.catalog import AuditEvent, utcnow
 from service import auth
 from service.app import AccessLogPaths
-from service.audit import ANSWERED_QUERY, AuditRow, AuditWriter
+from service.audit import ANSWERED_QUERY, AuditRow, AuditWriter, body_part
 from service.database import session_scope
 from tests.service.conftest import Headers, ReleaseWriter
 from tests.service.test_request_gate import key_subject
@@ -366,4 +366,11 @@ def test_a_quote_in_the_query_keeps_the_rows_query_on_the_line(app: FastAPI) -> 
         ANSWERED_QUERY.reset(answered)
     assert record.getMessage() == (
         f'127.0.0.1:5000 - "POST {API}/uploads?{{upload_id}}=2&<unknown>=<withheld> HTTP/1.1" 202'
+    )
+
+
+def test_a_body_value_is_kept_only_when_plain_and_short_of_an_identity_number() -> None:
+    values = ["983974678", "18-24", "01019000083", "0101900008", "a b", "Ø"]
+    assert body_part("filters.provider", values) == (
+        "filters.provider=983974678,18-24,<withheld>,<withheld>,<withheld>,<withheld>"
     )
