@@ -269,17 +269,17 @@ def test_unit_hidden_beside_a_small_unit_of_the_same_provider(tiny: Factory) -> 
     intakes(release, STAVANGER, "U3", 4, 9)
     rows = run(release, "screening", min_denominator=5)
 
-    def unit(orgnr: str, code: str) -> dict[str, Any]:
+    def unit_row(orgnr: str, code: str) -> dict[str, Any]:
         return pick(rows, "screening", 2022, "unit", orgnr, unit_code=code)
 
-    assert reason(unit(BERGEN, "U1")) == ("min_denominator", None, None)
-    assert reason(unit(BERGEN, "U2")) == ("complementary", None, None)
-    assert unit(BERGEN, "U2")["denominator"] == 6
-    assert counts(unit(BERGEN, "U3")) == (4, 7)
+    assert reason(unit_row(BERGEN, "U1")) == ("min_denominator", None, None)
+    assert reason(unit_row(BERGEN, "U2")) == ("complementary", None, None)
+    assert unit_row(BERGEN, "U2")["denominator"] == 6
+    assert counts(unit_row(BERGEN, "U3")) == (4, 7)
     assert counts(pick(rows, "screening", 2022, "provider", BERGEN)) == (11, 16)
-    assert reason(unit(STAVANGER, "U1")) == ("min_denominator", None, None)
-    assert reason(unit(STAVANGER, "U2")) == ("min_denominator", None, None)
-    assert counts(unit(STAVANGER, "U3")) == (4, 9)
+    assert reason(unit_row(STAVANGER, "U1")) == ("min_denominator", None, None)
+    assert reason(unit_row(STAVANGER, "U2")) == ("min_denominator", None, None)
+    assert counts(unit_row(STAVANGER, "U3")) == (4, 9)
     assert counts(pick(rows, "screening", 2022, "provider", STAVANGER)) == (9, 15)
     # No provider, RHF or nation result is hidden.
     assert not [r for r in rows if r["level"] != "unit" and r["suppressed"]]
@@ -598,20 +598,20 @@ def test_hidden_units_all_100_or_all_0_percent_hide_a_unit_that_breaks_it(tiny: 
         intakes(release, STAVANGER, unit, screened, total)
     rows = run(release, "screening", min_denominator=5)
 
-    def unit(orgnr: str, code: str) -> dict[str, Any]:
+    def unit_row(orgnr: str, code: str) -> dict[str, Any]:
         return pick(rows, "screening", 2022, "unit", orgnr, unit_code=code)
 
-    assert reason(unit(BERGEN, "U1")) == ("min_denominator", None, None)
-    assert reason(unit(BERGEN, "U2")) == ("complementary", None, None)
-    assert (reason(unit(BERGEN, "U3")), unit(BERGEN, "U3")["denominator"]) == (
+    assert reason(unit_row(BERGEN, "U1")) == ("min_denominator", None, None)
+    assert reason(unit_row(BERGEN, "U2")) == ("complementary", None, None)
+    assert (reason(unit_row(BERGEN, "U3")), unit_row(BERGEN, "U3")["denominator"]) == (
         ("complementary", None, None),
         9,
     )
-    assert counts(unit(BERGEN, "U4")) == (8, 10)
-    assert reason(unit(STAVANGER, "U1")) == ("min_denominator", None, None)
-    assert reason(unit(STAVANGER, "U2")) == ("complementary", None, None)
-    assert counts(unit(STAVANGER, "U3")) == (0, 7)
-    assert (reason(unit(STAVANGER, "U4")), unit(STAVANGER, "U4")["denominator"]) == (
+    assert counts(unit_row(BERGEN, "U4")) == (8, 10)
+    assert reason(unit_row(STAVANGER, "U1")) == ("min_denominator", None, None)
+    assert reason(unit_row(STAVANGER, "U2")) == ("complementary", None, None)
+    assert counts(unit_row(STAVANGER, "U3")) == (0, 7)
+    assert (reason(unit_row(STAVANGER, "U4")), unit_row(STAVANGER, "U4")["denominator"]) == (
         ("complementary", None, None),
         9,
     )
