@@ -1156,13 +1156,32 @@ def _complementary(
                 continue
             return key, [
                 row
-                for row in known
+                for row in known + below_worked_out(reader, known)
                 if not row["suppressed"]
                 and reader not in known_by(row)
                 and (not zero or numerators[id(row)] > 0)
                 and (not full or numerators[id(row)] < row["denominator"])
             ]
         return None
+
+    def below_worked_out(reader: str | None, known: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows below the hidden rows a trust knows only as worked out (not its own, not
+        the public's): hiding a published one leaves that row unknown to it again (a trust
+        that works out a hidden RHF from its own row finds the rest of the nation below it)."""
+        if reader is None:
+            return []
+        found: list[dict[str, Any]] = []
+        pending = [
+            row
+            for row in known
+            if row["suppressed"] and None not in known_by(row) and reader not in owners(row)
+        ]
+        while pending:
+            for child in below.get(id(pending.pop()), []):
+                found.append(child)
+                if child["suppressed"]:
+                    pending.append(child)
+        return found
 
     changed = True
     while changed:
@@ -1203,6 +1222,8 @@ def _complementary(
                         breakers, key=lambda row: (cast(int, row["denominator"]), position[id(row)])
                     )
                 )
+                # What readers worked out may rest on the row now hidden: worked out again.
+                knowers.clear()
             elif not parent["suppressed"] and parent["level"] != "nation":
                 suppress(parent)
             elif (
