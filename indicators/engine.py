@@ -970,7 +970,9 @@ def _complementary(
     (a hidden provider's published units make its hidden units' sum known). When those
     finest rows, one of them hidden for disclosure, are all 0 % or all 100 %, the published
     row below the parent with the smallest denominator (ties: result order) whose own value
-    breaks that (a numerator above 0, or under its denominator) is hidden too; with no such
+    breaks that (a numerator above 0, or under its denominator) is hidden too (also one below
+    a hidden row a trust knows only as worked out: hidden, it leaves that row unknown to the
+    trust again, and what every reader worked out is worked out anew); with no such
     row the parent itself is (its own value then says the same: 0 % or 100 %), never the
     nation. A parent hidden already that the reader knows only as worked out (not its own
     row; a lone `low_coverage` child, which the rule of one unknown lets every reader work
@@ -980,7 +982,7 @@ def _complementary(
     worked out of it is forgotten and worked out again. Once guarded, a parent that nothing
     can protect is let be. The rule acts only when the rule of one unknown above has nothing
     left to do, so that every hidden parent has its hidden children."""
-    by_key = {(r["year"], r["context"], r["level"], r["orgnr"], r["unit_code"]): r for r in records}
+    by_key = {_row_key(r): r for r in records}
 
     def small(gap: int) -> bool:
         return 0 < gap < min_denominator
