@@ -85,6 +85,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final, Literal, get_args, overload
 
 import duckdb
@@ -175,7 +176,7 @@ def cell_key_salt(pseudonym_key: bytes) -> str:
 
 
 def record_key(salt: str, patient_key: str) -> int:
-    """A patient's record key in [0, 2^32): the Python twin of the SQL in `_build_episode_view`."""
+    """A patient's record key in [0, 2^32): the Python twin of the SQL in `_fill_episode_view`."""
     return int(hashlib.sha256((salt + patient_key).encode()).hexdigest()[:8], 16)
 
 
@@ -314,12 +315,11 @@ def episode_view(
         if not build:
             return None
         signature = _signature(basis + discharge + measurement)
-        view = EpisodeView(
-            _build_episode_view(
-                basis, discharge, measurement, salt=salt, providers=providers, rhfs=rhfs
-            ),
-            signature or (),
-        )
+        fill = partial(
+            _fill_episode_view, basis=basis, discharge=discharge, measurement=measurement,
+            salt=salt, providers=providers, rhfs=rhfs,
+        )  # fmt: skip
+        view = EpisodeView(_build_episode_view(fill), signature or ())
         if signature is not None:  # files gone: DuckDB has raised above; kept out regardless
             _views[key] = view
             while len(_views) > MAX_VIEWS:
@@ -329,16 +329,10 @@ def episode_view(
 
 
 def _build_episode_view(
-    basis: list[str],
-    discharge: list[str],
-    measurement: list[str],
-    *,
-    salt: str,
-    providers: list[str],
-    rhfs: list[str],
+    fill: Callable[[duckdb.DuckDBPyConnection], None],
 ) -> duckdb.DuckDBPyConnection:
-    """The `episode` table: one row per episode (its first basis row), RHF, discharge columns,
-    whether it is in a study and the record key `rkey`."""
+    """A connection of its own holding the `episode` table that `fill` creates in it
+    (`_fill_episode_view`), interruptibly; closed if that fails."""
     # Row order is irrelevant to a CUBE: letting DuckDB insert in parallel, unordered, is faster
     # and needs less memory. No spilling (`temp_directory` empty): the view lives in memory for as
     # long as it is cached, and DuckDB's default `.tmp` in the working directory would put patient
@@ -346,10 +340,7 @@ def _build_episode_view(
     connection = duckdb.connect(config={"preserve_insertion_order": False, "temp_directory": ""})
     try:
         with _interruptible(connection):
-            _fill_episode_view(
-                connection, basis, discharge, measurement, salt=salt, providers=providers,
-                rhfs=rhfs,
-            )  # fmt: skip
+            fill(connection)
     except BaseException:
         connection.close()
         raise
@@ -366,7 +357,8 @@ def _fill_episode_view(
     providers: list[str],
     rhfs: list[str],
 ) -> None:
-    """Create the `episode` table of `_build_episode_view` in `connection`."""
+    """Create the `episode` table in `connection`: one row per episode (its first basis row),
+    RHF, discharge columns, whether it is in a study and the record key `rkey`."""
     # The record key: first 4 bytes of sha256(salt || patient_key), see `record_key`;
     # computed once per distinct patient, whose row number then stands for the key.
     connection.execute(
