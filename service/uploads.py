@@ -39,7 +39,7 @@ from etl.ledger import (
 )
 from etl.privacy import is_identity_number, safe_filename
 from schemas.catalog import Upload, ValidationRun
-from schemas.errors import Forbidden, KvarusError, NotFound, RejectedInput
+from schemas.errors import KvarusError, NotFound, RejectedInput
 from schemas.forms import Form
 from schemas.organisations import Hierarchy
 from service.auth import Principal
@@ -295,22 +295,25 @@ def is_internal(upload: Upload) -> bool:
 
 def visible_upload(session: Session, upload_id: int, principal: Principal) -> Upload:
     """Upload `upload_id` if the principal may see it (registry: all; trust: its own, but no
-    opt-out).
+    opt-out); any other id is answered as a missing one (404).
 
     The ledger row of an API request's job (`is_internal`) is no upload of the API's: the list
     leaves it out (`list_uploads`), and its id is answered as a missing one (404, the same
     answer), to the registry too. The CLI (`kvarus uploads`, `kvarus report`) shows it."""
     upload = session.get(Upload, upload_id)
-    if upload is None or is_internal(upload):
-        # Not echoed: the id is what a client typed (an identity number without its leading zero
-        # fits an int).
-        raise NotFound("no upload with this id")
-    if principal.role != "registry" and (
-        upload.form == Form.OPTOUT.value or principal.provider not in providers_of(upload)
+    if (
+        upload is None
+        or is_internal(upload)
+        or (
+            principal.role != "registry"
+            and (upload.form == Form.OPTOUT.value or principal.provider not in providers_of(upload))
+        )
     ):
-        # An opt-out too (`list_uploads`), in the same words: the answer must not say that
-        # this id is one.
-        raise Forbidden(f"upload {upload_id} is not shown to your provider")
+        # One answer for a missing id and another provider's or an opt-out upload: a 403 would
+        # tell a trust that the id is an upload (and which ids are opt-outs, `list_uploads`).
+        # Not echoed: the id is what a client typed (an identity number without its leading
+        # zero fits an int).
+        raise NotFound("no upload with this id")
     return upload
 
 

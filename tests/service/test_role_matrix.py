@@ -42,9 +42,10 @@ MATRIX: list[tuple[str, str, Any, tuple[int, int, int, int]]] = [
     ("POST", f"{API}/releases", {"unknown": 1}, (401, 403, 403, 422)),
     ("POST", f"{API}/uploads", None, (401, 403, 403, 422)),
     ("GET", f"{API}/uploads", None, (401, 200, 403, 200)),
-    ("GET", f"{API}/uploads/1", None, (401, 403, 403, 200)),
+    # Another provider's upload: a trust gets the 404 of a missing id (no probing of ids).
+    ("GET", f"{API}/uploads/1", None, (401, 404, 403, 200)),
     ("GET", f"{API}/uploads/2", None, (401, 200, 403, 200)),
-    ("GET", f"{API}/uploads/1/report.html", None, (401, 403, 403, 200)),
+    ("GET", f"{API}/uploads/1/report.html", None, (401, 404, 403, 200)),
     ("GET", f"{API}/uploads/2/report.html", None, (401, 200, 403, 200)),
     ("POST", f"{API}/aggregates", AGGREGATE, (401, 403, 200, 200)),
     ("GET", f"{API}/audit", None, (401, 403, 403, 200)),

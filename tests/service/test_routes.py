@@ -306,10 +306,13 @@ class TestUploads:
         assert [u["id"] for u in paged.json()["items"]] == [2]
         trust = client.get(f"{API}/uploads", headers=headers["trust"]).json()
         assert ([u["id"] for u in trust["items"]], trust["total"]) == ([3, 1], 2)
-        for other in (2, 4):  # B's own, and the opt-out: in the same words
+        missing = client.get(f"{API}/uploads/99", headers=headers["trust"])
+        assert (missing.status_code, missing.json()["detail"]) == (404, "no upload with this id")
+        for other in (2, 4):  # B's own, and the opt-out: answered as the missing id is
             refused = client.get(f"{API}/uploads/{other}", headers=headers["trust"])
-            assert refused.status_code == 403
-            assert refused.json()["detail"] == f"upload {other} is not shown to your provider"
+            assert (refused.status_code, refused.json()) == (404, missing.json())
+            html = client.get(f"{API}/uploads/{other}/report.html", headers=headers["trust"])
+            assert html.status_code == 404
         assert client.get(f"{API}/uploads/4", headers=registry).status_code == 200
         report = client.get(f"{API}/uploads/3", headers=headers["trust"]).json()["report"]
         # Upload 3 holds B's rows too: the trust of A sees counts only.
