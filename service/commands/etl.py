@@ -32,6 +32,7 @@ from etl.erasure import erase_patients
 from etl.ledger import API_UPLOADER, list_uploads
 from etl.load import InterruptedAfterLoading, load_file
 from etl.privacy import holds_identity_number
+from etl.release import latest_release, read_manifest
 from etl.warehouse import Warehouse
 from schemas.errors import RejectedInput
 from schemas.forms import Form, register_today
@@ -161,9 +162,20 @@ def register(app: typer.Typer) -> None:
             console.status("Publishing the next release and computing its indicators…"),
             session_scope(make_engine(config)) as session,
         ):
+            previous = latest_release(session)
             manifest, results = publish(config, session, note=note)
         counts = ", ".join(f"{name} {t.row_count}" for name, t in manifest.tables.items())
         typer.echo(f"release {manifest.release}: {counts}; indicators in {results}")
+        if previous is not None:
+            before = read_manifest(config.releases_dir, previous.number).tables
+            if {n: t.files for n, t in before.items()} == {
+                n: t.files for n, t in manifest.tables.items()
+            }:
+                # Not refused: publishing again recomputes the indicators (a catalogue changed).
+                typer.echo(
+                    f"release {manifest.release} holds the same data as release "
+                    f"{previous.number}: nothing was loaded or erased in between"
+                )
 
     @app.command("erase")
     @reports_errors

@@ -125,6 +125,29 @@ def test_release_and_indicators_show_what_they_compute(
     assert "Writing the results…" in screen.getvalue()
 
 
+def test_a_release_of_unchanged_data_says_so(
+    env: dict[str, str], write_extract: ExtractWriter
+) -> None:
+    rows = [episode_row(Form.BASIS, n, f"P-OUT-{n}") for n in (1, 2)]
+    extract = str(write_extract(Form.BASIS, rows))
+    more = str(write_extract(Form.BASIS, [episode_row(Form.BASIS, 3, "P-OUT-3")]))
+    runs = [["load", extract, "--form", "basis"], ["release"], ["release"]]
+    runs += [["load", more, "--form", "basis"], ["release"]]
+    outputs = []
+    for arguments in runs:
+        result = CliRunner().invoke(app, arguments, env=env)
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+    same = "holds the same data as release"
+    assert same not in outputs[1]
+    assert (
+        "release 2 holds the same data as release 1: nothing was loaded or erased in between"
+        in (outputs[2])
+    )
+    # A load in between: not the same data.
+    assert same not in outputs[4]
+
+
 def _helps(command: Any, name: str = "kvarus") -> Iterator[tuple[str, str]]:
     """Each command's and group's help text, by its full name."""
     yield name, command.help or ""
