@@ -51,9 +51,31 @@ _RUNS: Final = re.compile(rf"(?<![0-9])([0-9]{{6}}){_SEPARATORS}{{0,3}}([0-9]{{5
 # a number copied from a web page or a word processor carries (zero-width space, soft hyphen, word
 # joiner) may split. A cell without one is looked at as it is: "Åsgård 3" is not folded (1M such
 # cells: 0.11 s; folding them all took 0.50 s).
+# Unicode's default ignorable code points (DerivedCoreProperties.txt, Default_Ignorable_Code_Point):
+# shown as nothing, or as a blank, and so as invisible inside a number as the format characters
+# (\p{Cf}, most of them are these too), but some are marks or letters: the combining grapheme
+# joiner U+034F, the variation selectors, the Hangul fillers U+3164, U+115F, U+1160 and U+FFA0,
+# Khmer's inherent vowels. `_fold` removes them all, as it removes the format characters.
+_IGNORABLE_RANGES: Final = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)  # fmt: skip
+_IGNORABLE: Final = "".join(rf"\x{{{a:X}}}-\x{{{b:X}}}" for a, b in _IGNORABLE_RANGES)
+# What `_fold` removes (a format character or a default ignorable one), as an RE2 class.
+_INVISIBLE: Final = rf"[\p{{Cf}}{_IGNORABLE}]"
+_INVISIBLE_CHARS: Final = re.compile(
+    "[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _IGNORABLE_RANGES) + "]"
+)
+# Blanks that NFKC leaves as they are (the Ogham space mark U+1680 and the Braille blank U+2800,
+# which shows as a space): `_fold` makes them spaces, a separator.
+_BLANKS: Final = r"[\x{1680}\x{2800}]"
+_AS_SPACES: Final = {0x1680: " ", 0x2800: " "}
 _NFKC_CHANGES: Final = (
     r"[\x{A0}\x{2000}-\x{200A}\x{202F}\x{205F}\x{3000}\x{FE52}\x{FE63}\x{FF0D}\x{FF0E}"
-    r"\x{FF10}-\x{FF19}]|(?:[\p{Nd}\p{No}][^\p{Nd}\p{No}]*){11}"
+    rf"\x{{FF10}}-\x{{FF19}}\x{{1680}}\x{{2800}}{_IGNORABLE}]"
+    r"|(?:[\p{Nd}\p{No}][^\p{Nd}\p{No}]*){11}"
 )
 # Either shape of a number in any script's digits (after NFKC and without format characters):
 # the column-wise prefilter of the folded cells, which `_fold` then checks one by one.
@@ -171,9 +193,10 @@ def _count_runs_inside_text(values: pa.Array) -> int:
 
 
 def _fold(text: str) -> str:
-    """`text` in NFKC form, its format characters (Unicode category Cf) removed and every decimal
-    digit of any script as its ASCII digit."""
-    folded = unicodedata.normalize("NFKC", text)
+    """`text` in NFKC form, its format characters (Unicode category Cf) and default ignorable
+    characters removed, the blanks NFKC keeps as spaces and every decimal digit of any script as
+    its ASCII digit."""
+    folded = _INVISIBLE_CHARS.sub("", unicodedata.normalize("NFKC", text)).translate(_AS_SPACES)
     return "".join(
         str(unicodedata.decimal(c)) if unicodedata.category(c) == "Nd" else c
         for c in folded
@@ -185,8 +208,9 @@ def _count_normalised(values: pa.Array) -> int:
     """Cells holding a character of `_NFKC_CHANGES` that hold a valid number as they are or
     folded (`_fold`; few hold one: the regex picks them, then they are checked one by one)."""
     folded = pc.replace_substring_regex(
-        pc.utf8_normalize(values, form="NFKC"), pattern=r"\p{Cf}", replacement=""
+        pc.utf8_normalize(values, form="NFKC"), pattern=_INVISIBLE, replacement=""
     )
+    folded = pc.replace_substring_regex(folded, pattern=_BLANKS, replacement=" ")
     hits = pc.or_(
         pc.match_substring_regex(values, pattern=_ANY_RUN),
         pc.match_substring_regex(folded, pattern=_ANY_DIGITS_RUN),

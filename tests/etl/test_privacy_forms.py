@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 from sqlmodel import Session
 
 from etl.load import load_file
-from etl.privacy import find_identity_numbers, guard, is_identity_number, safe_filename
+from etl.privacy import (
+    find_identity_numbers,
+    guard,
+    holds_identity_number,
+    is_identity_number,
+    safe_filename,
+)
 from etl.warehouse import Warehouse
 from schemas.errors import PrivacyViolation
 from schemas.forms import Form
@@ -70,6 +76,16 @@ def test_the_hand_worked_numbers() -> None:
         "0101\u00ad9000083",  # a soft hyphen
         "\ufeff01019000083",  # a byte order mark
         VALID.translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")),  # superscript digits
+        # Default ignorable characters that are marks or letters, not format characters (Cf):
+        "010190\u034f00083",  # combining grapheme joiner
+        "0101\ufe0f9000083",  # a variation selector
+        "pasient 010190\u17b400083",  # a Khmer inherent vowel
+        "010190\u316400083",  # Hangul filler (letters, shown as a blank)
+        "01\u115f01\uffa09000083",  # Hangul choseong and half-width fillers
+        "\U000e0001010190 00083\U000e007f",  # tag characters
+        # Blanks that NFKC keeps: a separator, as a space is.
+        "010190\u280000083",  # Braille pattern blank
+        "fnr 010190\u168000083",  # Ogham space mark
     ],
 )
 def test_written_forms_are_found(cell: str) -> None:
@@ -122,6 +138,16 @@ def test_a_file_name_in_a_written_form_is_withheld() -> None:
         assert "00083" not in safe_filename(name)
         assert "０００８３" not in safe_filename(name)
     assert safe_filename("basis_010190-00084.csv") == "basis_010190-00084.csv"
+
+
+@pytest.mark.parametrize("invisible", ["\u034f", "\ufe0f", "\u3164", "\uffa0", "\u2800"])
+def test_free_text_with_an_invisible_character_in_the_number_is_refused(invisible: str) -> None:
+    # Release notes, key names, uploaders and file names are checked with `holds_identity_number`
+    # and `safe_filename`, which fold as the file check does.
+    written = VALID[:6] + invisible + VALID[6:]
+    assert holds_identity_number(f"note {written}")
+    assert "00083" not in safe_filename(f"rapport_{written}.csv")
+    assert not holds_identity_number(f"note {written[:-1]}4")  # wrong check digit
 
 
 # Nine first digits that begin with a plausible birth date DDMMYY (D- and H-numbers included).
