@@ -33,9 +33,15 @@ def _public(release: Release) -> ReleasePublic:
 
 
 @router.get("", response_model=list[ReleasePublic], responses=problem_responses(401))
-def list_releases(request: Request, _: PrincipalDep, session: SessionDep) -> list[ReleasePublic]:
-    """All releases, newest first."""
+def list_releases(
+    request: Request, principal: PrincipalDep, session: SessionDep
+) -> list[ReleasePublic]:
+    """The served releases, newest first; the registry's list also holds the retired ones."""
     releases = published.list_releases(session)
+    if principal.role != "registry":
+        # A retired release is one an erasure took out of service: the public list would say
+        # that a patient opted out, and when.
+        releases = [r for r in releases if not r.retired]
     audit.note(request, rows=len(releases))
     return [_public(r) for r in releases]
 

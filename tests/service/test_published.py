@@ -13,9 +13,10 @@ from sqlmodel import Session
 from indicators.results import RESULT_SCHEMA
 from schemas.catalog import Release
 from service.settings import Settings
-from tests.service.conftest import ReleaseWriter, indicator_rows
+from tests.service.conftest import Headers, ReleaseWriter, indicator_rows
 
 RESULTS = "/api/v1/indicators/results"
+RELEASES = "/api/v1/releases"
 
 
 def retire(app: FastAPI, number: int) -> None:
@@ -46,6 +47,23 @@ class TestServedRelease:
         explicit = client.get(RESULTS, params={**params, "release": 2})
         assert explicit.status_code == 404
         assert explicit.headers["content-type"] == "application/problem+json"
+
+    def test_only_the_registry_lists_retired_releases(
+        self, client: TestClient, app: FastAPI, publish: ReleaseWriter, headers: dict[str, Headers]
+    ) -> None:
+        publish(1)
+        publish(2)
+        retire(app, 1)
+        listed = {
+            role: [(r["number"], r["retired"]) for r in client.get(RELEASES, headers=h).json()]
+            for role, h in headers.items()
+        }
+        assert listed == {
+            "anonymous": [(2, False)],
+            "trust": [(2, False)],
+            "researcher": [(2, False)],
+            "registry": [(2, False), (1, True)],
+        }
 
     def test_rewritten_results_are_read_again(
         self, client: TestClient, publish: ReleaseWriter, settings: Settings
