@@ -412,6 +412,10 @@ def latest_report(session: Session, upload: Upload) -> dict[str, object] | None:
     return run.report if run is not None else None
 
 
+# `is_internal`'s test, negated, in SQL: a prefix compared exactly (SQLite's LIKE ignores case).
+_NOT_INTERNAL: Final = func.substr(col(Upload.uploaded_by), 1, len(API_UPLOADER)) != API_UPLOADER
+
+
 def list_uploads(
     session: Session,
     principal: Principal,
@@ -431,9 +435,7 @@ def list_uploads(
     and uploader are internal, and the request row mirrors its outcome (a job that failed before
     mirroring leaves the request `failed`).
     """
-    # `is_internal`'s test, in SQL: a prefix compared exactly (SQLite's LIKE ignores case).
-    prefix = func.substr(col(Upload.uploaded_by), 1, len(API_UPLOADER))
-    statement = select(Upload).where(prefix != API_UPLOADER)
+    statement = select(Upload).where(_NOT_INTERNAL)
     if form is not None:
         statement = statement.where(Upload.form == form)
     if status is not None:
@@ -468,10 +470,12 @@ UNFINISHED: Final = frozenset({"pending", "loading", "running"})
 def without_report(session: Session, upload: Upload) -> str:
     """Why the upload has no quality report, in one line (`kvarus report`, the API's 404)."""
     if upload.status == "duplicate":
-        # A duplicate is recorded before its file is read (`etl.load`): the report is the load's.
+        # A duplicate is recorded before its file is read (`etl.load`): the report is the load's,
+        # named by the id the API shows (an API upload's request row, not its job's ledger row).
         original = session.exec(
             select(Upload)
             .where(
+                _NOT_INTERNAL,
                 Upload.file_sha256 == upload.file_sha256,
                 Upload.form == upload.form,
                 Upload.status == "loaded",

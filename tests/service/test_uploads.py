@@ -297,3 +297,21 @@ def test_a_route_failing_after_the_file_is_received_deletes_and_releases_it(
     assert answer.status_code == 503
     assert list((settings.data_dir / "incoming").iterdir()) == []
     assert uploads._owned == {}
+
+
+def test_a_duplicate_names_the_upload_the_client_polled_for_the_file(
+    client: TestClient, headers: dict[str, Headers], write_extract: ExtractWriter
+) -> None:
+    # It named the job's ledger row (id 2), which the API answers as a missing id.
+    registry = headers["registry"]
+    content = write_extract(ExtractForm.BASIS, [episode_row(ExtractForm.BASIS, 1, "P-1")])
+    first = _post(client, registry, "basis.csv", content.read_bytes())
+    again = _post(client, registry, "basis.csv", content.read_bytes())
+    assert (first, again) == (1, 3)
+    assert client.get(f"{API}/uploads/{again}", headers=registry).json()["status"] == "duplicate"
+    page = client.get(f"{API}/uploads/{again}/report.html", headers=registry)
+    assert page.status_code == 404
+    assert page.json()["detail"] == (
+        "No quality report: a duplicate is not validated again; the same file was loaded as "
+        "upload 1"
+    )
