@@ -43,10 +43,12 @@ idempotent). A process killed after step 4 thus leaves an
 erasure that the next writer completes; one killed before it: the repair retires the releases
 the marker names (no longer served; step 5 then deletes their results and the files no other
 release lists) and logs the erasure's row from the marker (`RETIRED_BY_REPAIR`, with the rows it
-deleted; `NOT_REBUILT` for a marker of an earlier version, which names no releases), and warns on
-stderr: no release is rebuilt without the patients (that needs their keys, which only ever live
-in memory), and the current tables may still hold some of their rows, so the erasure must be run
-again and a release published. A kill before the deletes scrubs ids of rows that
+deleted; `NOT_REBUILT` for a marker of an earlier version, which names no releases), deletes
+the rows the marker names that are still in the tables (by record id; a marker of an earlier
+version names no tables, and then the tables may still hold some), and warns on stderr: no
+release is rebuilt without the patients (that needs their keys, which only ever live in memory),
+so a release must be published (running the erasure again finds nothing more, or what an older
+marker left). A kill before the deletes scrubs ids of rows that
 stay: a report then names fewer failing rows than it counts, never more.
 """
 
@@ -69,7 +71,7 @@ from etl.release import BeforeCommit, publish_locked
 from etl.warehouse import QUARANTINE, TABLES, Warehouse, schema_of
 from schemas.catalog import ApiClient, Erasure, Release, Upload, ValidationRun, utcnow
 from schemas.errors import KvarusError, RejectedInput
-from schemas.forms import PATIENT_KEY_COLUMN
+from schemas.forms import PATIENT_KEY_COLUMN, Form
 from schemas.manifest import ReleaseManifest, TableSnapshot
 from schemas.scratch import duckdb_connection
 
@@ -232,9 +234,11 @@ def finish_pending(session: Session, warehouse: Warehouse) -> bool:
         return False
     # The reports name the rows by id: scrubbed from the marker, never from the tables (an
     # erasure killed before its commit deleted the rows, and a rerun would find none to scrub).
-    _scrub_reports(session, [_Record(*row) for row in pending["records"]])
+    records = [_Record(*row) for row in pending["records"]]
+    _scrub_reports(session, records)
     if "erasure" in pending:
-        _log_uncommitted(session, _marked_erasure(warehouse, pending), pending.get("holding"))
+        erasure = _marked_erasure(warehouse, pending)
+        _log_uncommitted(session, erasure, pending.get("holding"), warehouse, records)
     session.commit()
     keep: set[str] = set()
     for release in session.exec(select(Release)).all():
@@ -248,6 +252,28 @@ def finish_pending(session: Session, warehouse: Warehouse) -> bool:
         _purge(warehouse, table, keep)
     marker.unlink()
     return True
+
+
+def _delete_marked(warehouse: Warehouse, records: list["_Record"]) -> dict[str, int]:
+    """Delete the marker's rows still in the tables (an erasure killed between its deletes),
+    per table; the rows deleted. Exact: nothing wrote since the marker was (the write locks),
+    a form's record id names one row, and the quarantine's rows are found by form, upload and
+    record id, as a load releases them."""
+    deleted: dict[str, int] = {}
+    for table in TABLES:
+        rows = [r for r in records if r.table == table]
+        if not rows:
+            continue
+        if table == QUARANTINE:
+            count = 0
+            for form in sorted({r.form for r in rows}):
+                versions = [(r.record_id, r.upload_id) for r in rows if r.form == form]
+                count += warehouse.release_quarantined(Form(form), versions, upload_id=None)
+        else:
+            count = warehouse.delete_records(table, [r.record_id for r in rows])
+        if count:
+            deleted[table] = count
+    return deleted
 
 
 def _pending(warehouse: Warehouse) -> dict[str, Any] | None:
@@ -285,7 +311,13 @@ def _marked_erasure(warehouse: Warehouse, pending: dict[str, Any]) -> Erasure:
     return erasure
 
 
-def _log_uncommitted(session: Session, erasure: Erasure, holding: list[int] | None) -> None:
+def _log_uncommitted(
+    session: Session,
+    erasure: Erasure,
+    holding: list[int] | None,
+    warehouse: Warehouse,
+    records: list["_Record"],
+) -> None:
     """Log the marker's erasure if it was killed before its commit: its deletes stand (they are
     never undone), so its rows are counted, and the releases that held its patients
     (`holding`, found before its first delete) are retired, no longer served, as the erasure
@@ -293,10 +325,20 @@ def _log_uncommitted(session: Session, erasure: Erasure, holding: list[int] | No
     `NOT_REBUILT`). No release is rebuilt without them (that needs the keys, which only ever
     live in memory): a warning on stderr asks for the erasure to be run again and a release
     published. Its row, committed, would be the first after the marker's (the row's time is
-    taken after)."""
+    taken after).
+
+    The rows it had not yet deleted are deleted here, by the record ids the marker names (a
+    marker of an earlier version names no table: then not): a release published before the
+    erasure is run again would hold them otherwise."""
     begun = select(Erasure).where(col(Erasure.performed_at) >= erasure.performed_at)
     if session.exec(begun).first() is not None:
         return
+    deleted = _delete_marked(warehouse, records)
+    erasure.rows_erased = {
+        table: erasure.rows_erased.get(table, 0) + deleted.get(table, 0)
+        for table in TABLES
+        if table in erasure.rows_erased or table in deleted
+    }
     retired = []
     for number in holding or ():
         release = session.get(Release, number)
@@ -361,6 +403,9 @@ class _Record:
     upload_id: int
     record_id: str
     provider: str | None
+    # The table that holds the row (a form's or the quarantine); None in the marker of an
+    # earlier version, which did not say.
+    table: str | None = None
 
 
 def _records_of(warehouse: Warehouse, keys: pa.Array) -> tuple[list[_Record], dict[str, int]]:
@@ -392,7 +437,7 @@ def _records_of(warehouse: Warehouse, keys: pa.Array) -> tuple[list[_Record], di
                 else:
                     (upload_id, record_id, provider), form = row, table
                 if record_id is not None:
-                    records.append(_Record(form, int(upload_id), str(record_id), provider))
+                    records.append(_Record(form, int(upload_id), str(record_id), provider, table))
     return records, found
 
 

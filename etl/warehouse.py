@@ -470,6 +470,25 @@ class Warehouse:
         )
         return int(metrics["num_target_rows_deleted"])
 
+    def delete_records(self, table: str, record_ids: list[str]) -> int:
+        """Delete a form table's rows of these record ids (unique within a form; merge from a
+        source table). For a repair that has the ids of an erasure's rows but not their keys."""
+        if not record_ids or not self.files(table):
+            return 0
+        metrics = (
+            self.delta(table)
+            .merge(
+                pa.table({"record_id": pa.array(sorted(set(record_ids)), pa.string())}),
+                "t.record_id = s.record_id",
+                source_alias="s",
+                target_alias="t",
+                writer_properties=_WRITER_PROPERTIES,
+            )
+            .when_matched_delete()
+            .execute()
+        )
+        return int(metrics["num_target_rows_deleted"])
+
     def copy_without(self, path: str, keys: pa.Array) -> str:
         """A copy of a data file without these patients' rows, beside it (in its partition
         directory), with the warehouse's statistics rule (none of `NO_STATISTICS`); its path.
