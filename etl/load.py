@@ -57,6 +57,7 @@ from etl.ledger import (
     checkpoint_catalog,
     file_sha256,
     loaded_upload,
+    repair,
     repair_interrupted,
     request_id_of,
 )
@@ -144,6 +145,7 @@ def load_file(
     `before_commit`: for an optout file, `erase_patients`' hook for the replacement release (runs
     under the write locks before it is committed: the service computes its indicators there)."""
     check_key(warehouse.root, key)
+    _finish_interrupted_erasure(session, warehouse)
     report: Progress = progress if progress is not None else _no_progress
     today = today if today is not None else register_today()
     optout = form is Form.OPTOUT
@@ -319,6 +321,16 @@ def _typed(raw: pa.Table, form: Form, validation: _Validation) -> pa.Table:
     if typed is not None and typed.schema.equals(extract_schema(form)):
         return typed
     return normalise(raw, form).table
+
+
+def _finish_interrupted_erasure(session: Session, warehouse: Warehouse) -> None:
+    """Repair first if an erasure's marker is there: a load that answers before it takes the
+    write locks (a duplicate, a rejected file) would otherwise leave a dead erasure's releases
+    served, the patients in them, until another writer came."""
+    from etl.erasure import PENDING  # erasure imports this module's neighbours
+
+    if (warehouse.root / PENDING).exists():
+        repair(session, warehouse)
 
 
 def _duplicate(session: Session, upload: Upload) -> Upload:

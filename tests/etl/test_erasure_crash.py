@@ -19,14 +19,18 @@ from sqlmodel import Session, col, select
 
 from etl.erasure import INDICATORS_FILE, PENDING, RETIRED_BY_REPAIR, erase_patients
 from etl.ledger import INTERRUPTED, OPTOUT_ERASED, OPTOUT_INTERRUPTED, repair
+from etl.load import load_file
 from etl.release import publish_release
 from etl.warehouse import Warehouse
 from schemas.catalog import Erasure, Release, Upload, ValidationRun
 from schemas.forms import Form
 from schemas.manifest import ReleaseManifest
 from service.settings import Settings
-from tests.conftest import PROVIDER_A, ExtractWriter, episode_row
+from tests.conftest import PROVIDER_A, ExtractWriter, episode_row, load_ok
 from tests.etl.test_erasure import ERASED, _assert_no_trace, _register
+
+# Passes both check digits (tests/etl/test_privacy_forms.py).
+VALID = "01019000083"
 
 # The erasing process: `erase_patients` (mode `erase`, as `kvarus erase`) or an optout file's
 # load (mode `load`). At `moment` it touches `signal_file` and sleeps, for the test to kill it
@@ -323,3 +327,33 @@ def test_an_erasure_killed_between_its_deletes_logs_what_it_deleted(
     again = erase_patients([ERASED], warehouse=warehouse, session=session, key=key,
                            releases_dir=warehouse.releases_dir)  # fmt: skip
     assert (sum(again.rows_erased.values()), again.releases_rebuilt) == (0, "")
+
+
+@pytest.mark.parametrize("answer", ["duplicate", "rejected"])
+def test_a_load_answered_before_the_locks_repairs_an_erasure_killed_before_its_commit(
+    answer: str,
+    write_extract: ExtractWriter,
+    warehouse: Warehouse,
+    session: Session,
+    catalog_engine: Engine,
+    key: bytes,
+    tmp_path: Path,
+) -> None:
+    # A duplicate or a rejected file returned before the repair: release 1 stayed served with
+    # the erased patient's rows until another writer came (a review found it).
+    _published(write_extract, warehouse, session, key)
+    extra = write_extract(Form.BASIS, [episode_row(Form.BASIS, 7, "P-KEEP-3")])
+    load_ok(extra, Form.BASIS, warehouse, session, key, commit=True)
+    _kill_at("before_commit", "erase", ERASED, warehouse=warehouse, engine=catalog_engine,
+             key=key, tmp_path=tmp_path)  # fmt: skip
+    assert (warehouse.root / PENDING).exists()
+    assert _releases(session) == [(1, False)]
+    if answer == "rejected":
+        extra = write_extract(Form.BASIS, [episode_row(Form.BASIS, 8, "P-8", unit_code=VALID)])
+    upload = load_file(extra, Form.BASIS, warehouse=warehouse, session=session, key=key,
+                       known_providers=frozenset({PROVIDER_A}))  # fmt: skip
+    assert upload.status == answer
+    session.expire_all()
+    assert _releases(session) == [(1, True)]
+    assert not (warehouse.root / PENDING).exists()
+    assert len(session.exec(select(Erasure)).all()) == 1
