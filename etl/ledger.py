@@ -20,22 +20,15 @@ The repair also deletes release directories the catalog does not know: a publish
 erasure's replacement release) killed after writing its manifest and before its commit.
 
 And it deletes every upload file under `incoming/` (`INCOMING_DIR`, beside the warehouse: raw
-extracts, pseudonyms and health data) that no live process owns: a file is owned by the API
-process that received it from before it gets its name there (`own_incoming`: an exclusive flock,
-taken under a hidden name, `.…`, that the repair skips) until its job ends (`disown_incoming`);
-the kernel drops a dead process's lock. So the file of a request whose job died, or that died
-before it was even recorded, goes with the next writer's repair (every writer, opt-outs and
-erasures included, repairs first under the write locks), not an hour later at the API's start-up
-(`sweep_incoming`). A file of a request whose process lives stays: its job will load it (an
-erasure meanwhile cannot take it away from under a job that may be reading it; the job's own
-repair, after the read, runs before it writes).
+extracts, pseudonyms and health data) that no live process owns (an exclusive flock). The API no
+longer writes there (it keeps an upload in memory, `service.uploads`): these are files that an
+earlier version received and a process that died left behind (the API's start-up sweeps stale
+ones too, `sweep_incoming`); one that an earlier version's live process owns stays.
 """
 
 import fcntl
 import hashlib
-import os
 import shutil
-import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Final, cast
@@ -83,40 +76,6 @@ API_UPLOADER: Final = "api:"
 def incoming_dir(warehouse: Warehouse) -> Path:
     """Where the API keeps uploaded files: beside the warehouse, in the data directory."""
     return warehouse.root.parent / INCOMING_DIR
-
-
-def own_incoming(incoming: Path, suffix: str = "") -> tuple[Path, IO[bytes]]:
-    """Create a new, empty upload file in `incoming`, owned (exclusive flock) by this process
-    until `disown_incoming`: returns its path and its open handle (for writing). The file is
-    locked under a hidden name and only then renamed, so a repair never finds it unowned."""
-    incoming.mkdir(parents=True, exist_ok=True)
-    descriptor, hidden = tempfile.mkstemp(dir=incoming, prefix=".tmp", suffix=suffix)
-    handle = os.fdopen(descriptor, "r+b")
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        path = incoming / Path(hidden).name.removeprefix(".")
-        os.rename(hidden, path)
-    except BaseException:
-        Path(hidden).unlink(missing_ok=True)
-        handle.close()
-        raise
-    return path, handle
-
-
-def adopt_incoming(path: Path) -> IO[bytes] | None:
-    """Own an existing upload file (None if it is gone)."""
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        return None
-    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-    return handle
-
-
-def disown_incoming(path: Path, handle: IO[bytes]) -> None:
-    """Delete an upload file this process owns and release it."""
-    path.unlink(missing_ok=True)
-    handle.close()
 
 
 def remove_unowned_incoming(incoming: Path) -> int:

@@ -42,7 +42,6 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -62,7 +61,7 @@ from etl.ledger import (
     request_id_of,
 )
 from etl.privacy import guard, rekey, safe_filename
-from etl.read import read_extract
+from etl.read import Extract, Received, read_extract
 from etl.release import BeforeCommit
 from etl.warehouse import (
     QUARANTINE,
@@ -125,7 +124,7 @@ class _Validation(Protocol):
 
 
 def load_file(
-    path: Path,
+    path: Extract,
     form: Form,
     *,
     warehouse: Warehouse,
@@ -137,7 +136,8 @@ def load_file(
     progress: Progress | None = None,
     before_commit: BeforeCommit | None = None,
 ) -> Upload:
-    """Load one file; returns its ledger row (status loaded, rejected or duplicate).
+    """Load one file (where it lies, or received by the API and held in memory); returns its
+    ledger row (status loaded, rejected or duplicate).
 
     A key other than the register's (`etl.keycheck`) raises `ConfigurationError` before anything
     is read or written, and leaves no ledger row: the file is not at fault (under the register's
@@ -149,7 +149,10 @@ def load_file(
     report: Progress = progress if progress is not None else _no_progress
     today = today if today is not None else register_today()
     optout = form is Form.OPTOUT
-    sha256 = NOT_KEPT if optout else file_sha256(path)
+    if optout:
+        sha256 = NOT_KEPT
+    else:
+        sha256 = path.sha256 if isinstance(path, Received) else file_sha256(path)
     upload = Upload(
         file_sha256=sha256,
         form=form.value,

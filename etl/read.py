@@ -15,6 +15,8 @@ itself be a value (`_shown`) is named by position only.
 """
 
 import csv
+import hashlib
+import io
 import itertools
 import json
 import os
@@ -25,8 +27,9 @@ import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import date, datetime, time
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Final
 
 import pyarrow as pa
@@ -121,11 +124,35 @@ _SHOWN_NAME_MAX_LENGTH: Final = 64
 _SHOWN_NAME_MAX_DIGITS: Final = 5
 
 
-def read_extract(path: Path, form: Form, *, max_bytes: int = DEFAULT_MAX_BYTES) -> pa.Table:
-    """The extract file at `path` as a raw table of `form`; `RejectedInput` if it cannot be read."""
-    if not path.is_file():
+@dataclass(frozen=True)
+class Received:
+    """An extract received over the network, held in memory only: as sent, it holds source
+    pseudonyms (and, until the guard has read it, whatever else), so it is never written to disk.
+    `name` gives its kind by its suffix, as a file's name does."""
+
+    name: str
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+# An extract: a file where it lies (`kvarus load`) or one received by the API.
+Extract = Path | Received
+
+
+def _opened(extract: Extract) -> Path | io.BytesIO:
+    """What zipfile, openpyxl and pyarrow open: the file's path, or the bytes as a file."""
+    return extract if isinstance(extract, Path) else io.BytesIO(extract.data)
+
+
+def read_extract(path: Extract, form: Form, *, max_bytes: int = DEFAULT_MAX_BYTES) -> pa.Table:
+    """The extract (a file at `path`, or one received) as a raw table of `form`;
+    `RejectedInput` if it cannot be read."""
+    if isinstance(path, Path) and not path.is_file():
         raise RejectedInput("The extract file does not exist")
-    size = path.stat().st_size
+    size = path.stat().st_size if isinstance(path, Path) else len(path.data)
     if size == 0:
         raise RejectedInput("The extract file is empty")
     if size > max_bytes:
@@ -142,12 +169,15 @@ def read_extract(path: Path, form: Form, *, max_bytes: int = DEFAULT_MAX_BYTES) 
     return _finish(names, columns, form, numeric=numeric, notes=notes)
 
 
-def _file_kind(path: Path) -> str:
-    kind = _SUFFIXES.get(path.suffix.lower())
+def _file_kind(path: Extract) -> str:
+    kind = _SUFFIXES.get(PurePath(path.name).suffix.lower())
     if kind is None:
         raise RejectedInput("Unknown file type: an extract must be .csv, .txt, .xlsx or .parquet")
-    with path.open("rb") as file:
-        head = file.read(8)
+    if isinstance(path, Received):
+        head = path.data[:8]
+    else:
+        with path.open("rb") as file:
+            head = file.read(8)
     magic = head[:4]
     if kind == "xlsx" and magic != _ZIP_MAGIC:
         raise RejectedInput("The .xlsx file is not an Excel workbook (no zip signature)")
@@ -409,10 +439,10 @@ def _file_line(data: bytes, row_number: int) -> int:
     return row_number
 
 
-def _read_csv(path: Path, form: Form) -> tuple[list[str], list[pa.ChunkedArray], bool]:
+def _read_csv(path: Extract, form: Form) -> tuple[list[str], list[pa.ChunkedArray], bool]:
     """The header's names, the columns as text, and whether no value can have a blank to strip
     (see `_finish`)."""
-    data = _decode(path.read_bytes())
+    data = _decode(path.read_bytes() if isinstance(path, Path) else path.data)
     # The header ends at the first line break of any convention (\n, \r\n, or a lone \r).
     breaks = [index for index in (data.find(b"\n"), data.find(b"\r")) if index >= 0]
     end = min(breaks) if breaks else -1
@@ -474,9 +504,9 @@ def _read_csv(path: Path, form: Form) -> tuple[list[str], list[pa.ChunkedArray],
 # --- XLSX -----------------------------------------------------------------------------------------
 
 
-def _check_zip(path: Path) -> None:
+def _check_zip(path: Extract) -> None:
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(_opened(path)) as archive:
             members = archive.infolist()
     except (zipfile.BadZipFile, OSError):
         raise RejectedInput("The .xlsx file is not a readable workbook (broken zip)") from None
@@ -580,7 +610,7 @@ _WARNINGS_LOCK: Final = threading.Lock()
 warnings.filterwarnings("ignore", module=r"openpyxl(\.|$)")
 
 
-def _read_xlsx(path: Path, form: Form) -> tuple[list[str], list[pa.Array], set[int], list[str]]:
+def _read_xlsx(path: Extract, form: Form) -> tuple[list[str], list[pa.Array], set[int], list[str]]:
     """Names (a header of `form`), text columns, the positions (0-based) of columns with a number
     cell, and the notes on other sheets that hold data (`_other_sheets_with_data`).
 
@@ -616,13 +646,15 @@ def _number(text: str) -> float | str:
         return text
 
 
-def _read_workbook(path: Path, form: Form) -> tuple[list[str], list[pa.Array], set[int], list[str]]:
+def _read_workbook(
+    path: Extract, form: Form
+) -> tuple[list[str], list[pa.Array], set[int], list[str]]:
     """`_read_xlsx` without its warnings' check."""
     # Imported here: openpyxl is slow to import and only needed for workbooks.
     import openpyxl
 
     try:
-        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        workbook = openpyxl.load_workbook(_opened(path), read_only=True, data_only=True)
     except Exception:  # openpyxl raises many kinds on a broken workbook; none may leak a value.
         raise RejectedInput("The .xlsx file is not a readable workbook") from None
     opened: list[Any] = []
@@ -733,11 +765,11 @@ def _parquet_text(values: pa.Array) -> pa.Array:
     return pc.cast(values, pa.string())
 
 
-def _read_parquet(path: Path, form: Form) -> tuple[list[str], list[pa.Array], set[int]]:
+def _read_parquet(path: Extract, form: Form) -> tuple[list[str], list[pa.Array], set[int]]:
     """Names (a header of `form`), text columns and the positions (0-based) of integer or floating
     columns."""
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(path if isinstance(path, Path) else pa.BufferReader(path.data))
     except (pa.ArrowException, OSError):
         raise RejectedInput("The .parquet file is not a readable Parquet file") from None
     names = [name.strip().lower() for name in table.column_names]

@@ -2,6 +2,7 @@
 
 import gc
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlmodel import Session
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from etl.keycheck import check_key
@@ -373,6 +375,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The API over one data directory; refuses to start on any failed `start_up_checks`."""
     settings = settings or Settings()
     engine, oidc = start_up_checks(settings)
+    # An upload's part is kept in memory, never spooled to a temporary file past 1 MiB: as sent
+    # it holds source pseudonyms (`service.uploads`). The request gate bounds its size.
+    MultiPartParser.spool_max_size = sys.maxsize
     audit_writer = AuditWriter(engine)
     catalog_threads = ThreadPoolExecutor(CATALOG_THREADS, thread_name_prefix="kvarus-catalog")
     catalog_cache = CatalogCache.of(engine)

@@ -1,4 +1,9 @@
-"""Uploads through the API: stream to disk under a size limit, then load in the background.
+"""Uploads through the API: received into memory under a size limit, then loaded in the background.
+
+The file as sent holds source pseudonyms (and, until the guard has read it, whatever else): it is
+never written to disk (`etl.read.Received`). The body is parsed without Starlette's spooling to a
+temporary file (`service.app`), read into memory by `receive` and handed to the job, whose load
+reads it from there; a dead process leaves nothing of it behind.
 
 The request row (status `pending`) is the id the client gets back at once (202). The background
 job marks it `loading` (`etl.ledger.LOADING`) and runs the ETL (`etl.load.load_file`) with its own
@@ -10,10 +15,8 @@ The upload list shows the request rows (with their load's outcome), never the le
 jobs created: the client knows the request's id, name and uploader, and polls that row.
 """
 
-import hashlib
 import logging
 import re
-import threading
 import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,18 +29,15 @@ from sqlmodel import Session, col, select
 
 from etl.ledger import (
     API_UPLOADER,
-    INCOMING_DIR,
     LOADING,
     NOT_KEPT,
-    adopt_incoming,
     api_uploader,
-    disown_incoming,
     let_go,
     loaded_for,
     mirror,
-    own_incoming,
 )
 from etl.privacy import is_identity_number, safe_filename
+from etl.read import Received
 from schemas.catalog import Upload, ValidationRun
 from schemas.errors import KvarusError, NotFound, RejectedInput
 from schemas.forms import Form
@@ -52,7 +52,7 @@ logger = logging.getLogger("kvarus.uploads")
 CHUNK_BYTES: Final = 1024 * 1024
 
 
-# The temporary file keeps the name's suffix (the reader picks the format by it: `.csv`, `.xlsx`,
+# The received file keeps the name's suffix (the reader picks the format by it: `.csv`, `.xlsx`,
 # `.parquet`) only when it is one of these shapes; anything else cannot name a format anyway.
 _SUFFIX: Final = re.compile(r"\.[a-z0-9]{1,7}")
 # Unicode categories a file name never holds: control characters (NUL, line breaks, tabs) and
@@ -118,20 +118,17 @@ def _hides_number(name: str) -> bool:
     )
 
 
-async def receive(file: UploadFile, settings: Settings) -> tuple[Path, str]:
-    """Stream the upload to a temporary file under the data dir; 413 past the size limit, 422
-    for a file name holding a control character.
-
-    The file is owned by this process (`etl.ledger.own_incoming`) until its job ends (`run_load`):
-    a writer's repair deletes it only once no live process owns it (this one died)."""
+async def receive(file: UploadFile, settings: Settings) -> Received:
+    """Read the upload into memory; 413 past the size limit, 422 for a file name holding a
+    control character. Its name is `upload` and the client's suffix (the client's own name is the
+    request row's, `create_request`)."""
     name = file.filename or "upload"
     check_filename(name)
     suffix = Path(name).suffix.lower()
     if not _SUFFIX.fullmatch(suffix):
         suffix = ""
-    digest = hashlib.sha256()
+    chunks: list[bytes] = []
     size = 0
-    path, handle = own_incoming(settings.data_dir / INCOMING_DIR, suffix)
     try:
         while chunk := await file.read(CHUNK_BYTES):
             size += len(chunk)
@@ -139,31 +136,10 @@ async def receive(file: UploadFile, settings: Settings) -> tuple[Path, str]:
                 raise PayloadTooLarge(
                     f"the file exceeds the limit of {settings.max_upload_bytes} bytes"
                 )
-            digest.update(chunk)
-            handle.write(chunk)
-        handle.flush()
-    except BaseException:
-        disown_incoming(path, handle)
-        raise
-    with _owned_guard:
-        _owned[path] = handle
-    return path, digest.hexdigest()
-
-
-# The upload files this process received and owns (`etl.ledger.own_incoming`), until their job
-# ends or the route that received one fails (`release_file`).
-_owned: dict[Path, IO[bytes]] = {}
-_owned_guard = threading.Lock()
-
-
-def release_file(path: Path, adopted: IO[bytes] | None = None) -> None:
-    """The file's job has ended, or no job will take it: delete it and release it."""
-    with _owned_guard:
-        handle = _owned.pop(path, None)
-    path.unlink(missing_ok=True)
-    for held in (handle, adopted):
-        if held is not None:
-            held.close()
+            chunks.append(chunk)
+    finally:
+        await file.close()  # the parser's copy: only ours stays
+    return Received(f"upload{suffix}", b"".join(chunks))
 
 
 def create_request(
@@ -182,7 +158,12 @@ def create_request(
 
 
 def run_load(
-    engine: Engine, settings: Settings, request_id: int, path: Path, form: Form, held: IO[bytes]
+    engine: Engine,
+    settings: Settings,
+    request_id: int,
+    extract: Received,
+    form: Form,
+    held: IO[bytes],
 ) -> None:
     """The background job: load the file with its own session, then mirror the outcome. `held`:
     the request's lock (`etl.ledger.hold_request`), released when the job ends."""
@@ -194,10 +175,6 @@ def run_load(
 
     # An opt-out's replacement release gets its indicators under the locks, before it is served.
     results = ResultsUnderLocks(settings, required=False)
-    # Owned since `receive` in the service; a file put there otherwise is owned from now on.
-    with _owned_guard:
-        received = path in _owned
-    adopted = None if received else adopt_incoming(path)
     try:
         with session_scope(engine) as session:
             request = session.get(Upload, request_id)
@@ -209,7 +186,7 @@ def run_load(
             session.add(request)
         with session_scope(engine) as session:
             loaded = load_file(
-                path,
+                extract,
                 form,
                 warehouse=Warehouse(settings.warehouse_dir, settings.releases_dir),
                 session=session,
@@ -264,7 +241,6 @@ def run_load(
         # release lack them for another reason: the API would serve it with none.
         _ensure_indicators(engine, settings, request_id)
     finally:
-        release_file(path, adopted)
         let_go(held)
 
 

@@ -58,14 +58,14 @@ async def create_upload(
 ) -> UploadAccepted:
     """Receive an extract and load it in the background; answers with the upload id."""
     await uploads.single_parts(request)
-    path, sha256 = await uploads.receive(file, settings)
+    extract = await uploads.receive(file, settings)
     held = None
     try:
         upload = uploads.create_request(
             session,
             form=form,
             filename=file.filename or "upload",
-            sha256=sha256,
+            sha256=extract.sha256,
             uploaded_by=principal.subject,
         )
         assert upload.id is not None
@@ -74,14 +74,9 @@ async def create_upload(
         # The job must see the committed row: commit before the response is sent.
         session.commit()
         background.add_task(
-            uploads.run_load, request.app.state.engine, settings, upload.id, path, form, held
+            uploads.run_load, request.app.state.engine, settings, upload.id, extract, form, held
         )
     except BaseException:
-        # No job will own the file: it must not stay under incoming/ (run_load deletes it
-        # once the job runs). Should this process die first, the file, no longer owned (its
-        # flock went with the process), is deleted by the next writer's repair
-        # (`etl.ledger.repair_interrupted`: any load, an upload job's too, erasure or release).
-        uploads.release_file(path)
         if held is not None:
             let_go(held)
         raise

@@ -856,3 +856,39 @@ def test_xlsx_a_cell_openpyxl_cannot_read_is_rejected_input(tmp_path: Path) -> N
             target.writestr(item, data)
     with pytest.raises(RejectedInput, match="a cell it cannot read"):
         read_extract(broken, Form.OPTOUT)
+
+
+def test_a_received_extract_reads_as_the_same_file_on_disk(tmp_path: Path) -> None:
+    # The API keeps an upload in memory (`Received`): every format and refusal as from a file.
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.append(["provider_orgnr", "year", "episodes"])
+    sheet.append(["983974880", 2021, 12])
+    workbook.save(tmp_path / "npr.xlsx")
+    npr = pa.table({"provider_orgnr": ["983974899"], "year": pa.array([2022], pa.int16())})
+    pq.write_table(npr.append_column("episodes", pa.array([7])), tmp_path / "npr.parquet")
+    (tmp_path / "npr.csv").write_text("provider_orgnr;year;episodes\n983974880;2023;3\n")
+    (tmp_path / "broken.xlsx").write_bytes(b"PK\x03\x04 not a zip")
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not parquet PAR1")
+    (tmp_path / "npr.json").write_text("{}")
+    outcomes = {}
+    for name in ("npr.xlsx", "npr.parquet", "npr.csv", "broken.xlsx", "broken.parquet", "npr.json"):
+        path = tmp_path / name
+        received = _outcome(etl.read.Received(name, path.read_bytes()))
+        assert received == _outcome(path), name
+        outcomes[name] = received
+    assert [outcomes[n] for n in ("npr.xlsx", "npr.parquet", "npr.csv")] == [
+        [{"provider_orgnr": "983974880", "year": "2021", "episodes": "12"}],
+        [{"provider_orgnr": "983974899", "year": "2022", "episodes": "7"}],
+        [{"provider_orgnr": "983974880", "year": "2023", "episodes": "3"}],
+    ]
+    assert all(isinstance(outcomes[n], str) for n in ("broken.xlsx", "broken.parquet", "npr.json"))
+
+
+def _outcome(extract: etl.read.Extract) -> list[dict[str, object]] | str:
+    """The rows read, or the refusal's message."""
+    try:
+        return read_extract(extract, Form.NPR_COUNTS).to_pylist()
+    except RejectedInput as error:
+        return error.detail

@@ -282,7 +282,7 @@ def test_the_ledger_row_of_an_api_upload_is_reported_and_names_its_request(
     result = _kvarus(["report", "2"], env)
     assert result.exit_code == 0, result.output
     heading, note = result.output.splitlines()[:2]
-    assert heading.startswith("upload 2: form basis, status loaded, file tmp")
+    assert heading.startswith("upload 2: form basis, status loaded, file upload.csv;")
     assert note == "loaded for API upload 1 (the row the API serves)"
     request = _kvarus(["report", "1"], env)
     assert request.exit_code == 0, request.output

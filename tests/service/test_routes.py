@@ -234,7 +234,7 @@ class TestUploads:
             )
         assert response.status_code == 413
         assert response.headers["content-type"] == PROBLEM
-        assert not any((settings.data_dir / "incoming").iterdir())
+        assert not (settings.data_dir / "incoming").exists()
 
     @pytest.mark.parametrize("failing", ["create_request", "commit"])
     def test_failed_request_leaves_no_file(
@@ -259,7 +259,7 @@ class TestUploads:
             headers=headers["registry"],
         )
         assert response.status_code == 500
-        assert not any((settings.data_dir / "incoming").iterdir())
+        assert not (settings.data_dir / "incoming").exists()
         requests = settings.warehouse_dir / "requests"
         assert not requests.exists() or not any(requests.iterdir())
 

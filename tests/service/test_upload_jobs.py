@@ -2,7 +2,6 @@
 opt-out file: its request row is never taken for a dead load while its process lives (however long
 it waits), and a replacement release gets its indicators."""
 
-import shutil
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +14,7 @@ from sqlmodel import Session, select
 
 import etl.load
 from etl.ledger import INTERRUPTED, LOADING, api_uploader, hold_request, let_go, mirror, repair
+from etl.read import Received
 from etl.warehouse import Warehouse
 from indicators.results import RESULTS_FILE
 from schemas.catalog import IndicatorRun, Upload
@@ -42,13 +42,10 @@ def _held(settings: Settings, request_id: int) -> IO[bytes]:
 
 
 def _upload(engine: Engine, settings: Settings, source: Path, form: Form) -> Upload:
-    """As `POST /uploads` does: the file under incoming/, a request row, the background job."""
-    incoming = settings.data_dir / "incoming"
-    incoming.mkdir(parents=True, exist_ok=True)
-    path = incoming / source.name
-    shutil.copy(source, path)
+    """As `POST /uploads` does: the file in memory, a request row, the background job."""
     request_id = _request(engine, form, source.name)
-    run_load(engine, settings, request_id, path, form, _held(settings, request_id))
+    extract = Received(source.name, source.read_bytes())
+    run_load(engine, settings, request_id, extract, form, _held(settings, request_id))
     with Session(engine) as session:
         request = session.get(Upload, request_id)
         assert request is not None
@@ -77,13 +74,10 @@ def test_another_writers_repair_leaves_a_running_upload_job_alone(
 
     monkeypatch.setattr(etl.load, "load_file", load_file)
     source = write_extract(Form.BASIS, [episode_row(Form.BASIS, 1, "P-1")])
-    incoming = settings.data_dir / "incoming"
-    incoming.mkdir(parents=True)
-    path = incoming / source.name
-    shutil.copy(source, path)
     request_id = _request(catalog_engine, Form.BASIS)
+    extract = Received(source.name, source.read_bytes())
 
-    run_load(catalog_engine, settings, request_id, path, Form.BASIS, _held(settings, request_id))
+    run_load(catalog_engine, settings, request_id, extract, Form.BASIS, _held(settings, request_id))
 
     assert seen == [(LOADING, None)]
     with Session(catalog_engine) as session:
@@ -248,8 +242,8 @@ def test_a_job_failing_after_its_load_keeps_the_loads_outcome(
 def test_a_server_starting_fails_the_requests_of_one_that_died(
     settings: Settings, catalog_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A request left `loading` by a server killed mid-upload used to stay so (its raw file under
-    incoming/) until another writer ran; the next server's start-up repairs it in the
+    """A request left `loading` by a server killed mid-upload used to stay so until another
+    writer ran; the next server's start-up repairs it in the
     background. A live request (its lock held) is left alone, and nothing is repaired (no write
     lock taken) when no request is abandoned."""
     abandoned = _request(catalog_engine, Form.BASIS, "abandoned.csv")

@@ -1,7 +1,6 @@
 """An API request's row shows its load's counts as they stand when it is told, also when a basis
 load released the load's held rows in between (its rows then count as accepted)."""
 
-import shutil
 import threading
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from etl.ledger import api_uploader, hold_request
+from etl.read import Received
 from etl.warehouse import Warehouse
 from schemas.catalog import Upload
 from schemas.forms import Form
@@ -55,10 +55,7 @@ def test_a_basis_load_between_the_jobs_commit_and_its_mirror_counts_in_the_reque
         real_mirror(request, loaded)
 
     monkeypatch.setattr(uploads, "mirror", mirror)
-    incoming = settings.data_dir / "incoming"
-    incoming.mkdir(parents=True)
-    path = incoming / Path(source).name
-    shutil.copy(source, path)
+    extract = Received(Path(source).name, Path(source).read_bytes())
     with Session(catalog_engine) as session:
         request = create_request(
             session, form=Form.DISCHARGE, filename="d.csv", sha256="0" * 64, uploaded_by="client"
@@ -68,7 +65,7 @@ def test_a_basis_load_between_the_jobs_commit_and_its_mirror_counts_in_the_reque
     assert request_id is not None
 
     run_load(
-        catalog_engine, settings, request_id, path, Form.DISCHARGE,
+        catalog_engine, settings, request_id, extract, Form.DISCHARGE,
         hold_request(warehouse, request_id),
     )  # fmt: skip
     other_load.join()
