@@ -413,6 +413,8 @@ def _detect_delimiter(header: str) -> tuple[str, list[str]]:
 
 class _RaggedRows:
     """pyarrow `invalid_row_handler`: counts rows with the wrong number of fields, skips them.
+    A line of spaces and tabs alone is skipped uncounted: it is an empty line, as Arrow takes a
+    line with nothing on it (an editor or an export leaves them at the end).
 
     It never keeps the row's text (a record), only its number.
     """
@@ -422,6 +424,8 @@ class _RaggedRows:
         self.first_line: int | None = None
 
     def __call__(self, row: Any) -> str:
+        if row.text is not None and not row.text.strip(" \t"):
+            return "skip"
         self.count += 1
         if row.number is not None and (self.first_line is None or row.number < self.first_line):
             self.first_line = row.number

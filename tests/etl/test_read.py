@@ -562,6 +562,17 @@ def test_ragged_row_line_counts_blank_lines(tmp_path: Path) -> None:
     assert message.endswith("the first on line 6")
 
 
+def test_lines_of_blanks_are_empty_lines(tmp_path: Path) -> None:
+    # A file ending in a line of spaces and one of a tab was refused as 2 ragged rows.
+    text = f"{NPR_HEADER}\r\n983974880;2021;1\r\n   \r\n983974880;2022;2\n   \n\t\n \t \n"
+    raw = read_extract(write(tmp_path, "n.csv", text), Form.NPR_COUNTS)
+    assert raw.column("year").to_pylist() == ["2021", "2022"]
+    # A ragged row after them is still found, on its own line.
+    message = rejected(write(tmp_path, "r.csv", text + "983974880;2023\n"), Form.NPR_COUNTS)
+    assert message.startswith("1 row(s) with the wrong number of fields")
+    assert message.endswith("the first on line 8")
+
+
 def test_lone_carriage_return_line_breaks(tmp_path: Path) -> None:
     raw = read_extract(
         write(tmp_path, "n.csv", f"{NPR_HEADER}\r983974880;2021;1\r"), Form.NPR_COUNTS
