@@ -108,7 +108,8 @@ def register(app: typer.Typer) -> None:
                 _ledger_named(file) as source,
                 Progress(
                     SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                    console=console, transient=True,
+                    # Not on a pipe or a log file: there it left an empty line on stderr.
+                    console=console, transient=True, disable=not console.is_terminal,
                 ) as bar,
                 session_scope(engine) as session,
             ):  # fmt: skip

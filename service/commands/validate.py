@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from rich.markup import escape
 
 from etl.privacy import guard
 from etl.read import read_extract
@@ -62,6 +63,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"Report written to {out}", highlight=False, markup=False)
         if result.rejected:
             console.print(
-                f"[bold red]Rejected:[/] {'; '.join(result.rejection_reasons)}", highlight=False
+                f"[bold red]Rejected:[/] {escape('; '.join(result.rejection_reasons))}",
+                highlight=False,
+                soft_wrap=True,  # one line, also on a pipe (Rich wraps at 80 columns there)
             )
             raise typer.Exit(1)

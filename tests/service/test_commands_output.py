@@ -148,6 +148,24 @@ def test_a_release_of_unchanged_data_says_so(
     assert same not in outputs[4]
 
 
+def test_a_rejection_is_one_line_on_a_pipe(
+    env: dict[str, str], write_extract: ExtractWriter
+) -> None:
+    # Not a terminal (CliRunner): `validate` wrapped its verdict at 80 columns, and `load`'s
+    # progress display left an empty line before it.
+    rows = [episode_row(Form.BASIS, n, f"P-{n}", provider_orgnr="123456785") for n in (1, 2)]
+    rows += [episode_row(Form.BASIS, 3, "P-3", intake_date="01.01.2099")]
+    extract = str(write_extract(Form.BASIS, rows))
+    verdict = (
+        "Rejected: provider_orgnr.known: 2 of 3 rows failed (tolerated 0 %); "
+        "intake_date.future: 1 of 3 rows failed (tolerated 0 %)\n"
+    )
+    for command in ("validate", "load"):
+        result = CliRunner().invoke(app, [command, extract, "--form", "basis"], env=env)
+        assert result.exit_code == 1, result.output
+        assert result.stderr == verdict, command
+
+
 def _helps(command: Any, name: str = "kvarus") -> Iterator[tuple[str, str]]:
     """Each command's and group's help text, by its full name."""
     yield name, command.help or ""
