@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from etl.privacy import NUMERIC_SOURCE, find_identity_numbers
 from schemas.errors import PrivacyViolation, RejectedInput
-from schemas.forms import FORMS, READ_NOTES, Form
+from schemas.forms import FORMS, PSEUDONYM_COLUMN, READ_NOTES, Form
 
 DEFAULT_MAX_BYTES: Final = 512 * 1024 * 1024
 # Zip-bomb limits for XLSX, checked from the zip directory before openpyxl inflates anything. A real
@@ -47,6 +47,14 @@ DEFAULT_MAX_BYTES: Final = 512 * 1024 * 1024
 XLSX_MAX_UNCOMPRESSED: Final = 1024 * 1024 * 1024
 XLSX_MAX_RATIO: Final = 100
 
+# The note on a file whose pseudonyms were numbers (XLSX number cells, a Parquet number column):
+# a number keeps no leading zero, and the pseudonym re-keyed without it is another patient's. An
+# opt-out file of such pseudonyms erased no one, and said nothing.
+NUMBER_PSEUDONYMS: Final = (
+    "patient_pseudonym was read from numbers: a pseudonym written with leading zeros has lost "
+    "them and is taken for another patient (an opt-out then erases no one); send the column as "
+    "text"
+)
 _SUFFIXES: Final = {".csv": "csv", ".txt": "csv", ".xlsx": "xlsx", ".parquet": "parquet"}
 _ZIP_MAGIC: Final = b"PK\x03\x04"
 _PARQUET_MAGIC: Final = b"PAR1"
@@ -835,7 +843,8 @@ def _finish(
     `blank_free`: the columns are text with nothing to strip and no empty value (a CSV read whose
     empty values are already null): they are taken as they are (1M basis rows: 0.19 s saved).
     `notes` (for the user; never a value of the file) go in the schema's metadata under
-    `READ_NOTES`, from where the validation report takes them.
+    `READ_NOTES`, from where the validation report takes them; pseudonyms read from numbers get
+    one too (`NUMBER_PSEUDONYMS`).
     """
     if blank_free:
         cleaned = list(columns)
@@ -845,6 +854,8 @@ def _finish(
         with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
             cleaned = list(pool.map(_clean, columns))
     marked = numeric or set()
+    if any(names[i] == PSEUDONYM_COLUMN for i in marked):
+        notes = [*notes, NUMBER_PSEUDONYMS]
     schema = pa.schema(
         [
             pa.field(name, pa.string(), metadata=NUMERIC_SOURCE if i in marked else None)

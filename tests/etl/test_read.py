@@ -903,3 +903,25 @@ def _outcome(extract: etl.read.Extract) -> list[dict[str, object]] | str:
         return read_extract(extract, Form.NPR_COUNTS).to_pylist()
     except RejectedInput as error:
         return error.detail
+
+
+def test_pseudonyms_read_from_numbers_get_a_note(tmp_path: Path) -> None:
+    # An opt-out file whose pseudonyms were numbers erased no one when the stored ones had
+    # leading zeros (0042 loaded from a CSV, 42 in the opt-out), and said nothing.
+    def notes(name: str, pseudonyms: pa.Array) -> list[str]:
+        table = pa.table({"record_id": ["o1"], "patient_pseudonym": pseudonyms})
+        table = table.append_column("provider_orgnr", pa.array(["983974880"]))
+        pq.write_table(table.append_column("optout_date", pa.array(["2024-05-31"])), name)
+        metadata = read_extract(Path(name), Form.OPTOUT).schema.metadata or {}
+        return list(json.loads(metadata[READ_NOTES])) if READ_NOTES in metadata else []
+
+    assert notes(str(tmp_path / "n.parquet"), pa.array([42])) == [etl.read.NUMBER_PSEUDONYMS]
+    assert notes(str(tmp_path / "t.parquet"), pa.array(["0042"])) == []
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.append(["record_id", "patient_pseudonym", "provider_orgnr", "optout_date"])
+    sheet.append(["o1", 42, "983974880", "31.05.2024"])
+    workbook.save(tmp_path / "o.xlsx")
+    raw = read_extract(tmp_path / "o.xlsx", Form.OPTOUT)
+    assert json.loads((raw.schema.metadata or {})[READ_NOTES]) == [etl.read.NUMBER_PSEUDONYMS]
