@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(dir_okay=False, help="Write the report here (default: stdout)"),
         ] = None,
     ) -> None:
-        """Validate an extract file against its form's suite and print the quality report."""
+        """Check an extract file on its own (a load also checks the stored records) and report."""
         import json
 
         if out is not None:
