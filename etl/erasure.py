@@ -47,9 +47,10 @@ deleted; `NOT_REBUILT` for a marker of an earlier version, which names no releas
 the rows the marker names that are still in the tables (by record id; a marker of an earlier
 version names no tables, and then the tables may still hold some), and warns on stderr: no
 release is rebuilt without the patients (that needs their keys, which only ever live in memory),
-so a release must be published (running the erasure again finds nothing more, or what an older
-marker left). A kill before the deletes scrubs ids of rows that
-stay: a report then names fewer failing rows than it counts, never more.
+so a release must be published, and the erasure run again for what the marker could not name
+(quarantined rows without a record id; all of its rows for a marker of an earlier version).
+A kill before the deletes scrubs ids of rows that stay: a report then names fewer failing rows
+than it counts, never more.
 """
 
 import json
@@ -288,12 +289,17 @@ def _pending(warehouse: Warehouse) -> dict[str, Any] | None:
 
 
 def rows_deleted_pending(warehouse: Warehouse) -> int:
-    """The rows the erasure of the marker had deleted (0 without one, or before its first
-    delete): an opt-out load killed before its erasure's commit counts them as erased."""
+    """The rows the erasure of the marker deleted (0 without one), with those the repair
+    deletes for it (`_delete_marked`: the rows the marker names in the tables whose delete had
+    not run), as its log row will count them: an opt-out load killed before its erasure's commit
+    counts them as erased."""
     pending = _pending(warehouse)
     if pending is None or "erasure" not in pending:
         return 0
-    return sum(_marked_erasure(warehouse, pending).rows_erased.values())
+    erased = _marked_erasure(warehouse, pending).rows_erased
+    records = [_Record(*row) for row in pending["records"]]
+    left = sum(1 for r in records if r.table is not None and r.table not in erased)
+    return sum(erased.values()) + left
 
 
 def _marked_erasure(warehouse: Warehouse, pending: dict[str, Any]) -> Erasure:
@@ -329,7 +335,9 @@ def _log_uncommitted(
 
     The rows it had not yet deleted are deleted here, by the record ids the marker names (a
     marker of an earlier version names no table: then not): a release published before the
-    erasure is run again would hold them otherwise."""
+    erasure is run again would hold them otherwise. A quarantined row without a record id is
+    named by none (its values hold the patient's key, which the marker never does): it stays
+    until the erasure is run again (the quarantine is in no release)."""
     begun = select(Erasure).where(col(Erasure.performed_at) >= erasure.performed_at)
     if session.exec(begun).first() is not None:
         return

@@ -291,8 +291,10 @@ def test_an_erasure_killed_before_its_commit_retires_the_releases_that_held_the_
     _assert_no_trace(settings.data_dir, key)
 
 
+@pytest.mark.parametrize("mode", ["erase", "load"])
 @pytest.mark.parametrize("moment", ["after_first_delete", "before_first_mark"])
 def test_an_erasure_killed_between_its_deletes_logs_what_it_deleted(
+    mode: str,
     moment: str,
     write_extract: ExtractWriter,
     warehouse: Warehouse,
@@ -304,10 +306,17 @@ def test_an_erasure_killed_between_its_deletes_logs_what_it_deleted(
 ) -> None:
     _published(write_extract, warehouse, session, key)
     session.commit()
+    target = ERASED
+    if mode == "load":
+        target = str(write_extract(Form.OPTOUT, [episode_row(Form.OPTOUT, 1, ERASED)]))
 
-    _kill_at(moment, "erase", ERASED, warehouse=warehouse, engine=catalog_engine, key=key,
+    _kill_at(moment, mode, target, warehouse=warehouse, engine=catalog_engine, key=key,
              tmp_path=tmp_path)  # fmt: skip
     repair(session, warehouse)
+    if mode == "load":
+        # The opt-out counts what the log counts, the repair's deletes too (it said 2).
+        upload = session.exec(select(Upload).where(Upload.form == "optout")).one()
+        assert (upload.status, upload.rows_erased) == ("failed", ROWS_ERASED)
     # Only the basis table's 2 rows were deleted when it was killed; the repair deletes the
     # measurement and quarantine rows the marker names, by record id. A release published before
     # the erasure was run again held them (a review found them in release 2 and its indicators).
