@@ -27,8 +27,9 @@ import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time
+from functools import cached_property
 from pathlib import Path, PurePath
 from typing import Any, Final
 
@@ -139,9 +140,9 @@ class Received:
     `name` gives its kind by its suffix, as a file's name does."""
 
     name: str
-    data: bytes
+    data: bytes = field(repr=False)  # never in a log or a traceback's locals
 
-    @property
+    @cached_property
     def sha256(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
 

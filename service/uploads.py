@@ -16,6 +16,7 @@ jobs created: the client knows the request's id, name and uploader, and polls th
 """
 
 import logging
+import os
 import re
 import unicodedata
 from datetime import UTC, datetime
@@ -48,8 +49,6 @@ from service.errors import PayloadTooLarge
 from service.settings import Settings
 
 logger = logging.getLogger("kvarus.uploads")
-
-CHUNK_BYTES: Final = 1024 * 1024
 
 
 # The received file keeps the name's suffix (the reader picks the format by it: `.csv`, `.xlsx`,
@@ -127,19 +126,17 @@ async def receive(file: UploadFile, settings: Settings) -> Received:
     suffix = Path(name).suffix.lower()
     if not _SUFFIX.fullmatch(suffix):
         suffix = ""
-    chunks: list[bytes] = []
-    size = 0
+    # The size first: the parser holds the whole part in memory already (`service.app`).
     try:
-        while chunk := await file.read(CHUNK_BYTES):
-            size += len(chunk)
-            if size > settings.max_upload_bytes:
-                raise PayloadTooLarge(
-                    f"the file exceeds the limit of {settings.max_upload_bytes} bytes"
-                )
-            chunks.append(chunk)
+        if file.file.seek(0, os.SEEK_END) > settings.max_upload_bytes:
+            raise PayloadTooLarge(
+                f"the file exceeds the limit of {settings.max_upload_bytes} bytes"
+            )
+        file.file.seek(0)
+        data = file.file.read()
     finally:
         await file.close()  # the parser's copy: only ours stays
-    return Received(f"upload{suffix}", b"".join(chunks))
+    return Received(f"upload{suffix}", data)
 
 
 def create_request(

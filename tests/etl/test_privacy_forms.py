@@ -82,7 +82,6 @@ def test_the_hand_worked_numbers() -> None:
         "pasient 010190\u17b400083",  # a Khmer inherent vowel
         "010190\u316400083",  # Hangul filler (letters, shown as a blank)
         "01\u115f01\uffa09000083",  # Hangul choseong and half-width fillers
-        "\U000e0001010190 00083\U000e007f",  # tag characters
         # Blanks that NFKC keeps: a separator, as a space is.
         "010190\u280000083",  # Braille pattern blank
         "fnr 010190\u168000083",  # Ogham space mark
