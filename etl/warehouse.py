@@ -451,35 +451,29 @@ class Warehouse:
         return self.release_quarantined(form, versions, upload_id=upload_id)
 
     def delete_patients(self, table: str, keys: pa.Array) -> int:
-        """Delete every row of these patient keys (merge from a source table: no literal)."""
-        if len(keys) == 0 or PATIENT_KEY_COLUMN not in schema_of(table).names:
+        """Delete every row of these patient keys."""
+        if PATIENT_KEY_COLUMN not in schema_of(table).names:
+            return 0
+        return self._delete_matching(table, PATIENT_KEY_COLUMN, keys.cast(pa.string()))
+
+    def delete_records(self, table: str, record_ids: list[str]) -> int:
+        """Delete a form table's rows of these record ids (unique within a form). For a repair
+        that has the ids of an erasure's rows but not their keys."""
+        ids = pa.array(sorted(set(record_ids)), pa.string())
+        return self._delete_matching(table, "record_id", ids)
+
+    def _delete_matching(self, table: str, column: str, values: pa.Array) -> int:
+        """Delete the rows whose `column` is one of `values`, by a merge from a source table: a
+        literal predicate would write the values into the Delta log."""
+        if len(values) == 0:
             return 0
         delta = self.delta(table)
         if not delta.file_uris():
             return 0
         metrics = (
             delta.merge(
-                pa.table({PATIENT_KEY_COLUMN: keys.cast(pa.string())}),
-                f"t.{PATIENT_KEY_COLUMN} = s.{PATIENT_KEY_COLUMN}",
-                source_alias="s",
-                target_alias="t",
-                writer_properties=_WRITER_PROPERTIES,
-            )
-            .when_matched_delete()
-            .execute()
-        )
-        return int(metrics["num_target_rows_deleted"])
-
-    def delete_records(self, table: str, record_ids: list[str]) -> int:
-        """Delete a form table's rows of these record ids (unique within a form; merge from a
-        source table). For a repair that has the ids of an erasure's rows but not their keys."""
-        if not record_ids or not self.files(table):
-            return 0
-        metrics = (
-            self.delta(table)
-            .merge(
-                pa.table({"record_id": pa.array(sorted(set(record_ids)), pa.string())}),
-                "t.record_id = s.record_id",
+                pa.table({column: values}),
+                f"t.{column} = s.{column}",
                 source_alias="s",
                 target_alias="t",
                 writer_properties=_WRITER_PROPERTIES,
