@@ -70,11 +70,12 @@ _INVISIBLE_CHARS: Final = re.compile(
 )
 # Blanks that NFKC leaves as they are (the Ogham space mark U+1680 and the Braille blank U+2800,
 # which shows as a space): `_fold` makes them spaces, a separator.
-_BLANKS: Final = r"[\x{1680}\x{2800}]"
-_AS_SPACES: Final = {0x1680: " ", 0x2800: " "}
+_KEPT_BLANKS: Final = (0x1680, 0x2800)
+_BLANKS: Final = "".join(rf"\x{{{c:X}}}" for c in _KEPT_BLANKS)  # in an RE2 class
+_AS_SPACES: Final = dict.fromkeys(_KEPT_BLANKS, " ")
 _NFKC_CHANGES: Final = (
     r"[\x{A0}\x{2000}-\x{200A}\x{202F}\x{205F}\x{3000}\x{FE52}\x{FE63}\x{FF0D}\x{FF0E}"
-    rf"\x{{FF10}}-\x{{FF19}}\x{{1680}}\x{{2800}}{_IGNORABLE}]"
+    rf"\x{{FF10}}-\x{{FF19}}{_BLANKS}{_IGNORABLE}]"
     r"|(?:[\p{Nd}\p{No}][^\p{Nd}\p{No}]*){11}"
 )
 # Either shape of a number in any script's digits (after NFKC and without format characters):
@@ -210,7 +211,7 @@ def _count_normalised(values: pa.Array) -> int:
     folded = pc.replace_substring_regex(
         pc.utf8_normalize(values, form="NFKC"), pattern=_INVISIBLE, replacement=""
     )
-    folded = pc.replace_substring_regex(folded, pattern=_BLANKS, replacement=" ")
+    folded = pc.replace_substring_regex(folded, pattern=f"[{_BLANKS}]", replacement=" ")
     hits = pc.or_(
         pc.match_substring_regex(values, pattern=_ANY_RUN),
         pc.match_substring_regex(folded, pattern=_ANY_DIGITS_RUN),

@@ -32,10 +32,11 @@ from etl.erasure import erase_patients
 from etl.ledger import API_UPLOADER, list_uploads
 from etl.load import InterruptedAfterLoading, load_file
 from etl.privacy import holds_identity_number
-from etl.release import latest_release, read_manifest
+from etl.release import latest_release
 from etl.warehouse import Warehouse
 from schemas.errors import RejectedInput
 from schemas.forms import Form, register_today
+from schemas.manifest import ReleaseManifest
 from schemas.organisations import Hierarchy, is_valid_orgnr
 from service.commands.common import (
     EXIT_INTERRUPTED,
@@ -164,19 +165,18 @@ def register(app: typer.Typer) -> None:
             session_scope(make_engine(config)) as session,
         ):
             previous = latest_release(session)
+            # Its files, read before publishing (none when its directory is gone).
+            path = None if previous is None else Path(previous.manifest_path)
+            before = _files_of(ReleaseManifest.read(path)) if path and path.exists() else None
             manifest, results = publish(config, session, note=note)
         counts = ", ".join(f"{name} {t.row_count}" for name, t in manifest.tables.items())
         typer.echo(f"release {manifest.release}: {counts}; indicators in {results}")
-        if previous is not None:
-            before = read_manifest(config.releases_dir, previous.number).tables
-            if {n: t.files for n, t in before.items()} == {
-                n: t.files for n, t in manifest.tables.items()
-            }:
-                # Not refused: publishing again recomputes the indicators (a catalogue changed).
-                typer.echo(
-                    f"release {manifest.release} holds the same data as release "
-                    f"{previous.number}: nothing was loaded or erased in between"
-                )
+        if previous is not None and before == _files_of(manifest):
+            # Not refused: publishing again recomputes the indicators (a catalogue changed).
+            typer.echo(
+                f"release {manifest.release} holds the same data as release "
+                f"{previous.number}: nothing was loaded or erased in between"
+            )
 
     @app.command("erase")
     @reports_errors
@@ -294,6 +294,11 @@ def register(app: typer.Typer) -> None:
 
 # The suffix (the reader picks the format by it) kept on a withheld name: a plain one only.
 _SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,7}")
+
+
+def _files_of(release: ReleaseManifest) -> dict[str, list[str]]:
+    """A release's files per table."""
+    return {name: table.files for name, table in release.tables.items()}
 
 
 def _notes(report: dict[str, object] | None) -> list[str]:

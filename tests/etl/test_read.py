@@ -178,16 +178,27 @@ def test_both_date_formats_normalise_to_the_same_date(tmp_path: Path) -> None:
     assert typed.column("referral_date").to_pylist() == [date(2021, 2, 15)] * 2
 
 
-def test_xlsx_first_sheet_header_in_row_1(tmp_path: Path) -> None:
+def write_xlsx(path: Path, rows: list[list[object]]) -> Path:
+    """A workbook of these rows on its first sheet, saved at `path`."""
     workbook = openpyxl.Workbook()
     sheet = workbook.active
     assert sheet is not None
-    sheet.append([" Provider_Orgnr", "YEAR", "episodes"])
-    sheet.append(["983974880", 2021, 12])
-    sheet.append([983974899, 2022.0, None])
-    sheet.append([None, None, None])
-    path = tmp_path / "npr.xlsx"
+    for row in rows:
+        sheet.append(row)
     workbook.save(path)
+    return path
+
+
+def test_xlsx_first_sheet_header_in_row_1(tmp_path: Path) -> None:
+    path = write_xlsx(
+        tmp_path / "npr.xlsx",
+        [
+            [" Provider_Orgnr", "YEAR", "episodes"],
+            ["983974880", 2021, 12],
+            [983974899, 2022.0, None],
+            [None, None, None],
+        ],
+    )
     raw = read_extract(path, Form.NPR_COUNTS)
     assert raw.column_names == ["provider_orgnr", "year", "episodes"]
     assert raw.to_pylist() == [
@@ -197,13 +208,13 @@ def test_xlsx_first_sheet_header_in_row_1(tmp_path: Path) -> None:
 
 
 def test_xlsx_dates_become_iso_text(tmp_path: Path) -> None:
-    workbook = openpyxl.Workbook()
-    sheet = workbook.active
-    assert sheet is not None
-    sheet.append(["record_id", "patient_pseudonym", "provider_orgnr", "optout_date"])
-    sheet.append(["o1", "p1", "983974880", datetime(2023, 5, 17)])
-    path = tmp_path / "optout.xlsx"
-    workbook.save(path)
+    path = write_xlsx(
+        tmp_path / "optout.xlsx",
+        [
+            ["record_id", "patient_pseudonym", "provider_orgnr", "optout_date"],
+            ["o1", "p1", "983974880", datetime(2023, 5, 17)],
+        ],
+    )
     raw = read_extract(path, Form.OPTOUT)
     assert raw.column("optout_date").to_pylist() == ["2023-05-17"]
 
@@ -356,12 +367,7 @@ def test_a_workbook_without_its_header_row_never_echoes_the_first_record(tmp_pat
     # The first record's values stand in the header: a letters-only pseudonym, duplicate and empty
     # cells, even a value that is a column name. None is quoted; the file is said to lack a header.
     record = basis_row(patient_pseudonym=LETTERS_SENTINEL, unit_code="sex", dudit="12")
-    workbook = openpyxl.Workbook()
-    sheet = workbook.active
-    assert sheet is not None
-    sheet.append(list(record.values()))
-    sheet.append(list(basis_row().values()))
-    workbook.save(tmp_path / "b.xlsx")
+    write_xlsx(tmp_path / "b.xlsx", [list(record.values()), list(basis_row().values())])
     message = rejected(tmp_path / "b.xlsx")
     assert message == NOT_A_HEADER.format("basis")
     assert LETTERS_SENTINEL not in message
@@ -534,11 +540,7 @@ def test_xlsx_zip_bomb_is_refused_before_opening(tmp_path: Path) -> None:
 
 def test_xlsx_over_the_uncompressed_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(etl.read, "XLSX_MAX_UNCOMPRESSED", 1000)
-    workbook = openpyxl.Workbook()
-    sheet = workbook.active
-    assert sheet is not None
-    sheet.append(["provider_orgnr", "year", "episodes"])
-    workbook.save(tmp_path / "n.xlsx")
+    write_xlsx(tmp_path / "n.xlsx", [["provider_orgnr", "year", "episodes"]])
     assert "over the limit of 1000" in rejected(tmp_path / "n.xlsx", Form.NPR_COUNTS)
 
 
@@ -617,13 +619,14 @@ def test_zip_that_is_no_workbook(tmp_path: Path) -> None:
 
 
 def test_xlsx_values_beyond_the_header(tmp_path: Path) -> None:
-    workbook = openpyxl.Workbook()
-    sheet = workbook.active
-    assert sheet is not None
-    sheet.append(["provider_orgnr", "year", "episodes"])
-    sheet.append(["983974880", 2021, 1])
-    sheet.append(["983974880", 2022, 1, SENTINEL])
-    workbook.save(tmp_path / "n.xlsx")
+    write_xlsx(
+        tmp_path / "n.xlsx",
+        [
+            ["provider_orgnr", "year", "episodes"],
+            ["983974880", 2021, 1],
+            ["983974880", 2022, 1, SENTINEL],
+        ],
+    )
     message = rejected(tmp_path / "n.xlsx", Form.NPR_COUNTS)
     assert message == "Row 3 of the workbook has values beyond the header's 3 columns"
 
@@ -652,11 +655,7 @@ def test_xlsx_styled_empty_cells_far_right_are_no_values_and_a_value_there_is(
 
 
 def test_xlsx_without_header_does_not_echo_the_first_record(tmp_path: Path) -> None:
-    workbook = openpyxl.Workbook()
-    sheet = workbook.active
-    assert sheet is not None
-    sheet.append([SENTINEL, 2021, 1])
-    workbook.save(tmp_path / "n.xlsx")
+    write_xlsx(tmp_path / "n.xlsx", [[SENTINEL, 2021, 1]])
     message = rejected(tmp_path / "n.xlsx", Form.NPR_COUNTS)
     assert message == NOT_A_HEADER.format("npr_counts")
     assert SENTINEL.lower() not in message
@@ -691,14 +690,14 @@ def test_parquet_integer_column_holding_an_identity_number_is_refused(tmp_path: 
 
 
 def test_xlsx_number_cell_holding_an_identity_number_is_refused(tmp_path: Path) -> None:
-    workbook = openpyxl.Workbook()
-    sheet = workbook.active
-    assert sheet is not None
-    sheet.append(["record_id", "patient_pseudonym", "provider_orgnr", "optout_date"])
-    sheet.append(["o1", int(LEADING_ZERO_ID), "983974880", datetime(2023, 5, 17)])
-    sheet.append(["o2", "p2", "983974880", datetime(2023, 5, 17)])
-    path = tmp_path / "optout.xlsx"
-    workbook.save(path)
+    path = write_xlsx(
+        tmp_path / "optout.xlsx",
+        [
+            ["record_id", "patient_pseudonym", "provider_orgnr", "optout_date"],
+            ["o1", int(LEADING_ZERO_ID), "983974880", datetime(2023, 5, 17)],
+            ["o2", "p2", "983974880", datetime(2023, 5, 17)],
+        ],
+    )
     raw = read_extract(path, Form.OPTOUT)
     with pytest.raises(PrivacyViolation) as caught:
         guard(raw)
@@ -851,13 +850,13 @@ def test_xlsx_a_date_cell_holding_an_identity_number_rejects_the_workbook_unecho
 def test_xlsx_a_cell_openpyxl_cannot_read_is_rejected_input(tmp_path: Path) -> None:
     """`<v>abc</v>` in a number cell raised ValueError out of the row loop: a 'load failed',
     as if the service were at fault."""
-    workbook = openpyxl.Workbook()
-    sheet = workbook.active
-    assert sheet is not None
-    sheet.append(["record_id", "patient_pseudonym", "provider_orgnr", "optout_date"])
-    sheet.append(["o1", "p1", 983974880, "2023-05-17"])
-    path = tmp_path / "good.xlsx"
-    workbook.save(path)
+    path = write_xlsx(
+        tmp_path / "good.xlsx",
+        [
+            ["record_id", "patient_pseudonym", "provider_orgnr", "optout_date"],
+            ["o1", "p1", 983974880, "2023-05-17"],
+        ],
+    )
     broken = tmp_path / "broken.xlsx"
     with zipfile.ZipFile(path) as source, zipfile.ZipFile(broken, "w") as target:
         for item in source.infolist():
@@ -871,12 +870,9 @@ def test_xlsx_a_cell_openpyxl_cannot_read_is_rejected_input(tmp_path: Path) -> N
 
 def test_a_received_extract_reads_as_the_same_file_on_disk(tmp_path: Path) -> None:
     # The API keeps an upload in memory (`Received`): every format and refusal as from a file.
-    workbook = openpyxl.Workbook()
-    sheet = workbook.active
-    assert sheet is not None
-    sheet.append(["provider_orgnr", "year", "episodes"])
-    sheet.append(["983974880", 2021, 12])
-    workbook.save(tmp_path / "npr.xlsx")
+    write_xlsx(
+        tmp_path / "npr.xlsx", [["provider_orgnr", "year", "episodes"], ["983974880", 2021, 12]]
+    )
     npr = pa.table({"provider_orgnr": ["983974899"], "year": pa.array([2022], pa.int16())})
     pq.write_table(npr.append_column("episodes", pa.array([7])), tmp_path / "npr.parquet")
     (tmp_path / "npr.csv").write_text("provider_orgnr;year;episodes\n983974880;2023;3\n")
@@ -900,9 +896,10 @@ def test_a_received_extract_reads_as_the_same_file_on_disk(tmp_path: Path) -> No
 def _outcome(extract: etl.read.Extract) -> list[dict[str, object]] | str:
     """The rows read, or the refusal's message."""
     try:
-        return read_extract(extract, Form.NPR_COUNTS).to_pylist()
+        rows: list[dict[str, object]] = read_extract(extract, Form.NPR_COUNTS).to_pylist()
     except RejectedInput as error:
-        return error.detail
+        return str(error.detail)
+    return rows
 
 
 def test_pseudonyms_read_from_numbers_get_a_note(tmp_path: Path) -> None:
@@ -917,11 +914,12 @@ def test_pseudonyms_read_from_numbers_get_a_note(tmp_path: Path) -> None:
 
     assert notes(str(tmp_path / "n.parquet"), pa.array([42])) == [etl.read.NUMBER_PSEUDONYMS]
     assert notes(str(tmp_path / "t.parquet"), pa.array(["0042"])) == []
-    workbook = openpyxl.Workbook()
-    sheet = workbook.active
-    assert sheet is not None
-    sheet.append(["record_id", "patient_pseudonym", "provider_orgnr", "optout_date"])
-    sheet.append(["o1", 42, "983974880", "31.05.2024"])
-    workbook.save(tmp_path / "o.xlsx")
+    write_xlsx(
+        tmp_path / "o.xlsx",
+        [
+            ["record_id", "patient_pseudonym", "provider_orgnr", "optout_date"],
+            ["o1", 42, "983974880", "31.05.2024"],
+        ],
+    )
     raw = read_extract(tmp_path / "o.xlsx", Form.OPTOUT)
     assert json.loads((raw.schema.metadata or {})[READ_NOTES]) == [etl.read.NUMBER_PSEUDONYMS]
